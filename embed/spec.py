@@ -1,0 +1,159 @@
+"""The embedding spec: what produced an embedding, stored as JSON in the Parquet metadata.
+
+Two embeddings can be compared (and cached together, or fed to the same classifier) only
+when their specs have the same *identity*: backbone, weights, input size, taps, pooling,
+preprocessing, colour conversion and resize method. Library versions are recorded for
+provenance but are not part of the identity.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+from cellembed.errors import InputError
+
+SPEC_FORMAT = 1
+#: Parquet key-value metadata key holding the spec JSON.
+SPEC_METADATA_KEY = b"cellembed.spec"
+
+PREPROCESSING = "xception: x / 127.5 - 1 (keras.applications.xception.preprocess_input)"
+RESIZE = "bilinear, tf.image.resize(antialias=False), aspect ratio not kept"
+COLOR = (
+    "8-bit RGB: grayscale repeated on 3 channels, palette expanded, "
+    "transparency composited onto white, 16-bit samples scaled by 1/257 and rounded"
+)
+POOLING = "global_average"
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One pooled layer output inside the embedding vector.
+
+    Attributes:
+        name: stable layer name in a freshly built Xception (for example ``add_6``).
+        offset: index of the tap's first float in the embedding vector.
+        width: number of floats (the layer's channel count).
+    """
+
+    name: str
+    offset: int
+    width: int
+
+    @property
+    def stop(self) -> int:
+        return self.offset + self.width
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """Everything needed to reproduce, or check compatibility with, an embedding."""
+
+    backbone: str
+    weights_sha256: str
+    input_size: int
+    taps: tuple[Tap, ...]
+    pooling: str = POOLING
+    preprocessing: str = PREPROCESSING
+    resize: str = RESIZE
+    color: str = COLOR
+    weights_source: str = ""
+    versions: dict[str, str] = field(default_factory=dict, compare=False)
+    format: int = SPEC_FORMAT
+
+    @property
+    def dim(self) -> int:
+        """Total number of floats per image."""
+        return sum(t.width for t in self.taps)
+
+    @property
+    def tap_names(self) -> list[str]:
+        return [t.name for t in self.taps]
+
+    @classmethod
+    def from_widths(cls, names_widths: Iterable[tuple[str, int]], **kwargs: Any) -> "EmbeddingSpec":
+        """Build a spec whose taps are laid out one after another in the given order."""
+        taps, offset = [], 0
+        for name, width in names_widths:
+            taps.append(Tap(name, offset, int(width)))
+            offset += int(width)
+        return cls(taps=tuple(taps), **kwargs)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that must match for two embeddings to be interchangeable."""
+        data = self.to_dict()
+        for key in ("versions", "weights_source", "format"):
+            data.pop(key, None)
+        return data
+
+    def differences(self, other: "EmbeddingSpec") -> list[str]:
+        """Human-readable list of identity fields that differ (empty when compatible)."""
+        mine, theirs = self.identity(), other.identity()
+        out = []
+        for key in mine:
+            if mine[key] != theirs.get(key):
+                out.append(f"{key}: {_short(mine[key])} vs {_short(theirs.get(key))}")
+        return out
+
+    def tap_slices(self, names: Sequence[str] | None = None) -> list[slice]:
+        """Column slices of the embedding for the named taps (all taps when None)."""
+        if names is None:
+            return [slice(t.offset, t.stop) for t in self.taps]
+        by_name = {t.name: t for t in self.taps}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise InputError(
+                f"unknown tap {', '.join(unknown)}; this file has taps {', '.join(by_name)}"
+            )
+        return [slice(by_name[n].offset, by_name[n].stop) for n in names]
+
+    def feature_names(self) -> list[str]:
+        """One name per embedding dimension, ``tap:index`` (for example ``add_6:217``)."""
+        return [f"{t.name}:{i}" for t in self.taps for i in range(t.width)]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["taps"] = [asdict(t) for t in self.taps]
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EmbeddingSpec":
+        data = dict(data)
+        if data.get("format") != SPEC_FORMAT:
+            raise InputError(
+                f"embedding spec format {data.get('format')!r} is not supported by this "
+                f"cellembed (expects {SPEC_FORMAT}); re-run cellembed extract"
+            )
+        data["taps"] = tuple(Tap(**t) for t in data["taps"])
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "EmbeddingSpec":
+        return cls.from_dict(json.loads(text))
+
+    def describe(self) -> str:
+        """Multi-line summary for people."""
+        taps = " ".join(f"{t.name}[{t.offset}:{t.stop}]" for t in self.taps)
+        versions = ", ".join(f"{k} {v}" for k, v in sorted(self.versions.items()))
+        return "\n".join(
+            [
+                f"backbone       {self.backbone}, input {self.input_size}x{self.input_size}",
+                f"weights        sha256 {self.weights_sha256}"
+                + (f" ({self.weights_source})" if self.weights_source else ""),
+                f"taps           {taps}",
+                f"dimensions     {self.dim} floats per image ({self.pooling} pooling)",
+                f"preprocessing  {self.preprocessing}",
+                f"resize         {self.resize}",
+                f"colour         {self.color}",
+                f"made with      {versions}",
+            ]
+        )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."

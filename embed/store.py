@@ -1,0 +1,180 @@
+"""The Parquet embeddings file: schema, atomic writes, reading back.
+
+One row per image::
+
+    path       string   POSIX path relative to the images folder
+    label      string   first-level sub-folder name, null for images directly in the folder
+    sha256     string   hex SHA-256 of the file's bytes (the cache key)
+    width      int32    original width in pixels
+    height     int32    original height in pixels
+    embedding  fixed_size_list<float32>[d]
+
+The key-value metadata holds the :class:`~cellembed.spec.EmbeddingSpec` as JSON under
+``cellembed.spec`` and the files that could not be embedded under ``cellembed.errors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cellembed.errors import InputError
+from cellembed.spec import SPEC_METADATA_KEY, EmbeddingSpec
+
+ERRORS_METADATA_KEY = b"cellembed.errors"
+META_COLUMNS = ("path", "label", "sha256", "width", "height")
+
+
+def arrow_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("label", pa.string(), nullable=True),
+            pa.field("sha256", pa.string(), nullable=False),
+            pa.field("width", pa.int32(), nullable=False),
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+        ]
+    )
+
+
+def make_table(
+    spec: EmbeddingSpec,
+    paths: Sequence[str],
+    labels: Sequence[str | None],
+    sha256s: Sequence[str],
+    widths: Sequence[int],
+    heights: Sequence[int],
+    embeddings: np.ndarray,
+    errors: Sequence[dict[str, str]] = (),
+) -> pa.Table:
+    """Assemble a table in the file schema; ``embeddings`` is (n, spec.dim) float32."""
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(len(paths), spec.dim)
+    schema = arrow_schema(spec.dim).with_metadata(
+        {SPEC_METADATA_KEY: spec.to_json(), ERRORS_METADATA_KEY: json.dumps(list(errors))}
+    )
+    columns = [
+        pa.array(list(paths), pa.string()),
+        pa.array(list(labels), pa.string()),
+        pa.array(list(sha256s), pa.string()),
+        pa.array(np.asarray(widths, dtype=np.int32)),
+        pa.array(np.asarray(heights, dtype=np.int32)),
+        pa.FixedSizeListArray.from_arrays(pa.array(embeddings.ravel()), spec.dim),
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success it replaces ``target``.
+
+    A crash or kill before the rename leaves ``target`` untouched (the old version or
+    nothing), never a half-written file.
+    """
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_table(table: pa.Table, path: str | Path) -> None:
+    """Write a table to Parquet atomically (temporary file + rename)."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_spec(path: str | Path) -> EmbeddingSpec:
+    """The embedding spec stored in a cellembed Parquet file."""
+    return EmbeddingSpec.from_json(_metadata(path)[SPEC_METADATA_KEY])
+
+
+def read_errors(path: str | Path) -> list[dict[str, str]]:
+    """Files the run that wrote ``path`` could not embed: ``[{"path", "reason"}, ...]``."""
+    return json.loads(_metadata(path).get(ERRORS_METADATA_KEY, b"[]"))
+
+
+def _metadata(path: str | Path) -> dict[bytes, bytes]:
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
+    if SPEC_METADATA_KEY not in metadata:
+        raise InputError(f"{path}: not a cellembed embeddings file (no embedding spec in it)")
+    return metadata
+
+
+def read_table(path: str | Path) -> tuple[pa.Table, EmbeddingSpec]:
+    """Read a cellembed Parquet file and check its embedding width against its spec."""
+    spec = read_spec(path)
+    table = pq.read_table(path)
+    embedding_type = table.schema.field("embedding").type
+    if getattr(embedding_type, "list_size", None) != spec.dim:
+        raise InputError(f"{path}: embedding width does not match its spec ({spec.dim} floats)")
+    return table, spec
+
+
+def table_matrix(table: pa.Table) -> np.ndarray:
+    """The (n, d) float32 embedding matrix of a table, without a per-row Python copy."""
+    column = table.column("embedding").combine_chunks()
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), dim)
+
+
+def load_embeddings(path: str | Path) -> tuple[pd.DataFrame, EmbeddingSpec]:
+    """Read an embeddings file as a DataFrame plus its spec.
+
+    The DataFrame has one row per image with the columns ``path, label, sha256, width,
+    height`` and ``embedding`` (a float32 array of length ``spec.dim`` per row). Use
+    :func:`embedding_matrix` to get the (n, d) matrix.
+    """
+    table, spec = read_table(path)
+    frame = table.drop_columns(["embedding"]).to_pandas()
+    matrix = table_matrix(table)
+    frame["embedding"] = list(matrix)
+    frame.attrs["cellembed_spec"] = spec
+    return frame, spec
+
+
+def embedding_matrix(
+    frame: pd.DataFrame,
+    spec: EmbeddingSpec,
+    taps: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (n, d) float32 matrix and the (n,) label array of a loaded embeddings frame.
+
+    Args:
+        frame: a DataFrame from :func:`load_embeddings` (any subset of its rows).
+        spec: its spec.
+        taps: keep only these taps, by name and in this order (all taps when None).
+
+    Returns:
+        ``(X, labels)``: X is float32 with one column per kept dimension; labels is an
+        object array holding the label strings (None for unlabelled rows).
+    """
+    if len(frame) == 0:
+        matrix = np.zeros((0, spec.dim), dtype=np.float32)
+    else:
+        matrix = np.stack(frame["embedding"].to_numpy()).astype(np.float32, copy=False)
+    if matrix.shape[1] != spec.dim:
+        raise InputError(f"embedding width {matrix.shape[1]} does not match spec ({spec.dim})")
+    if taps is not None:
+        matrix = np.concatenate([matrix[:, s] for s in spec.tap_slices(taps)], axis=1)
+    labels = np.array([None if pd.isna(v) else str(v) for v in frame["label"]], dtype=object)
+    return matrix, labels
