@@ -90,6 +90,8 @@ class EmbeddingSpec:
     def differences(self, other: "EmbeddingSpec") -> list[str]:
         """Human-readable list of identity fields that differ (empty when compatible)."""
         mine, theirs = self.identity(), other.identity()
+        # Taps read best as their names; widths follow from the names.
+        mine["taps"], theirs["taps"] = ",".join(self.tap_names), ",".join(other.tap_names)
         out = []
         for key in mine:
             if mine[key] != theirs.get(key):

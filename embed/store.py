@@ -106,7 +106,7 @@ def read_spec(path: str | Path) -> EmbeddingSpec:
 
 
 def read_errors(path: str | Path) -> list[dict[str, str]]:
-    """Files the run that wrote ``path`` could not embed: ``[{"path", "reason"}, ...]``."""
+    """Files the run that wrote ``path`` could not embed: ``[{"path", "reason", "sha256"}, ...]``."""
     return json.loads(_metadata(path).get(ERRORS_METADATA_KEY, b"[]"))
 
 

@@ -1,0 +1,124 @@
+"""The ``cellembed`` command: ``extract`` embeddings of an image folder, ``info`` on a file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from cellembed.errors import InputError
+from cellembed.model import DEFAULT_LAYERS, TAP_PRESETS, WEIGHTS_ENV
+
+EXIT_SKIPPED = 3
+EXIT_INTERRUPTED = 130
+
+
+class BadInput(click.ClickException):
+    """A one-line error message with exit status 2 (bad input the user can fix)."""
+
+    exit_code = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="cellembed")
+def main() -> None:
+    """Frozen Xception embeddings of blood-cell images, cached in a Parquet file.
+
+    Typical use: `cellembed extract IMAGES -o embeddings.parquet`, then
+    `cellembed info embeddings.parquet`, then `cellclf fit embeddings.parquet -o run/`.
+    """
+    # Hide TensorFlow's C++ start-up chatter; real errors still come through.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@main.command()
+@click.argument("images", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--out", required=True, type=click.Path(path_type=Path),
+    help="Parquet file to create or update (e.g. embeddings.parquet).",
+)
+@click.option(
+    "--layers", default=DEFAULT_LAYERS,
+    help=f"Which Xception layers to pool into the embedding: {' or '.join(TAP_PRESETS)} "
+    "(multiscale = add_2,add_6,add_10,add_11 + last layer, 5,256 numbers; final = last "
+    "layer only, 2,048), or a comma-separated list of layer names.",
+)
+@click.option(
+    "--weights", default=None, metavar="PATH|imagenet",
+    help=f"Xception ImageNet weights file (.weights.h5 or .h5). Default: ${WEIGHTS_ENV} if "
+    "set, else 'imagenet' (Keras downloads them; needs internet).",
+)
+@click.option("--input-size", default=299, type=click.IntRange(min=71), help="Network input side in pixels.")
+@click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Images per forward pass.")
+@click.option(
+    "--checkpoint-every", default=256, type=click.IntRange(min=1),
+    help="Save finished embeddings every this many images, so an interrupted run resumes.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an output made with other settings instead of refusing.")
+@click.option("--allow-skips", is_flag=True, help="Exit 0 even when some files could not be read.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")
+def extract(
+    images: Path, out: Path, layers: str, weights: str | None, input_size: int, batch_size: int,
+    checkpoint_every: int, overwrite: bool, allow_skips: bool, quiet: bool,
+) -> None:
+    """Embed every image under IMAGES into the Parquet file OUT.
+
+    Each first-level sub-folder of IMAGES is a label (neutrophil/, basophil/, ...);
+    images directly in IMAGES get no label. Images already in OUT (same file contents)
+    are not embedded again, new ones are added, and ones no longer in IMAGES are dropped.
+    Stop at any time (Ctrl-C) and run the same command again to resume.
+
+    Files that cannot be read are skipped and listed in OUT's sidecar `.errors.csv`.
+    Exit status: 0 all embedded, 3 some files skipped (0 with --allow-skips),
+    2 bad input (nothing changed), 130 interrupted.
+    """
+    from cellembed.extract import Interrupted, extract as run_extract
+
+    log = None if quiet else (lambda message: click.echo(message, err=True))
+    try:
+        result = run_extract(
+            images, out, layers=layers, weights=weights, input_size=input_size,
+            batch_size=batch_size, overwrite=overwrite, checkpoint_every=checkpoint_every,
+            progress=not quiet, log=log,
+        )
+    except InputError as exc:
+        raise BadInput(str(exc)) from None
+    except Interrupted as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    click.echo(result.summary(), err=True)
+    if result.errors:
+        from cellembed.checkpoint import errors_csv_path
+
+        click.echo(
+            f"skipped {len(result.errors)} file(s) that could not be read, e.g. "
+            f"{result.errors[0]['path']}: {result.errors[0]['reason']}; "
+            f"all listed in {errors_csv_path(result.out)}",
+            err=True,
+        )
+        if not allow_skips:
+            raise SystemExit(EXIT_SKIPPED)
+
+
+@main.command()
+@click.argument("embeddings", type=click.Path(path_type=Path))
+def info(embeddings: Path) -> None:
+    """Describe an embeddings file: how it was made, images per label, skipped files."""
+    from cellembed.store import load_embeddings, read_errors
+
+    if not embeddings.is_file():
+        raise BadInput(f"{embeddings} does not exist; give a file written by cellembed extract")
+    try:
+        frame, spec = load_embeddings(embeddings)
+        errors = read_errors(embeddings)
+    except InputError as exc:
+        raise BadInput(str(exc)) from None
+    click.echo(f"file           {embeddings}")
+    click.echo(f"images         {len(frame)}")
+    click.echo(spec.describe())
+    counts = frame["label"].fillna("(no label)").value_counts().sort_index()
+    click.echo("per label      " + ", ".join(f"{label} {n}" for label, n in counts.items()))
+    click.echo(f"errors         {len(errors)} file(s) recorded as unreadable")
+    for error in errors[:5]:
+        click.echo(f"               {error['path']}: {error['reason']}")

@@ -1,0 +1,108 @@
+"""Decoding image files to 8-bit RGB and resizing them for the network.
+
+Colour conversion, one documented way for every input (see ``cellembed.spec.COLOR``):
+
+* RGB is kept; grayscale (1-bit or 8-bit) is repeated on the three channels;
+* palette images are expanded to their colours;
+* any transparency (RGBA, LA, palette with a transparent index) is composited onto white,
+  the background colour of a smear;
+* 16-bit (or 32-bit integer) samples are scaled to 8 bits as ``round(v / 257)``, so 65535
+  maps to 255; floating-point samples are clipped to 0..255.
+
+Only the first frame of a multi-page file is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+_WHITE = (255, 255, 255)
+
+
+class DecodeError(Exception):
+    """The file is not a readable image; the message says why, in a few words."""
+
+
+def decode_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as an (H, W, 3) uint8 RGB array.
+
+    Raises:
+        DecodeError: zero-byte, truncated, unreadable or non-image file.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise DecodeError("empty file (0 bytes)")
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb8(image)
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError("not an image file (format not recognised)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        # PIL reports truncation and corrupt streams as OSError/SyntaxError.
+        raise DecodeError(f"cannot decode image: {exc}") from None
+
+
+def to_rgb8(image: Image.Image) -> np.ndarray:
+    """Convert any PIL image to an (H, W, 3) uint8 array (rules in the module docstring)."""
+    mode = image.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        samples = np.asarray(image)
+        if mode == "F":
+            gray = np.clip(samples, 0, 255).round().astype(np.uint8)
+        else:
+            gray = np.round(np.clip(samples.astype(np.float64), 0, 65535) / 257.0).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def resize_bilinear(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize an (H, W, 3) image to (size, size, 3) float32 in 0..255.
+
+    TensorFlow bilinear interpolation with half-pixel centres and no antialiasing (the
+    resize Keras' image loaders use); the aspect ratio is not kept, as CellaVision crops
+    are almost square.
+    """
+    import tensorflow as tf  # local: keep module import light for readers of the cache
+
+    resized = tf.image.resize(rgb.astype(np.float32), (size, size), method="bilinear")
+    return resized.numpy()
+
+
+@dataclass
+class DecodedImage:
+    """Result of preparing one file for the network.
+
+    ``pixels`` is (size, size, 3) float32 in 0..255, or None when ``error`` says why not.
+    ``width``/``height`` are the original size in pixels.
+    """
+
+    pixels: np.ndarray | None
+    width: int = 0
+    height: int = 0
+    error: str | None = None
+
+
+def load_for_network(path: str | Path, size: int) -> DecodedImage:
+    """Decode and resize one file; never raises for a bad file (the error is returned)."""
+    try:
+        rgb = decode_rgb(path)
+    except DecodeError as exc:
+        return DecodedImage(None, error=str(exc))
+    except OSError as exc:  # e.g. permission denied, file vanished
+        return DecodedImage(None, error=f"cannot read file: {exc.strerror or exc}")
+    height, width = rgb.shape[:2]
+    return DecodedImage(resize_bilinear(rgb, size), width=width, height=height)

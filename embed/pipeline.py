@@ -1,0 +1,79 @@
+"""Decoding images in background threads while the network runs.
+
+PIL decoding and TensorFlow ops release the GIL, so a small thread pool keeps the next
+batches ready while the current one goes through Xception. Look-ahead is bounded so memory
+stays at a few batches whatever the folder size.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from cellembed.decoding import DecodedImage, load_for_network
+
+
+@dataclass
+class Batch:
+    """A batch ready for the network.
+
+    ``items`` are indices into the input sequence, in order; ``pixels`` holds the images
+    that decoded, stacked as (k, size, size, 3) float32, in the order of ``decoded``;
+    ``failed`` pairs each index that did not decode with its reason.
+    """
+
+    decoded: list[tuple[int, DecodedImage]]
+    failed: list[tuple[int, str]]
+    pixels: np.ndarray
+
+
+def decoded_batches(
+    paths: Sequence[Path],
+    size: int,
+    batch_size: int,
+    workers: int = 2,
+    lookahead_batches: int = 2,
+) -> Iterator[Batch]:
+    """Yield batches of decoded, resized images in input order."""
+    pending: deque[tuple[int, Future]] = deque()
+    limit = batch_size * (lookahead_batches + 1)
+    next_index = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cellembed-decode") as pool:
+
+        def fill() -> None:
+            nonlocal next_index
+            while next_index < len(paths) and len(pending) < limit:
+                pending.append((next_index, pool.submit(load_for_network, paths[next_index], size)))
+                next_index += 1
+
+        fill()
+        try:
+            yield from _drain(pending, fill, size, batch_size)
+        finally:
+            # On interruption, drop queued work instead of decoding it.
+            for _, future in pending:
+                future.cancel()
+
+
+def _drain(pending, fill, size: int, batch_size: int) -> Iterator[Batch]:
+    while pending:
+        decoded: list[tuple[int, DecodedImage]] = []
+        failed: list[tuple[int, str]] = []
+        while pending and len(decoded) + len(failed) < batch_size:
+            index, future = pending.popleft()
+            result = future.result()
+            if result.error is None:
+                decoded.append((index, result))
+            else:
+                failed.append((index, result.error))
+            fill()
+        if decoded:
+            pixels = np.stack([d.pixels for _, d in decoded])
+        else:
+            pixels = np.zeros((0, size, size, 3), np.float32)
+        yield Batch(decoded, failed, pixels)
