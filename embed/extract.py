@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,8 +249,11 @@ def _check_output(out: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the folder of output {out}: {exc.strerror or exc}") from None
-    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.R_OK)):
-        raise InputError(f"output {out} is not writable; choose another -o")
+    try:  # a real write probe: permission bits say nothing for root or read-only mounts
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        raise InputError(f"output {out} is not writable ({exc.strerror or exc}); choose another -o") from None
     return out
 
 

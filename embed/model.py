@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -108,13 +109,20 @@ def build_xception(input_size: int) -> "keras.Model":  # noqa: F821
 
 def load_weights(model: "keras.Model", weights: WeightsFile) -> None:  # noqa: F821
     """Load a weights file into an Xception built by :func:`build_xception`."""
-    try:
-        model.load_weights(str(weights.path))
-    except Exception as exc:  # Keras raises ValueError/KeyError/OSError for misfits
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    # Keras 3 loads a partly fitting file with only a warning, leaving the unmatched layers
+    # randomly initialised: that would give meaningless embeddings, so warnings are errors.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(str(weights.path))
+            problem = next((str(w.message) for w in caught if issubclass(w.category, UserWarning)), None)
+        except Exception as exc:  # Keras raises ValueError/KeyError/OSError for misfits
+            problem = str(exc).strip() or type(exc).__name__
+    if problem is not None:
         raise InputError(
-            f"weights file {weights.path} does not fit Xception(include_top=False): {reason}"
-        ) from None
+            f"weights file {weights.path} does not fit Xception(include_top=False): "
+            f"{problem.splitlines()[0][:200]}"
+        )
 
 
 def _snake_case(class_name: str) -> str:

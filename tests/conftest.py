@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny synthetic image folders, random-initialised and real Xception weights."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+SMALL = 71  # smallest Xception input: keeps unit tests fast
+
+
+def noise_image(seed: int, size: tuple[int, int] = (48, 40), mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    rgb = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+    return rgb if mode == "RGB" else rgb.convert(mode)
+
+
+def make_folder(root: Path, layout: dict[str, int], start_seed: int = 0) -> Path:
+    """Create ``root/<label>/img_<k>.png`` noise images; label "" means directly in root."""
+    seed = start_seed
+    for label, count in layout.items():
+        folder = root / label if label else root
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(count):
+            noise_image(seed, (40 + seed % 9, 36 + seed % 7)).save(folder / f"img_{seed:03d}.png")
+            seed += 1
+    return root
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory) -> Path:
+    """A `.weights.h5` file of a randomly initialised Xception(include_top=False)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.Xception(include_top=False, weights=None, input_shape=(SMALL, SMALL, 3))
+    path = tmp_path_factory.mktemp("weights") / "random_xception.weights.h5"
+    model.save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_weights() -> Path:
+    """The real ImageNet weights from $CELLEMBED_WEIGHTS (CI sets it); skip when absent."""
+    value = os.environ.get("CELLEMBED_WEIGHTS")
+    if not value or not Path(value).is_file():
+        pytest.skip("set CELLEMBED_WEIGHTS to the Xception ImageNet .weights.h5 file to run this test")
+    return Path(value)
+
+
+@pytest.fixture
+def labelled_folder(tmp_path) -> Path:
+    """Two labelled classes of 5 images and 2 unlabelled images."""
+    return make_folder(tmp_path / "images", {"alpha": 5, "beta": 5, "": 2})
+
+
+@pytest.fixture
+def sample_subset(tmp_path) -> Path:
+    """Two real images per class from data/sample."""
+    root = tmp_path / "sample"
+    for class_dir in sorted(SAMPLE.iterdir()):
+        if class_dir.is_dir():
+            (root / class_dir.name).mkdir(parents=True)
+            for image in sorted(class_dir.glob("*.jpg"))[:2]:
+                shutil.copy(image, root / class_dir.name / image.name)
+    return root

@@ -1,0 +1,168 @@
+"""extract(): the Parquet contract, the cache semantics and skipped files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cellembed import embedding_matrix, extract, load_embeddings, read_spec
+from cellembed.errors import InputError
+from cellembed.hashing import sha256_file
+from cellembed.model import load_embedder
+from conftest import SMALL, make_folder, noise_image
+
+
+@pytest.fixture(scope="module")
+def embedder(random_weights):
+    """One small multiscale embedder shared by the cache tests (building one takes seconds)."""
+    return load_embedder(random_weights, SMALL, "multiscale")
+
+
+def test_parquet_schema_and_spec_metadata(labelled_folder, tmp_path, random_weights):
+    out = tmp_path / "emb.parquet"
+    result = extract(labelled_folder, out, weights=random_weights, input_size=SMALL, progress=False)
+    assert (result.rows, result.embedded, result.reused, result.errors) == (12, 12, 0, [])
+    schema = pq.read_schema(out)
+    assert schema.field("path").type == pa.string() and schema.field("label").type == pa.string()
+    assert schema.field("sha256").type == pa.string()
+    assert schema.field("width").type == pa.int32() and schema.field("height").type == pa.int32()
+    assert schema.field("embedding").type == pa.list_(pa.float32(), 5256)
+    spec = json.loads(schema.metadata[b"cellembed.spec"])
+    assert spec["input_size"] == SMALL and spec["weights_sha256"] == sha256_file(random_weights)
+    assert [(t["name"], t["offset"], t["width"]) for t in spec["taps"]] == [
+        ("add_2", 0, 728), ("add_6", 728, 728), ("add_10", 1456, 728),
+        ("add_11", 2184, 1024), ("block14_sepconv2_act", 3208, 2048),
+    ]
+    for key in ("backbone", "pooling", "preprocessing", "resize", "color"):
+        assert spec[key]
+    assert set(spec["versions"]) == {"cellembed", "keras", "tensorflow"}
+
+    table = pq.read_table(out)
+    rows = table.drop_columns(["embedding"]).to_pylist()
+    first = next(r for r in rows if r["path"] == "alpha/img_000.png")
+    assert first["label"] == "alpha" and (first["width"], first["height"]) == (40, 36)
+    assert first["sha256"] == sha256_file(labelled_folder / "alpha" / "img_000.png")
+    assert [r["label"] for r in rows if "/" not in r["path"]] == [None, None]
+
+
+def test_readable_with_pandas_and_duckdb_and_the_api(labelled_folder, tmp_path, embedder):
+    duckdb = pytest.importorskip("duckdb")
+    out = tmp_path / "emb.parquet"
+    extract(labelled_folder, out, embedder=embedder, progress=False)
+    plain = pd.read_parquet(out)
+    assert len(plain) == 12 and len(plain["embedding"].iloc[0]) == 5256
+    [(count, dim)] = duckdb.sql(f"select count(*), max(len(embedding)) from '{out}' where label = 'beta'").fetchall()
+    assert (count, dim) == (5, 5256)
+    frame, spec = load_embeddings(out)
+    X, labels = embedding_matrix(frame, spec)
+    assert X.shape == (12, 5256) and X.dtype == np.float32
+    assert sorted(set(labels) - {None}) == ["alpha", "beta"] and list(labels).count(None) == 2
+    mid, _ = embedding_matrix(frame, spec, taps=["add_6", "add_2"])
+    np.testing.assert_array_equal(mid, np.concatenate([X[:, 728:1456], X[:, 0:728]], axis=1))
+    with pytest.raises(InputError, match="unknown tap add_99"):
+        embedding_matrix(frame, spec, taps=["add_99"])
+
+
+def test_cache_reuses_renamed_files_embeds_new_and_drops_removed(labelled_folder, tmp_path, embedder):
+    out = tmp_path / "emb.parquet"
+    extract(labelled_folder, out, embedder=embedder, progress=False)
+    before, spec = load_embeddings(out)
+    vector_of = dict(zip(before["sha256"], before["embedding"]))
+
+    (labelled_folder / "beta" / "img_005.png").rename(labelled_folder / "alpha" / "moved.png")
+    (labelled_folder / "alpha" / "img_001.png").unlink()
+    noise_image(100).save(labelled_folder / "beta" / "new.png")
+    result = extract(labelled_folder, out, embedder=embedder, progress=False)
+    assert (result.embedded, result.reused, result.dropped, result.rows) == (1, 11, 1, 12)
+
+    after, _ = load_embeddings(out)
+    moved = after.set_index("path").loc["alpha/moved.png"]
+    assert moved["label"] == "alpha"
+    np.testing.assert_array_equal(moved["embedding"], vector_of[moved["sha256"]])
+    assert "alpha/img_001.png" not in set(after["path"])
+    assert "beta/new.png" in set(after["path"])
+
+    again = extract(labelled_folder, out, embedder=embedder, progress=False)
+    assert (again.embedded, again.reused) == (0, 12)
+
+
+def test_identical_files_are_embedded_once(tmp_path, embedder):
+    folder = make_folder(tmp_path / "images", {"a": 3})
+    shutil.copy(folder / "a" / "img_000.png", folder / "a" / "copy.png")
+    result = extract(folder, tmp_path / "emb.parquet", embedder=embedder, progress=False)
+    assert (result.rows, result.embedded) == (4, 3)
+    frame, _ = load_embeddings(tmp_path / "emb.parquet")
+    rows = frame.set_index("path")
+    np.testing.assert_array_equal(rows.loc["a/copy.png", "embedding"], rows.loc["a/img_000.png", "embedding"])
+
+
+def test_a_different_spec_is_refused_unless_overwrite(labelled_folder, tmp_path, embedder, random_weights):
+    out = tmp_path / "emb.parquet"
+    extract(labelled_folder, out, embedder=embedder, progress=False)
+    original = out.read_bytes()
+    with pytest.raises(InputError, match=r"input_size: 80 vs 71.*--overwrite"):
+        extract(labelled_folder, out, weights=random_weights, input_size=80, progress=False)
+    with pytest.raises(InputError, match="taps: block14_sepconv2_act vs add_2,add_6"):
+        extract(labelled_folder, out, weights=random_weights, input_size=SMALL, layers="final", progress=False)
+    assert out.read_bytes() == original
+    result = extract(labelled_folder, out, weights=random_weights, input_size=SMALL,
+                     layers="final", overwrite=True, progress=False)
+    assert result.embedded == 12 and read_spec(out).dim == 2048
+
+
+def test_a_file_not_written_by_cellembed_is_not_replaced(labelled_folder, tmp_path, embedder):
+    out = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), out)
+    original = out.read_bytes()
+    with pytest.raises(InputError, match="not a cellembed embeddings file.*--overwrite"):
+        extract(labelled_folder, out, embedder=embedder, progress=False)
+    assert out.read_bytes() == original
+
+
+def test_bad_files_are_skipped_recorded_and_not_retried(labelled_folder, tmp_path, embedder):
+    (labelled_folder / "alpha" / "empty.jpg").write_bytes(b"")
+    (labelled_folder / "beta" / "notes.png").write_text("not really a png")
+    out = tmp_path / "emb.parquet"
+    result = extract(labelled_folder, out, embedder=embedder, progress=False)
+    assert result.rows == 12 and result.embedded == 12
+    assert [(e["path"], e["reason"]) for e in result.errors] == [
+        ("alpha/empty.jpg", "empty file (0 bytes)"),
+        ("beta/notes.png", "not an image file (format not recognised)"),
+    ]
+    errors_csv = pd.read_csv(tmp_path / "emb.errors.csv")
+    assert list(errors_csv.columns) == ["path", "reason"]
+    assert errors_csv["path"].tolist() == ["alpha/empty.jpg", "beta/notes.png"]
+    again = extract(labelled_folder, out, embedder=embedder, progress=False)
+    assert again.embedded == 0 and len(again.errors) == 2
+    (labelled_folder / "alpha" / "empty.jpg").unlink()
+    (labelled_folder / "beta" / "notes.png").unlink()
+    clean = extract(labelled_folder, out, embedder=embedder, progress=False)
+    assert clean.errors == [] and not (tmp_path / "emb.errors.csv").exists()
+
+
+def test_checkpoint_chunks_are_resumed(labelled_folder, tmp_path, embedder):
+    """Chunks left by an interrupted run are used, not recomputed (in-process variant)."""
+    from cellembed.checkpoint import Checkpoint
+
+    out = tmp_path / "emb.parquet"
+    first = extract(labelled_folder, tmp_path / "full.parquet", embedder=embedder, progress=False)
+    frame, spec = load_embeddings(first.out)
+    rows = frame.iloc[:5]
+    from cellembed.checkpoint import CachedEmbedding
+
+    Checkpoint(out).write(spec, [
+        (r.path, r.label, r.sha256, CachedEmbedding(r.width, r.height, r.embedding)) for r in rows.itertuples()
+    ])
+    result = extract(labelled_folder, out, embedder=embedder, progress=False, checkpoint_every=3)
+    assert (result.resumed, result.embedded, result.rows) == (5, 7, 12)
+    assert not (tmp_path / "emb.checkpoint").exists()
+    final, _ = load_embeddings(out)
+    np.testing.assert_allclose(
+        np.stack(final.sort_values("path")["embedding"]), np.stack(frame.sort_values("path")["embedding"]), atol=1e-5
+    )

@@ -1,0 +1,125 @@
+"""The taps: stable names, equality with plain Keras Xception, weights errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellembed.decoding import load_for_network
+from cellembed.errors import InputError
+from cellembed.model import TAP_PRESETS, load_embedder, parse_layers, resolve_weights
+from conftest import SMALL, make_folder
+
+
+def _plain_xception(weights, size, pooling=None):
+    import keras
+
+    model = keras.applications.Xception(
+        include_top=False, weights=None, input_shape=(size, size, 3), pooling=pooling
+    )
+    model.load_weights(weights)
+    return model
+
+
+def _pixels(folder, size):
+    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    return np.stack([load_for_network(p, size).pixels for p in paths])
+
+
+def _independent_tap_outputs(weights, size, pixels):
+    """Pooled outputs of the multiscale layers, found by position without cellembed code."""
+    import keras
+
+    model = _plain_xception(weights, size)
+    adds = [layer for layer in model.layers if isinstance(layer, keras.layers.Add)]
+    layers = [adds[2], adds[6], adds[10], adds[11], model.get_layer("block14_sepconv2_act")]
+    probe = keras.Model(model.input, [layer.output for layer in layers])
+    outputs = probe.predict(keras.applications.xception.preprocess_input(pixels.copy()), verbose=0)
+    return [np.asarray(o).mean(axis=(1, 2)) for o in outputs]
+
+
+def test_multiscale_taps_equal_the_pooled_layer_outputs(random_weights, tmp_path):
+    pixels = _pixels(make_folder(tmp_path, {"a": 3}), SMALL)
+    embedder = load_embedder(random_weights, SMALL, "multiscale")
+    spec = embedder.spec
+    assert spec.tap_names == list(TAP_PRESETS["multiscale"])
+    assert [t.width for t in spec.taps] == [728, 728, 728, 1024, 2048]
+    assert [t.offset for t in spec.taps] == [0, 728, 1456, 2184, 3208] and spec.dim == 5256
+    embedding = embedder.embed(pixels)
+    for tap, expected in zip(spec.taps, _independent_tap_outputs(random_weights, SMALL, pixels)):
+        np.testing.assert_allclose(embedding[:, tap.offset : tap.stop], expected, atol=1e-4, err_msg=tap.name)
+
+
+def test_final_tap_equals_keras_xception_avg_pooling(random_weights, tmp_path):
+    import keras
+
+    pixels = _pixels(make_folder(tmp_path, {"a": 4}), SMALL)
+    embedder = load_embedder(random_weights, SMALL, "final")
+    assert embedder.spec.dim == 2048
+    reference = _plain_xception(random_weights, SMALL, pooling="avg")
+    expected = reference.predict(keras.applications.xception.preprocess_input(pixels.copy()), verbose=0)
+    np.testing.assert_allclose(embedder.embed(pixels), expected, atol=1e-4)
+
+
+def test_taps_resolve_by_position_when_keras_renamed_the_layers(random_weights):
+    import keras
+
+    # Every Xception built earlier in this process shifted Keras' automatic names.
+    first = load_embedder(random_weights, SMALL, "add_6")
+    second = load_embedder(random_weights, SMALL, "add_6")
+    live_names = [l.name for l in second.model.layers if isinstance(l, keras.layers.Add)]
+    assert "add_6" not in live_names or live_names.index("add_6") == 6
+    x = np.random.default_rng(0).uniform(0, 255, (2, SMALL, SMALL, 3)).astype(np.float32)
+    np.testing.assert_allclose(first.embed(x), second.embed(x), atol=1e-5)
+    assert second.spec.tap_names == ["add_6"] and second.spec.dim == 728
+
+
+def test_unknown_layer_is_an_input_error_listing_valid_names(random_weights):
+    with pytest.raises(InputError) as info:
+        load_embedder(random_weights, SMALL, "add_6,block99_nothing")
+    message = str(info.value)
+    assert "block99_nothing" in message and "add_11" in message and "block14_sepconv2_act" in message
+    assert "\n" not in message
+    with pytest.raises(InputError, match="more than once"):
+        parse_layers("add_2,add_2")
+
+
+def test_weights_errors_name_the_file(tmp_path, random_weights):
+    import keras
+
+    with pytest.raises(InputError, match="missing.weights.h5.*does not exist"):
+        resolve_weights(tmp_path / "missing.weights.h5")
+    wrong = tmp_path / "dense.weights.h5"
+    small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    small.save_weights(wrong)
+    with pytest.raises(InputError, match="dense.weights.h5 does not fit Xception"):
+        load_embedder(wrong, SMALL, "final")
+    # A file holding only the first blocks of Xception must not load "partly".
+    full = keras.applications.Xception(include_top=False, weights=None, input_shape=(SMALL, SMALL, 3))
+    partial = tmp_path / "partial.weights.h5"
+    keras.Model(full.input, full.get_layer("block3_pool").output).save_weights(partial)
+    with pytest.raises(InputError, match="partial.weights.h5 does not fit Xception"):
+        load_embedder(partial, SMALL, "final")
+    with pytest.raises(InputError, match="too small"):
+        load_embedder(random_weights, 32, "final")
+
+
+def test_weights_come_from_the_environment_variable(monkeypatch, random_weights):
+    monkeypatch.setenv("CELLEMBED_WEIGHTS", str(random_weights))
+    resolved = resolve_weights(None)
+    assert resolved.path == random_weights.resolve()
+    assert len(resolved.sha256) == 64
+
+
+def test_real_weights_final_tap_matches_keras_on_sample_images(real_weights, sample_subset):
+    """Integration: ImageNet weights, 299x299, real CellaVision images."""
+    import keras
+
+    pixels = _pixels(sample_subset, 299)[:6]
+    embedder = load_embedder(real_weights, 299, "multiscale")
+    embedding = embedder.embed(pixels)
+    final = embedder.spec.tap_slices(["block14_sepconv2_act"])[0]
+    reference = _plain_xception(real_weights, 299, pooling="avg")
+    expected = reference.predict(keras.applications.xception.preprocess_input(pixels.copy()), verbose=0)
+    np.testing.assert_allclose(embedding[:, final], expected, atol=1e-4)
+    assert embedder.spec.weights_sha256 == "c51edf65daf73e3039178bb3c0fe422245dde203bfa7500bbdba74ee409817ae"
