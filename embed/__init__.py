@@ -8,11 +8,12 @@ Public API::
     frame, spec = load_embeddings("embeddings.parquet")    # DataFrame + EmbeddingSpec
     X, labels = embedding_matrix(frame, spec, taps=["add_6"])
 
-TensorFlow is imported only when :func:`extract` (or the model module) is used, so reading
-embeddings stays light.
+TensorFlow is imported only when a network is needed (``extract`` with images to embed),
+so reading embeddings, or a rerun with nothing new, stays light.
 """
 
 from cellembed.errors import InputError
+from cellembed.extraction import ExtractResult, extract
 from cellembed.spec import EmbeddingSpec, Tap
 from cellembed.store import embedding_matrix, load_embeddings, read_errors, read_spec
 
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EmbeddingSpec",
+    "ExtractResult",
     "InputError",
     "Tap",
     "embedding_matrix",
@@ -29,12 +31,3 @@ __all__ = [
     "read_spec",
     "__version__",
 ]
-
-
-def extract(*args, **kwargs):  # noqa: D103 - documented on cellembed.extract.extract
-    from cellembed.extract import extract as _extract
-
-    return _extract(*args, **kwargs)
-
-
-extract.__doc__ = "Embed a folder of images into a Parquet cache; see cellembed.extract.extract."

@@ -73,7 +73,7 @@ def extract(
     Exit status: 0 all embedded, 3 some files skipped (0 with --allow-skips),
     2 bad input (nothing changed), 130 interrupted.
     """
-    from cellembed.extract import Interrupted, extract as run_extract
+    from cellembed.extraction import Interrupted, extract as run_extract
 
     log = None if quiet else (lambda message: click.echo(message, err=True))
     try:

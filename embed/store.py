@@ -88,10 +88,18 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as handle:
             os.fsync(handle.fileno())
+        # mkstemp creates 0600 files; give the result the permissions a plain write would.
+        os.chmod(tmp_path, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def write_table(table: pa.Table, path: str | Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -28,6 +29,9 @@ def test_parquet_schema_and_spec_metadata(labelled_folder, tmp_path, random_weig
     out = tmp_path / "emb.parquet"
     result = extract(labelled_folder, out, weights=random_weights, input_size=SMALL, progress=False)
     assert (result.rows, result.embedded, result.reused, result.errors) == (12, 12, 0, [])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # atomic write keeps normal permissions
     schema = pq.read_schema(out)
     assert schema.field("path").type == pa.string() and schema.field("label").type == pa.string()
     assert schema.field("sha256").type == pa.string()
