@@ -15,7 +15,7 @@ so reading embeddings, or a rerun with nothing new, stays light.
 from cellembed.errors import InputError
 from cellembed.extraction import ExtractResult, extract
 from cellembed.spec import EmbeddingSpec, Tap
-from cellembed.store import embedding_matrix, load_embeddings, read_errors, read_spec
+from cellembed.store import embedding_matrix, load_embeddings, read_errors, read_images_root, read_spec
 
 __version__ = "0.1.0"
 
@@ -28,6 +28,7 @@ __all__ = [
     "extract",
     "load_embeddings",
     "read_errors",
+    "read_images_root",
     "read_spec",
     "__version__",
 ]

@@ -37,7 +37,14 @@ from cellembed.model import (
 )
 from cellembed.pipeline import decoded_batches
 from cellembed.spec import EmbeddingSpec
-from cellembed.store import ERRORS_METADATA_KEY, atomic_path, make_table, read_table, write_table
+from cellembed.store import (
+    ERRORS_METADATA_KEY,
+    IMAGES_METADATA_KEY,
+    atomic_path,
+    make_table,
+    read_table,
+    write_table,
+)
 
 DEFAULT_CHECKPOINT_EVERY = 256
 
@@ -189,7 +196,7 @@ def extract(
 
     rows = [(f, sha) for f, sha in zip(files, shas) if sha is not None and sha in cache]
     errors.sort(key=lambda e: e["path"])
-    if not (out_table is not None and _unchanged(out_table, rows, errors)):
+    if not (out_table is not None and _unchanged(out_table, images, rows, errors)):
         table = make_table(
             spec,
             [f.path for f, _ in rows],
@@ -199,6 +206,7 @@ def extract(
             [cache[sha].height for _, sha in rows],
             np.stack([cache[sha].vector for _, sha in rows]) if rows else np.zeros((0, spec.dim)),
             errors,
+            images_root=images,
         )
         write_table(table, out)
     _write_errors_csv(errors_csv_path(out), errors)
@@ -224,12 +232,15 @@ def _spec_like(existing: EmbeddingSpec, tap_names: list[str], fields: dict) -> E
     return EmbeddingSpec.from_widths(zip(tap_names, widths), **fields)
 
 
-def _unchanged(out_table, rows: list[tuple[ImageFile, str]], errors: list[dict[str, str]]) -> bool:
+def _unchanged(
+    out_table, images, rows: list[tuple[ImageFile, str]], errors: list[dict[str, str]]
+) -> bool:
     """True when OUT already holds exactly these rows and errors (no rewrite needed)."""
     if out_table.num_rows != len(rows):
         return False
     return (
         _recorded_errors(out_table) == errors
+        and (out_table.schema.metadata or {}).get(IMAGES_METADATA_KEY) == str(Path(images).resolve()).encode()
         and out_table.column("path").to_pylist() == [f.path for f, _ in rows]
         and out_table.column("label").to_pylist() == [f.label for f, _ in rows]
         and out_table.column("sha256").to_pylist() == [sha for _, sha in rows]

@@ -31,6 +31,8 @@ from cellembed.errors import InputError
 from cellembed.spec import SPEC_METADATA_KEY, EmbeddingSpec
 
 ERRORS_METADATA_KEY = b"cellembed.errors"
+#: Absolute path of the images folder the rows' ``path`` values are relative to.
+IMAGES_METADATA_KEY = b"cellembed.images"
 META_COLUMNS = ("path", "label", "sha256", "width", "height")
 
 
@@ -56,12 +58,14 @@ def make_table(
     heights: Sequence[int],
     embeddings: np.ndarray,
     errors: Sequence[dict[str, str]] = (),
+    images_root: str | Path | None = None,
 ) -> pa.Table:
     """Assemble a table in the file schema; ``embeddings`` is (n, spec.dim) float32."""
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(len(paths), spec.dim)
-    schema = arrow_schema(spec.dim).with_metadata(
-        {SPEC_METADATA_KEY: spec.to_json(), ERRORS_METADATA_KEY: json.dumps(list(errors))}
-    )
+    metadata = {SPEC_METADATA_KEY: spec.to_json(), ERRORS_METADATA_KEY: json.dumps(list(errors))}
+    if images_root is not None:
+        metadata[IMAGES_METADATA_KEY] = str(Path(images_root).resolve())
+    schema = arrow_schema(spec.dim).with_metadata(metadata)
     columns = [
         pa.array(list(paths), pa.string()),
         pa.array(list(labels), pa.string()),
@@ -116,6 +120,12 @@ def read_spec(path: str | Path) -> EmbeddingSpec:
 def read_errors(path: str | Path) -> list[dict[str, str]]:
     """Files the run that wrote ``path`` could not embed: ``[{"path", "reason", "sha256"}, ...]``."""
     return json.loads(_metadata(path).get(ERRORS_METADATA_KEY, b"[]"))
+
+
+def read_images_root(path: str | Path) -> Path | None:
+    """The images folder the file was extracted from (None if not recorded)."""
+    value = _metadata(path).get(IMAGES_METADATA_KEY)
+    return Path(value.decode()) if value else None
 
 
 def _metadata(path: str | Path) -> dict[bytes, bytes]:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cellembed import embedding_matrix, extract, load_embeddings, read_spec
+from cellembed import embedding_matrix, extract, load_embeddings, read_images_root, read_spec
 from cellembed.errors import InputError
 from cellembed.hashing import sha256_file
 from cellembed.model import load_embedder
@@ -46,6 +46,7 @@ def test_parquet_schema_and_spec_metadata(labelled_folder, tmp_path, random_weig
     for key in ("backbone", "pooling", "preprocessing", "resize", "color"):
         assert spec[key]
     assert set(spec["versions"]) == {"cellembed", "keras", "tensorflow"}
+    assert read_images_root(out) == labelled_folder.resolve()
 
     table = pq.read_table(out)
     rows = table.drop_columns(["embedding"]).to_pylist()
