@@ -54,7 +54,7 @@ class WeightsFile:
     source: str
 
 
-def resolve_weights(weights: str | os.PathLike | None) -> WeightsFile:
+def resolve_weights(weights: "str | os.PathLike | WeightsFile | None") -> WeightsFile:
     """Find the weights to load.
 
     ``weights`` is a path, ``"imagenet"`` (Keras' own download, needs internet) or None,
@@ -63,6 +63,8 @@ def resolve_weights(weights: str | os.PathLike | None) -> WeightsFile:
     Raises:
         InputError: the file does not exist, or the download failed.
     """
+    if isinstance(weights, WeightsFile):
+        return weights
     source = "--weights"
     if weights is None:
         weights = os.environ.get(WEIGHTS_ENV) or IMAGENET
@@ -263,7 +265,7 @@ def load_embedder(
     """Build the frozen Xception with its weights and the requested taps."""
     tap_names = parse_layers(layers)
     check_input_size(input_size)
-    weights_file = weights if isinstance(weights, WeightsFile) else resolve_weights(weights)
+    weights_file = resolve_weights(weights)
     with quiet_native_logs():
         backbone = build_xception(input_size)
     load_weights(backbone, weights_file)

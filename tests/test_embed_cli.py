@@ -84,7 +84,12 @@ def _start_extract(folder, out, weights, *extra):
         "--weights", str(weights), "--input-size", "160", "--batch-size", "4",
         "--checkpoint-every", "8", *extra,
     ]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background jobs (nohup, CI runners) inherit SIGINT as ignored, and Python
+    # then never raises KeyboardInterrupt: give the child the default, as a terminal would.
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _wait_for_first_chunk(process, folder, timeout=240.0):
