@@ -180,19 +180,20 @@ def extract(
         f"{len(wanted & set(cache))} already embedded, {len(todo)} to embed"
     )
 
-    embed_started = time.perf_counter()
     decode_errors: list[dict[str, str]] = []
+    embed_seconds = 0.0
     if todo or spec is None:
         if embedder is None:
             embedder = load_embedder(weights_file, input_size, tap_names)
         if spec is not None and spec.differences(embedder.spec):
             raise RuntimeError(f"planned spec differs from the model's: {spec.differences(embedder.spec)}")
         spec = embedder.spec
+        embed_started = time.perf_counter()  # images/s counts decoding + network only
         decode_errors = _embed_missing(
             todo, embedder, cache, checkpoint, batch_size, checkpoint_every, progress
         )
+        embed_seconds = time.perf_counter() - embed_started
     errors += decode_errors
-    embed_seconds = time.perf_counter() - embed_started
 
     rows = [(f, sha) for f, sha in zip(files, shas) if sha is not None and sha in cache]
     errors.sort(key=lambda e: e["path"])
