@@ -1,0 +1,35 @@
+"""cellclf: classical classifiers (logistic regression, XGBoost) on cellembed embeddings.
+
+Public API::
+
+    from cellclf import Predictor, fit, FitConfig
+
+    result = fit("embeddings.parquet", "run/")          # writes run/ (see cellclf.run)
+    predictor = Predictor.load("run/model.joblib")      # checks run/model.joblib.sha256
+    frame, spec = cellembed.load_embeddings("new.parquet")
+    names = predictor.predict(frame)                    # refuses embeddings of another spec
+
+scikit-learn and XGBoost are imported only when fitting or predicting.
+"""
+
+from cellclf.errors import ClassifierInputError, PredictorLoadError
+from cellclf.predictor import Predictor
+
+__all__ = ["ClassifierInputError", "FitConfig", "Predictor", "PredictorLoadError", "fit"]
+
+
+def fit(*args, **kwargs):  # noqa: D103 - documented on cellclf.run.fit
+    from cellclf.run import fit as _fit
+
+    return _fit(*args, **kwargs)
+
+
+fit.__doc__ = "Fit, evaluate and explain classifiers; see cellclf.run.fit."
+
+
+def __getattr__(name: str):
+    if name == "FitConfig":
+        from cellclf.run import FitConfig
+
+        return FitConfig
+    raise AttributeError(f"module 'cellclf' has no attribute {name!r}")

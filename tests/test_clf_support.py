@@ -39,7 +39,7 @@ def write_synthetic(
     share no images.
     """
     spec = spec or make_spec()
-    counts = counts or {name: 50 for name in CLASSES}
+    counts = {name: 50 for name in CLASSES} if counts is None else counts
     rng = np.random.default_rng(seed)
     centres = {name: rng.normal(0, separation, spec.dim) for name in counts}
     paths, labels, shas, rows = [], [], [], []

@@ -1,0 +1,96 @@
+"""Reading a cellembed Parquet file into the labelled matrix that fitting needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from cellembed import EmbeddingSpec, embedding_matrix, load_embeddings
+from cellclf.errors import ClassifierInputError
+
+
+@dataclass
+class LabelledEmbeddings:
+    """The labelled rows of one embeddings file.
+
+    Attributes:
+        meta: DataFrame with columns ``path, sha256, label`` (n rows, index 0..n-1).
+        X: (n, d) float32 embedding matrix restricted to ``taps``.
+        labels: (n,) object array of class-name strings.
+        spec: the full embedding spec of the file (all taps).
+        taps: names of the taps that make up the columns of ``X``, in order.
+        source: the file it came from.
+        n_unlabelled: rows of the file without a label (not used for fitting).
+    """
+
+    meta: pd.DataFrame
+    X: np.ndarray
+    labels: np.ndarray
+    spec: EmbeddingSpec
+    taps: tuple[str, ...]
+    source: str
+    n_unlabelled: int
+
+    @property
+    def feature_names(self) -> list[str]:
+        """``tap:index`` name of every column of ``X``."""
+        return tap_feature_names(self.spec, self.taps)
+
+
+def tap_feature_names(spec: EmbeddingSpec, taps: Sequence[str]) -> list[str]:
+    """``tap:index`` names of the columns selected by ``taps`` (in that order)."""
+    widths = {t.name: t.width for t in spec.taps}
+    return [f"{name}:{i}" for name in taps for i in range(widths[name])]
+
+
+def load_labelled(path: str | Path, taps: Sequence[str] | None = None) -> LabelledEmbeddings:
+    """Load the labelled rows of a cellembed file and check they can be used for fitting.
+
+    Args:
+        path: a Parquet file written by ``cellembed extract``.
+        taps: keep only these taps (all taps of the file when None).
+
+    Raises:
+        cellembed.InputError: not a cellembed file, no labelled rows, unknown tap, or
+            NaN / infinite embedding values (one-line messages saying what to do).
+    """
+    frame, spec = load_embeddings(path)
+    tap_names = tuple(spec.tap_names if taps is None else taps)
+    labelled = frame[frame["label"].notna()].reset_index(drop=True)
+    if len(labelled) == 0:
+        raise ClassifierInputError(
+            f"{path}: no labelled images ({len(frame)} rows, none inside a class sub-folder); "
+            "put the training images in one sub-folder per class and re-run cellembed extract"
+        )
+    X, labels = embedding_matrix(labelled, spec, taps=list(tap_names))
+    finite = np.isfinite(X).all(axis=1)
+    if not finite.all():
+        bad = labelled["path"][~finite].tolist()
+        raise ClassifierInputError(
+            f"{path}: {len(bad)} images have NaN or infinite embedding values "
+            f"(e.g. {bad[0]}); delete the file and re-run cellembed extract"
+        )
+    meta = labelled[["path", "sha256", "label"]].astype({"label": str})
+    return LabelledEmbeddings(
+        meta=meta,
+        X=np.ascontiguousarray(X, dtype=np.float32),
+        labels=labels.astype(object),
+        spec=spec,
+        taps=tap_names,
+        source=str(path),
+        n_unlabelled=int(len(frame) - len(labelled)),
+    )
+
+
+def check_same_spec(first: LabelledEmbeddings, second: LabelledEmbeddings) -> None:
+    """Refuse two files whose embeddings are not interchangeable (different specs)."""
+    differences = first.spec.differences(second.spec)
+    if differences:
+        raise ClassifierInputError(
+            f"{first.source} and {second.source} were embedded differently "
+            f"({'; '.join(differences)}); re-extract both with the same cellembed settings"
+        )

@@ -1,0 +1,240 @@
+"""SHAP explanations: exact linear SHAP for the logistic regression, TreeSHAP for XGBoost.
+
+Both explain the model's *margin* (log-odds / softmax logit) of every class, so for each
+row and class ``sum(values) + expected_value == margin`` (checked and recorded). Summaries
+follow the shap package's multi-class convention: "class c" means the output of class c,
+averaged over all explained rows.
+
+Files written per model ``<m>`` into ``shap/``:
+
+- ``<m>_mean_abs.csv``: one row per embedding dimension (``feature`` = ``tap:index``,
+  ``tap``, ``index``) with the mean |SHAP| for each class and their mean (``all``).
+- ``<m>_by_tap.csv``: ``tap, n_dims, class, mean_abs_shap_sum, share, mean_abs_shap_per_dim``
+  (which layers matter for which cell type; ``share`` sums to 1 per class).
+- ``<m>_top20.csv``: ``class, rank, feature, tap, index, mean_abs_shap, mean_shap``.
+- ``<m>_summary.png``: top-20 dimensions (stacked by class) and the tap x class shares.
+
+``summary.json`` records, per model, the method, rows explained out of the test rows, the
+seed of the subsample, seconds and the largest additivity error.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+TOP_N = 20
+
+
+@dataclass
+class ShapValues:
+    """SHAP values of k class margins.
+
+    Attributes:
+        values: (n, k, d) float32 contributions of each dimension to each class margin.
+        expected: (k,) margin of each class at the background (the training mean).
+        margin: (n, k) the model's margins, to check ``values.sum(-1) + expected``.
+    """
+
+    values: np.ndarray
+    expected: np.ndarray
+    margin: np.ndarray
+
+    @property
+    def additivity_error(self) -> float:
+        """Largest |sum of SHAP + expected value - margin| over rows and classes."""
+        return float(np.abs(self.values.sum(axis=2, dtype=np.float64) + self.expected - self.margin).max())
+
+
+def linear_shap(model: Any, X: np.ndarray) -> ShapValues:
+    """Exact SHAP of a StandardScaler + LogisticRegression pipeline (independent features).
+
+    With the training data as background, phi[i, c, j] = w[c, j] * (z[i, j] - mean(z_train)[j])
+    where z is the standardised input; the scaler was fitted on the training data, so
+    mean(z_train) = 0 and the expected value is the intercept. For two classes
+    scikit-learn keeps one margin (class 1); class 0 gets its negation.
+
+    Args:
+        model: fitted Pipeline with steps ``scale`` (StandardScaler) and ``logreg``.
+        X: (n, d) embeddings in the model's input layout.
+    """
+    scaler, logreg = model.named_steps["scale"], model.named_steps["logreg"]
+    z = scaler.transform(np.asarray(X, dtype=np.float64))
+    coef, intercept = logreg.coef_, logreg.intercept_
+    if coef.shape[0] == 1:  # binary: one margin for class 1
+        coef, intercept = np.vstack([-coef, coef]), np.concatenate([-intercept, intercept])
+    background = np.zeros(z.shape[1])  # mean of the standardised training data
+    values = (coef[None, :, :] * (z - background)[:, None, :]).astype(np.float32)
+    expected = intercept + coef @ background
+    margin = z @ coef.T + intercept
+    return ShapValues(values, expected, margin)
+
+
+def tree_shap(model: Any, X: np.ndarray, n_jobs: int = 1) -> ShapValues:
+    """Exact TreeSHAP of a fitted XGBClassifier pipeline (xgboost's ``pred_contribs``).
+
+    Args:
+        model: fitted Pipeline whose step ``xgb`` is an XGBClassifier (multi:softprob, or
+            binary:logistic whose single margin is split into -margin / +margin like
+            :func:`linear_shap`).
+        X: (n, d) embeddings in the model's input layout.
+    """
+    import xgboost
+
+    booster = model.named_steps["xgb"].get_booster()
+    booster.set_param({"nthread": n_jobs})
+    data = xgboost.DMatrix(np.asarray(X, dtype=np.float32))
+    contribs = booster.predict(data, pred_contribs=True)  # (n, k, d + 1), last = bias
+    margin = booster.predict(data, output_margin=True)
+    if contribs.ndim == 2:  # binary:logistic has one margin (class 1); class 0 gets its negation
+        contribs = np.stack([-contribs, contribs], axis=1)
+        margin = np.stack([-margin, margin], axis=1)
+    return ShapValues(contribs[:, :, :-1].astype(np.float32), contribs[0, :, -1].astype(np.float64), margin)
+
+
+def summarise(
+    shap_values: np.ndarray, classes: Sequence[str], feature_names: Sequence[str], top_n: int = TOP_N
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Mean |SHAP| per dimension and class, summed by tap, and the top dimensions per class.
+
+    Args:
+        shap_values: (n, k, d) SHAP values.
+        classes: the k class names.
+        feature_names: the d ``tap:index`` names.
+    Returns:
+        ``(mean_abs, by_tap, top)`` as described in the module docstring.
+    """
+    classes = list(classes)
+    mean_abs = np.abs(shap_values).mean(axis=0, dtype=np.float64)  # (k, d)
+    mean_signed = shap_values.mean(axis=0, dtype=np.float64)
+    taps = [name.rsplit(":", 1)[0] for name in feature_names]
+    index = [int(name.rsplit(":", 1)[1]) for name in feature_names]
+    per_dim = pd.DataFrame({"feature": list(feature_names), "tap": taps, "index": index})
+    for k, name in enumerate(classes):
+        per_dim[name] = mean_abs[k]
+    per_dim["all"] = mean_abs.mean(axis=0)
+
+    tap_order = list(dict.fromkeys(taps))
+    rows = []
+    for k, name in enumerate(classes):
+        total = mean_abs[k].sum()
+        for tap in tap_order:
+            mask = np.array([t == tap for t in taps])
+            tap_sum = float(mean_abs[k, mask].sum())
+            rows.append(
+                {
+                    "tap": tap,
+                    "n_dims": int(mask.sum()),
+                    "class": name,
+                    "mean_abs_shap_sum": tap_sum,
+                    "share": tap_sum / total if total > 0 else 0.0,
+                    "mean_abs_shap_per_dim": tap_sum / mask.sum(),
+                }
+            )
+    by_tap = pd.DataFrame(rows)
+
+    rows = []
+    for k, name in enumerate(classes):
+        order = np.argsort(-mean_abs[k], kind="stable")[:top_n]
+        for rank, j in enumerate(order, start=1):
+            rows.append(
+                {
+                    "class": name,
+                    "rank": rank,
+                    "feature": feature_names[j],
+                    "tap": taps[j],
+                    "index": index[j],
+                    "mean_abs_shap": float(mean_abs[k, j]),
+                    "mean_shap": float(mean_signed[k, j]),
+                }
+            )
+    top = pd.DataFrame(rows)
+    return per_dim, by_tap, top
+
+
+def plot_summary(per_dim: pd.DataFrame, by_tap: pd.DataFrame, classes: Sequence[str], title: str, path: Path) -> None:
+    """Save the summary PNG: top dimensions stacked by class, and tap x class shares."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    classes = list(classes)
+    top = per_dim.assign(total=per_dim[classes].sum(axis=1)).nlargest(TOP_N, "total").iloc[::-1]
+    figure = Figure(figsize=(13, 7), layout="constrained")
+    FigureCanvasAgg(figure)
+    bars, heat = figure.subplots(1, 2, width_ratios=[3, 2])
+    left = np.zeros(len(top))
+    palette = _palette(len(classes))
+    for k, name in enumerate(classes):
+        bars.barh(top["feature"], top[name], left=left, color=palette[k], label=name)
+        left += top[name].to_numpy()
+    bars.set_xlabel("mean |SHAP value| (contribution to the class margin)")
+    bars.set_title(f"{title}: top {TOP_N} embedding dimensions")
+    bars.legend(fontsize=8, loc="lower right")
+    table = by_tap.pivot(index="tap", columns="class", values="share").loc[list(dict.fromkeys(by_tap["tap"])), classes]
+    image = heat.imshow(table.to_numpy(), cmap="viridis", aspect="auto", vmin=0)
+    heat.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    heat.set_yticks(range(len(table)), table.index)
+    for (i, j), share in np.ndenumerate(table.to_numpy()):
+        heat.text(j, i, f"{share:.2f}", ha="center", va="center", fontsize=7, color="white" if share < 0.5 * table.to_numpy().max() else "black")
+    heat.set_title("share of mean |SHAP| by layer (tap)")
+    figure.colorbar(image, ax=heat, shrink=0.8)
+    figure.savefig(path, dpi=110)
+
+
+def _palette(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def explain(
+    family: str,
+    model: Any,
+    X: np.ndarray,
+    classes: Sequence[str],
+    feature_names: Sequence[str],
+    out_dir: Path,
+    *,
+    max_rows: int,
+    seed: int = 0,
+    n_jobs: int = 1,
+) -> dict[str, Any]:
+    """Compute SHAP on (n, d) test rows ``X`` and write the files of ``family`` into out_dir.
+
+    Rows are subsampled (seeded, without replacement) only when n > ``max_rows``.
+
+    Returns:
+        the record for ``shap/summary.json``.
+    """
+    start = time.perf_counter()
+    n_total = len(X)
+    rows = np.arange(n_total)
+    if n_total > max_rows:
+        rows = np.sort(np.random.default_rng(seed).choice(n_total, size=max_rows, replace=False))
+    if family == "lr":
+        result, method = linear_shap(model, X[rows]), "exact linear SHAP (standardised inputs, training-mean background)"
+    else:
+        result, method = tree_shap(model, X[rows], n_jobs=n_jobs), "exact TreeSHAP (xgboost pred_contribs)"
+    per_dim, by_tap, top = summarise(result.values, classes, feature_names)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_dim.to_csv(out_dir / f"{family}_mean_abs.csv", index=False)
+    by_tap.to_csv(out_dir / f"{family}_by_tap.csv", index=False)
+    top.to_csv(out_dir / f"{family}_top20.csv", index=False)
+    plot_summary(per_dim, by_tap, classes, family, out_dir / f"{family}_summary.png")
+    return {
+        "method": method,
+        "output": "class margin (softmax logit)",
+        "rows_explained": int(len(rows)),
+        "test_rows": int(n_total),
+        "subsampled": bool(len(rows) < n_total),
+        "subsample_seed": seed,
+        "expected_value": {c: float(v) for c, v in zip(classes, result.expected)},
+        "max_additivity_error": result.additivity_error,
+        "seconds": round(time.perf_counter() - start, 3),
+    }

@@ -1,0 +1,83 @@
+"""Records of hyper-parameter trials, shared by the model families, and ``tuning.csv``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass
+class Trial:
+    """One hyper-parameter setting that was tried.
+
+    Attributes:
+        number: 0-based position in the order trials were run.
+        params: the hyper-parameters (JSON-serialisable).
+        score: the selection score (macro-F1: CV mean for lr, validation for xgb).
+        score_name: ``cv_macro_f1`` or ``val_macro_f1``.
+        seconds: wall time of the trial (for CV: summed over its folds).
+        score_std: spread of the CV fold scores (NaN when not cross-validated).
+        extra: other facts worth keeping (fold scores, trees, iterations, log loss...).
+    """
+
+    number: int
+    params: dict[str, Any]
+    score: float
+    score_name: str
+    seconds: float
+    score_std: float = float("nan")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TuningResult:
+    """All trials of one model family and the one selected."""
+
+    family: str
+    trials: list[Trial]
+    best: int
+    seconds: float
+
+    @property
+    def best_trial(self) -> Trial:
+        return self.trials[self.best]
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        return dict(self.best_trial.params)
+
+
+def tuning_table(results: list[TuningResult]) -> pd.DataFrame:
+    """The ``tuning.csv`` table: one row per trial of every family.
+
+    Columns: ``model, trial, score_name, score, score_std, seconds, selected, params``
+    (JSON), one ``param_<name>`` column per hyper-parameter, then the family's extra columns.
+    """
+    rows = []
+    for result in results:
+        for trial in result.trials:
+            row: dict[str, Any] = {
+                "model": result.family,
+                "trial": trial.number,
+                "score_name": trial.score_name,
+                "score": trial.score,
+                "score_std": trial.score_std,
+                "seconds": round(trial.seconds, 3),
+                "selected": trial.number == result.best_trial.number,
+                "params": json.dumps(trial.params, sort_keys=True),
+            }
+            row.update({f"param_{k}": _cell(v) for k, v in trial.params.items()})
+            row.update({k: _cell(v) for k, v in trial.extra.items()})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return value
