@@ -1,0 +1,199 @@
+"""``cellclf predict``: classify a folder of images with a saved predictor.
+
+The images are embedded with exactly the predictor's embedding spec (same weights file,
+input size, taps, preprocessing) into a Parquet cache, so a second run on the same folder
+embeds nothing. When the folder has class sub-folders named like the model's classes, the
+predictions are also scored against them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from cellembed import ExtractResult, extract, load_embeddings
+from cellembed.model import WeightsFile, resolve_weights
+from cellembed.store import atomic_path
+from cellclf.errors import ClassifierInputError
+from cellclf.metrics import evaluate
+from cellclf.predictor import Predictor
+
+PROBA_PREFIX = "proba_"
+
+
+@dataclass
+class Evaluation:
+    """Scores against the class sub-folders (only images whose folder is a model class)."""
+
+    overall: dict[str, Any]
+    per_class: pd.DataFrame
+    confusion: pd.DataFrame
+    scored: pd.DataFrame  # the scored rows of the predictions table
+
+
+@dataclass
+class PredictionRun:
+    """Everything ``predict_folder`` produced.
+
+    ``table`` has one row per image: path, label (the sub-folder, when there are any),
+    predicted, confidence, one ``proba_<class>`` column per class, ``uncertain`` when a
+    minimum confidence was given, and ``error`` (the reason an unreadable file has no
+    prediction).
+    """
+
+    table: pd.DataFrame
+    classes: list[str]
+    extraction: ExtractResult
+    embed_seconds: float
+    classify_seconds: float
+    evaluation: Evaluation | None = None
+    unknown_folders: dict[str, int] = field(default_factory=dict)
+
+
+def default_cache_path(out: Path) -> Path:
+    """``predictions.csv`` -> ``predictions.embeddings.parquet`` next to it."""
+    return out.with_name(out.stem + ".embeddings.parquet")
+
+
+def matching_weights(predictor: Predictor, weights: str | Path | None) -> WeightsFile:
+    """The weights to embed with, refused unless they are the ones the model was trained on."""
+    found = resolve_weights(weights)
+    expected = predictor.spec.weights_sha256
+    if found.sha256 != expected:
+        raise ClassifierInputError(
+            f"the weights {found.path} (SHA-256 {found.sha256[:12]}...) are not the ones this model "
+            f"was trained with (SHA-256 {expected[:12]}..., {predictor.spec.weights_source or 'unknown file'}); "
+            "pass --weights with that file or point CELLEMBED_WEIGHTS at it"
+        )
+    return found
+
+
+def predict_folder(
+    predictor: Predictor,
+    images: str | Path,
+    cache: str | Path,
+    *,
+    weights: str | Path | None = None,
+    batch_size: int = 32,
+    min_confidence: float | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> PredictionRun:
+    """Embed (with the cache) and classify every image under ``images``.
+
+    Raises:
+        InputError: bad folder or cache, weights other than the model's, or a cache made
+            with another spec.
+        cellembed.extraction.Interrupted: Ctrl-C (finished embeddings are checkpointed).
+    """
+    spec = predictor.spec
+    weights_file = matching_weights(predictor, weights)
+    started = time.perf_counter()
+    extraction = extract(
+        images, cache, layers=spec.tap_names, weights=weights_file, input_size=spec.input_size,
+        batch_size=batch_size, progress=progress, log=log,
+    )
+    embed_seconds = time.perf_counter() - started
+    differences = spec.differences(extraction.spec)
+    if differences:
+        raise ClassifierInputError(
+            f"images were embedded differently from the model's training data ({'; '.join(differences)}); "
+            "use the cellembed version the model was trained with"
+        )
+
+    started = time.perf_counter()
+    frame, frame_spec = load_embeddings(extraction.out)
+    classes = list(predictor.classes)
+    proba = predictor.predict_proba(frame, frame_spec) if len(frame) else np.zeros((0, len(classes)))
+    classify_seconds = time.perf_counter() - started
+
+    table = _predictions_table(frame, proba, classes, extraction.errors, min_confidence)
+    evaluation, unknown = _evaluate_folders(table, proba, frame, classes)
+    return PredictionRun(table, classes, extraction, embed_seconds, classify_seconds, evaluation, unknown)
+
+
+def _predictions_table(
+    frame: pd.DataFrame,
+    proba: np.ndarray,
+    classes: list[str],
+    errors: list[dict[str, str]],
+    min_confidence: float | None,
+) -> pd.DataFrame:
+    labelled = frame["label"].notna().any() or any("/" in e["path"] for e in errors)
+    table = pd.DataFrame({"path": frame["path"].astype(object)})
+    if labelled:
+        table["label"] = frame["label"].astype(object).where(frame["label"].notna(), None)
+    table["predicted"] = np.asarray(classes, dtype=object)[proba.argmax(axis=1)] if len(frame) else []
+    table["confidence"] = proba.max(axis=1) if len(frame) else []
+    for k, name in enumerate(classes):
+        table[PROBA_PREFIX + name] = proba[:, k]
+    if min_confidence is not None:
+        table["uncertain"] = table["confidence"] < min_confidence
+    if errors:
+        table["error"] = None
+        failed = pd.DataFrame({"path": [e["path"] for e in errors], "error": [e["reason"] for e in errors]})
+        if labelled:
+            failed["label"] = [e["path"].split("/", 1)[0] if "/" in e["path"] else None for e in errors]
+        table = pd.concat([table, failed], ignore_index=True).sort_values("path", ignore_index=True)
+    return table
+
+
+def _evaluate_folders(
+    table: pd.DataFrame, proba: np.ndarray, frame: pd.DataFrame, classes: list[str]
+) -> tuple[Evaluation | None, dict[str, int]]:
+    labels = frame["label"]
+    known = labels.isin(classes).to_numpy()
+    unknown = labels[labels.notna() & ~labels.isin(classes)].value_counts().sort_index()
+    if not known.any():
+        return None, {str(k): int(v) for k, v in unknown.items()}
+    overall, per_class, confusion = evaluate(labels[known].tolist(), proba[known], classes)
+    scored = table[table["path"].isin(set(frame["path"][known]))].reset_index(drop=True)
+    return Evaluation(overall, per_class, confusion, scored), {str(k): int(v) for k, v in unknown.items()}
+
+
+def write_predictions(run: PredictionRun, out: str | Path, fmt: str = "csv") -> Path:
+    """Write the predictions table as CSV, or as JSON ``{path: {"predictions": {...}, "label": ...}}``."""
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        if fmt == "csv":
+            run.table.to_csv(tmp, index=False)
+        elif fmt == "json":
+            tmp.write_text(json.dumps(_json_document(run), indent=2) + "\n", encoding="utf-8")
+        else:
+            raise ClassifierInputError(f"--format {fmt!r} is not csv or json")
+    return out
+
+
+def _json_document(run: PredictionRun) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for row in run.table.to_dict("records"):
+        if isinstance(row.get("error"), str):
+            document[row["path"]] = {"error": row["error"]}
+            continue
+        entry: dict[str, Any] = {
+            "predictions": {name: float(row[PROBA_PREFIX + name]) for name in run.classes},
+            "label": row["predicted"],
+            "confidence": float(row["confidence"]),
+        }
+        if "uncertain" in row:
+            entry["uncertain"] = bool(row["uncertain"])
+        if isinstance(row.get("label"), str):
+            entry["folder"] = row["label"]
+        document[row["path"]] = entry
+    return document
+
+
+def write_evaluation_tables(evaluation: Evaluation, out: Path) -> list[Path]:
+    """Per-class metrics and confusion matrix next to the predictions file."""
+    per_class = out.with_name(out.stem + ".per_class.csv")
+    confusion = out.with_name(out.stem + ".confusion_matrix.csv")
+    for frame, path in ((evaluation.per_class, per_class), (evaluation.confusion, confusion)):
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False)
+    return [per_class, confusion]

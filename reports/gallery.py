@@ -1,0 +1,136 @@
+"""The gallery of the worst misclassified images: selection, thumbnails and its markup.
+
+"Worst" means most confident mistakes first: misclassified rows sorted by the probability
+the model gave to the class it predicted (ties broken by path, so the order is stable).
+Thumbnails are small JPEGs inlined as ``data:`` URIs; only files inside the images folder
+are read (a ``path`` such as ``../../x`` in a predictions table is refused).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from cellreports.figures import PROBA_PREFIX, bytes_data_uri
+from cellreports.html import Markup, element, image, note, paragraph
+
+GALLERY_LIMIT = 24
+THUMBNAIL_SIZE = 112
+JPEG_QUALITY = 80
+
+
+@dataclass(frozen=True)
+class ImagesRoot:
+    """Where the images of the predictions are, or why that is unknown.
+
+    Attributes:
+        path: the folder the ``path`` values are relative to; None when not reachable.
+        origin: how it was found (e.g. "given explicitly") or, when ``path`` is None, why
+            the images are not reachable (a sentence fragment shown in the report).
+    """
+
+    path: Path | None
+    origin: str
+
+
+def worst_misclassified(predictions: pd.DataFrame, classes: Sequence[str], limit: int = GALLERY_LIMIT) -> pd.DataFrame:
+    """The misclassified rows, most confident first, at most ``limit``.
+
+    Args:
+        predictions: ``path, label, predicted`` and ``proba_<class>`` columns.
+        classes: the model's classes.
+    Returns:
+        those rows (original columns) plus ``confidence`` (probability of the predicted
+        class) and ``proba_true`` (probability of the true class).
+    """
+    wrong = predictions[predictions["label"].astype(str) != predictions["predicted"].astype(str)].copy()
+    proba = wrong[[PROBA_PREFIX + c for c in classes]].to_numpy(dtype=float)
+    column = {c: k for k, c in enumerate(classes)}
+    rows = np.arange(len(wrong))
+    wrong["confidence"] = proba[rows, [column[p] for p in wrong["predicted"].astype(str)]] if len(wrong) else []
+    true_columns = [column.get(t, -1) for t in wrong["label"].astype(str)]
+    wrong["proba_true"] = [proba[r, k] if k >= 0 else np.nan for r, k in zip(rows, true_columns)]
+    wrong = wrong.sort_values(["confidence", "path"], ascending=[False, True], kind="stable")
+    return wrong.head(limit).reset_index(drop=True)
+
+
+def image_file(root: Path, relative: str) -> Path | None:
+    """``root / relative`` if it is an existing file inside ``root``, else None."""
+    base = root.resolve()
+    candidate = (base / relative).resolve()
+    if not candidate.is_relative_to(base) or not candidate.is_file():
+        return None
+    return candidate
+
+
+def thumbnail_data_uri(path: Path, size: int = THUMBNAIL_SIZE) -> str | None:
+    """A JPEG thumbnail (longest side ``size`` px) as a data URI; None if unreadable."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as source:
+            picture = ImageOps.exif_transpose(source)
+            if picture.mode in ("RGBA", "LA", "P"):
+                picture = picture.convert("RGBA")
+                background = Image.new("RGBA", picture.size, "white")
+                picture = Image.alpha_composite(background, picture)
+            picture = picture.convert("RGB")
+            picture.thumbnail((size, size), Image.Resampling.LANCZOS)
+            buffer = io.BytesIO()
+            picture.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return bytes_data_uri(buffer.getvalue(), "image/jpeg")
+
+
+def gallery(
+    predictions: pd.DataFrame,
+    classes: Sequence[str],
+    images: ImagesRoot,
+    model_title: str,
+    limit: int = GALLERY_LIMIT,
+) -> Markup:
+    """The gallery markup: an introduction and one captioned thumbnail per mistake.
+
+    When the images are not reachable, a note says why instead.
+    """
+    mistakes = worst_misclassified(predictions, classes, limit)
+    n_wrong = int((predictions["label"].astype(str) != predictions["predicted"].astype(str)).sum())
+    if n_wrong == 0:
+        return paragraph(f"The {model_title} classified all {len(predictions)} test images correctly: no mistakes to show.")
+    intro = paragraph(
+        f"The {len(mistakes)} most confident mistakes of the {model_title} "
+        f"(of {n_wrong} misclassified out of {len(predictions)} images), sorted by the probability "
+        "of the predicted class, highest first."
+    )
+    if images.path is None:
+        return Markup(intro + note(f"Thumbnails are not available because {images.origin}."))
+
+    tiles, missing = [], 0
+    for row in mistakes.itertuples(index=False):
+        found = image_file(images.path, str(row.path))
+        uri = thumbnail_data_uri(found) if found is not None else None
+        caption = [
+            element("div", "true: ", element("b", row.label)),
+            element("div", "predicted: ", element("span", row.predicted, class_="bad")),
+            element("div", f"confidence {row.confidence:.3f}; P(true) {row.proba_true:.3f}"),
+            element("div", row.path, class_="path"),
+        ]
+        if uri is None:
+            missing += 1
+            picture = element("div", "(image not found or unreadable)", class_="path")
+        else:
+            picture = image(uri, f"{row.path}: true {row.label}, predicted {row.predicted}")
+        tiles.append(element("figure", picture, element("figcaption", *caption)))
+    parts = [intro, paragraph(f"Images from {images.path} ({images.origin}).")]
+    if missing == len(mistakes):
+        parts.append(note(f"Thumbnails are not available because none of these {missing} images was found under {images.path}."))
+    elif missing:
+        parts.append(note(f"{missing} of the {len(mistakes)} images were not found or could not be read under {images.path}."))
+    parts.append(element("div", *tiles, class_="gallery"))
+    return Markup("".join(parts))

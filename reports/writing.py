@@ -1,0 +1,19 @@
+"""Writing a finished report to disk atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cellembed.store import atomic_path
+
+
+def write_html(document: str, out_path: str | Path) -> Path:
+    """Write ``document`` as UTF-8 to ``out_path`` via a temporary file and a rename.
+
+    Parent folders are created; an interrupted write leaves any previous file intact.
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(document, encoding="utf-8")
+    return out_path

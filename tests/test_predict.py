@@ -1,0 +1,183 @@
+"""cellclf predict: classify a folder with a saved predictor, reuse the cache, score folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from cellembed import embedding_matrix, extract, load_embeddings
+from cellclf.errors import ClassifierInputError
+from cellclf.prediction import default_cache_path, predict_folder, write_predictions
+from cellclf.predictor import Predictor
+from conftest import SMALL
+
+TINTS = {"red": (1.0, 0.3, 0.3), "blue": (0.3, 0.3, 1.0), "green": (0.3, 1.0, 0.3)}
+
+
+def tinted_folder(root, counts: dict[str, int], seed: int = 0):
+    """Noise images tinted per class, so even random-weight embeddings separate them."""
+    rng = np.random.default_rng(seed)
+    for label, count in counts.items():
+        tint = np.array(TINTS.get(label, (0.6, 0.6, 0.6)))
+        folder = root / label if label else root
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(count):
+            pixels = (rng.uniform(0, 255, (40, 44, 3)) * tint).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{label or 'loose'}_{seed}_{k}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, random_weights):
+    """A predictor trained on embeddings of a tinted training folder."""
+    root = tmp_path_factory.mktemp("train")
+    folder = tinted_folder(root / "images", {"red": 8, "blue": 8, "green": 8})
+    result = extract(folder, root / "train.parquet", weights=random_weights, input_size=SMALL, progress=False)
+    frame, spec = load_embeddings(result.out)
+    X, labels = embedding_matrix(frame, spec)
+    classes = sorted(set(labels))
+    codes = np.array([classes.index(label) for label in labels])
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(X, codes)
+    predictor = Predictor(model, classes, spec, family="lr")
+    path = root / "model.joblib"
+    predictor.save(path)
+    return Predictor.load(path), path
+
+
+def test_predicts_every_image_and_scores_known_folders(tmp_path, trained, random_weights):
+    predictor, _ = trained
+    folder = tinted_folder(tmp_path / "new", {"red": 3, "blue": 3, "green": 3, "mystery": 2, "": 1}, seed=1)
+    (folder / "red" / "broken.png").write_bytes(b"not a png")
+    run = predict_folder(predictor, folder, tmp_path / "cache.parquet", weights=random_weights,
+                         min_confidence=0.9, progress=False)
+    table = run.table
+    assert len(table) == 13 and table["path"].is_monotonic_increasing
+    assert list(table.columns) == ["path", "label", "predicted", "confidence",
+                                   "proba_blue", "proba_green", "proba_red", "uncertain", "error"]
+    ok = table[table["error"].isna()]
+    proba = ok[["proba_blue", "proba_green", "proba_red"]].to_numpy()
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+    assert (ok["predicted"] == np.array(["blue", "green", "red"])[proba.argmax(axis=1)]).all()
+    np.testing.assert_allclose(ok["confidence"], proba.max(axis=1))
+    assert (ok["uncertain"] == (ok["confidence"] < 0.9)).all()
+    broken = table.set_index("path").loc["red/broken.png"]
+    assert broken["error"].startswith("not an image") and pd.isna(broken["predicted"])
+
+    assert run.unknown_folders == {"mystery": 2}
+    scored = run.evaluation.scored
+    assert sorted(scored["label"].unique()) == ["blue", "green", "red"] and len(scored) == 9
+    assert run.evaluation.overall["accuracy"] == pytest.approx(accuracy_score(scored["label"], scored["predicted"]))
+    assert run.evaluation.overall["macro_f1"] == pytest.approx(
+        f1_score(scored["label"], scored["predicted"], average="macro")
+    )
+    assert run.evaluation.overall["accuracy"] >= 8 / 9  # tints are easy
+
+    again = predict_folder(predictor, folder, tmp_path / "cache.parquet", weights=random_weights, progress=False)
+    assert again.extraction.embedded == 0 and again.extraction.reused == 12
+    pd.testing.assert_frame_equal(again.table.drop(columns=["uncertain"], errors="ignore"),
+                                  table.drop(columns=["uncertain"]))
+
+
+def test_json_format_and_unlabelled_folder(tmp_path, trained, random_weights):
+    predictor, _ = trained
+    folder = tinted_folder(tmp_path / "flat", {"": 3}, seed=2)
+    run = predict_folder(predictor, folder, tmp_path / "c.parquet", weights=random_weights, progress=False)
+    assert run.evaluation is None and run.unknown_folders == {}
+    assert "label" not in run.table.columns
+    out = write_predictions(run, tmp_path / "p.json", "json")
+    document = json.loads(out.read_text())
+    assert sorted(document) == sorted(run.table["path"])
+    entry = document[run.table["path"][0]]
+    assert set(entry["predictions"]) == {"blue", "green", "red"}
+    assert entry["label"] == max(entry["predictions"], key=entry["predictions"].get)
+    assert sum(entry["predictions"].values()) == pytest.approx(1.0)
+
+
+def test_other_weights_are_refused_naming_both(tmp_path, trained):
+    import keras
+
+    predictor, _ = trained
+    keras.utils.set_random_seed(1)
+    other = tmp_path / "other.weights.h5"
+    keras.applications.Xception(include_top=False, weights=None, input_shape=(SMALL, SMALL, 3)).save_weights(other)
+    folder = tinted_folder(tmp_path / "x", {"red": 1})
+    with pytest.raises(ClassifierInputError, match=r"other.weights.h5 .*not the ones this model was trained with"):
+        predict_folder(predictor, folder, tmp_path / "c.parquet", weights=other, progress=False)
+    assert not (tmp_path / "c.parquet").exists()
+
+
+def test_default_cache_sits_next_to_the_output(tmp_path):
+    assert default_cache_path(tmp_path / "out" / "predictions.csv") == tmp_path / "out" / "predictions.embeddings.parquet"
+
+
+def cli(*args):
+    from click.testing import CliRunner
+
+    from cellclf.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_predict_command_writes_outputs_and_exit_statuses(tmp_path, trained, random_weights):
+    _, model_path = trained
+    folder = tinted_folder(tmp_path / "new", {"red": 2, "blue": 2, "green": 2, "mystery": 1}, seed=3)
+    out = tmp_path / "out" / "predictions.json"
+    common = ["--weights", random_weights, "-q"]
+    result = cli("predict", model_path, folder, "-o", out, "--format", "json", "--min-confidence", "0.5",
+                 "--report", tmp_path / "eval.html", *common)
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output and "not scored" in result.output and "mystery (1)" in result.output
+    document = json.loads(out.read_text())
+    assert len(document) == 7 and all("uncertain" in entry for entry in document.values())
+    assert (tmp_path / "out" / "predictions.embeddings.parquet").exists()
+    per_class = pd.read_csv(tmp_path / "out" / "predictions.per_class.csv")
+    assert sorted(per_class["class"]) == ["blue", "green", "red"] and per_class["support"].sum() == 6
+    html = (tmp_path / "eval.html").read_text()
+    assert "<title>" in html and "data:image/png;base64," in html
+
+    (folder / "red" / "zero.png").write_bytes(b"")
+    csv_out = tmp_path / "p.csv"
+    skipped = cli("predict", model_path, folder, "-o", csv_out, *common)
+    assert skipped.exit_code == 3 and "zero.png" in skipped.output
+    assert "red/zero.png" in set(pd.read_csv(csv_out)["path"])
+    assert cli("predict", model_path, folder, "-o", csv_out, "--allow-skips", *common).exit_code == 0
+
+
+def test_predict_and_report_refuse_bad_input_in_one_line(tmp_path, trained, random_weights):
+    _, model_path = trained
+    folder = tinted_folder(tmp_path / "imgs", {"red": 1})
+    not_a_model = tmp_path / "model.joblib"
+    not_a_model.write_text("hello")
+    for result, fragment in [
+        (cli("predict", not_a_model, folder, "-o", tmp_path / "p.csv"), "model.joblib"),
+        (cli("predict", tmp_path / "missing.joblib", folder, "-o", tmp_path / "p.csv"), "missing.joblib"),
+        (cli("predict", model_path, tmp_path / "nowhere", "-o", tmp_path / "p.csv", "--weights", random_weights, "-q"),
+         "nowhere"),
+        (cli("report", tmp_path / "imgs", "-o", tmp_path / "r.html"), "imgs"),
+    ]:
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], result.output
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_fit_writes_the_report_unless_told_not_to(tmp_path):
+    from test_clf_support import write_synthetic
+
+    data = write_synthetic(tmp_path / "emb.parquet", counts={"a": 30, "b": 30, "c": 30})
+    fast = ["--cv", "2", "--lr-c", "0.1", "--xgb-trials", "1", "--xgb-max-trees", "20", "--no-shap", "-q"]
+    assert cli("fit", data, "-o", tmp_path / "run", *fast).exit_code == 0
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "cellclf report" in report and "Per-class" in report or "per-class" in report
+    assert cli("fit", data, "-o", tmp_path / "run2", *fast, "--no-report").exit_code == 0
+    assert not (tmp_path / "run2" / "report.html").exists()
+    rerun = cli("report", tmp_path / "run2", "-o", tmp_path / "again.html")
+    assert rerun.exit_code == 0 and (tmp_path / "again.html").stat().st_size > 10_000
