@@ -9,7 +9,6 @@ is refused.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import warnings
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cellembed import EmbeddingSpec, embedding_matrix
+from cellembed.hashing import sha256_file
 from cellembed.store import atomic_path
 from cellclf.errors import ClassifierInputError, PredictorLoadError
 
@@ -41,15 +41,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _brief(spec: EmbeddingSpec) -> str:
@@ -180,7 +171,7 @@ class Predictor:
         path = Path(path)
         with atomic_path(path) as tmp:
             joblib.dump(self, tmp)
-            digest = file_sha256(tmp)
+            digest = sha256_file(tmp)
         with atomic_path(checksum_path(path)) as tmp:
             tmp.write_text(f"{digest}  {path.name}\n")
         return digest
@@ -252,7 +243,7 @@ def verify_checksum(path: str | Path) -> None:
         )
     fields = sidecar.read_text().split()
     expected = fields[0].lower() if fields else ""
-    actual = file_sha256(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise PredictorLoadError(
             f"{path}: SHA-256 {actual[:16]}... does not match {sidecar.name} ({expected[:16]}...): the "

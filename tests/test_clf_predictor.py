@@ -15,7 +15,7 @@ from cellclf.errors import ClassifierInputError
 from cellclf.explain import linear_shap, summarise, tree_shap
 from cellclf.lr import fit_lr
 from cellclf.metrics import evaluate
-from cellclf.predictor import file_sha256
+from cellembed.hashing import sha256_file
 from cellclf.xgb import fit_xgb
 from test_clf_support import make_spec, write_synthetic
 
@@ -74,7 +74,7 @@ def test_refuses_files_that_are_not_predictors(trained, tmp_path):
     _, _, _, _, _, _, predictor = trained
     plain = tmp_path / "plain.joblib"
     joblib.dump({"not": "a predictor"}, plain)
-    (tmp_path / "plain.joblib.sha256").write_text(file_sha256(plain))
+    (tmp_path / "plain.joblib.sha256").write_text(sha256_file(plain))
     with pytest.raises(PredictorLoadError, match="not a cellclf predictor .*builtins.dict"):
         Predictor.load(plain)
     garbage = tmp_path / "garbage.joblib"
