@@ -22,13 +22,14 @@ install: $(STAMP)
 
 # The whole pipeline on the 64 sample images. The fit uses a small tuning budget (3-fold CV,
 # one XGBoost trial) so it runs in a few minutes; predicting the sample folder only shows
-# the command (those images were used for training, so the scores are not a real test).
+# the command (those images were used for training, so the scores are not a real test) and
+# reuses the extracted embeddings as its cache, so it embeds nothing.
 demo: $(STAMP)
 	$(BIN)/cellembed extract data/sample -o $(DEMO)/embeddings.parquet
 	$(BIN)/cellembed info $(DEMO)/embeddings.parquet
 	$(BIN)/cellclf fit $(DEMO)/embeddings.parquet -o $(DEMO)/run --cv 3 --xgb-trials 1 --overwrite
 	$(BIN)/cellclf predict $(DEMO)/run/model.joblib data/sample -o $(DEMO)/predictions.csv \
-		--report $(DEMO)/predictions.html
+		--cache $(DEMO)/embeddings.parquet --report $(DEMO)/predictions.html
 	@echo "report: $(abspath $(DEMO)/run/report.html)"
 
 # pytest exits 5 when it collected no test: make treats that, like any failure, as an error.
