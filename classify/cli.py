@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cellembed.cli import BadInput
+from cellembed.cli import BadInput, exit_if_skipped, exit_interrupted
 from cellembed.errors import InputError
 from cellclf.lr import DEFAULT_C_GRID
 from cellclf.run import DEFAULT_SHAP_ROWS, DEFAULT_XGB_TRIALS
@@ -182,8 +182,7 @@ def predict(
     except InputError as exc:
         raise BadInput(str(exc)) from None
     except Interrupted as exc:
-        click.echo(f"Error: {exc}", err=True)
-        raise SystemExit(130) from None
+        exit_interrupted(exc)
     classified = len(run.table) - len(run.extraction.errors)
     per_image = (run.embed_seconds + run.classify_seconds) / max(classified, 1)
     click.echo(
@@ -212,15 +211,7 @@ def predict(
             run.evaluation.scored, run.classes, predictor.spec, model.name, report_path, images_root=images
         )
         click.echo(f"report: {report_path}", err=True)
-    if run.extraction.errors:
-        first = run.extraction.errors[0]
-        click.echo(
-            f"skipped {len(run.extraction.errors)} file(s) that could not be read, e.g. {first['path']}: "
-            f"{first['reason']}; listed in {out} with their reason",
-            err=True,
-        )
-        if not allow_skips:
-            raise SystemExit(3)
+    exit_if_skipped(run.extraction.errors, f"listed in {out} with their reason", allow_skips)
 
 
 @main.command()

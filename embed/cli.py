@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -18,6 +19,25 @@ class BadInput(click.ClickException):
     """A one-line error message with exit status 2 (bad input the user can fix)."""
 
     exit_code = 2
+
+
+def exit_interrupted(exc: Exception) -> NoReturn:
+    """Ctrl-C during embedding: say how to resume and exit 130 (shared by extract and predict)."""
+    click.echo(f"Error: {exc}", err=True)
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
+def exit_if_skipped(errors: list[dict[str, str]], where: str, allow_skips: bool) -> None:
+    """Name the unreadable files (``where`` says where all are listed); exit 3 unless allowed."""
+    if not errors:
+        return
+    click.echo(
+        f"skipped {len(errors)} file(s) that could not be read, e.g. "
+        f"{errors[0]['path']}: {errors[0]['reason']}; {where}",
+        err=True,
+    )
+    if not allow_skips:
+        raise SystemExit(EXIT_SKIPPED)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -85,20 +105,11 @@ def extract(
     except InputError as exc:
         raise BadInput(str(exc)) from None
     except Interrupted as exc:
-        click.echo(f"Error: {exc}", err=True)
-        raise SystemExit(EXIT_INTERRUPTED) from None
+        exit_interrupted(exc)
     click.echo(result.summary(), err=True)
-    if result.errors:
-        from cellembed.checkpoint import errors_csv_path
+    from cellembed.checkpoint import errors_csv_path
 
-        click.echo(
-            f"skipped {len(result.errors)} file(s) that could not be read, e.g. "
-            f"{result.errors[0]['path']}: {result.errors[0]['reason']}; "
-            f"all listed in {errors_csv_path(result.out)}",
-            err=True,
-        )
-        if not allow_skips:
-            raise SystemExit(EXIT_SKIPPED)
+    exit_if_skipped(result.errors, f"all listed in {errors_csv_path(result.out)}", allow_skips)
 
 
 @main.command()
