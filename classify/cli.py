@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cellembed.cli import BadInput, exit_if_skipped, exit_interrupted
+from cellembed.cli import BadInput, engine_option, exit_if_skipped, exit_interrupted
 from cellembed.errors import InputError
 from cellclf.lr import DEFAULT_C_GRID
 from cellclf.run import DEFAULT_SHAP_ROWS, DEFAULT_XGB_TRIALS
@@ -143,7 +143,8 @@ def fit(
     help="The Xception weights file the model was trained with. Default: $CELLEMBED_WEIGHTS, "
     "else Keras' download. Other weights are refused (checked by SHA-256).",
 )
-@click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Images per forward pass.")
+@click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Images per step (decoded together; one forward pass with --engine tensorflow).")
+@engine_option
 @click.option(
     "--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Also write an HTML report of the evaluation (needs class sub-folders).",
@@ -152,7 +153,7 @@ def fit(
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")
 def predict(
     model: Path, images: Path, out: Path, fmt: str, min_confidence: float | None, cache: Path | None,
-    weights: str | None, batch_size: int, report_path: Path | None, allow_skips: bool, quiet: bool,
+    weights: str | None, batch_size: int, engine: str, report_path: Path | None, allow_skips: bool, quiet: bool,
 ) -> None:
     """Classify every image under IMAGES with MODEL (a model.joblib from `cellclf fit`).
 
@@ -175,7 +176,7 @@ def predict(
         predictor = Predictor.load(model)
         say(f"loaded {model} ({predictor.family}, {len(predictor.classes)} classes) in {time.perf_counter() - started:.1f} s")
         run = predict_folder(
-            predictor, images, cache or default_cache_path(out), weights=weights, batch_size=batch_size,
+            predictor, images, cache or default_cache_path(out), weights=weights, batch_size=batch_size, engine=engine,
             min_confidence=min_confidence, progress=not quiet, log=say,
         )
         write_predictions(run, out, fmt)

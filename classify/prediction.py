@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cellembed import ExtractResult, extract, load_embeddings
-from cellembed.model import WeightsFile, resolve_weights
+from cellembed.model import DEFAULT_ENGINE, WeightsFile, resolve_weights
 from cellembed.store import atomic_path
 from cellclf.errors import ClassifierInputError
 from cellclf.metrics import evaluate
@@ -81,6 +81,7 @@ def predict_folder(
     *,
     weights: str | Path | None = None,
     batch_size: int = 32,
+    engine: str = DEFAULT_ENGINE,
     min_confidence: float | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -97,7 +98,7 @@ def predict_folder(
     started = time.perf_counter()
     extraction = extract(
         images, cache, layers=spec.tap_names, weights=weights_file, input_size=spec.input_size,
-        batch_size=batch_size, progress=progress, log=log,
+        batch_size=batch_size, engine=engine, progress=progress, log=log,
     )
     embed_seconds = time.perf_counter() - started
     differences = spec.differences(extraction.spec)

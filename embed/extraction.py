@@ -27,7 +27,9 @@ from cellembed.discovery import ImageFile, find_images
 from cellembed.errors import InputError
 from cellembed.hashing import sha256_file
 from cellembed.model import (
+    DEFAULT_ENGINE,
     DEFAULT_LAYERS,
+    ENGINES,
     Embedder,
     check_input_size,
     load_embedder,
@@ -93,6 +95,7 @@ def extract(
     weights: str | os.PathLike | None = None,
     input_size: int = 299,
     batch_size: int = 32,
+    engine: str = DEFAULT_ENGINE,
     overwrite: bool = False,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     progress: bool = True,
@@ -112,7 +115,9 @@ def extract(
             string or sequence).
         weights: weights file, ``"imagenet"``, or None for ``$CELLEMBED_WEIGHTS`` / imagenet.
         input_size: side of the square network input, in pixels (>= 71).
-        batch_size: images per forward pass.
+        batch_size: images decoded and stored per step.
+        engine: ``"onnxruntime"`` (default, faster on CPU) or ``"tensorflow"``; same
+            embeddings within 1e-4 and the same spec, so caches are shared.
         overwrite: replace an ``out`` made with another spec instead of refusing.
         checkpoint_every: flush finished embeddings to the checkpoint every this many images.
         progress: show a progress bar (images done, images/s, ETA) on stderr.
@@ -131,6 +136,8 @@ def extract(
     say = log or (lambda message: None)
     if batch_size < 1 or checkpoint_every < 1:
         raise InputError("--batch-size and the checkpoint interval must be at least 1")
+    if engine not in ENGINES:
+        raise InputError(f"unknown --engine {engine!r}; choose one of {', '.join(ENGINES)}")
     files = find_images(images)
     out = _check_output(Path(out))
     checkpoint = Checkpoint(out)
@@ -184,7 +191,7 @@ def extract(
     embed_seconds = 0.0
     if todo or spec is None:
         if embedder is None:
-            embedder = load_embedder(weights_file, input_size, tap_names)
+            embedder = load_embedder(weights_file, input_size, tap_names, engine, log=say)
         if spec is not None and spec.differences(embedder.spec):
             raise RuntimeError(f"planned spec differs from the model's: {spec.differences(embedder.spec)}")
         spec = embedder.spec

@@ -35,6 +35,20 @@ def make_folder(root: Path, layout: dict[str, int], start_seed: int = 0) -> Path
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory) -> Path:
+    """Converted ONNX models go to a per-session folder (never the user's ~/.cache), shared
+    by all tests and the commands they start, so each network is converted once."""
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    saved = os.environ.get("CELLEMBED_CACHE_DIR")
+    os.environ["CELLEMBED_CACHE_DIR"] = str(folder)
+    yield folder
+    if saved is None:
+        os.environ.pop("CELLEMBED_CACHE_DIR", None)
+    else:
+        os.environ["CELLEMBED_CACHE_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def random_weights(tmp_path_factory) -> Path:
     """A `.weights.h5` file of a randomly initialised Xception(include_top=False)."""

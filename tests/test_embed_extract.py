@@ -45,7 +45,7 @@ def test_parquet_schema_and_spec_metadata(labelled_folder, tmp_path, random_weig
     ]
     for key in ("backbone", "pooling", "preprocessing", "resize", "color"):
         assert spec[key]
-    assert set(spec["versions"]) == {"cellembed", "keras", "tensorflow"}
+    assert set(spec["versions"]) == {"cellembed", "keras", "tensorflow", "onnxruntime"}  # the default engine
     assert read_images_root(out) == labelled_folder.resolve()
 
     table = pq.read_table(out)

@@ -7,7 +7,7 @@ import pytest
 
 from cellembed.decoding import load_for_network
 from cellembed.errors import InputError
-from cellembed.model import TAP_PRESETS, load_embedder, parse_layers, resolve_weights
+from cellembed.model import ENGINES, TAP_PRESETS, load_embedder, parse_layers, resolve_weights
 from conftest import SMALL, make_folder
 
 
@@ -38,9 +38,10 @@ def _independent_tap_outputs(weights, size, pixels):
     return [np.asarray(o).mean(axis=(1, 2)) for o in outputs]
 
 
-def test_multiscale_taps_equal_the_pooled_layer_outputs(random_weights, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_multiscale_taps_equal_the_pooled_layer_outputs(random_weights, tmp_path, engine):
     pixels = _pixels(make_folder(tmp_path, {"a": 3}), SMALL)
-    embedder = load_embedder(random_weights, SMALL, "multiscale")
+    embedder = load_embedder(random_weights, SMALL, "multiscale", engine)
     spec = embedder.spec
     assert spec.tap_names == list(TAP_PRESETS["multiscale"])
     assert [t.width for t in spec.taps] == [728, 728, 728, 1024, 2048]
@@ -50,11 +51,12 @@ def test_multiscale_taps_equal_the_pooled_layer_outputs(random_weights, tmp_path
         np.testing.assert_allclose(embedding[:, tap.offset : tap.stop], expected, atol=1e-4, err_msg=tap.name)
 
 
-def test_final_tap_equals_keras_xception_avg_pooling(random_weights, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_final_tap_equals_keras_xception_avg_pooling(random_weights, tmp_path, engine):
     import keras
 
     pixels = _pixels(make_folder(tmp_path, {"a": 4}), SMALL)
-    embedder = load_embedder(random_weights, SMALL, "final")
+    embedder = load_embedder(random_weights, SMALL, "final", engine)
     assert embedder.spec.dim == 2048
     reference = _plain_xception(random_weights, SMALL, pooling="avg")
     expected = reference.predict(keras.applications.xception.preprocess_input(pixels.copy()), verbose=0)
@@ -65,8 +67,8 @@ def test_taps_resolve_by_position_when_keras_renamed_the_layers(random_weights):
     import keras
 
     # Every Xception built earlier in this process shifted Keras' automatic names.
-    first = load_embedder(random_weights, SMALL, "add_6")
-    second = load_embedder(random_weights, SMALL, "add_6")
+    first = load_embedder(random_weights, SMALL, "add_6", "tensorflow")
+    second = load_embedder(random_weights, SMALL, "add_6", "tensorflow")
     live_names = [l.name for l in second.model.layers if isinstance(l, keras.layers.Add)]
     assert "add_6" not in live_names or live_names.index("add_6") == 6
     x = np.random.default_rng(0).uniform(0, 255, (2, SMALL, SMALL, 3)).astype(np.float32)
@@ -111,12 +113,13 @@ def test_weights_come_from_the_environment_variable(monkeypatch, random_weights)
     assert len(resolved.sha256) == 64
 
 
-def test_real_weights_final_tap_matches_keras_on_sample_images(real_weights, sample_subset):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_real_weights_final_tap_matches_keras_on_sample_images(real_weights, sample_subset, engine):
     """Integration: ImageNet weights, 299x299, real CellaVision images."""
     import keras
 
     pixels = _pixels(sample_subset, 299)[:6]
-    embedder = load_embedder(real_weights, 299, "multiscale")
+    embedder = load_embedder(real_weights, 299, "multiscale", engine)
     embedding = embedder.embed(pixels)
     final = embedder.spec.tap_slices(["block14_sepconv2_act"])[0]
     reference = _plain_xception(real_weights, 299, pooling="avg")

@@ -1,0 +1,91 @@
+"""The ONNX Runtime engine: converted once, cached, checked, interchangeable with TensorFlow."""
+
+from __future__ import annotations
+
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import cellembed.onnx_engine as onnx_engine
+from cellembed import extract, load_embeddings
+from cellembed.decoding import load_for_network
+from cellembed.errors import InputError
+from cellembed.model import load_embedder, resolve_weights
+from conftest import SMALL, make_folder
+
+
+def _pixels(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, SMALL, SMALL, 3)).astype(np.float32)
+
+
+def _cache_file(weights, taps):
+    return onnx_engine.cached_model_path(resolve_weights(weights).sha256, SMALL, taps)
+
+
+def test_conversion_is_cached_and_reused_without_tensorflow_model(random_weights, monkeypatch):
+    first = load_embedder(random_weights, SMALL, "final")
+    path = _cache_file(random_weights, ["block14_sepconv2_act"])
+    assert path.is_file() and path.parent == onnx_engine.cache_dir()
+    assert "onnxruntime" in first.spec.versions
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again although the cache holds this network")
+
+    monkeypatch.setattr(onnx_engine, "convert", no_conversion)
+    monkeypatch.setattr(onnx_engine, "load_keras_embedder", no_conversion)
+    second = load_embedder(random_weights, SMALL, "final")
+    assert second.spec == first.spec
+    np.testing.assert_array_equal(second.embed(_pixels(3)), first.embed(_pixels(3)))
+
+
+def test_damaged_or_mismatching_cache_file_is_converted_again(random_weights):
+    reference = load_embedder(random_weights, SMALL, "add_6", "tensorflow")
+    path = _cache_file(random_weights, ["add_6"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not an onnx model")
+    embedder = load_embedder(random_weights, SMALL, "add_6")
+    np.testing.assert_allclose(embedder.embed(_pixels(2)), reference.embed(_pixels(2)), atol=1e-4)
+    assert path.read_bytes() != b"not an onnx model"
+
+    # A valid model recorded for other taps is not trusted for these ones.
+    load_embedder(random_weights, SMALL, "final")
+    shutil.copy(_cache_file(random_weights, ["block14_sepconv2_act"]), path)
+    embedder = load_embedder(random_weights, SMALL, "add_6")
+    assert embedder.spec.tap_names == ["add_6"] and embedder.embed(_pixels(1)).shape == (1, 728)
+
+
+def test_unwritable_cache_folder_only_warns(random_weights, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("CELLEMBED_CACHE_DIR", str(blocker / "cache"))
+    with pytest.warns(UserWarning, match="could not cache the converted model.*CELLEMBED_CACHE_DIR"):
+        embedder = load_embedder(random_weights, SMALL, "add_10")
+    assert embedder.embed(_pixels(1)).shape == (1, 728)
+
+
+def test_a_conversion_that_differs_from_tensorflow_is_refused(random_weights):
+    embedder = load_embedder(random_weights, SMALL, "final")
+    wrong = SimpleNamespace(spec=embedder.spec, embed=lambda pixels: embedder.embed(pixels) + 0.01)
+    with pytest.raises(InputError, match="differs from TensorFlow by 0.01.*--engine tensorflow"):
+        onnx_engine.check_same_output(embedder, wrong)
+    onnx_engine.check_same_output(embedder, SimpleNamespace(spec=embedder.spec, embed=embedder.embed))
+
+
+def test_engines_share_one_embeddings_file(random_weights, labelled_folder, tmp_path):
+    out = tmp_path / "e.parquet"
+    first = extract(labelled_folder, out, weights=random_weights, input_size=SMALL, layers="final",
+                    engine="tensorflow", progress=False)
+    assert first.embedded == 12 and "onnxruntime" not in first.spec.versions
+    make_folder(labelled_folder, {"beta": 1}, start_seed=50)
+    second = extract(labelled_folder, out, weights=random_weights, input_size=SMALL, layers="final",
+                     progress=False)
+    assert (second.embedded, second.reused, second.rows) == (1, 12, 13)
+    frame, _ = load_embeddings(out)
+    new = frame.set_index("path").loc["beta/img_050.png", "embedding"]
+    keras_embedder = load_embedder(random_weights, SMALL, "final", "tensorflow")
+    expected = keras_embedder.embed(load_for_network(labelled_folder / "beta" / "img_050.png", SMALL).pixels[None])
+    np.testing.assert_allclose(np.asarray(new)[None], expected, atol=1e-4)
+    with pytest.raises(InputError, match="unknown --engine 'torch'"):
+        extract(labelled_folder, out, weights=random_weights, input_size=SMALL, engine="torch", progress=False)
