@@ -79,7 +79,7 @@ class OnnxEmbedder:
         self._input = self.session.get_inputs()[0].name
         if spec is None:  # a cached conversion carries its spec
             spec = EmbeddingSpec.from_json(self.session.get_modelmeta().custom_metadata_map[SPEC_KEY])
-        self.spec = dataclasses.replace(spec, versions=dict(spec.versions, onnxruntime=onnxruntime.__version__))
+        self.spec = _with_runtime_version(spec)
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """(n, size, size, 3) float32 in 0..255 -> (n, spec.dim) float32."""
@@ -105,7 +105,7 @@ def load_onnx_embedder(
     conversion is used from memory (with a warning), so nothing fails for lack of a cache.
     """
     path = cached_model_path(weights.sha256, input_size, tap_names)
-    cached = _open_cached(path, weights.sha256, input_size, tap_names)
+    cached = _open_cached(path, spec_fields, tap_names)
     if cached is not None:
         return cached
     if log is not None:
@@ -143,17 +143,26 @@ def check_same_output(onnx_embedder: OnnxEmbedder, keras_embedder: Embedder, ima
         )
 
 
-def _open_cached(path: Path, weights_sha256: str, input_size: int, tap_names: Sequence[str]) -> OnnxEmbedder | None:
+def _open_cached(path: Path, spec_fields: dict, tap_names: Sequence[str]) -> OnnxEmbedder | None:
     if not path.is_file():
         return None
     try:
         embedder = OnnxEmbedder(path)
     except Exception:  # a damaged or foreign file: convert again and replace it
         return None
-    spec = embedder.spec
-    if (spec.weights_sha256, spec.input_size, spec.tap_names) != (weights_sha256, input_size, list(tap_names)):
+    recorded = embedder.spec
+    wanted = (spec_fields["weights_sha256"], spec_fields["input_size"], list(tap_names))
+    if (recorded.weights_sha256, recorded.input_size, recorded.tap_names) != wanted:
         return None
+    # The taps as converted; the provenance (weights source, versions) of this run.
+    embedder.spec = _with_runtime_version(dataclasses.replace(recorded, **spec_fields))
     return embedder
+
+
+def _with_runtime_version(spec: EmbeddingSpec) -> EmbeddingSpec:
+    import onnxruntime
+
+    return dataclasses.replace(spec, versions=dict(spec.versions, onnxruntime=onnxruntime.__version__))
 
 
 def _save(model: bytes, path: Path) -> None:
