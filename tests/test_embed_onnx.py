@@ -24,7 +24,7 @@ def _cache_file(weights, taps):
     return onnx_engine.cached_model_path(resolve_weights(weights).sha256, SMALL, taps)
 
 
-def test_conversion_is_cached_and_reused_without_tensorflow_model(random_weights, monkeypatch):
+def test_conversion_is_cached_and_reused_without_tensorflow_model(random_weights, monkeypatch, tmp_path):
     first = load_embedder(random_weights, SMALL, "final")
     path = _cache_file(random_weights, ["block14_sepconv2_act"])
     assert path.is_file() and path.parent == onnx_engine.cache_dir()
@@ -35,11 +35,12 @@ def test_conversion_is_cached_and_reused_without_tensorflow_model(random_weights
 
     monkeypatch.setattr(onnx_engine, "convert", no_conversion)
     monkeypatch.setattr(onnx_engine, "load_keras_embedder", no_conversion)
-    monkeypatch.setenv("CELLEMBED_WEIGHTS", str(random_weights))
-    second = load_embedder(None, SMALL, "final")
+    renamed = tmp_path / "same-weights-renamed.weights.h5"  # same bytes: same SHA-256
+    shutil.copy(random_weights, renamed)
+    second = load_embedder(renamed, SMALL, "final")
     assert second.spec.identity() == first.spec.identity() and second.spec.versions == first.spec.versions
     # The provenance is this run's, not the one recorded when the model was converted.
-    assert (first.spec.weights_source, second.spec.weights_source) == (random_weights.name, "$CELLEMBED_WEIGHTS")
+    assert (first.spec.weights_source, second.spec.weights_source) == (random_weights.name, renamed.name)
     np.testing.assert_array_equal(second.embed(_pixels(3)), first.embed(_pixels(3)))
 
 
