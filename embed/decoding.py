@@ -69,6 +69,15 @@ def to_rgb8(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def prepare_resize() -> None:
+    """Import TensorFlow, which does the resizing, now and quietly: left to the first
+    decode thread, its start-up messages would land in the middle of the progress bar."""
+    from cellembed.model import quiet_native_logs
+
+    with quiet_native_logs():
+        import tensorflow  # noqa: F401
+
+
 def resize_bilinear(rgb: np.ndarray, size: int) -> np.ndarray:
     """Resize an (H, W, 3) image to (size, size, 3) float32 in 0..255.
 

@@ -23,6 +23,7 @@ from cellembed.checkpoint import (
     existing_spec,
     refuse_other_spec,
 )
+from cellembed.decoding import prepare_resize
 from cellembed.discovery import ImageFile, find_images
 from cellembed.errors import InputError
 from cellembed.hashing import sha256_file
@@ -190,6 +191,7 @@ def extract(
     decode_errors: list[dict[str, str]] = []
     embed_seconds = 0.0
     if todo or spec is None:
+        prepare_resize()
         if embedder is None:
             embedder = load_embedder(weights_file, input_size, tap_names, engine, log=say)
         if spec is not None and spec.differences(embedder.spec):
