@@ -42,7 +42,7 @@ def exit_if_skipped(errors: list[dict[str, str]], where: str, allow_skips: bool)
 
 engine_option = click.option(
     "--engine", type=click.Choice(ENGINES), default=DEFAULT_ENGINE,
-    help="What runs the network: onnxruntime is about 1.2x faster on CPU; the first run with "
+    help="What runs the network: onnxruntime is about 1.3x faster on CPU; the first run with "
     "new weights converts Xception once (about 20 s, cached in $CELLEMBED_CACHE_DIR, default "
     "~/.cache/cellembed). tensorflow runs Keras directly. Both give the same embeddings.",
 )
