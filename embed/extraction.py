@@ -191,9 +191,15 @@ def extract(
     decode_errors: list[dict[str, str]] = []
     embed_seconds = 0.0
     if todo or spec is None:
-        prepare_resize()
-        if embedder is None:
-            embedder = load_embedder(weights_file, input_size, tap_names, engine, log=say)
+        try:
+            prepare_resize()
+            if embedder is None:
+                embedder = load_embedder(weights_file, input_size, tap_names, engine, log=say)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                "interrupted while loading the network, before any image was embedded; "
+                "run the same command again"
+            ) from None
         if spec is not None and spec.differences(embedder.spec):
             raise RuntimeError(f"planned spec differs from the model's: {spec.differences(embedder.spec)}")
         spec = embedder.spec

@@ -133,3 +133,20 @@ def test_interrupted_run_resumes_and_never_corrupts_out(tmp_path, random_weights
     assert result.rows == 160 and result.reused == 10 + checkpointed
     assert not (tmp_path / "emb.checkpoint").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_ctrl_c_while_converting_the_network_exits_130_and_caches_nothing(tmp_path, random_weights, monkeypatch):
+    folder = make_folder(tmp_path / "images", {"a": 3})
+    cache = tmp_path / "onnx-cache"
+    monkeypatch.setenv("CELLEMBED_CACHE_DIR", str(cache))  # empty: this run must convert
+    process = _start_extract(folder, tmp_path / "emb.parquet", random_weights)
+    for line in process.stderr:
+        if line.startswith("converting Xception for ONNX Runtime"):
+            break
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted while loading the network" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "emb.parquet").exists()
+    assert not list(cache.glob("*.onnx")) and not list(cache.glob(".*.tmp"))
