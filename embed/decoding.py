@@ -70,12 +70,13 @@ def to_rgb8(image: Image.Image) -> np.ndarray:
 
 
 def prepare_resize() -> None:
-    """Import TensorFlow, which does the resizing, now and quietly: left to the first
-    decode thread, its start-up messages would land in the middle of the progress bar."""
+    """Start TensorFlow, which does the resizing, now and quietly: left to the first
+    decode thread, its start-up messages (import, then device probing on the first op)
+    would land in the middle of the progress bar."""
     from cellembed.model import quiet_native_logs
 
     with quiet_native_logs():
-        import tensorflow  # noqa: F401
+        resize_bilinear(np.zeros((2, 2, 3), np.uint8), 1)
 
 
 def resize_bilinear(rgb: np.ndarray, size: int) -> np.ndarray:

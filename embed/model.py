@@ -85,7 +85,8 @@ def resolve_weights(weights: "str | os.PathLike | WeightsFile | None") -> Weight
 
 
 def _download_imagenet_weights() -> Path:
-    import keras
+    with quiet_native_logs():
+        import keras
 
     try:
         local = keras.utils.get_file(
