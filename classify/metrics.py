@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Sequence
 
 import numpy as np
@@ -58,10 +60,16 @@ def evaluate(
             "roc_auc": aucs,
         }
     )
+    with warnings.catch_warnings():
+        # Scoring a folder that holds only some classes: balanced accuracy averages the
+        # recall of the classes present, as defined; scikit-learn's warning would only
+        # alarm the reader.
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        balanced_accuracy = float(balanced_accuracy_score(y_true, y_pred))
     overall = {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": balanced_accuracy,
         "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=classes, average="weighted", zero_division=0)),
         "log_loss": float(log_loss(y_true, proba, labels=classes)),
