@@ -143,7 +143,10 @@ def fit(
     help="The Xception weights file the model was trained with. Default: $CELLEMBED_WEIGHTS, "
     "else Keras' download. Other weights are refused (checked by SHA-256).",
 )
-@click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Images per step (decoded together; one forward pass with --engine tensorflow).")
+@click.option(
+    "--batch-size", default=32, type=click.IntRange(min=1),
+    help="Images per step (decoded together; one forward pass with --engine tensorflow).",
+)
 @engine_option
 @click.option(
     "--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -78,7 +78,10 @@ def main() -> None:
     "set, else 'imagenet' (Keras downloads them; needs internet).",
 )
 @click.option("--input-size", default=299, type=click.IntRange(min=71), help="Network input side in pixels.")
-@click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Images per step (decoded together; one forward pass with --engine tensorflow).")
+@click.option(
+    "--batch-size", default=32, type=click.IntRange(min=1),
+    help="Images per step (decoded together; one forward pass with --engine tensorflow).",
+)
 @engine_option
 @click.option(
     "--checkpoint-every", default=256, type=click.IntRange(min=1),

@@ -30,8 +30,8 @@ from cellembed.hashing import sha256_file
 from cellembed.model import (
     DEFAULT_ENGINE,
     DEFAULT_LAYERS,
-    ENGINES,
     Embedder,
+    check_engine,
     check_input_size,
     load_embedder,
     parse_layers,
@@ -137,8 +137,7 @@ def extract(
     say = log or (lambda message: None)
     if batch_size < 1 or checkpoint_every < 1:
         raise InputError("--batch-size and the checkpoint interval must be at least 1")
-    if engine not in ENGINES:
-        raise InputError(f"unknown --engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    check_engine(engine)
     files = find_images(images)
     out = _check_output(Path(out))
     checkpoint = Checkpoint(out)

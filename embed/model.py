@@ -216,6 +216,11 @@ class Embedder:
         return self.forward(np.asarray(pixels, dtype=np.float32)).numpy()
 
 
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise InputError(f"unknown --engine {engine!r}; choose one of {', '.join(ENGINES)}")
+
+
 def check_input_size(input_size: int) -> None:
     if input_size < MIN_INPUT_SIZE:
         raise InputError(f"--input-size {input_size} is too small; Xception needs at least 71")
@@ -279,8 +284,7 @@ def load_embedder(
     within 1e-4 and the same spec. ``log`` receives a line when a one-time conversion
     starts.
     """
-    if engine not in ENGINES:
-        raise InputError(f"unknown --engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    check_engine(engine)
     tap_names = parse_layers(layers)
     check_input_size(input_size)
     weights_file = resolve_weights(weights)
