@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from cellembed.cli import BadInput, engine_option, exit_if_skipped, exit_interrupted
-from cellembed.errors import InputError
+from cellembed.cli import engine_option
+from cellembed.cli_support import BadInput, exit_if_skipped, user_errors
 from cellclf.lr import DEFAULT_C_GRID
 from cellclf.run import DEFAULT_SHAP_ROWS, DEFAULT_XGB_TRIALS
 from cellclf.xgb import DEFAULT_MAX_TREES
@@ -101,7 +101,7 @@ def fit(
     """
     from cellclf.run import FitConfig, fit as run_fit  # noqa: I001 - keeps --help fast
 
-    try:
+    with user_errors(on_interrupt=f"interrupted; nothing was written to {run_dir}"):
         config = FitConfig(
             models=models, seed=seed, cv=cv, lr_Cs=lr_c, xgb_trials=xgb_trials,
             xgb_max_trees=xgb_max_trees, taps=taps, shap=not no_shap, shap_max_rows=shap_rows, n_jobs=jobs,
@@ -110,8 +110,6 @@ def fit(
             embeddings, run_dir, test=test, config=config, overwrite=overwrite,
             log=None if quiet else click.echo,
         )
-    except InputError as exc:
-        raise BadInput(str(exc).replace("\n", " ")) from None
     if not no_report:
         from cellreports import write_run_report
 
@@ -169,12 +167,11 @@ def predict(
     2 bad input, 130 interrupted (run again to resume).
     Only load model files you trust: loading a .joblib file runs code from it.
     """
-    from cellembed.extraction import Interrupted
     from cellclf.prediction import default_cache_path, predict_folder, write_evaluation_tables, write_predictions
     from cellclf.predictor import Predictor
 
     say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
-    try:
+    with user_errors():
         started = time.perf_counter()
         predictor = Predictor.load(model)
         say(f"loaded {model} ({predictor.family}, {len(predictor.classes)} classes) in {time.perf_counter() - started:.1f} s")
@@ -183,10 +180,6 @@ def predict(
             min_confidence=min_confidence, progress=not quiet, log=say,
         )
         write_predictions(run, out, fmt)
-    except InputError as exc:
-        raise BadInput(str(exc)) from None
-    except Interrupted as exc:
-        exit_interrupted(exc)
     classified = len(run.table) - len(run.extraction.errors)
     per_image = (run.embed_seconds + run.classify_seconds) / max(classified, 1)
     click.echo(
@@ -239,8 +232,6 @@ def report(run_dir: Path, out: Path | None, images: Path | None) -> None:
     """
     from cellreports import write_run_report
 
-    try:
+    with user_errors():
         path = write_run_report(run_dir, out or run_dir / "report.html", images_root=images)
-    except InputError as exc:
-        raise BadInput(str(exc).replace("\n", " ")) from None
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from cellembed import ExtractResult, extract, load_embeddings
 from cellembed.model import DEFAULT_ENGINE, WeightsFile, resolve_weights
-from cellembed.store import atomic_path
+from cellembed.atomic import atomic_path
 from cellclf.errors import ClassifierInputError
 from cellclf.metrics import evaluate
 from cellclf.predictor import Predictor

@@ -9,10 +9,8 @@ is refused.
 
 from __future__ import annotations
 
-import platform
 import warnings
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +20,8 @@ import pandas as pd
 
 from cellembed import EmbeddingSpec, embedding_matrix
 from cellembed.hashing import sha256_file
-from cellembed.store import atomic_path
+from cellembed.atomic import atomic_path
+from cellembed.versions import library_versions as _library_versions
 from cellclf.errors import ClassifierInputError, PredictorLoadError
 
 #: Bumped whenever the Predictor's attributes change incompatibly.
@@ -32,15 +31,13 @@ PICKLE_LIBRARIES = ("scikit-learn", "xgboost")
 CHECKSUM_SUFFIX = ".sha256"
 
 
+#: Libraries a predictor depends on; their versions are recorded at training time.
+PREDICTOR_LIBRARIES = ("cellembed", "numpy", "pandas", "scikit-learn", "xgboost", "joblib")
+
+
 def library_versions() -> dict[str, str]:
     """Versions of Python and the libraries a predictor depends on."""
-    versions = {"python": platform.python_version()}
-    for name in ("cellembed", "numpy", "pandas", "scikit-learn", "xgboost", "joblib"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return _library_versions(PREDICTOR_LIBRARIES, python=True)
 
 
 def _brief(spec: EmbeddingSpec) -> str:

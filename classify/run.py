@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -43,6 +41,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from cellembed.atomic import install_folder, staging_folder
 from cellclf.data import LabelledEmbeddings, check_same_spec, load_labelled
 from cellclf.errors import ClassifierInputError
 from cellclf.lr import DEFAULT_C_GRID, DEFAULT_CLASS_WEIGHTS
@@ -208,8 +207,7 @@ def fit(
 
     best = max(config.models, key=lambda m: (results[m].val_macro_f1, -config.models.index(m)))
 
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.partial-", dir=run_dir.parent))
+    staging = staging_folder(run_dir)
     try:
         if config.shap:
             from cellclf.explain import explain
@@ -229,7 +227,7 @@ def fit(
             _write_json(staging / "shap" / "summary.json", shap_records)
         metrics = _metrics_document(data, test_data, classes, counts, config, results, best, run_dir)
         _write_run(staging, run_dir, data, test_data, splits, parts, classes, results, best, metrics)
-        _install(staging, run_dir)
+        install_folder(staging, run_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -460,21 +458,6 @@ def _write_run(
 
 def _model_first(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[["model"] + [c for c in frame.columns if c != "model"]]
-
-
-def _install(staging: Path, run_dir: Path) -> None:
-    """Rename the finished staging folder to run_dir (moving an old run_dir aside first)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private (0700); a run folder is not
-    old = None
-    if run_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.old-", dir=run_dir.parent))
-        os.rmdir(old)
-        os.rename(run_dir, old)
-    os.rename(staging, run_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_json(path: Path, document: Any) -> None:

@@ -12,17 +12,18 @@ TensorFlow is imported only when a network is needed (``extract`` with images to
 so reading embeddings, or a rerun with nothing new, stays light.
 """
 
-from cellembed.errors import InputError
+from cellembed.errors import InputError, Interrupted
 from cellembed.extraction import ExtractResult, extract
 from cellembed.spec import EmbeddingSpec, Tap
 from cellembed.store import embedding_matrix, load_embeddings, read_errors, read_images_root, read_spec
+from cellembed.versions import __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "EmbeddingSpec",
     "ExtractResult",
     "InputError",
+    "Interrupted",
     "Tap",
     "embedding_matrix",
     "extract",

@@ -4,41 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
-from cellembed.errors import InputError
+from cellembed.cli_support import BadInput, exit_if_skipped, user_errors
 from cellembed.model import DEFAULT_ENGINE, DEFAULT_LAYERS, ENGINES, TAP_PRESETS, WEIGHTS_ENV
-
-EXIT_SKIPPED = 3
-EXIT_INTERRUPTED = 130
-
-
-class BadInput(click.ClickException):
-    """A one-line error message with exit status 2 (bad input the user can fix)."""
-
-    exit_code = 2
-
-
-def exit_interrupted(exc: Exception) -> NoReturn:
-    """Ctrl-C during embedding: say how to resume and exit 130 (shared by extract and predict)."""
-    click.echo(f"Error: {exc}", err=True)
-    raise SystemExit(EXIT_INTERRUPTED)
-
-
-def exit_if_skipped(errors: list[dict[str, str]], where: str, allow_skips: bool) -> None:
-    """Name the unreadable files (``where`` says where all are listed); exit 3 unless allowed."""
-    if not errors:
-        return
-    click.echo(
-        f"skipped {len(errors)} file(s) that could not be read, e.g. "
-        f"{errors[0]['path']}: {errors[0]['reason']}; {where}",
-        err=True,
-    )
-    if not allow_skips:
-        raise SystemExit(EXIT_SKIPPED)
-
 
 engine_option = click.option(
     "--engine", type=click.Choice(ENGINES), default=DEFAULT_ENGINE,
@@ -105,19 +75,15 @@ def extract(
     Exit status: 0 all embedded, 3 some files skipped (0 with --allow-skips),
     2 bad input (nothing changed), 130 interrupted.
     """
-    from cellembed.extraction import Interrupted, extract as run_extract
+    from cellembed.extraction import extract as run_extract
 
     log = None if quiet else (lambda message: click.echo(message, err=True))
-    try:
+    with user_errors():
         result = run_extract(
             images, out, layers=layers, weights=weights, input_size=input_size,
             batch_size=batch_size, engine=engine, overwrite=overwrite, checkpoint_every=checkpoint_every,
             progress=not quiet, log=log,
         )
-    except InputError as exc:
-        raise BadInput(str(exc)) from None
-    except Interrupted as exc:
-        exit_interrupted(exc)
     click.echo(result.summary(), err=True)
     from cellembed.checkpoint import errors_csv_path
 
@@ -132,11 +98,9 @@ def info(embeddings: Path) -> None:
 
     if not embeddings.is_file():
         raise BadInput(f"{embeddings} does not exist; give a file written by cellembed extract")
-    try:
+    with user_errors():
         frame, spec = load_embeddings(embeddings)
         errors = read_errors(embeddings)
-    except InputError as exc:
-        raise BadInput(str(exc)) from None
     click.echo(f"file           {embeddings}")
     click.echo(f"images         {len(frame)}")
     click.echo(spec.describe())

@@ -73,7 +73,7 @@ def prepare_resize() -> None:
     """Start TensorFlow, which does the resizing, now and quietly: left to the first
     decode thread, its start-up messages (import, then device probing on the first op)
     would land in the middle of the progress bar."""
-    from cellembed.model import quiet_native_logs
+    from cellembed.quiet import quiet_native_logs
 
     with quiet_native_logs():
         resize_bilinear(np.zeros((2, 2, 3), np.uint8), 1)

@@ -25,7 +25,8 @@ from cellembed.checkpoint import (
 )
 from cellembed.decoding import prepare_resize
 from cellembed.discovery import ImageFile, find_images
-from cellembed.errors import InputError
+from cellembed.atomic import atomic_path
+from cellembed.errors import InputError, Interrupted
 from cellembed.hashing import sha256_file
 from cellembed.model import (
     DEFAULT_ENGINE,
@@ -43,17 +44,12 @@ from cellembed.spec import EmbeddingSpec
 from cellembed.store import (
     ERRORS_METADATA_KEY,
     IMAGES_METADATA_KEY,
-    atomic_path,
     make_table,
     read_table,
     write_table,
 )
 
 DEFAULT_CHECKPOINT_EVERY = 256
-
-
-class Interrupted(Exception):
-    """Ctrl-C during embedding; finished work was checkpointed and the run can resume."""
 
 
 @dataclass

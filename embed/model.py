@@ -9,21 +9,21 @@ Explicitly named layers (``block14_sepconv2_act``) keep their names.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import re
 import warnings
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from cellembed.errors import InputError
 from cellembed.hashing import sha256_file
+from cellembed.quiet import quiet_native_logs
 from cellembed.spec import EmbeddingSpec
+from cellembed.versions import library_versions
 
 MIN_INPUT_SIZE = 71  # Xception's smallest accepted input
 WEIGHTS_ENV = "CELLEMBED_WEIGHTS"
@@ -228,10 +228,7 @@ def check_input_size(input_size: int) -> None:
 
 def spec_fields(weights: WeightsFile, input_size: int) -> dict:
     """The spec fields other than the taps; needs no TensorFlow import."""
-    from cellembed import __version__
-
-    versions = {"cellembed": __version__}
-    versions.update((package, package_version(package)) for package in ("keras", "tensorflow"))
+    versions = library_versions(("cellembed", "keras", "tensorflow"))
     return dict(
         backbone="keras.applications.Xception(include_top=False)",
         weights_sha256=weights.sha256,
@@ -239,35 +236,6 @@ def spec_fields(weights: WeightsFile, input_size: int) -> dict:
         input_size=input_size,
         versions=versions,
     )
-
-
-def package_version(package: str) -> str:
-    """The installed version of a package, or "unknown"."""
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-@contextmanager
-def quiet_native_logs() -> Iterator[None]:
-    """Silence TensorFlow's C++ start-up messages (oneDNN, CUDA probing) on stderr.
-
-    They are printed by native code before any Python logging setting applies, so the
-    only way is to point file descriptor 2 at /dev/null meanwhile. Python exceptions
-    still propagate. Set CELLEMBED_TF_LOGS=1 to see the messages.
-    """
-    if os.environ.get("CELLEMBED_TF_LOGS"):
-        yield
-        return
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def load_embedder(

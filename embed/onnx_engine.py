@@ -29,9 +29,11 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from cellembed.errors import InputError
-from cellembed.model import Embedder, WeightsFile, load_keras_embedder, package_version, quiet_native_logs
+from cellembed.model import Embedder, WeightsFile, load_keras_embedder
+from cellembed.quiet import quiet_native_logs
+from cellembed.versions import package_version
 from cellembed.spec import EmbeddingSpec
-from cellembed.store import atomic_path
+from cellembed.atomic import atomic_path
 
 CACHE_ENV = "CELLEMBED_CACHE_DIR"
 SPEC_KEY = "cellembed.spec"

@@ -16,11 +16,8 @@ The key-value metadata holds the :class:`~cellembed.spec.EmbeddingSpec` as JSON 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +26,7 @@ import pyarrow.parquet as pq
 if TYPE_CHECKING:  # pandas is imported by pyarrow's to_pandas when a frame is made; a
     import pandas as pd  # rerun of extract with nothing new never needs it (0.3 s saved)
 
+from cellembed.atomic import atomic_path
 from cellembed.errors import InputError
 from cellembed.spec import SPEC_METADATA_KEY, EmbeddingSpec
 
@@ -77,35 +75,6 @@ def make_table(
         pa.FixedSizeListArray.from_arrays(pa.array(embeddings.ravel()), spec.dim),
     ]
     return pa.Table.from_arrays(columns, schema=schema)
-
-
-@contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success it replaces ``target``.
-
-    A crash or kill before the rename leaves ``target`` untouched (the old version or
-    nothing), never a half-written file.
-    """
-    target = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb") as handle:
-            os.fsync(handle.fileno())
-        # mkstemp creates 0600 files; give the result the permissions a plain write would.
-        os.chmod(tmp_path, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask())
-        os.replace(tmp_path, target)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def write_table(table: pa.Table, path: str | Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cellembed.store import atomic_path
+from cellembed.atomic import atomic_path
 
 
 def write_html(document: str, out_path: str | Path) -> Path:

@@ -1,0 +1,84 @@
+"""Atomic writes: a file or folder appears complete or not at all, with normal permissions.
+
+Every file the toolkit writes (Parquet, CSV, JSON, HTML, joblib) goes through
+:func:`atomic_path`; a finished folder (a ``cellclf fit`` RUN_DIR) through
+:func:`install_folder`. A crash or kill leaves the previous version, or nothing, never a
+half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success it replaces ``target``.
+
+    The temporary file is flushed to disk before the rename and given the permissions a
+    plain write would (``mkstemp`` makes private 0600 files; an existing target keeps its
+    mode). On an exception the temporary file is removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp_path, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~current_umask())
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(target: str | Path, text: str) -> Path:
+    """Write UTF-8 text to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
+
+
+def write_bytes(target: str | Path, data: bytes) -> Path:
+    """Write bytes to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def staging_folder(target: str | Path) -> Path:
+    """A new hidden sibling folder ``.NAME.partial-*`` to build ``target`` in."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+
+
+def install_folder(staging: Path, target: Path) -> None:
+    """Rename a finished staging folder to ``target``, moving an old ``target`` aside first.
+
+    ``mkdtemp`` makes the staging folder private (0700); it gets the permissions a plain
+    ``mkdir`` would. The old folder is deleted only after the new one is in place.
+    """
+    os.chmod(staging, 0o777 & ~current_umask())
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rmdir(old)
+        os.rename(target, old)
+    os.rename(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,67 @@
+"""What the ``cellembed`` and ``cellclf`` commands share: exit statuses, one-line errors.
+
+Commands stay thin: they parse options, call a library function inside
+:func:`user_errors` and print. Bad input the user can fix (an :class:`InputError`) becomes
+a one-line ``Error: ...`` with exit status 2; Ctrl-C during long work (:class:`Interrupted`)
+a one-line message saying how to resume, with exit status 130. Never a traceback.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, NoReturn
+
+import click
+
+from cellembed.errors import InputError, Interrupted
+
+EXIT_BAD_INPUT = 2
+EXIT_SKIPPED = 3
+EXIT_INTERRUPTED = 130
+
+
+class BadInput(click.ClickException):
+    """A one-line error message with exit status 2 (bad input the user can fix)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split("\n")))
+
+
+def exit_interrupted(message: object) -> NoReturn:
+    """Ctrl-C during long work: print the one-line message and exit 130."""
+    click.echo(f"Error: {message}", err=True)
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
+@contextmanager
+def user_errors(on_interrupt: str | None = None) -> Iterator[None]:
+    """Turn InputError into exit 2 and Interrupted into exit 130, one line each.
+
+    ``on_interrupt``: what to say when a plain Ctrl-C (KeyboardInterrupt) reaches the
+    command, i.e. what state the interrupted work left; without it Ctrl-C propagates.
+    """
+    try:
+        yield
+    except InputError as exc:
+        raise BadInput(str(exc)) from None
+    except Interrupted as exc:
+        exit_interrupted(exc)
+    except KeyboardInterrupt:
+        if on_interrupt is None:
+            raise
+        exit_interrupted(on_interrupt)
+
+
+def exit_if_skipped(errors: list[dict[str, str]], where: str, allow_skips: bool) -> None:
+    """Name the unreadable files (``where`` says where all are listed); exit 3 unless allowed."""
+    if not errors:
+        return
+    click.echo(
+        f"skipped {len(errors)} file(s) that could not be read, e.g. "
+        f"{errors[0]['path']}: {errors[0]['reason']}; {where}",
+        err=True,
+    )
+    if not allow_skips:
+        raise SystemExit(EXIT_SKIPPED)
