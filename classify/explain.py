@@ -28,7 +28,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from cellembed.plotting import class_colours, new_figure, png_bytes
+
 TOP_N = 20
+SUMMARY_DPI = 110
 
 
 @dataclass
@@ -159,16 +162,12 @@ def summarise(
 
 def plot_summary(per_dim: pd.DataFrame, by_tap: pd.DataFrame, classes: Sequence[str], title: str, path: Path) -> None:
     """Save the summary PNG: top dimensions stacked by class, and tap x class shares."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     classes = list(classes)
     top = per_dim.assign(total=per_dim[classes].sum(axis=1)).nlargest(TOP_N, "total").iloc[::-1]
-    figure = Figure(figsize=(13, 7), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(13, 7)
     bars, heat = figure.subplots(1, 2, width_ratios=[3, 2])
     left = np.zeros(len(top))
-    palette = _palette(len(classes))
+    palette = class_colours(len(classes))
     for k, name in enumerate(classes):
         bars.barh(top["feature"], top[name], left=left, color=palette[k], label=name)
         left += top[name].to_numpy()
@@ -183,14 +182,7 @@ def plot_summary(per_dim: pd.DataFrame, by_tap: pd.DataFrame, classes: Sequence[
         heat.text(j, i, f"{share:.2f}", ha="center", va="center", fontsize=7, color="white" if share < 0.5 * table.to_numpy().max() else "black")
     heat.set_title("share of mean |SHAP| by layer (tap)")
     figure.colorbar(image, ax=heat, shrink=0.8)
-    figure.savefig(path, dpi=110)
-
-
-def _palette(n: int) -> list:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
+    path.write_bytes(png_bytes(figure, SUMMARY_DPI))
 
 
 def explain(

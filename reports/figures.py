@@ -1,20 +1,20 @@
 """Report figures: matplotlib / seaborn plots rendered to PNG ``data:`` URIs.
 
-Figures are made with :class:`matplotlib.figure.Figure` and the Agg canvas directly, so
-nothing touches pyplot's global state or the process-wide backend, and every figure is
-freed as soon as it is encoded. PNGs are written without the "Software" metadata and at a
+Figures come from :func:`cellembed.plotting.new_figure` (no pyplot) and are encoded with
+:func:`cellembed.plotting.png_bytes` (no "Software" metadata, freed once encoded) at a
 modest resolution, so the same data gives the same bytes and the report stays small.
 """
 
 from __future__ import annotations
 
 import base64
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
+
+from cellembed.plotting import class_colours, new_figure, png_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -24,22 +24,9 @@ DPI = 80
 PROBA_PREFIX = "proba_"
 
 
-def new_figure(width: float, height: float) -> "Figure":
-    """A Figure attached to an Agg canvas (no pyplot, no global backend)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
 def figure_data_uri(figure: "Figure", dpi: int = DPI) -> str:
     """Encode a figure as a PNG ``data:`` URI and release it."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
-    figure.clear()
-    return bytes_data_uri(buffer.getvalue(), "image/png")
+    return bytes_data_uri(png_bytes(figure, dpi), "image/png")
 
 
 def bytes_data_uri(data: bytes, mime: str) -> str:
@@ -103,11 +90,10 @@ def roc_curves(panels: Sequence[tuple[str, pd.DataFrame]], classes: Sequence[str
             ``proba_<class>`` column per class.
         classes: the classes, in legend order.
     """
-    from matplotlib import colormaps
     from sklearn.metrics import auc, roc_curve
 
     classes = list(classes)
-    cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
+    colours = class_colours(len(classes))
     figure = new_figure(5.2 * len(panels), 5.0)
     axes_list = np.atleast_1d(figure.subplots(1, len(panels), squeeze=False)[0])
     for axes, (title, predictions) in zip(axes_list, panels):
@@ -117,7 +103,7 @@ def roc_curves(panels: Sequence[tuple[str, pd.DataFrame]], classes: Sequence[str
             if positive.all() or not positive.any():
                 continue  # the curve is undefined without both positives and negatives
             fpr, tpr, _ = roc_curve(positive, predictions[PROBA_PREFIX + name].to_numpy(dtype=float))
-            axes.plot(fpr, tpr, color=cmap(k % cmap.N), lw=1.4, label=f"{plain(name)} (AUC {auc(fpr, tpr):.3f})")
+            axes.plot(fpr, tpr, color=colours[k], lw=1.4, label=f"{plain(name)} (AUC {auc(fpr, tpr):.3f})")
         axes.plot([0, 1], [0, 1], color="#999", lw=0.8, ls="--")
         axes.set_xlim(-0.01, 1.01)
         axes.set_ylim(-0.01, 1.01)
