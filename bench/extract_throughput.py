@@ -80,7 +80,7 @@ def cellembed_way(folder: Path, out: Path, size: int, weights: str, engine: str)
 
 
 def conversion(size: int, weights: str) -> float:
-    from cellembed.model import load_embedder
+    from cellembed import load_embedder
 
     start = time.perf_counter()
     load_embedder(weights, size)

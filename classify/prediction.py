@@ -2,8 +2,9 @@
 
 The images are embedded with exactly the predictor's embedding spec (same weights file,
 input size, taps, preprocessing) into a Parquet cache, so a second run on the same folder
-embeds nothing. When the folder has class sub-folders named like the model's classes, the
-predictions are also scored against them.
+embeds nothing, and classified by an :class:`~cellclf.classifier.ImageClassifier`. When
+the folder has class sub-folders named like the model's classes, the predictions are also
+scored against them.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ import numpy as np
 import pandas as pd
 
 from cellembed import ExtractResult, extract, load_embeddings
-from cellembed.model import DEFAULT_ENGINE, WeightsFile, resolve_weights
 from cellembed.atomic import atomic_path
+from cellembed.engines import DEFAULT_ENGINE
+from cellclf.classifier import ImageClassifier
 from cellclf.errors import ClassifierInputError
 from cellclf.metrics import evaluate
 from cellclf.predictor import Predictor
-
-PROBA_PREFIX = "proba_"
+from cellclf.classifier import PROBA_PREFIX
 
 
 @dataclass
@@ -61,21 +62,8 @@ def default_cache_path(out: Path) -> Path:
     return out.with_name(out.stem + ".embeddings.parquet")
 
 
-def matching_weights(predictor: Predictor, weights: str | Path | None) -> WeightsFile:
-    """The weights to embed with, refused unless they are the ones the model was trained on."""
-    found = resolve_weights(weights)
-    expected = predictor.spec.weights_sha256
-    if found.sha256 != expected:
-        raise ClassifierInputError(
-            f"the weights {found.path} (SHA-256 {found.sha256[:12]}...) are not the ones this model "
-            f"was trained with (SHA-256 {expected[:12]}..., {predictor.spec.weights_source or 'unknown file'}); "
-            "pass --weights with that file or point CELLEMBED_WEIGHTS at it"
-        )
-    return found
-
-
 def predict_folder(
-    predictor: Predictor,
+    predictor: Predictor | ImageClassifier,
     images: str | Path,
     cache: str | Path,
     *,
@@ -88,41 +76,39 @@ def predict_folder(
 ) -> PredictionRun:
     """Embed (with the cache) and classify every image under ``images``.
 
+    ``predictor`` may be an ImageClassifier already made (then ``weights`` and ``engine``
+    are its own).
+
     Raises:
         InputError: bad folder or cache, weights other than the model's, or a cache made
             with another spec.
-        cellembed.extraction.Interrupted: Ctrl-C (finished embeddings are checkpointed).
+        cellembed.Interrupted: Ctrl-C (finished embeddings are checkpointed).
     """
-    spec = predictor.spec
-    weights_file = matching_weights(predictor, weights)
+    classifier = predictor if isinstance(predictor, ImageClassifier) else ImageClassifier(
+        predictor, weights=weights, engine=engine, batch_size=batch_size, log=log
+    )
     started = time.perf_counter()
     extraction = extract(
-        images, cache, layers=spec.tap_names, weights=weights_file, input_size=spec.input_size,
-        batch_size=batch_size, engine=engine, progress=progress, log=log,
+        images, cache, spec=classifier.spec, weights=classifier.weights, batch_size=batch_size,
+        engine=classifier.engine, progress=progress, log=log,
     )
     embed_seconds = time.perf_counter() - started
-    differences = spec.differences(extraction.spec)
-    if differences:
-        raise ClassifierInputError(
-            f"images were embedded differently from the model's training data ({'; '.join(differences)}); "
-            "use the cellembed version the model was trained with"
-        )
 
     started = time.perf_counter()
     frame, frame_spec = load_embeddings(extraction.out)
-    classes = list(predictor.classes)
-    proba = predictor.predict_proba(frame, frame_spec) if len(frame) else np.zeros((0, len(classes)))
+    classes = classifier.classes
+    predicted = classifier.classify(frame, frame_spec)
     classify_seconds = time.perf_counter() - started
 
-    table = _predictions_table(frame, proba, classes, extraction.errors, min_confidence)
+    table = _predictions_table(frame, predicted, extraction.errors, min_confidence)
+    proba = predicted[[PROBA_PREFIX + name for name in classes]].to_numpy(dtype=np.float64)
     evaluation, unknown = _evaluate_folders(table, proba, frame, classes)
     return PredictionRun(table, classes, extraction, embed_seconds, classify_seconds, evaluation, unknown)
 
 
 def _predictions_table(
     frame: pd.DataFrame,
-    proba: np.ndarray,
-    classes: list[str],
+    predicted: pd.DataFrame,
     errors: list[dict[str, str]],
     min_confidence: float | None,
 ) -> pd.DataFrame:
@@ -130,10 +116,7 @@ def _predictions_table(
     table = pd.DataFrame({"path": frame["path"].astype(object)})
     if labelled:
         table["label"] = frame["label"].astype(object).where(frame["label"].notna(), None)
-    table["predicted"] = np.asarray(classes, dtype=object)[proba.argmax(axis=1)] if len(frame) else []
-    table["confidence"] = proba.max(axis=1) if len(frame) else []
-    for k, name in enumerate(classes):
-        table[PROBA_PREFIX + name] = proba[:, k]
+    table = pd.concat([table, predicted], axis=1)
     if min_confidence is not None:
         table["uncertain"] = table["confidence"] < min_confidence
     if errors:

@@ -7,16 +7,9 @@ from pathlib import Path
 
 import click
 
-from cellembed.cli_support import BadInput, exit_if_skipped, user_errors
-from cellembed.model import DEFAULT_ENGINE, DEFAULT_LAYERS, ENGINES, TAP_PRESETS, WEIGHTS_ENV
-
-engine_option = click.option(
-    "--engine", type=click.Choice(ENGINES), default=DEFAULT_ENGINE,
-    help="What runs the network: onnxruntime is about 1.3x faster on CPU; the first run with "
-    "new weights converts Xception once (about 20 s, cached in $CELLEMBED_CACHE_DIR, default "
-    "~/.cache/cellembed). tensorflow runs Keras directly. Both give the same embeddings.",
-)
-
+from cellembed.backbones import DEFAULT_BACKBONE, backbone_names
+from cellembed.cli_support import BadInput, engine_option, exit_if_skipped, user_errors
+from cellembed.distributors import DEFAULT_DISTRIBUTOR, DISTRIBUTORS
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="cellembed")
@@ -37,17 +30,24 @@ def main() -> None:
     help="Parquet file to create or update (e.g. embeddings.parquet).",
 )
 @click.option(
-    "--layers", default=DEFAULT_LAYERS,
-    help=f"Which Xception layers to pool into the embedding: {' or '.join(TAP_PRESETS)} "
-    "(multiscale = add_2,add_6,add_10,add_11 + last layer, 5,256 numbers; final = last "
-    "layer only, 2,048), or a comma-separated list of layer names.",
+    "--backbone", type=click.Choice(backbone_names()), default=DEFAULT_BACKBONE,
+    help="The frozen ImageNet network that embeds the images.",
+)
+@click.option(
+    "--layers", default=None,
+    help="Which layers to pool into the embedding: a preset of the backbone (xception: multiscale, "
+    "the default = add_2,add_6,add_10,add_11 + last layer, 5,256 numbers; final = last layer only, "
+    "2,048), or a comma-separated list of layer names.",
 )
 @click.option(
     "--weights", default=None, metavar="PATH|imagenet",
-    help=f"Xception ImageNet weights file (.weights.h5 or .h5). Default: ${WEIGHTS_ENV} if "
-    "set, else 'imagenet' (Keras downloads them; needs internet).",
+    help="ImageNet weights file of the backbone, no top (.weights.h5 or .h5). Default for xception: "
+    "$CELLEMBED_WEIGHTS if set, else 'imagenet' (Keras downloads them; needs internet).",
 )
-@click.option("--input-size", default=299, type=click.IntRange(min=71), help="Network input side in pixels.")
+@click.option(
+    "--input-size", default=None, type=click.IntRange(min=1),
+    help="Network input side in pixels; default: 299 for xception (at least 71).",
+)
 @click.option(
     "--batch-size", default=32, type=click.IntRange(min=1),
     help="Images per step (decoded together; one forward pass with --engine tensorflow).",
@@ -55,14 +55,25 @@ def main() -> None:
 @engine_option
 @click.option(
     "--checkpoint-every", default=256, type=click.IntRange(min=1),
-    help="Save finished embeddings every this many images, so an interrupted run resumes.",
+    help="Save finished embeddings every this many images (one shard), so an interrupted run resumes.",
+)
+@click.option(
+    "--distributed", type=click.Choice(DISTRIBUTORS), default=DEFAULT_DISTRIBUTOR,
+    help="Where the shards run: in this process, or as Ray tasks on a local or remote cluster "
+    "(needs pip install 'cellembed[ray]'; images, weights and OUT on a shared file system).",
+)
+@click.option(
+    "--ray-address", default=None, metavar="ADDR",
+    help="With --distributed ray: the cluster to use (auto, HOST:6379 or ray://HOST:10001). "
+    "Default: start a local Ray instance on this machine.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an output made with other settings instead of refusing.")
 @click.option("--allow-skips", is_flag=True, help="Exit 0 even when some files could not be read.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")
 def extract(
-    images: Path, out: Path, layers: str, weights: str | None, input_size: int, batch_size: int, engine: str,
-    checkpoint_every: int, overwrite: bool, allow_skips: bool, quiet: bool,
+    images: Path, out: Path, backbone: str, layers: str | None, weights: str | None, input_size: int | None,
+    batch_size: int, engine: str, checkpoint_every: int, distributed: str, ray_address: str | None,
+    overwrite: bool, allow_skips: bool, quiet: bool,
 ) -> None:
     """Embed every image under IMAGES into the Parquet file OUT.
 
@@ -71,22 +82,27 @@ def extract(
     are not embedded again, new ones are added, and ones no longer in IMAGES are dropped.
     Stop at any time (Ctrl-C) and run the same command again to resume.
 
+    With --distributed ray the shards run as Ray tasks (many machines, or a GPU node);
+    the result is the same file.
+
     Files that cannot be read are skipped and listed in OUT's sidecar `.errors.csv`.
     Exit status: 0 all embedded, 3 some files skipped (0 with --allow-skips),
     2 bad input (nothing changed), 130 interrupted.
     """
     from cellembed.extraction import extract as run_extract
+    from cellembed.store import errors_csv_path
 
+    if ray_address is not None and distributed != "ray":
+        raise click.UsageError("--ray-address needs --distributed ray")
     log = None if quiet else (lambda message: click.echo(message, err=True))
     with user_errors():
         result = run_extract(
-            images, out, layers=layers, weights=weights, input_size=input_size,
+            images, out, backbone=backbone, layers=layers, weights=weights, input_size=input_size,
             batch_size=batch_size, engine=engine, overwrite=overwrite, checkpoint_every=checkpoint_every,
+            distributed=distributed, distributor_options={"address": ray_address} if distributed == "ray" else None,
             progress=not quiet, log=log,
         )
     click.echo(result.summary(), err=True)
-    from cellembed.checkpoint import errors_csv_path
-
     exit_if_skipped(result.errors, f"all listed in {errors_csv_path(result.out)}", allow_skips)
 
 

@@ -65,3 +65,15 @@ def exit_if_skipped(errors: list[dict[str, str]], where: str, allow_skips: bool)
     )
     if not allow_skips:
         raise SystemExit(EXIT_SKIPPED)
+
+
+def engine_option(function):
+    """The ``--engine`` option of the commands that run the network."""
+    from cellembed.engines import DEFAULT_ENGINE, ENGINES
+
+    return click.option(
+        "--engine", type=click.Choice(ENGINES), default=DEFAULT_ENGINE,
+        help="What runs the network: onnxruntime is about 1.3x faster on CPU; the first run with "
+        "new weights converts the network once (about 20 s, cached in $CELLEMBED_CACHE_DIR, default "
+        "~/.cache/cellembed). tensorflow runs Keras directly. Both give the same embeddings.",
+    )(function)

@@ -10,43 +10,81 @@ Colour conversion, one documented way for every input (see ``cellembed.spec.COLO
   maps to 255; floating-point samples are clipped to 0..255.
 
 Only the first frame of a multi-page file is used.
+
+The same rules apply whatever the source: a file path, the file's bytes (an upload), a PIL
+image, or a uint8 array ((H, W) grayscale, (H, W, 3) RGB or (H, W, 4) RGBA), so an image
+classified from memory gets exactly the embedding of the same image read from disk.
 """
 
 from __future__ import annotations
 
+import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 _WHITE = (255, 255, 255)
 
+#: What can be decoded: a path, encoded bytes, a PIL image or a uint8 pixel array.
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+
 
 class DecodeError(Exception):
-    """The file is not a readable image; the message says why, in a few words."""
+    """The input is not a readable image; the message says why, in a few words."""
 
 
-def decode_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as an (H, W, 3) uint8 RGB array.
+def decode_rgb(source: ImageSource) -> np.ndarray:
+    """Decode an image file, encoded bytes, a PIL image or a uint8 array to (H, W, 3) uint8 RGB.
 
     Raises:
-        DecodeError: zero-byte, truncated, unreadable or non-image file.
+        DecodeError: empty, truncated, unreadable or non-image input, or an array that is
+            not uint8 with 1, 3 or 4 channels.
+        OSError: the file cannot be read (permission denied, vanished).
     """
-    path = Path(path)
+    if isinstance(source, Image.Image):
+        source.load()
+        return to_rgb8(source)
+    if isinstance(source, np.ndarray):
+        return to_rgb8(_array_image(source))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise DecodeError("empty input (0 bytes)")
+        return _open(io.BytesIO(bytes(source)))
+    if not isinstance(source, (str, os.PathLike)):
+        raise DecodeError(f"cannot decode a {type(source).__name__}; give a path, bytes, a PIL image or a uint8 array")
+    if Path(source).stat().st_size == 0:
+        raise DecodeError("empty file (0 bytes)")
+    return _open(source)
+
+
+def _open(source) -> np.ndarray:
     try:
-        if path.stat().st_size == 0:
-            raise DecodeError("empty file (0 bytes)")
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             return to_rgb8(image)
-    except DecodeError:
-        raise
     except UnidentifiedImageError:
         raise DecodeError("not an image file (format not recognised)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the file itself cannot be read: not a decoding problem
         # PIL reports truncation and corrupt streams as OSError/SyntaxError.
         raise DecodeError(f"cannot decode image: {exc}") from None
+
+
+def _array_image(array: np.ndarray) -> Image.Image:
+    if array.dtype != np.uint8:
+        raise DecodeError(f"pixel arrays must be uint8 (0..255), got {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    modes = {2: "L", 3: "RGB", 4: "RGBA"}
+    mode = "L" if array.ndim == 2 else modes.get(array.shape[2]) if array.ndim == 3 else None
+    if mode is None or min(array.shape[:2], default=0) == 0:
+        raise DecodeError(f"pixel arrays must be (H, W), (H, W, 3) or (H, W, 4), got shape {array.shape}")
+    return Image.fromarray(np.ascontiguousarray(array))  # L, RGB or RGBA from the shape
 
 
 def to_rgb8(image: Image.Image) -> np.ndarray:
@@ -106,10 +144,10 @@ class DecodedImage:
     error: str | None = None
 
 
-def load_for_network(path: str | Path, size: int) -> DecodedImage:
-    """Decode and resize one file; never raises for a bad file (the error is returned)."""
+def load_for_network(source: ImageSource, size: int) -> DecodedImage:
+    """Decode and resize one image; never raises for a bad input (the error is returned)."""
     try:
-        rgb = decode_rgb(path)
+        rgb = decode_rgb(source)
     except DecodeError as exc:
         return DecodedImage(None, error=str(exc))
     except OSError as exc:  # e.g. permission denied, file vanished

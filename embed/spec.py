@@ -4,10 +4,16 @@ Two embeddings can be compared (and cached together, or fed to the same classifi
 when their specs have the same *identity*: backbone, weights, input size, taps, pooling,
 preprocessing, colour conversion and resize method. Library versions are recorded for
 provenance but are not part of the identity.
+
+A spec is turned back into the embedder that wrote it by
+:func:`cellembed.embedder.embedder_from_spec`, the one place a field is threaded into the
+network. A new field gets a default that means "as before", so files written earlier read
+with it and keep their identity.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
@@ -18,7 +24,7 @@ SPEC_FORMAT = 1
 #: Parquet key-value metadata key holding the spec JSON.
 SPEC_METADATA_KEY = b"cellembed.spec"
 
-PREPROCESSING = "xception: x / 127.5 - 1 (keras.applications.xception.preprocess_input)"
+#: How cellembed decodes and resizes every image (cellembed.decoding), and pools taps.
 RESIZE = "bilinear, tf.image.resize(antialias=False), aspect ratio not kept"
 COLOR = (
     "8-bit RGB: grayscale repeated on 3 channels, palette expanded, "
@@ -55,7 +61,7 @@ class EmbeddingSpec:
     input_size: int
     taps: tuple[Tap, ...]
     pooling: str = POOLING
-    preprocessing: str = PREPROCESSING
+    preprocessing: str = ""  # the backbone's (cellembed.backbones), always set by cellembed
     resize: str = RESIZE
     color: str = COLOR
     weights_source: str = ""
@@ -74,11 +80,16 @@ class EmbeddingSpec:
     @classmethod
     def from_widths(cls, names_widths: Iterable[tuple[str, int]], **kwargs: Any) -> "EmbeddingSpec":
         """Build a spec whose taps are laid out one after another in the given order."""
-        taps, offset = [], 0
-        for name, width in names_widths:
-            taps.append(Tap(name, offset, int(width)))
-            offset += int(width)
-        return cls(taps=tuple(taps), **kwargs)
+        return cls(taps=tap_layout(names_widths), **kwargs)
+
+    def with_tap_widths(self, widths: Sequence[int]) -> "EmbeddingSpec":
+        """The same spec with these tap widths (a planned spec once the network is built)."""
+        return dataclasses.replace(self, taps=tap_layout(zip(self.tap_names, widths)))
+
+    @property
+    def widths_known(self) -> bool:
+        """False for a planned spec whose tap widths are not known yet (all zero)."""
+        return all(t.width > 0 for t in self.taps)
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match for two embeddings to be interchangeable."""
@@ -86,6 +97,13 @@ class EmbeddingSpec:
         for key in ("versions", "weights_source", "format"):
             data.pop(key, None)
         return data
+
+    def identity_key(self) -> str:
+        """The identity as one canonical string, taps by name (a planned spec, whose tap
+        widths are not known yet, has the same key as the spec of its output)."""
+        data = self.identity()
+        data["taps"] = self.tap_names
+        return json.dumps(data, sort_keys=True)
 
     def differences(self, other: "EmbeddingSpec") -> list[str]:
         """Human-readable list of identity fields that differ (empty when compatible)."""
@@ -154,6 +172,15 @@ class EmbeddingSpec:
                 f"made with      {versions}",
             ]
         )
+
+
+def tap_layout(names_widths: Iterable[tuple[str, int]]) -> tuple[Tap, ...]:
+    """Taps laid out one after another in the given order."""
+    taps, offset = [], 0
+    for name, width in names_widths:
+        taps.append(Tap(name, offset, int(width)))
+        offset += int(width)
+    return tuple(taps)
 
 
 def _short(value: Any) -> str:

@@ -36,6 +36,17 @@ IMAGES_METADATA_KEY = b"cellembed.images"
 META_COLUMNS = ("path", "label", "sha256", "width", "height")
 
 
+def checkpoint_folder(out: Path) -> Path:
+    """The work folder of ``out`` (``emb.checkpoint/`` for ``emb.parquet``): shard files of
+    an unfinished run, so an interrupted extraction resumes."""
+    return out.with_name(out.stem + ".checkpoint")
+
+
+def errors_csv_path(out: Path) -> Path:
+    """The sidecar list of files that could not be embedded (``emb.errors.csv``)."""
+    return out.with_name(out.stem + ".errors.csv")
+
+
 def arrow_schema(dim: int) -> pa.Schema:
     return pa.schema(
         [
@@ -121,9 +132,11 @@ def read_table(path: str | Path) -> tuple[pa.Table, EmbeddingSpec]:
     return table, spec
 
 
-def table_matrix(table: pa.Table) -> np.ndarray:
-    """The (n, d) float32 embedding matrix of a table, without a per-row Python copy."""
-    column = table.column("embedding").combine_chunks()
+def table_matrix(table: pa.Table | pa.RecordBatch) -> np.ndarray:
+    """The (n, d) float32 embedding matrix of a table or batch, without a per-row Python copy."""
+    column = table.column("embedding")
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
     values = column.flatten()
     if values.null_count == 0 and values.type == pa.float32():
         # A view of the Arrow buffer: Array.to_numpy would import pandas (0.3 s of a rerun).

@@ -97,7 +97,7 @@ def _wait_for_first_chunk(process, folder, timeout=240.0):
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"extract finished before it could be interrupted: {process.communicate()}")
-        if list(folder.glob("chunk-*.parquet")):
+        if list(folder.glob("shard-*.parquet")):
             return
         time.sleep(0.02)
     process.kill()
@@ -124,7 +124,7 @@ def test_interrupted_run_resumes_and_never_corrupts_out(tmp_path, random_weights
 
     assert out.read_bytes() == before  # OUT untouched, still the previous complete file
     assert len(load_embeddings(out)[0]) == 10
-    checkpointed = sum(len(load_embeddings(c)[0]) for c in (tmp_path / "emb.checkpoint").glob("chunk-*.parquet"))
+    checkpointed = sum(len(load_embeddings(c)[0]) for c in (tmp_path / "emb.checkpoint").glob("shard-*.parquet"))
     assert checkpointed >= 8
 
     result = extract(folder, out, weights=random_weights, input_size=160, progress=False)

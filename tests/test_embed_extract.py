@@ -12,10 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cellembed import embedding_matrix, extract, load_embeddings, read_images_root, read_spec
+from cellembed import embedding_matrix, extract, load_embedder, load_embeddings, read_images_root, read_spec
 from cellembed.errors import InputError
 from cellembed.hashing import sha256_file
-from cellembed.model import load_embedder
 from conftest import SMALL, make_folder, noise_image
 
 
@@ -151,19 +150,20 @@ def test_bad_files_are_skipped_recorded_and_not_retried(labelled_folder, tmp_pat
     assert clean.errors == [] and not (tmp_path / "emb.errors.csv").exists()
 
 
-def test_checkpoint_chunks_are_resumed(labelled_folder, tmp_path, embedder):
-    """Chunks left by an interrupted run are used, not recomputed (in-process variant)."""
-    from cellembed.checkpoint import Checkpoint
+def test_finished_shards_of_an_interrupted_run_are_resumed(labelled_folder, tmp_path, embedder):
+    """Shard files left by an interrupted run are used, not recomputed (in-process variant)."""
+    from cellembed.plan import plan
+    from cellembed.shards import ShardJob, embed_shard
 
     out = tmp_path / "emb.parquet"
     first = extract(labelled_folder, tmp_path / "full.parquet", embedder=embedder, progress=False)
-    frame, spec = load_embeddings(first.out)
-    rows = frame.iloc[:5]
-    from cellembed.checkpoint import CachedEmbedding
+    frame, _ = load_embeddings(first.out)
+    work = plan(labelled_folder, out, embedder.spec, shard_size=5)
+    job = ShardJob(embedder.spec, None, "onnxruntime", work.work_dir)
+    done = embed_shard(work.shards[0], job, embedder=embedder)  # as an interrupted run leaves it
+    assert done.rows == 5 and done.path.parent == tmp_path / "emb.checkpoint"
+    assert embed_shard(work.shards[0], job, embedder=None).path == done.path  # idempotent: no network needed
 
-    Checkpoint(out).write(spec, [
-        (r.path, r.label, r.sha256, CachedEmbedding(r.width, r.height, r.embedding)) for r in rows.itertuples()
-    ])
     result = extract(labelled_folder, out, embedder=embedder, progress=False, checkpoint_every=3)
     assert (result.resumed, result.embedded, result.rows) == (5, 7, 12)
     assert not (tmp_path / "emb.checkpoint").exists()

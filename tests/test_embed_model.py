@@ -5,10 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cellembed import load_embedder
+from cellembed.backbones import get_backbone, parse_layers
 from cellembed.decoding import load_for_network
+from cellembed.engines import ENGINES
 from cellembed.errors import InputError
-from cellembed.model import ENGINES, TAP_PRESETS, load_embedder, parse_layers, resolve_weights
+from cellembed.weights import resolve_weights
 from conftest import SMALL, make_folder
+
+XCEPTION = get_backbone("xception")
+TAP_PRESETS = XCEPTION.tap_presets
 
 
 def _plain_xception(weights, size, pooling=None):
@@ -83,14 +89,14 @@ def test_unknown_layer_is_an_input_error_listing_valid_names(random_weights):
     assert "block99_nothing" in message and "add_11" in message and "block14_sepconv2_act" in message
     assert "\n" not in message
     with pytest.raises(InputError, match="more than once"):
-        parse_layers("add_2,add_2")
+        parse_layers(XCEPTION, "add_2,add_2")
 
 
 def test_weights_errors_name_the_file(tmp_path, random_weights):
     import keras
 
     with pytest.raises(InputError, match="missing.weights.h5.*does not exist"):
-        resolve_weights(tmp_path / "missing.weights.h5")
+        resolve_weights(tmp_path / "missing.weights.h5", XCEPTION)
     wrong = tmp_path / "dense.weights.h5"
     small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     small.save_weights(wrong)
@@ -108,7 +114,7 @@ def test_weights_errors_name_the_file(tmp_path, random_weights):
 
 def test_weights_come_from_the_environment_variable(monkeypatch, random_weights):
     monkeypatch.setenv("CELLEMBED_WEIGHTS", str(random_weights))
-    resolved = resolve_weights(None)
+    resolved = resolve_weights(None, XCEPTION)
     assert resolved.path == random_weights.resolve()
     assert len(resolved.sha256) == 64
 

@@ -8,11 +8,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import cellembed.onnx_engine as onnx_engine
-from cellembed import extract, load_embeddings
+import cellembed.engines.onnxruntime_engine as onnx_engine
+from cellembed import extract, load_embedder, load_embeddings
+from cellembed.backbones import get_backbone
 from cellembed.decoding import load_for_network
 from cellembed.errors import InputError
-from cellembed.model import load_embedder, resolve_weights
+from cellembed.weights import resolve_weights
 from conftest import SMALL, make_folder
 
 
@@ -21,7 +22,7 @@ def _pixels(n: int, seed: int = 0) -> np.ndarray:
 
 
 def _cache_file(weights, taps):
-    return onnx_engine.cached_model_path(resolve_weights(weights).sha256, SMALL, taps)
+    return onnx_engine.cached_model_path("xception", resolve_weights(weights, get_backbone("xception")).sha256, SMALL, taps)
 
 
 def test_conversion_is_cached_and_reused_without_tensorflow_model(random_weights, monkeypatch, tmp_path):
@@ -34,7 +35,7 @@ def test_conversion_is_cached_and_reused_without_tensorflow_model(random_weights
         raise AssertionError("converted again although the cache holds this network")
 
     monkeypatch.setattr(onnx_engine, "convert", no_conversion)
-    monkeypatch.setattr(onnx_engine, "load_keras_embedder", no_conversion)
+    monkeypatch.setattr(onnx_engine.tensorflow_engine, "build", no_conversion)
     renamed = tmp_path / "same-weights-renamed.weights.h5"  # same bytes: same SHA-256
     shutil.copy(random_weights, renamed)
     second = load_embedder(renamed, SMALL, "final")

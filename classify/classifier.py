@@ -1,0 +1,152 @@
+"""``ImageClassifier``: a saved predictor plus the network that feeds it, for images in memory.
+
+It embeds images exactly as the predictor's training images were (the same backbone,
+weights file checked by SHA-256, input size, taps and preprocessing, rebuilt from the
+predictor's spec by :func:`cellembed.embedder_from_spec`) and classifies them without any
+Parquet file. Images may be file paths, the bytes of an encoded file (an upload), PIL
+images or uint8 arrays; all follow the same colour rules (:mod:`cellembed.decoding`), so
+an image gets the same prediction however it arrives. ``cellclf predict`` (with its cache)
+and the HTTP server build on it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cellembed import EmbeddingSpec, InputError, embedder_from_spec
+from cellembed.backbones import backbone_for_spec
+from cellembed.decoding import ImageSource
+from cellembed.engines import DEFAULT_ENGINE, Embedder, check_engine
+from cellembed.pipeline import decoded_batches
+from cellembed.weights import WeightsFile, check_weights, resolve_weights
+from cellclf.errors import ClassifierInputError
+from cellclf.predictor import Predictor
+PROBA_PREFIX = "proba_"  # moves to cellclf.rundir with the run-folder schema
+
+#: Column naming each input of ``predict_images``.
+IMAGE_COLUMN = "image"
+
+
+def matching_weights(predictor: Predictor, weights: str | os.PathLike | WeightsFile | None) -> WeightsFile:
+    """The weights to embed with, refused unless they are the ones the model was trained on."""
+    spec = predictor.spec
+    found = resolve_weights(weights, backbone_for_spec(spec))
+    try:
+        check_weights(found, spec.weights_sha256, spec.weights_source, "this model was trained with")
+    except InputError as exc:
+        raise ClassifierInputError(str(exc)) from None
+    return found
+
+
+def probability_table(proba: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
+    """``predicted``, ``confidence`` and one ``proba_<class>`` column per class."""
+    proba = np.asarray(proba, dtype=np.float64).reshape(len(proba), len(classes))
+    table = pd.DataFrame(
+        {
+            "predicted": np.asarray(classes, dtype=object)[proba.argmax(axis=1)] if len(proba) else [],
+            "confidence": proba.max(axis=1) if len(proba) else [],
+        }
+    )
+    for k, name in enumerate(classes):
+        table[PROBA_PREFIX + name] = proba[:, k]
+    return table
+
+
+class ImageClassifier:
+    """Classify images with a :class:`~cellclf.predictor.Predictor` (see the module docstring).
+
+    Args:
+        predictor: a loaded predictor (``Predictor.load("run/model.joblib")``).
+        weights: the weights file it was trained with (a path, or None for
+            ``$CELLEMBED_WEIGHTS``); checked now, by SHA-256.
+        engine: ``"onnxruntime"`` (default) or ``"tensorflow"``.
+        batch_size: images decoded (and run together by TensorFlow) per step.
+        log: receives a line when the network is converted for the first time.
+
+    The network is built on first use, so a classifier that only classifies embeddings
+    never starts TensorFlow.
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        weights: str | os.PathLike | WeightsFile | None = None,
+        engine: str = DEFAULT_ENGINE,
+        batch_size: int = 32,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        check_engine(engine)
+        self.predictor = predictor
+        self.weights = matching_weights(predictor, weights)
+        self.engine = engine
+        self.batch_size = batch_size
+        self.log = log
+        self._embedder: Embedder | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.predictor.classes)
+
+    @property
+    def spec(self) -> EmbeddingSpec:
+        return self.predictor.spec
+
+    @property
+    def embedder(self) -> Embedder:
+        """The network of the predictor's spec, built once."""
+        if self._embedder is None:
+            self._embedder = embedder_from_spec(self.spec, self.weights, self.engine, log=self.log)
+        return self._embedder
+
+    def classify(self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None) -> pd.DataFrame:
+        """Predicted class, confidence and probabilities of embeddings (a matrix or a frame
+        from ``cellembed.load_embeddings``), one row each."""
+        if len(X) == 0:
+            return probability_table(np.zeros((0, len(self.classes))), self.classes)
+        return probability_table(self.predictor.predict_proba(X, spec), self.classes)
+
+    def predict_images(self, images: Iterable[ImageSource], names: Sequence[str] | None = None) -> pd.DataFrame:
+        """Classify images in memory, one row per image in input order.
+
+        Args:
+            images: file paths, encoded bytes, PIL images or uint8 arrays (mixed is fine).
+            names: what to call each image in the ``image`` column; default the path for
+                paths and ``"#<position>"`` for the others.
+
+        Returns:
+            A DataFrame with ``image``, ``predicted``, ``confidence``, one ``proba_<class>``
+            column per class, and ``error``: the reason an input could not be decoded
+            (its prediction columns are then empty), else None.
+        """
+        sources = list(images)
+        if names is None:
+            names = [str(s) if isinstance(s, (str, os.PathLike)) else f"#{i}" for i, s in enumerate(sources)]
+        elif len(names) != len(sources):
+            raise ClassifierInputError(f"{len(names)} names for {len(sources)} images")
+        if not sources:
+            return self._table([], np.zeros((0, len(self.classes))), [])
+        embedder = self.embedder
+        vectors = np.zeros((len(sources), embedder.spec.dim), np.float32)
+        errors: dict[int, str] = {}
+        for batch in decoded_batches(sources, embedder.spec.input_size, self.batch_size):
+            if batch.decoded:
+                vectors[[i for i, _ in batch.decoded]] = embedder.embed(batch.pixels)
+            errors.update(batch.failed)
+        ok = [i for i in range(len(sources)) if i not in errors]
+        proba = np.full((len(sources), len(self.classes)), np.nan)
+        if ok:
+            proba[ok] = self.predictor.predict_proba(vectors[ok], spec=embedder.spec)
+        return self._table(list(names), proba, [errors.get(i) for i in range(len(sources))])
+
+    def _table(self, names: list[str], proba: np.ndarray, errors: list[str | None]) -> pd.DataFrame:
+        table = probability_table(np.nan_to_num(proba, nan=0.0), self.classes)
+        failed = np.array([e is not None for e in errors], dtype=bool)
+        table.loc[failed, :] = None
+        table.insert(0, IMAGE_COLUMN, pd.Series(names, dtype=object))
+        table["error"] = pd.Series(errors, dtype=object)
+        return table

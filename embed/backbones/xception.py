@@ -1,0 +1,104 @@
+"""Xception (Keras applications, ImageNet weights, no top): the first backbone.
+
+Keras names auto-named layers (``add``, ``add_1``, ...) from a per-process counter, so a
+second Xception built in the same process has other live names. Taps are therefore resolved
+by *stable* names: the k-th auto-named layer of a class in a freshly built Xception gets the
+name Keras gives it in a fresh process (``add`` for the first Add, ``add_6`` for the 7th).
+Explicitly named layers (``block14_sepconv2_act``) keep their names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from cellembed.errors import InputError
+from cellembed.quiet import quiet_native_logs
+from cellembed.spec import RESIZE
+
+# Keras' own download of the no-top ImageNet weights (used only when online).
+_IMAGENET_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/xception/"
+    "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
+)
+_IMAGENET_MD5 = "b0042744bf5b25fce3cb969f33bebb97"
+
+
+def _snake_case(class_name: str) -> str:
+    # The rule Keras uses to derive automatic layer names from class names.
+    name = re.sub(r"\W+", "", class_name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+class Xception:
+    """``keras.applications.Xception(include_top=False)`` (see the module docstring)."""
+
+    name = "xception"
+    spec_name = "keras.applications.Xception(include_top=False)"
+    title = "Xception"
+    min_input_size = 71
+    default_input_size = 299
+    tap_presets = {
+        # exactly Xception(include_top=False, pooling="avg"): 2048 floats
+        "final": ("block14_sepconv2_act",),
+        # three middle-flow residual sums, the exit-flow sum and the last activation: 5256 floats
+        "multiscale": ("add_2", "add_6", "add_10", "add_11", "block14_sepconv2_act"),
+    }
+    default_layers = "multiscale"
+    preprocessing = "xception: x / 127.5 - 1 (keras.applications.xception.preprocess_input)"
+    resize = RESIZE
+    weights_env = "CELLEMBED_WEIGHTS"
+    libraries = ("keras", "tensorflow")
+
+    def download_weights(self) -> Path:
+        with quiet_native_logs():
+            import keras
+
+        try:
+            local = keras.utils.get_file(
+                "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                _IMAGENET_URL,
+                cache_subdir="models",
+                file_hash=_IMAGENET_MD5,
+            )
+        except Exception as exc:  # network errors come in many types
+            raise InputError(
+                f"could not download the ImageNet Xception weights ({type(exc).__name__}); "
+                f"offline machines must set {self.weights_env} or pass --weights PATH"
+            ) from None
+        return Path(local)
+
+    def build(self, input_size: int) -> Any:
+        import keras
+
+        return keras.applications.Xception(include_top=False, weights=None, input_shape=(input_size, input_size, 3))
+
+    def preprocess(self, pixels: Any) -> Any:
+        import keras
+
+        return keras.applications.xception.preprocess_input(pixels)
+
+    def layers(self, model: Any) -> dict[str, Any]:
+        import keras
+
+        counters: dict[str, int] = defaultdict(int)
+        layers = {}
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            base = _snake_case(type(layer).__name__)
+            if re.fullmatch(rf"{re.escape(base)}(_\d+)?", layer.name):
+                index = counters[base]
+                counters[base] += 1
+                name = base if index == 0 else f"{base}_{index}"
+            else:
+                name = layer.name
+            if len(layer.output.shape) == 4:
+                layers[name] = layer
+        return layers
+
+
+BACKBONE = Xception()

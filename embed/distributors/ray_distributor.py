@@ -1,0 +1,113 @@
+"""Ray: the shards of an extraction as Ray tasks, on this machine or on a cluster.
+
+Each task runs :func:`cellembed.shards.embed_shard` in a Ray worker process; a worker builds
+its embedder once and reuses it for every later shard it gets (Ray keeps worker processes
+alive between tasks). A task whose worker dies (killed, out of memory, node lost) is
+retried by Ray up to ``max_retries`` times; because a shard's file name is its content id
+and the write is atomic, a retried shard is neither lost nor duplicated.
+
+The workers read the images, the weights file and the work folder (next to OUT) at the
+paths the driver sees: on a cluster of several machines these must be on a shared file
+system (as clip-retrieval's output folder is). Ray is an optional extra, imported only
+when this distributor is chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+from cellembed.errors import InputError
+from cellembed.shards import Shard, ShardJob, ShardResult, embed_shard
+
+INSTALL_HINT = "pip install 'cellembed[ray]' (in a checkout: pip install -e '.[ray]')"
+#: Environment variables passed on to the workers when set here.
+FORWARDED_ENV = ("CELLEMBED_CACHE_DIR", "CELLEMBED_TF_LOGS", "TF_CPP_MIN_LOG_LEVEL")
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise InputError(f"--distributed ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+def _embed_shard_task(shard: Shard, job: ShardJob) -> ShardResult:
+    return embed_shard(shard, job)
+
+
+class RayDistributor:
+    """Shards as Ray tasks of ``cpus_per_task`` CPUs (and ``gpus_per_task`` GPUs) each.
+
+    Args:
+        address: a running cluster (``auto``, ``HOST:6379`` or ``ray://HOST:10001``);
+            None starts a local one with this machine's CPUs, or uses the Ray runtime this
+            process already started (``ray.init``).
+        cpus_per_task: CPUs of one task; the engine in it uses that many threads.
+        gpus_per_task: GPUs of one task (Ray hides GPUs from tasks that ask for none).
+        max_retries: retries of a task whose worker died.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self, address: str | None = None, cpus_per_task: float = 1, gpus_per_task: float = 0, max_retries: int = 3
+    ) -> None:
+        self.address = address
+        self.cpus_per_task = cpus_per_task
+        self.gpus_per_task = gpus_per_task
+        self.max_retries = max_retries
+        self._ray: Any = None
+        self._owned = False
+        self._task: Any = None
+        self.job: ShardJob | None = None
+
+    def start(self, job: ShardJob, log: Callable[[str], None]) -> None:
+        ray = self._ray = import_ray()
+        if not ray.is_initialized():
+            env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+            try:
+                ray.init(
+                    address=self.address, runtime_env={"env_vars": env}, include_dashboard=False,
+                    logging_level=logging.WARNING, log_to_driver=False,
+                )
+            except ConnectionError as exc:
+                raise InputError(f"cannot reach the Ray cluster at --ray-address {self.address}: {exc}") from None
+            self._owned = True
+        self.job = dataclasses.replace(job, threads=max(1, int(self.cpus_per_task)))
+        self._task = ray.remote(_embed_shard_task).options(
+            num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task, max_retries=self.max_retries
+        )
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        log(f"Ray cluster with {cpus} CPUs; each shard is a task of {self.cpus_per_task:g} CPU")
+
+    def run(self, shards: Sequence[Shard], on_progress: Callable[[int], None]) -> Iterator[ShardResult]:
+        ray = self._ray
+        pending = [self._task.remote(shard, self.job) for shard in shards]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayError as exc:
+                cause = getattr(exc, "cause", None) or exc
+                if isinstance(cause, InputError):
+                    raise InputError(str(cause)) from None
+                first_line = (str(cause).strip().splitlines() or [""])[0][:300]
+                raise InputError(
+                    f"a shard failed on the Ray cluster ({type(cause).__name__}: {first_line}); finished "
+                    f"shards are kept in {self.job.work_dir}: run the same command again to resume"
+                ) from None
+            on_progress(result.images)
+            yield result
+
+    def close(self) -> None:
+        if self._owned:
+            self._ray.shutdown()
+            self._owned = False
+
+
+def make(**options: Any) -> RayDistributor:
+    return RayDistributor(**options)

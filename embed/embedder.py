@@ -1,0 +1,132 @@
+"""From settings to a spec, and from a spec back to the embedder that writes it.
+
+:func:`planned_spec` says what spec a run will produce without building anything (no
+TensorFlow): extraction uses it to check an existing file or checkpoint before any work.
+:func:`embedder_from_spec` rebuilds exactly the embedder that wrote a spec; ``extract``,
+``cellclf predict`` and in-memory classification all go through it, so a spec field
+added later is threaded into the network here, once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+from cellembed.backbones import (
+    DEFAULT_BACKBONE,
+    Backbone,
+    backbone_for_spec,
+    check_input_size,
+    get_backbone,
+    parse_layers,
+)
+from cellembed.engines import DEFAULT_ENGINE, Embedder, build_embedder, check_engine, engine_libraries
+from cellembed.errors import InputError
+from cellembed.spec import EmbeddingSpec
+from cellembed.versions import library_versions
+from cellembed.weights import WeightsFile, check_weights, resolve_weights
+
+def planned_spec(
+    backbone: Backbone,
+    weights: WeightsFile,
+    input_size: int,
+    tap_names: Sequence[str],
+    engine: str = DEFAULT_ENGINE,
+    widths: Sequence[int] | None = None,
+) -> EmbeddingSpec:
+    """The spec a run with these settings produces; tap widths are 0 unless given (they
+    are known once the network is built, or from a file made with the same taps)."""
+    return EmbeddingSpec.from_widths(
+        zip(tap_names, widths if widths is not None else [0] * len(tap_names)),
+        backbone=backbone.spec_name,
+        weights_sha256=weights.sha256,
+        weights_source=weights.source,
+        input_size=input_size,
+        preprocessing=backbone.preprocessing,
+        resize=backbone.resize,
+        versions=library_versions(("cellembed", *backbone.libraries, *engine_libraries(engine))),
+    )
+
+
+def spec_for_settings(
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    layers: str | Sequence[str] | None = None,
+    weights: "str | os.PathLike | WeightsFile | None" = None,
+    input_size: int | None = None,
+    engine: str = DEFAULT_ENGINE,
+) -> tuple[EmbeddingSpec, WeightsFile]:
+    """The planned spec of command-line style settings (None: the backbone's defaults),
+    and the resolved weights. Checks everything that can be checked without a network."""
+    check_engine(engine)
+    chosen = get_backbone(backbone)
+    tap_names = parse_layers(chosen, layers)
+    size = chosen.default_input_size if input_size is None else input_size
+    check_input_size(chosen, size)
+    weights_file = resolve_weights(weights, chosen)
+    return planned_spec(chosen, weights_file, size, tap_names, engine), weights_file
+
+
+def embedder_from_spec(
+    spec: EmbeddingSpec,
+    weights: "str | os.PathLike | WeightsFile | None" = None,
+    engine: str = DEFAULT_ENGINE,
+    *,
+    log: Callable[[str], None] | None = None,
+    threads: int | None = None,
+) -> Embedder:
+    """Rebuild exactly the embedder that wrote embeddings of ``spec``.
+
+    Args:
+        spec: the spec of an embeddings file (``cellembed.read_spec``), of a predictor, or
+            a planned spec (tap widths 0).
+        weights: the weights file (a path, ``"imagenet"``, or None for the backbone's
+            environment variable); refused unless its SHA-256 is the spec's.
+        engine: ``"onnxruntime"`` or ``"tensorflow"``; same embeddings within 1e-4.
+        log: receives a line when a one-time conversion starts.
+        threads: cap on the engine's CPU threads (None: the engine's default).
+
+    Raises:
+        InputError: unknown backbone, other weights, or a spec this cellembed cannot
+            reproduce (another preprocessing, resize, colour or pooling).
+    """
+    check_engine(engine)
+    backbone = backbone_for_spec(spec)
+    check_input_size(backbone, spec.input_size)
+    weights_file = resolve_weights(weights, backbone)
+    check_weights(weights_file, spec.weights_sha256, spec.weights_source, "these embeddings were made with")
+    rebuilt = planned_spec(backbone, weights_file, spec.input_size, spec.tap_names, engine)
+    differences = rebuilt.differences(spec)
+    if differences:
+        raise InputError(
+            f"this cellembed cannot reproduce embeddings made with {'; '.join(differences)} "
+            "(this version vs the file's); use the cellembed version that made them"
+        )
+    embedder = build_embedder(engine, backbone, weights_file, rebuilt, log=log, threads=threads)
+    if spec.widths_known and [t.width for t in embedder.spec.taps] != [t.width for t in spec.taps]:
+        raise InputError(
+            f"the rebuilt {backbone.title} gives other tap widths than the spec "
+            f"({[t.width for t in embedder.spec.taps]} vs {[t.width for t in spec.taps]})"
+        )
+    return embedder
+
+
+def load_embedder(
+    weights: "str | os.PathLike | WeightsFile | None" = None,
+    input_size: int | None = None,
+    layers: str | Sequence[str] | None = None,
+    engine: str = DEFAULT_ENGINE,
+    log: Callable[[str], None] | None = None,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+) -> Embedder:
+    """Build a backbone (default Xception) with its weights and the requested taps.
+
+    ``layers`` is a preset (``"multiscale"``, the default, or ``"final"``), a
+    comma-separated string or a sequence of layer names; ``input_size`` defaults to the
+    backbone's (299 for Xception).
+    """
+    spec, weights_file = spec_for_settings(
+        backbone=backbone, layers=layers, weights=weights, input_size=input_size, engine=engine
+    )
+    return embedder_from_spec(spec, weights_file, engine, log=log)

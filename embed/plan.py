@@ -1,0 +1,183 @@
+"""``plan``: what an extraction must do, decided without writing anything or starting TensorFlow.
+
+Discovery and hashing of the images; the cache diff against OUT and against the shard
+files that an interrupted run left in OUT's work folder (``emb.checkpoint/`` for
+``emb.parquet``); the files known to be bad (a file that failed to decode, unchanged,
+fails again); and the remaining work as :class:`~cellembed.shards.Shard` objects of at most
+``shard_size`` images. A file made with another spec is refused here, before any work.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from cellembed.discovery import ImageFile, find_images
+from cellembed.errors import InputError
+from cellembed.hashing import sha256_file
+from cellembed.shards import SHARD_GLOB, Shard, ShardItem
+from cellembed.spec import EmbeddingSpec
+from cellembed.store import ERRORS_METADATA_KEY, IMAGES_METADATA_KEY, checkpoint_folder, read_errors, read_spec
+
+DEFAULT_SHARD_SIZE = 256
+
+
+@dataclass(frozen=True)
+class OutIndex:
+    """The rows of an existing OUT without their embeddings (for the diff and the no-op check)."""
+
+    paths: tuple[str, ...]
+    labels: tuple[str | None, ...]
+    sha256s: tuple[str, ...]
+    errors: tuple[dict, ...]
+    images_root: bytes | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An extraction, decided.
+
+    Attributes:
+        images, out: the folder and the Parquet file.
+        work_dir: where shard files go (kept after an interruption, removed after merge).
+        spec: the spec of the output; tap widths are 0 until a network or a file made
+            with the same taps says them.
+        files: every image found, sorted by path; ``sha256s`` per file (None: unreadable).
+        errors: files that will not be embedded (unreadable now, or known bad).
+        out_index: OUT's rows when they are reused (None: no OUT, or ``overwrite``).
+        finished: shard files of earlier interrupted runs, reused as they are.
+        finished_sha256s: the images those hold.
+        shards: the work left.
+    """
+
+    images: Path
+    out: Path
+    work_dir: Path
+    spec: EmbeddingSpec
+    files: tuple[ImageFile, ...]
+    sha256s: tuple[str | None, ...]
+    errors: tuple[dict, ...]
+    out_index: OutIndex | None
+    finished: tuple[Path, ...]
+    finished_sha256s: frozenset[str]
+    shards: tuple[Shard, ...]
+
+    @property
+    def to_embed(self) -> int:
+        return sum(len(shard) for shard in self.shards)
+
+    @property
+    def cached(self) -> set[str]:
+        """Images whose embedding already exists (in OUT or in finished shards)."""
+        return set(self.out_index.sha256s if self.out_index else ()) | self.finished_sha256s
+
+    def summary(self) -> str:
+        wanted = {sha for sha in self.sha256s if sha is not None}
+        labels = {f.label for f in self.files if f.label is not None}
+        return (
+            f"found {len(self.files)} images in {self.images} ({len(labels)} labels); "
+            f"{len(wanted & self.cached)} already embedded, {self.to_embed} to embed"
+        )
+
+
+def plan(
+    images: str | Path,
+    out: str | Path,
+    spec: EmbeddingSpec,
+    *,
+    overwrite: bool = False,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> Plan:
+    """Decide the extraction of ``images`` into ``out`` with the planned ``spec``.
+
+    Args:
+        overwrite: do not reuse (nor refuse) an existing OUT or work folder.
+        shard_size: images per shard (also the checkpoint interval).
+
+    Raises:
+        InputError: bad images folder, or an OUT or shard file that cellembed did not
+            write or that was made with another spec.
+    """
+    if shard_size < 1:
+        raise InputError("--checkpoint-every must be at least 1")
+    images, out = Path(images), Path(out)
+    files = find_images(images)
+    work_dir = checkpoint_folder(out)
+    finished = [] if overwrite or not work_dir.is_dir() else sorted(work_dir.glob(SHARD_GLOB))
+    references = ([out] if out.exists() and not overwrite else []) + finished
+    for reference in references:
+        spec = _check_reference(reference, spec)
+
+    out_index = _read_index(out) if out.exists() and not overwrite else None
+    known_bad = {e["sha256"]: e["reason"] for e in (out_index.errors if out_index else ()) if e.get("sha256")}
+    finished_shas: set[str] = set()
+    for path in finished:
+        table = pq.ParquetFile(path).read(columns=["sha256"])
+        finished_shas.update(table.column("sha256").to_pylist())
+        for error in (e for e in read_errors(path) if e.get("sha256")):
+            known_bad[error["sha256"]] = error["reason"]
+            finished_shas.add(error["sha256"])
+
+    sha256s, errors = _hash_files(files)
+    cached = set(out_index.sha256s if out_index else ()) | finished_shas
+    todo: dict[str, ShardItem] = {}
+    for image, sha in zip(files, sha256s):
+        if sha is None:
+            continue
+        if sha in known_bad:
+            errors.append({"path": image.path, "reason": known_bad[sha], "sha256": sha})
+        elif sha not in cached and sha not in todo:
+            todo[sha] = ShardItem(sha, image.path, image.label, str(image.absolute))
+    items = list(todo.values())
+    shards = tuple(Shard.of(spec, items[i : i + shard_size]) for i in range(0, len(items), shard_size))
+    return Plan(
+        images=images, out=out, work_dir=work_dir, spec=spec, files=tuple(files), sha256s=tuple(sha256s),
+        errors=tuple(sorted(errors, key=lambda e: e["path"])), out_index=out_index,
+        finished=tuple(finished), finished_sha256s=frozenset(finished_shas), shards=shards,
+    )
+
+
+def _check_reference(path: Path, spec: EmbeddingSpec) -> EmbeddingSpec:
+    """Refuse a file cellembed did not write or made with another spec; else return
+    ``spec`` with the file's tap widths (widths depend only on the tap names)."""
+    try:
+        found = read_spec(path)
+    except InputError as exc:
+        raise InputError(f"{exc}; refusing to replace it: choose another output or pass --overwrite") from None
+    differences = spec.differences(found)
+    if differences:
+        where = path.parent if path.parent.name.endswith(".checkpoint") else path
+        raise InputError(
+            f"{where} was made with another embedding spec ({'; '.join(differences)}; "
+            "requested vs existing) and specs never mix in one file: pass --overwrite to "
+            "replace it, or choose another output"
+        )
+    return spec if spec.widths_known else spec.with_tap_widths([t.width for t in found.taps])
+
+
+def _read_index(out: Path) -> OutIndex:
+    with pq.ParquetFile(out) as parquet:
+        table = parquet.read(columns=["path", "label", "sha256"])
+        metadata = parquet.schema_arrow.metadata or {}
+    return OutIndex(
+        paths=tuple(table.column("path").to_pylist()),
+        labels=tuple(table.column("label").to_pylist()),
+        sha256s=tuple(table.column("sha256").to_pylist()),
+        errors=tuple(json.loads(metadata.get(ERRORS_METADATA_KEY, b"[]"))),
+        images_root=metadata.get(IMAGES_METADATA_KEY),
+    )
+
+
+def _hash_files(files: list[ImageFile]) -> tuple[list[str | None], list[dict[str, str]]]:
+    sha256s: list[str | None] = []
+    errors: list[dict[str, str]] = []
+    for image in files:
+        try:
+            sha256s.append(sha256_file(image.absolute))
+        except OSError as exc:
+            sha256s.append(None)
+            errors.append({"path": image.path, "reason": f"cannot read file: {exc.strerror or exc}"})
+    return sha256s, errors

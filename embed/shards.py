@@ -1,0 +1,205 @@
+"""Shards, the unit of extraction work, and :func:`embed_shard`, the one worker.
+
+A shard is a fixed list of images to embed. Its id is a digest of the spec identity and
+the images' SHA-256 values, so the same work always has the same id, whichever process,
+machine or run does it, and no shared counter exists that two workers could race on.
+
+``embed_shard`` is idempotent: it writes ``shard-<id>.parquet`` (a cellembed Parquet file:
+the rows, and the images that failed to decode in its metadata) atomically into the work
+folder, and when that file is already there it returns it without embedding anything.
+Interrupted by Ctrl-C, it first saves the images it finished as a smaller shard of their
+own, so a rerun resumes from them. The distributors (:mod:`cellembed.distributors`) only
+decide where and in which order shards run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from cellembed.embedder import embedder_from_spec
+from cellembed.engines import Embedder
+from cellembed.errors import InputError
+from cellembed.pipeline import decoded_batches
+from cellembed.spec import EmbeddingSpec
+from cellembed.store import make_table, read_errors, read_spec, write_table
+from cellembed.weights import WeightsFile
+
+SHARD_GLOB = "shard-*.parquet"
+
+
+@dataclass(frozen=True)
+class ShardItem:
+    """One image to embed: its content hash, its row key and label, where to read it."""
+
+    sha256: str
+    path: str
+    label: str | None
+    absolute: str
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A fixed list of images with a stable id (see the module docstring)."""
+
+    id: str
+    items: tuple[ShardItem, ...]
+
+    @classmethod
+    def of(cls, spec: EmbeddingSpec, items: Sequence[ShardItem]) -> "Shard":
+        return cls(shard_id(spec, [item.sha256 for item in items]), tuple(items))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def shard_id(spec: EmbeddingSpec, sha256s: Sequence[str]) -> str:
+    digest = hashlib.sha256(spec.identity_key().encode())
+    for sha in sha256s:
+        digest.update(sha.encode())
+    return digest.hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What every shard of one extraction shares (picklable, sent to remote workers).
+
+    ``spec`` is the planned spec (tap widths may still be 0); ``weights`` is None only
+    when the caller embeds with a prebuilt embedder; ``threads`` caps the engine's CPU
+    threads in a worker (None: the engine's default).
+    """
+
+    spec: EmbeddingSpec
+    weights: WeightsFile | None
+    engine: str
+    work_dir: Path
+    batch_size: int = 32
+    threads: int | None = None
+
+    def shard_path(self, shard_id: str) -> Path:
+        return self.work_dir / f"shard-{shard_id}.parquet"
+
+
+@dataclass
+class ShardResult:
+    """A finished shard file: the images it holds, and those that failed to decode."""
+
+    id: str
+    path: Path
+    spec: EmbeddingSpec
+    sha256s: list[str]
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.sha256s)
+
+    @property
+    def images(self) -> int:
+        return self.rows + len(self.errors)
+
+
+def embed_shard(
+    shard: Shard,
+    job: ShardJob,
+    *,
+    embedder: Embedder | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ShardResult:
+    """Embed one shard into its file in ``job.work_dir`` (idempotent, atomic).
+
+    Args:
+        shard: the images.
+        job: spec, weights, engine and work folder shared by all shards.
+        embedder: a built embedder of ``job.spec``; None builds one for this process once
+            and reuses it for later shards (how remote workers run).
+        on_progress: called with the number of images done after each batch.
+    """
+    path = job.shard_path(shard.id)
+    if path.is_file():
+        return read_shard_result(path, job.spec)
+    embedder = embedder or process_embedder(job)
+    spec = embedder.spec
+    vectors = np.zeros((len(shard), spec.dim), np.float32)
+    sizes = np.zeros((len(shard), 2), np.int32)
+    done: list[int] = []
+    errors: dict[int, str] = {}
+    try:
+        sources = [item.absolute for item in shard.items]
+        for batch in decoded_batches(sources, spec.input_size, job.batch_size):
+            if batch.decoded:
+                vectors[[i for i, _ in batch.decoded]] = embedder.embed(batch.pixels)
+            for index, decoded in batch.decoded:
+                sizes[index] = (decoded.width, decoded.height)
+                done.append(index)
+            for index, reason in batch.failed:
+                errors[index] = reason
+                done.append(index)
+            if on_progress is not None:
+                on_progress(len(batch.decoded) + len(batch.failed))
+    except KeyboardInterrupt:
+        if done:  # keep the finished images as a shard of their own
+            part = sorted(done)
+            subset = Shard.of(job.spec, [shard.items[i] for i in part])
+            _write(job.shard_path(subset.id), spec, subset, part, vectors, sizes, errors)
+        raise
+    return _write(path, spec, shard, list(range(len(shard))), vectors, sizes, errors)
+
+
+def _write(
+    path: Path, spec: EmbeddingSpec, shard: Shard, indices: list[int],
+    vectors: np.ndarray, sizes: np.ndarray, errors: dict[int, str],
+) -> ShardResult:
+    """Write the rows ``indices`` of a shard (decoded ones as rows, failed ones as errors)."""
+    ok = [i for i in indices if i not in errors]
+    failed = [
+        {"path": shard.items[i].path, "reason": errors[i], "sha256": shard.items[i].sha256}
+        for i in indices if i in errors
+    ]
+    table = make_table(
+        spec,
+        [shard.items[i].path for i in ok],
+        [shard.items[i].label for i in ok],
+        [shard.items[i].sha256 for i in ok],
+        sizes[ok, 0],
+        sizes[ok, 1],
+        vectors[ok],
+        failed,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_table(table, path)
+    return ShardResult(_shard_id_of(path), path, spec, [shard.items[i].sha256 for i in ok], failed)
+
+
+def read_shard_result(path: Path, spec: EmbeddingSpec) -> ShardResult:
+    """The result recorded in an existing shard file (refused if made with another spec)."""
+    import pyarrow.parquet as pq
+
+    found = read_spec(path)
+    if found.identity_key() != spec.identity_key():
+        raise InputError(f"{path} was made with another embedding spec; delete {path.parent} and run again")
+    sha256s = pq.ParquetFile(path).read(columns=["sha256"]).column("sha256").to_pylist()
+    return ShardResult(_shard_id_of(path), path, found, sha256s, read_errors(path))
+
+
+def _shard_id_of(path: Path) -> str:
+    return path.name[len("shard-") : -len(".parquet")]
+
+
+#: One embedder per process and job settings, reused across shards (remote workers).
+_EMBEDDERS: dict[str, Embedder] = {}
+
+
+def process_embedder(job: ShardJob) -> Embedder:
+    """The embedder of ``job`` in this process, built on first use."""
+    if job.weights is None:
+        raise InputError("a shard job without weights runs only with a prebuilt embedder")
+    key = json.dumps([job.spec.identity_key(), job.weights.sha256, job.engine, job.threads])
+    if key not in _EMBEDDERS:
+        _EMBEDDERS[key] = embedder_from_spec(job.spec, job.weights, job.engine, threads=job.threads)
+    return _EMBEDDERS[key]

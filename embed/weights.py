@@ -1,0 +1,83 @@
+"""Where a backbone's weights come from, and loading them strictly (the one place for both)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cellembed.errors import InputError
+from cellembed.hashing import sha256_file
+
+if TYPE_CHECKING:
+    from cellembed.backbones import Backbone
+
+#: ``--weights imagenet``: the backbone's own download (needs internet).
+IMAGENET = "imagenet"
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A resolved weights file: where it is, its SHA-256 and how it was chosen."""
+
+    path: Path
+    sha256: str
+    source: str
+
+
+def resolve_weights(weights: "str | os.PathLike | WeightsFile | None", backbone: "Backbone") -> WeightsFile:
+    """Find the weights to load.
+
+    ``weights`` is a path, ``"imagenet"`` (the backbone's download, needs internet) or
+    None, meaning the backbone's environment variable (``$CELLEMBED_WEIGHTS`` for Xception)
+    when set, else ``"imagenet"``. A :class:`WeightsFile` passes through.
+
+    Raises:
+        InputError: the file does not exist, or the download failed.
+    """
+    if isinstance(weights, WeightsFile):
+        return weights
+    source = "--weights"
+    if weights is None:
+        weights = os.environ.get(backbone.weights_env) or IMAGENET
+        source = f"${backbone.weights_env}" if weights != IMAGENET else "download"
+    if str(weights) == IMAGENET:
+        path = backbone.download_weights()
+        return WeightsFile(path, sha256_file(path), f"keras {IMAGENET} download")
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise InputError(
+            f"weights file {path} (from {source}) does not exist; give the path of the {backbone.title} "
+            f"ImageNet weights (no top) or use --weights {IMAGENET} when online"
+        )
+    return WeightsFile(path.resolve(), sha256_file(path), path.name)
+
+
+def check_weights(found: WeightsFile, expected_sha256: str, expected_source: str, what: str) -> None:
+    """Refuse weights whose SHA-256 is not ``expected_sha256`` (``what`` names the user of them)."""
+    if found.sha256 != expected_sha256:
+        raise InputError(
+            f"the weights {found.path} (SHA-256 {found.sha256[:12]}...) are not the ones {what} "
+            f"(SHA-256 {expected_sha256[:12]}..., {expected_source or 'unknown file'}); "
+            "pass --weights with that file or point CELLEMBED_WEIGHTS at it"
+        )
+
+
+def load_weights(model: Any, weights: WeightsFile, backbone: "Backbone") -> None:
+    """Load a weights file into a Keras model built by ``backbone.build``, all or nothing."""
+    # Keras 3 loads a partly fitting file with only a warning, leaving the unmatched layers
+    # randomly initialised: that would give meaningless embeddings, so warnings are errors.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(str(weights.path))
+            problem = next((str(w.message) for w in caught if issubclass(w.category, UserWarning)), None)
+        except Exception as exc:  # Keras raises ValueError/KeyError/OSError for misfits
+            problem = str(exc).strip() or type(exc).__name__
+    if problem is not None:
+        raise InputError(
+            f"weights file {weights.path} does not fit {backbone.title}(include_top=False): "
+            f"{problem.splitlines()[0][:200]}"
+        )
