@@ -9,19 +9,8 @@ import click
 
 from cellembed.cli import engine_option
 from cellembed.cli_support import BadInput, exit_if_skipped, user_errors
-from cellclf.lr import DEFAULT_C_GRID
-from cellclf.run import DEFAULT_SHAP_ROWS, DEFAULT_XGB_TRIALS
-from cellclf.xgb import DEFAULT_MAX_TREES
-
-
-def _float_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise click.BadParameter("give one or more positive numbers, e.g. 0.001,0.01,0.1")
-    return values
+from cellclf.families import FamilyOption, families
+from cellclf.run import DEFAULT_SHAP_ROWS
 
 
 def _name_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...] | None:
@@ -29,6 +18,28 @@ def _name_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
     if param.name == "taps" and names in ((), ("all",)):
         return None
     return names
+
+
+def _parsed_by(option: FamilyOption):
+    def callback(ctx: click.Context, param: click.Parameter, value: str):
+        try:
+            return option.parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
+
+
+def family_options(command):
+    """Every registered model family's command-line options, as click options named
+    ``<family key>_<option name>`` (the FitConfig.build keywords)."""
+    declared = [(family, option) for family in families() for option in family.options if option.flag]
+    for family, option in reversed(declared):
+        command = click.option(
+            option.flag, f"{family.key}_{option.name}", default=option.default_text, metavar=option.metavar,
+            callback=_parsed_by(option), help=option.help,
+        )(command)
+    return command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -53,26 +64,13 @@ def main() -> None:
     "held out as the test set.",
 )
 @click.option(
-    "--models", default="lr,xgb", callback=_name_list,
-    help="Model families: lr (logistic regression) and/or xgb (XGBoost), comma-separated.",
+    "--models", default=",".join(family.key for family in families()), callback=_name_list,
+    help="Model families, comma-separated: "
+    + ", ".join(f"{family.key} ({family.title})" for family in families()) + ".",
 )
 @click.option("--seed", default=0, type=int, help="Random seed of the split and the models; same seed, same results.")
 @click.option("--cv", default=5, type=click.IntRange(min=2), help="Cross-validation folds for tuning the logistic regression.")
-@click.option(
-    "--lr-c", "lr_c", default=",".join(f"{c:g}" for c in DEFAULT_C_GRID), callback=_float_list,
-    help="Logistic-regression C values to try (smaller = stronger regularisation); each is "
-    "tried with and without balanced class weights.",
-)
-@click.option(
-    "--xgb-trials", default=DEFAULT_XGB_TRIALS, type=click.IntRange(min=1),
-    help="XGBoost settings to try (the first is a good default, the others random). "
-    "Each takes up to two minutes on the 4,000-image PBC set with 2 cores.",
-)
-@click.option(
-    "--xgb-max-trees", default=DEFAULT_MAX_TREES, type=click.IntRange(min=1),
-    help="Most boosting rounds per XGBoost trial; early stopping on the validation images "
-    "usually stops well before.",
-)
+@family_options
 @click.option(
     "--taps", default="all", callback=_name_list,
     help="Embedding layers (taps) to train on, comma-separated (e.g. add_6,add_10), or 'all'.",
@@ -88,8 +86,8 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines, only the final table.")
 def fit(
     embeddings: Path, run_dir: Path, test: Path | None, models: tuple[str, ...], seed: int, cv: int,
-    lr_c: tuple[float, ...], xgb_trials: int, xgb_max_trees: int, taps: tuple[str, ...] | None,
-    no_shap: bool, shap_rows: int, jobs: int, no_report: bool, overwrite: bool, quiet: bool,
+    taps: tuple[str, ...] | None, no_shap: bool, shap_rows: int, jobs: int, no_report: bool, overwrite: bool,
+    quiet: bool, **family_settings: object,
 ) -> None:
     """Train and test classifiers on the labelled images of EMBEDDINGS.
 
@@ -102,9 +100,9 @@ def fit(
     from cellclf.run import FitConfig, fit as run_fit  # noqa: I001 - keeps --help fast
 
     with user_errors(on_interrupt=f"interrupted; nothing was written to {run_dir}"):
-        config = FitConfig(
-            models=models, seed=seed, cv=cv, lr_Cs=lr_c, xgb_trials=xgb_trials,
-            xgb_max_trees=xgb_max_trees, taps=taps, shap=not no_shap, shap_max_rows=shap_rows, n_jobs=jobs,
+        config = FitConfig.build(
+            models=models, seed=seed, cv=cv, taps=taps, shap=not no_shap, shap_max_rows=shap_rows, n_jobs=jobs,
+            **family_settings,
         )
         result = run_fit(
             embeddings, run_dir, test=test, config=config, overwrite=overwrite,

@@ -41,6 +41,28 @@ class LabelledEmbeddings:
         return tap_feature_names(self.spec, self.taps)
 
 
+@dataclass
+class SplitData:
+    """The rows of one split (train, validation or test), as the model families get them.
+
+    Attributes:
+        X: (n, d) float32 embeddings.
+        y: (n,) int64 class codes 0..k-1 (position in the sorted class names).
+        labels: (n,) object array of class names.
+        meta: DataFrame ``path, sha256, label`` (n rows, index 0..n-1).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    labels: np.ndarray
+    meta: pd.DataFrame
+
+    @property
+    def groups(self) -> np.ndarray:
+        """(n,) SHA-256 of each row: identical images must stay in one CV fold."""
+        return self.meta["sha256"].to_numpy()
+
+
 def tap_feature_names(spec: EmbeddingSpec, taps: Sequence[str]) -> list[str]:
     """``tap:index`` names of the columns selected by ``taps`` (in that order)."""
     widths = {t.name: t.width for t in spec.taps}

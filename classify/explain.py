@@ -1,6 +1,7 @@
-"""SHAP explanations: exact linear SHAP for the logistic regression, TreeSHAP for XGBoost.
+"""SHAP explanations of the model families (each family computes its exact SHAP values:
+linear SHAP for the logistic regression, TreeSHAP for XGBoost), summarised and plotted here.
 
-Both explain the model's *margin* (log-odds / softmax logit) of every class, so for each
+The values explain the model's *margin* (log-odds / softmax logit) of every class, so for each
 row and class ``sum(values) + expected_value == margin`` (checked and recorded). Summaries
 follow the shap package's multi-class convention: "class c" means the output of class c,
 averaged over all explained rows.
@@ -52,52 +53,6 @@ class ShapValues:
     def additivity_error(self) -> float:
         """Largest |sum of SHAP + expected value - margin| over rows and classes."""
         return float(np.abs(self.values.sum(axis=2, dtype=np.float64) + self.expected - self.margin).max())
-
-
-def linear_shap(model: Any, X: np.ndarray) -> ShapValues:
-    """Exact SHAP of a StandardScaler + LogisticRegression pipeline (independent features).
-
-    With the training data as background, phi[i, c, j] = w[c, j] * (z[i, j] - mean(z_train)[j])
-    where z is the standardised input; the scaler was fitted on the training data, so
-    mean(z_train) = 0 and the expected value is the intercept. For two classes
-    scikit-learn keeps one margin (class 1); class 0 gets its negation.
-
-    Args:
-        model: fitted Pipeline with steps ``scale`` (StandardScaler) and ``logreg``.
-        X: (n, d) embeddings in the model's input layout.
-    """
-    scaler, logreg = model.named_steps["scale"], model.named_steps["logreg"]
-    z = scaler.transform(np.asarray(X, dtype=np.float64))
-    coef, intercept = logreg.coef_, logreg.intercept_
-    if coef.shape[0] == 1:  # binary: one margin for class 1
-        coef, intercept = np.vstack([-coef, coef]), np.concatenate([-intercept, intercept])
-    background = np.zeros(z.shape[1])  # mean of the standardised training data
-    values = (coef[None, :, :] * (z - background)[:, None, :]).astype(np.float32)
-    expected = intercept + coef @ background
-    margin = z @ coef.T + intercept
-    return ShapValues(values, expected, margin)
-
-
-def tree_shap(model: Any, X: np.ndarray, n_jobs: int = 1) -> ShapValues:
-    """Exact TreeSHAP of a fitted XGBClassifier pipeline (xgboost's ``pred_contribs``).
-
-    Args:
-        model: fitted Pipeline whose step ``xgb`` is an XGBClassifier (multi:softprob, or
-            binary:logistic whose single margin is split into -margin / +margin like
-            :func:`linear_shap`).
-        X: (n, d) embeddings in the model's input layout.
-    """
-    import xgboost
-
-    booster = model.named_steps["xgb"].get_booster()
-    booster.set_param({"nthread": n_jobs})
-    data = xgboost.DMatrix(np.asarray(X, dtype=np.float32))
-    contribs = booster.predict(data, pred_contribs=True)  # (n, k, d + 1), last = bias
-    margin = booster.predict(data, output_margin=True)
-    if contribs.ndim == 2:  # binary:logistic has one margin (class 1); class 0 gets its negation
-        contribs = np.stack([-contribs, contribs], axis=1)
-        margin = np.stack([-margin, margin], axis=1)
-    return ShapValues(contribs[:, :, :-1].astype(np.float32), contribs[0, :, -1].astype(np.float64), margin)
 
 
 def summarise(
@@ -186,7 +141,7 @@ def plot_summary(per_dim: pd.DataFrame, by_tap: pd.DataFrame, classes: Sequence[
 
 
 def explain(
-    family: str,
+    family: Any,
     model: Any,
     X: np.ndarray,
     classes: Sequence[str],
@@ -199,6 +154,9 @@ def explain(
 ) -> dict[str, Any]:
     """Compute SHAP on (n, d) test rows ``X`` and write the files of ``family`` into out_dir.
 
+    ``family`` is a :class:`cellclf.families.ModelFamily`: its ``explain`` computes the
+    values, its ``key`` names the files and its ``shap_method`` is recorded.
+
     Rows are subsampled (seeded, without replacement) only when n > ``max_rows``.
 
     Returns:
@@ -209,16 +167,13 @@ def explain(
     rows = np.arange(n_total)
     if n_total > max_rows:
         rows = np.sort(np.random.default_rng(seed).choice(n_total, size=max_rows, replace=False))
-    if family == "lr":
-        result, method = linear_shap(model, X[rows]), "exact linear SHAP (standardised inputs, training-mean background)"
-    else:
-        result, method = tree_shap(model, X[rows], n_jobs=n_jobs), "exact TreeSHAP (xgboost pred_contribs)"
+    result, method = family.explain(model, X[rows], n_jobs), family.shap_method
     per_dim, by_tap, top = summarise(result.values, classes, feature_names)
     out_dir.mkdir(parents=True, exist_ok=True)
-    per_dim.to_csv(out_dir / f"{family}_mean_abs.csv", index=False)
-    by_tap.to_csv(out_dir / f"{family}_by_tap.csv", index=False)
-    top.to_csv(out_dir / f"{family}_top20.csv", index=False)
-    plot_summary(per_dim, by_tap, classes, family, out_dir / f"{family}_summary.png")
+    per_dim.to_csv(out_dir / f"{family.key}_mean_abs.csv", index=False)
+    by_tap.to_csv(out_dir / f"{family.key}_by_tap.csv", index=False)
+    top.to_csv(out_dir / f"{family.key}_top20.csv", index=False)
+    plot_summary(per_dim, by_tap, classes, family.key, out_dir / f"{family.key}_summary.png")
     return {
         "method": method,
         "output": "class margin (softmax logit)",

@@ -33,19 +33,18 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from cellembed.atomic import install_folder, staging_folder
-from cellclf.data import LabelledEmbeddings, check_same_spec, load_labelled
+from cellclf.data import LabelledEmbeddings, SplitData, check_same_spec, load_labelled
 from cellclf.errors import ClassifierInputError
-from cellclf.lr import DEFAULT_C_GRID, DEFAULT_CLASS_WEIGHTS
-from cellclf.xgb import DEFAULT_EARLY_STOPPING, DEFAULT_MAX_BIN, DEFAULT_MAX_TREES
+from cellclf.families import ModelFamily, families, get_family
 from cellclf.predictor import Predictor, library_versions
 from cellclf.split import (
     DEFAULT_TEST_FRACTION,
@@ -60,46 +59,97 @@ from cellclf.split import (
 )
 from cellclf.tuning import TuningResult, tuning_table
 
-MODEL_FAMILIES = ("lr", "xgb")
-FAMILY_NAMES = {"lr": "logistic regression", "xgb": "XGBoost"}
-#: Random-search trials for XGBoost. On the 4,000-image PBC dev set (5,256 dims, 2 cores) a
-#: trial takes 20-120 s and the refit up to ~100 s; with 4 trials the whole default fit
-#: (both models, tuning, SHAP) took ~7 minutes, leaving room under the 15-minute target for
-#: slower random draws or a busy machine (bench/fit_accuracy.py).
-DEFAULT_XGB_TRIALS = 4
 DEFAULT_SHAP_ROWS = 1000
+
+
+def _registered_keys() -> tuple[str, ...]:
+    return tuple(family.key for family in families())
 
 
 @dataclass(frozen=True)
 class FitConfig:
-    """Settings of one fit (the ``cellclf fit`` options)."""
+    """Settings of one fit (the ``cellclf fit`` options).
 
-    models: tuple[str, ...] = MODEL_FAMILIES
+    Attributes:
+        models: keys of the model families to fit (default: every registered family).
+        seed, cv, taps, shap, shap_max_rows, n_jobs, val_fraction, test_fraction: the
+            settings every family shares.
+        options: per family key, the values of its :class:`~cellclf.families.FamilyOption`
+            settings; missing ones get their defaults and every value is checked, so after
+            construction it holds every registered family's complete settings.
+
+    Build one with :meth:`build`, which takes the family settings as ``<key>_<name>``
+    keywords, e.g. ``FitConfig.build(cv=3, lr_Cs=(0.1, 1.0), xgb_trials=2)``.
+    """
+
+    models: tuple[str, ...] = field(default_factory=_registered_keys)
     seed: int = 0
     cv: int = 5
-    lr_Cs: tuple[float, ...] = DEFAULT_C_GRID
-    lr_class_weights: tuple[str | None, ...] = DEFAULT_CLASS_WEIGHTS
-    xgb_trials: int = DEFAULT_XGB_TRIALS
-    xgb_max_trees: int = DEFAULT_MAX_TREES
-    xgb_early_stopping: int = DEFAULT_EARLY_STOPPING
-    xgb_max_bin: int = DEFAULT_MAX_BIN
     taps: tuple[str, ...] | None = None
     shap: bool = True
     shap_max_rows: int = DEFAULT_SHAP_ROWS
     n_jobs: int = 2
     val_fraction: float = DEFAULT_VAL_FRACTION
     test_fraction: float = DEFAULT_TEST_FRACTION
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.models if m not in MODEL_FAMILIES]
+        object.__setattr__(self, "models", tuple(self.models))
+        known = _registered_keys()
+        unknown = [m for m in self.models if m not in known]
         if unknown or not self.models:
-            raise ClassifierInputError(
-                f"unknown model {', '.join(unknown) or '(none)'}; choose from {', '.join(MODEL_FAMILIES)}"
-            )
+            raise ClassifierInputError(f"unknown model {', '.join(unknown) or '(none)'}; choose from {', '.join(known)}")
         if self.cv < 2:
             raise ClassifierInputError(f"--cv must be at least 2, got {self.cv}")
-        if self.xgb_trials < 1:
-            raise ClassifierInputError(f"--xgb-trials must be at least 1, got {self.xgb_trials}")
+        strange = sorted(set(self.options) - set(known))
+        if strange:
+            raise ClassifierInputError(f"options for unknown model {', '.join(strange)}; choose from {', '.join(known)}")
+        object.__setattr__(self, "options", {family.key: _family_values(family, self.options.get(family.key, {}))
+                                             for family in families()})
+
+    @classmethod
+    def build(cls, **settings: Any) -> "FitConfig":
+        """A FitConfig from shared settings and ``<family key>_<option name>`` keywords.
+
+        Raises:
+            TypeError: a keyword that is neither a shared setting nor a family option.
+        """
+        shared = {f.name for f in fields(cls)} - {"options"}
+        options: dict[str, dict[str, Any]] = {}
+        for family in families():
+            for option in family.options:
+                keyword = f"{family.key}_{option.name}"
+                if keyword in settings:
+                    options.setdefault(family.key, {})[option.name] = settings.pop(keyword)
+        unknown = sorted(set(settings) - shared)
+        if unknown:
+            raise TypeError(f"FitConfig.build() got unexpected keyword arguments: {', '.join(unknown)}")
+        return cls(**settings, options=options)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as metrics.json records them: shared ones and ``<key>_<name>`` ones."""
+        document = {"models": list(self.models), "seed": self.seed, "cv": self.cv}
+        for key, values in self.options.items():
+            document.update({f"{key}_{name}": value for name, value in values.items()})
+        document.update({f.name: getattr(self, f.name) for f in fields(self) if f.name not in document and f.name != "options"})
+        return document
+
+
+def _family_values(family: ModelFamily, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option of ``family``: the given value or the default, checked by its parser."""
+    names = {option.name for option in family.options}
+    strange = sorted(set(given) - names)
+    if strange:
+        raise ClassifierInputError(
+            f"{family.key} has no option {', '.join(strange)}; its options are {', '.join(sorted(names))}"
+        )
+    values = {}
+    for option in family.options:
+        try:
+            values[option.name] = option.parse(given.get(option.name, option.default))
+        except ValueError as exc:
+            raise ClassifierInputError(f"{option.flag or f'{family.key}_{option.name}'} {exc}") from None
+    return values
 
 
 @dataclass
@@ -159,7 +209,7 @@ def fit(
     run_dir: str | Path,
     *,
     test: str | Path | None = None,
-    config: FitConfig = FitConfig(),
+    config: FitConfig | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
     on_complete: Callable[[FitResult], None] | None = None,
@@ -172,7 +222,7 @@ def fit(
             empty unless ``overwrite``.
         test: optional separate embeddings file used as the test set (then the input is
             split into train / validation only).
-        config: tuning budget, seed, models, taps...
+        config: tuning budget, seed, models, taps... (default: ``FitConfig()``).
         log: called with one line per phase (e.g. ``click.echo``).
         on_complete: called with the FitResult once RUN_DIR is in place (e.g. to write
             a report).
@@ -181,6 +231,7 @@ def fit(
         ClassifierInputError / cellembed.InputError: bad input (one-line message).
     """
     run_dir = Path(run_dir)
+    config = config if config is not None else FitConfig()
     _check_run_dir(run_dir, overwrite)
     phase = _PhaseLog(log)
 
@@ -198,12 +249,12 @@ def fit(
 
     splits = _split(data, test_data, classes, config)
     parts = _arrays(data, test_data, splits, classes)
-    counts = {name: _class_counts(parts[name]["labels"], classes) for name in SPLIT_NAMES}
-    phase("split", " / ".join(f"{name} {len(parts[name]['labels'])}" for name in SPLIT_NAMES) + f" (seed {config.seed})")
+    counts = {name: _class_counts(parts[name].labels, classes) for name in SPLIT_NAMES}
+    phase("split", " / ".join(f"{name} {len(parts[name].labels)}" for name in SPLIT_NAMES) + f" (seed {config.seed})")
 
     results: dict[str, ModelResult] = {}
-    for family in config.models:
-        results[family] = _fit_family(family, parts, classes, data, config, phase)
+    for key in config.models:
+        results[key] = _fit_family(get_family(key), parts, classes, data, config, phase)
 
     best = max(config.models, key=lambda m: (results[m].val_macro_f1, -config.models.index(m)))
 
@@ -215,7 +266,7 @@ def fit(
             shap_records = {}
             for family, result in results.items():
                 shap_records[family] = explain(
-                    family, result.predictor.model, parts["test"]["X"], classes, data.feature_names,
+                    get_family(family), result.predictor.model, parts["test"].X, classes, data.feature_names,
                     staging / "shap", max_rows=config.shap_max_rows, seed=config.seed, n_jobs=config.n_jobs,
                 )
                 result.shap = shap_records[family]
@@ -274,8 +325,8 @@ def _split(
 
 def _arrays(
     data: LabelledEmbeddings, test_data: LabelledEmbeddings | None, splits: np.ndarray, classes: list[str]
-) -> dict[str, dict[str, Any]]:
-    """Per split: X (n, d), labels (n,) names, y (n,) codes, meta (path, sha256, label)."""
+) -> dict[str, SplitData]:
+    """The rows of each split (the test rows come from ``test_data`` when given)."""
     code = {name: i for i, name in enumerate(classes)}
     parts = {}
     for name in SPLIT_NAMES:
@@ -284,80 +335,49 @@ def _arrays(
         else:
             rows = np.flatnonzero(splits == name)
             X, labels, meta = data.X[rows], data.labels[rows], data.meta.iloc[rows].reset_index(drop=True)
-        parts[name] = {
-            "X": X,
-            "labels": labels,
-            "y": np.array([code[v] for v in labels], dtype=np.int64),
-            "meta": meta,
-        }
+        parts[name] = SplitData(X, np.array([code[v] for v in labels], dtype=np.int64), labels, meta)
     return parts
 
 
 def _fit_family(
-    family: str, parts: dict, classes: list[str], data: LabelledEmbeddings, config: FitConfig, phase: _PhaseLog
+    family: ModelFamily, parts: dict[str, SplitData], classes: list[str], data: LabelledEmbeddings,
+    config: FitConfig, phase: _PhaseLog,
 ) -> ModelResult:
     """Tune on train (+ validation), score on validation, refit on train + validation, test."""
-    from sklearn.metrics import f1_score
-
     from cellclf.metrics import evaluate
 
     train, val, test = parts["train"], parts["validation"], parts["test"]
-    X_both = np.concatenate([train["X"], val["X"]])
-    y_both = np.concatenate([train["y"], val["y"]])
+    options = config.options[family.key]
     start = time.perf_counter()
-    if family == "lr":
-        from cellclf.lr import fit_lr, tune_lr
-
-        tuning = tune_lr(
-            train["X"], train["y"], train["meta"]["sha256"].to_numpy(), Cs=config.lr_Cs,
-            class_weights=config.lr_class_weights, cv=config.cv, seed=config.seed, n_jobs=config.n_jobs,
-        )
-        params = tuning.best_params
-        phase(
-            "tune lr",
-            f"{len(tuning.trials)} settings x {config.cv} folds, best {_params_text(params)} "
-            f"CV macro-F1 {tuning.best_trial.score:.4f}",
-        )
-        on_train = fit_lr(train["X"], train["y"], params, seed=config.seed)
-        val_f1 = f1_score(val["y"], on_train.predict(val["X"]), average="macro", labels=np.arange(len(classes)), zero_division=0)
-        model = fit_lr(X_both, y_both, params, seed=config.seed)
-    else:
-        from cellclf.xgb import fit_xgb, tune_xgb
-
-        tuning = tune_xgb(
-            train["X"], train["y"], val["X"], val["y"], trials=config.xgb_trials, seed=config.seed,
-            n_jobs=config.n_jobs, max_trees=config.xgb_max_trees,
-            early_stopping_rounds=config.xgb_early_stopping, max_bin=config.xgb_max_bin,
-        )
-        params = tuning.best_params
-        phase(
-            "tune xgb",
-            f"{len(tuning.trials)} trials, best {_params_text(params)} val macro-F1 {tuning.best_trial.score:.4f}",
-        )
-        val_f1 = tuning.best_trial.score
-        settings = {k: v for k, v in params.items() if k != "n_estimators"}
-        model = fit_xgb(
-            X_both, y_both, settings, n_trees=params["n_estimators"], seed=config.seed,
-            n_jobs=config.n_jobs, max_bin=config.xgb_max_bin,
-        )
-    fit_seconds = time.perf_counter() - start
-    summary = {"family": family, "params": params, "val_macro_f1": float(val_f1), "seed": config.seed}
-    predictor = Predictor(model, classes, data.spec, data.taps, family=family, summary=summary)
-    proba = predictor.predict_proba(test["X"])
-    overall, per_class, confusion = evaluate(test["labels"], proba, classes)
+    tuning = family.tune(train, val, options, cv=config.cv, seed=config.seed, n_jobs=config.n_jobs)
+    params = tuning.best_params
     phase(
-        f"refit+test {family}",
+        f"tune {family.key}",
+        f"{len(tuning.trials)} settings, best {_params_text(params)}, {family.selection} {tuning.best_trial.score:.4f}",
+    )
+    val_f1 = family.validation_score(tuning, train, val, options, seed=config.seed, n_jobs=config.n_jobs)
+    model = family.refit(
+        np.concatenate([train.X, val.X]), np.concatenate([train.y, val.y]), params, options,
+        seed=config.seed, n_jobs=config.n_jobs,
+    )
+    fit_seconds = time.perf_counter() - start
+    summary = {"family": family.key, "params": params, "val_macro_f1": float(val_f1), "seed": config.seed}
+    predictor = Predictor(model, classes, data.spec, data.taps, family=family.key, summary=summary)
+    proba = predictor.predict_proba(test.X)
+    overall, per_class, confusion = evaluate(test.labels, proba, classes)
+    phase(
+        f"refit+test {family.key}",
         f"val macro-F1 {val_f1:.4f}; test accuracy {overall['accuracy']:.4f}, macro-F1 {overall['macro_f1']:.4f}",
     )
     predictor.summary.update(
         {
             "test": overall,
-            "counts": {name: _class_counts(parts[name]["labels"], classes) for name in SPLIT_NAMES},
+            "counts": {name: _class_counts(parts[name].labels, classes) for name in SPLIT_NAMES},
             "trained_on": "train + validation",
             "input": data.source,
         }
     )
-    return ModelResult(family, tuning, params, float(val_f1), fit_seconds, overall, per_class, confusion, proba, predictor)
+    return ModelResult(family.key, tuning, params, float(val_f1), fit_seconds, overall, per_class, confusion, proba, predictor)
 
 
 def _params_text(params: dict[str, Any]) -> str:
@@ -376,13 +396,13 @@ def _metrics_document(
     models = {}
     for family, result in results.items():
         models[family] = {
-            "name": FAMILY_NAMES[family],
+            "name": get_family(family).title,
             "params": result.params,
             "val_macro_f1": result.val_macro_f1,
             "fit_seconds": round(result.fit_seconds, 3),
             "tuning_seconds": round(result.tuning.seconds, 3),
             "trials": len(result.tuning.trials),
-            "selection": "CV macro-F1 on train" if family == "lr" else "validation macro-F1",
+            "selection": get_family(family).selection,
             "test": result.test_metrics,
             "test_per_class": result.per_class.set_index("class").to_dict(orient="index"),
             "model_file": f"models/{family}.joblib",
@@ -408,7 +428,7 @@ def _metrics_document(
                 "n_features": int(data.X.shape[1]),
                 "spec": data.spec.to_dict(),
             },
-            "config": asdict(config),
+            "config": config.to_dict(),
             "versions": library_versions(),
             "models": models,
         }
@@ -432,7 +452,7 @@ def _write_run(
     pd.concat([r.confusion.assign(model=f) for f, r in results.items()], ignore_index=True).pipe(
         _model_first
     ).to_csv(staging / "confusion_matrix.csv", index=False)
-    test_meta = parts["test"]["meta"]
+    test_meta = parts["test"].meta
     frames = []
     for family, result in results.items():
         frame = pd.DataFrame(
@@ -440,7 +460,7 @@ def _write_run(
                 "model": family,
                 "path": test_meta["path"].to_numpy(),
                 "sha256": test_meta["sha256"].to_numpy(),
-                "label": parts["test"]["labels"],
+                "label": parts["test"].labels,
                 "predicted": np.asarray(classes, dtype=object)[result.test_proba.argmax(axis=1)],
             }
         )

@@ -9,11 +9,10 @@ the row order of the Parquet file.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from cellclf.errors import ClassifierInputError
 
@@ -81,6 +80,8 @@ def split_rows(
     Returns:
         (n,) object array of ``"train"``, ``"validation"`` or ``"test"``, aligned with meta.
     """
+    from sklearn.model_selection import train_test_split
+
     by_group = group_labels(meta)
     shas = by_group.index.to_numpy()
     labels = by_group.to_numpy()
@@ -138,6 +139,13 @@ def check_no_leak(train_meta: pd.DataFrame, test_meta: pd.DataFrame, train_sourc
         )
 
 
+def cv_splitter(cv: int, seed: int) -> Any:
+    """The seeded StratifiedGroupKFold of the tuning CV (pass the SHA-256 as ``groups``)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    return StratifiedGroupKFold(n_splits=cv, shuffle=True, random_state=seed)
+
+
 def cv_folds(labels: np.ndarray, groups: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified k-fold indices that keep identical images (``groups``) in one fold.
 
@@ -147,7 +155,7 @@ def cv_folds(labels: np.ndarray, groups: np.ndarray, cv: int, seed: int) -> list
     Returns:
         ``cv`` pairs of (fit_rows, held_out_rows) integer index arrays.
     """
-    folds = StratifiedGroupKFold(n_splits=cv, shuffle=True, random_state=seed)
+    folds = cv_splitter(cv, seed)
     return [(fit, held) for fit, held in folds.split(np.zeros(len(labels)), labels, groups)]
 
 

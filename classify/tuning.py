@@ -34,12 +34,22 @@ class Trial:
 
 @dataclass
 class TuningResult:
-    """All trials of one model family and the one selected."""
+    """All trials of one model family and the one selected.
+
+    Attributes:
+        family: the family's key.
+        trials: every setting tried, in order.
+        best: index of the selected trial.
+        seconds: wall time of the whole search.
+        model: the selected setting fitted on the tuning data, when the search refits it
+            (GridSearchCV does), else None.
+    """
 
     family: str
     trials: list[Trial]
     best: int
     seconds: float
+    model: Any = field(default=None, repr=False)
 
     @property
     def best_trial(self) -> Trial:

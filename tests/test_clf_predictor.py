@@ -12,11 +12,11 @@ from sklearn import metrics as skm
 from cellembed import load_embeddings
 from cellclf import Predictor, PredictorLoadError
 from cellclf.errors import ClassifierInputError
-from cellclf.explain import linear_shap, summarise, tree_shap
-from cellclf.lr import fit_lr
+from cellclf.explain import summarise
+from cellclf.families.lr import fit_lr, linear_shap
 from cellclf.metrics import evaluate
 from cellembed.hashing import sha256_file
-from cellclf.xgb import fit_xgb
+from cellclf.families.xgb import fit_xgb, tree_shap
 from test_clf_support import make_spec, write_synthetic
 
 

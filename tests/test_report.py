@@ -124,7 +124,7 @@ def run_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("report")
     embeddings = write_embeddings(root / "embeddings.parquet", root / "images")
-    config = FitConfig(cv=2, lr_Cs=(0.01, 1.0), xgb_trials=2, xgb_max_trees=15, n_jobs=1, shap_max_rows=50)
+    config = FitConfig.build(cv=2, lr_Cs=(0.01, 1.0), xgb_trials=2, xgb_max_trees=15, n_jobs=1, shap_max_rows=50)
     fit(embeddings, root / "run", config=config)
     return root / "run"
 

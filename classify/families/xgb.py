@@ -1,0 +1,283 @@
+"""XGBoost (``hist``): a seeded random search, trees chosen by early stopping.
+
+Every trial trains on the training split and stops when the validation log loss has not
+improved for ``early_stopping_rounds`` rounds; the trial is scored by validation macro-F1
+at its best round. Trial 0 is a hand-picked default setting, the others are drawn from
+``SEARCH_SPACE`` by scikit-learn's ParameterSampler with the seed. The cost of a round
+grows with the number of features x ``max_bin`` x tree nodes x classes, hence the modest
+``max_bin`` and column sampling.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from cellclf.explain import ShapValues
+from cellclf.families.options import FamilyOption, whole_number
+from cellclf.tuning import Trial, TuningResult
+from cellembed.plotting import new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from sklearn.pipeline import Pipeline
+
+    from cellclf.data import SplitData
+
+#: Trial 0 of every search: a setting that works well on Xception embeddings.
+DEFAULT_PARAMS: dict[str, Any] = {
+    "max_depth": 4,
+    "learning_rate": 0.15,
+    "min_child_weight": 1.0,
+    "subsample": 0.8,
+    "colsample_bytree": 0.3,
+}
+#: Random-search trials. On the 4,000-image PBC dev set (5,256 dims, 2 cores) a trial takes
+#: 20-120 s and the refit up to ~100 s; with 4 trials the whole default fit (both models,
+#: tuning, SHAP) took ~7 minutes, leaving room under the 15-minute target for slower
+#: random draws or a busy machine (bench/fit_accuracy.py).
+DEFAULT_TRIALS = 4
+DEFAULT_MAX_TREES = 1000  # boosting rounds cap per trial (each round = one tree per class)
+DEFAULT_EARLY_STOPPING = 20
+DEFAULT_MAX_BIN = 32  # 64 bins cost ~1.5-2x the time per round, no better on PBC
+#: Few trials say little about the parameters; the report says so below this number.
+FEW_TRIALS = 3
+SCORE_NAME = "val_macro_f1"
+
+
+def search_space() -> dict[str, Any]:
+    """The random search's distributions (scipy.stats), in the order of DEFAULT_PARAMS.
+
+    max_depth uniformly from 3-6; learning_rate log-uniform on [0.1, 0.3];
+    min_child_weight log-uniform on [0.5, 8]; subsample uniform on [0.6, 1];
+    colsample_bytree uniform on [0.1, 0.5].
+    """
+    from scipy.stats import loguniform, uniform
+
+    return {
+        "max_depth": [3, 4, 5, 6],
+        "learning_rate": loguniform(0.1, 0.3),
+        "min_child_weight": loguniform(0.5, 8.0),
+        "subsample": uniform(0.6, 0.4),  # scipy's uniform(loc, scale) covers [loc, loc + scale]
+        "colsample_bytree": uniform(0.1, 0.4),
+    }
+
+
+def sample_params(n_trials: int, seed: int) -> list[dict[str, Any]]:
+    """``n_trials`` settings: DEFAULT_PARAMS, then ParameterSampler draws (floats to 4 decimals)."""
+    from sklearn.model_selection import ParameterSampler
+
+    if n_trials < 1:
+        return []
+    space = search_space()
+    draws = ParameterSampler(space, n_iter=n_trials - 1, random_state=seed)
+    settings = [dict(DEFAULT_PARAMS)]
+    for draw in draws:
+        settings.append({name: int(draw[name]) if name == "max_depth" else round(float(draw[name]), 4) for name in space})
+    return settings
+
+
+def make_xgb(
+    params: Mapping[str, Any],
+    *,
+    n_classes: int,
+    n_estimators: int,
+    seed: int = 0,
+    n_jobs: int = 1,
+    max_bin: int = DEFAULT_MAX_BIN,
+    early_stopping_rounds: int | None = None,
+) -> Any:
+    """An unfitted XGBClassifier (hist) with explicit seed and threads.
+
+    Multi-class uses softmax probabilities (``multi:softprob``); two classes use
+    ``binary:logistic`` (XGBoost refuses a two-class softprob).
+    """
+    from xgboost import XGBClassifier  # imported here: ~1 s, only needed when fitting
+
+    binary = n_classes == 2
+    return XGBClassifier(
+        objective="binary:logistic" if binary else "multi:softprob",
+        tree_method="hist",
+        eval_metric="logloss" if binary else "mlogloss",
+        n_estimators=n_estimators,
+        max_bin=max_bin,
+        early_stopping_rounds=early_stopping_rounds,
+        random_state=seed,
+        n_jobs=n_jobs,
+        **params,
+    )
+
+
+def fit_xgb(
+    X: np.ndarray, y: np.ndarray, params: Mapping[str, Any], *, n_trees: int,
+    seed: int = 0, n_jobs: int = 1, max_bin: int = DEFAULT_MAX_BIN,
+) -> "Pipeline":
+    """Fit a fixed number of boosting rounds on (n, d) X and integer codes y (the refit)."""
+    from sklearn.pipeline import Pipeline
+
+    n_classes = int(y.max()) + 1
+    model = Pipeline(
+        [("xgb", make_xgb(params, n_classes=n_classes, n_estimators=n_trees, seed=seed, n_jobs=n_jobs, max_bin=max_bin))]
+    )
+    model.fit(X, y)
+    return model
+
+
+def tune_xgb(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    trials: int,
+    seed: int = 0,
+    n_jobs: int = 1,
+    max_trees: int = DEFAULT_MAX_TREES,
+    early_stopping_rounds: int = DEFAULT_EARLY_STOPPING,
+    max_bin: int = DEFAULT_MAX_BIN,
+) -> TuningResult:
+    """Random search; trees per setting by early stopping on validation.
+
+    Args:
+        X_train, y_train: (n, d) float32 embeddings and (n,) integer codes 0..k-1.
+        X_val, y_val: the validation split, same layout.
+        trials: number of settings to try (>= 1).
+    Returns:
+        a TuningResult; each Trial's params hold the setting plus ``n_estimators`` (the
+        best round + 1), and the best has the highest validation macro-F1 (ties: lower
+        validation log loss, then the earlier trial).
+    """
+    from sklearn.metrics import f1_score
+
+    start = time.perf_counter()
+    n_classes = int(max(y_train.max(), y_val.max())) + 1
+    results = []
+    for number, params in enumerate(sample_params(trials, seed)):
+        t0 = time.perf_counter()
+        model = make_xgb(
+            params, n_classes=n_classes, n_estimators=max_trees, seed=seed, n_jobs=n_jobs, max_bin=max_bin,
+            early_stopping_rounds=early_stopping_rounds,
+        )
+        model.fit(X_train, y_train, eval_set=[(X_val, y_val)], verbose=False)
+        n_trees = int(model.best_iteration) + 1
+        predicted = model.predict(X_val)  # uses the best round
+        score = f1_score(y_val, predicted, average="macro", labels=np.arange(n_classes), zero_division=0)
+        results.append(
+            Trial(
+                number=number,
+                params={**params, "n_estimators": n_trees},
+                score=float(score),
+                score_name=SCORE_NAME,
+                seconds=time.perf_counter() - t0,
+                extra={
+                    "val_logloss": round(float(model.best_score), 6),
+                    "rounds_run": int(model.get_booster().num_boosted_rounds()),
+                },
+            )
+        )
+    best = max(range(len(results)), key=lambda i: (results[i].score, -results[i].extra["val_logloss"], -i))
+    return TuningResult("xgb", results, best, time.perf_counter() - start)
+
+
+def tree_shap(model: Any, X: np.ndarray, n_jobs: int = 1) -> ShapValues:
+    """Exact TreeSHAP of a fitted XGBClassifier pipeline (xgboost's ``pred_contribs``).
+
+    Args:
+        model: fitted Pipeline whose step ``xgb`` is an XGBClassifier (multi:softprob, or
+            binary:logistic whose single margin is split into -margin / +margin like
+            :func:`cellclf.families.lr.linear_shap`).
+        X: (n, d) embeddings in the model's input layout.
+    """
+    import xgboost
+
+    booster = model.named_steps["xgb"].get_booster()
+    booster.set_param({"nthread": n_jobs})
+    data = xgboost.DMatrix(np.asarray(X, dtype=np.float32))
+    contribs = booster.predict(data, pred_contribs=True)  # (n, k, d + 1), last = bias
+    margin = booster.predict(data, output_margin=True)
+    if contribs.ndim == 2:  # binary:logistic has one margin (class 1); class 0 gets its negation
+        contribs = np.stack([-contribs, contribs], axis=1)
+        margin = np.stack([-margin, margin], axis=1)
+    return ShapValues(contribs[:, :, :-1].astype(np.float32), contribs[0, :, -1].astype(np.float64), margin)
+
+
+def xgb_tuning_plot(tuning: TuningResult) -> "Figure":
+    """Validation macro-F1 against each searched parameter, one scatter per parameter."""
+    names = list(DEFAULT_PARAMS)
+    figure = new_figure(3.0 * len(names), 3.2)
+    axes_list = figure.subplots(1, len(names), squeeze=False, sharey=True)[0]
+    others = [t for t in tuning.trials if t is not tuning.best_trial]
+    for axes, name in zip(axes_list, names):
+        axes.scatter([t.params[name] for t in others], [t.score for t in others], color="#3a6ea5", s=30, label="trial")
+        axes.scatter([tuning.best_trial.params[name]], [tuning.best_trial.score], color="#c00", s=60, marker="*",
+                     label="selected")
+        # Linear axes throughout: the sampled learning rates span less than a decade, where a
+        # log axis shows either crowded minor labels or none.
+        axes.tick_params(axis="x", labelsize=7)
+        axes.set_xlabel(name)
+    axes_list[0].set_ylabel("validation macro-F1")
+    axes_list[0].legend(fontsize=7)
+    figure.suptitle("XGBoost tuning")
+    return figure
+
+
+class XGBoostFamily:
+    """The ``xgb`` family (see the module docstring)."""
+
+    key = "xgb"
+    title = "XGBoost"
+    selection = "validation macro-F1"
+    shap_method = "exact TreeSHAP (xgboost pred_contribs)"
+    options = (
+        FamilyOption(
+            "trials", DEFAULT_TRIALS, flag="--xgb-trials", metavar="N", parse=whole_number(1),
+            help="XGBoost settings to try (the first is a good default, the others random). "
+            "Each takes up to two minutes on the 4,000-image PBC set with 2 cores.",
+        ),
+        FamilyOption(
+            "max_trees", DEFAULT_MAX_TREES, flag="--xgb-max-trees", metavar="N", parse=whole_number(1),
+            help="Most boosting rounds per XGBoost trial; early stopping on the validation images "
+            "usually stops well before.",
+        ),
+        FamilyOption(
+            "early_stopping", DEFAULT_EARLY_STOPPING, parse=whole_number(1),
+            help="Stop a trial when the validation log loss has not improved for this many rounds.",
+        ),
+        FamilyOption(
+            "max_bin", DEFAULT_MAX_BIN, parse=whole_number(2),
+            help="Histogram bins per feature of the hist tree method.",
+        ),
+    )
+
+    def tune(self, train: "SplitData", validation: "SplitData", options: Mapping[str, Any], *, cv: int, seed: int,
+             n_jobs: int) -> TuningResult:
+        return tune_xgb(
+            train.X, train.y, validation.X, validation.y, trials=options["trials"], seed=seed, n_jobs=n_jobs,
+            max_trees=options["max_trees"], early_stopping_rounds=options["early_stopping"], max_bin=options["max_bin"],
+        )
+
+    def validation_score(self, tuning: TuningResult, train: "SplitData", validation: "SplitData",
+                         options: Mapping[str, Any], *, seed: int, n_jobs: int) -> float:
+        """The selected trial's validation macro-F1 (it was trained on train, stopped on validation)."""
+        return tuning.best_trial.score
+
+    def refit(self, X: np.ndarray, y: np.ndarray, params: Mapping[str, Any], options: Mapping[str, Any], *, seed: int,
+              n_jobs: int) -> "Pipeline":
+        """The selected setting with its early-stopped number of trees, on X (train + validation)."""
+        settings = {k: v for k, v in params.items() if k != "n_estimators"}
+        return fit_xgb(X, y, settings, n_trees=params["n_estimators"], seed=seed, n_jobs=n_jobs,
+                       max_bin=options["max_bin"])
+
+    def explain(self, model: Any, X: np.ndarray, n_jobs: int) -> ShapValues:
+        return tree_shap(model, X, n_jobs=n_jobs)
+
+    def tuning_plot(self, tuning: TuningResult) -> "Figure":
+        return xgb_tuning_plot(tuning)
+
+    def tuning_note(self, tuning: TuningResult) -> str | None:
+        n = len(tuning.trials)
+        if n >= FEW_TRIALS:
+            return None
+        return f"Only {n} XGBoost setting(s) tried, so these plots say little about the parameters."
