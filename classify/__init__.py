@@ -4,12 +4,15 @@ Public API::
 
     from cellclf import Predictor, fit, FitConfig
 
-    result = fit("embeddings.parquet", "run/")          # writes run/ (see cellclf.run)
+    config = FitConfig.build(cv=3, lr_Cs=(0.1, 1.0), xgb_trials=2)   # or FitConfig()
+    result = fit("embeddings.parquet", "run/", config=config)        # writes run/ (cellclf.rundir)
+    run = cellclf.rundir.read_run("run/")                            # the RunRecord of a run
     predictor = Predictor.load("run/model.joblib")      # checks run/model.joblib.sha256
     frame, spec = cellembed.load_embeddings("new.parquet")
     names = predictor.predict(frame)                    # refuses embeddings of another spec
 
-scikit-learn and XGBoost are imported only when fitting or predicting.
+Model families are plug-ins (cellclf.families). scikit-learn and XGBoost are imported only
+when fitting or predicting.
 """
 
 from cellclf.errors import ClassifierInputError, PredictorLoadError

@@ -6,30 +6,33 @@ row and class ``sum(values) + expected_value == margin`` (checked and recorded).
 follow the shap package's multi-class convention: "class c" means the output of class c,
 averaged over all explained rows.
 
-Files written per model ``<m>`` into ``shap/``:
+:func:`explain` gives a :class:`cellclf.rundir.ShapSummary` per model ``<m>``, which the
+run keeps in ``shap/`` (see :mod:`cellclf.rundir`):
 
-- ``<m>_mean_abs.csv``: one row per embedding dimension (``feature`` = ``tap:index``,
-  ``tap``, ``index``) with the mean |SHAP| for each class and their mean (``all``).
-- ``<m>_by_tap.csv``: ``tap, n_dims, class, mean_abs_shap_sum, share, mean_abs_shap_per_dim``
-  (which layers matter for which cell type; ``share`` sums to 1 per class).
-- ``<m>_top20.csv``: ``class, rank, feature, tap, index, mean_abs_shap, mean_shap``.
-- ``<m>_summary.png``: top-20 dimensions (stacked by class) and the tap x class shares.
-
-``summary.json`` records, per model, the method, rows explained out of the test rows, the
-seed of the subsample, seconds and the largest additivity error.
+- ``mean_abs`` (``<m>_mean_abs.csv``): one row per embedding dimension (``feature`` =
+  ``tap:index``, ``tap``, ``index``) with the mean |SHAP| for each class and their mean (``all``).
+- ``by_tap`` (``<m>_by_tap.csv``): ``tap, n_dims, class, mean_abs_shap_sum, share,
+  mean_abs_shap_per_dim`` (which layers matter for which cell type; ``share`` sums to 1 per class).
+- ``top`` (``<m>_top20.csv``): ``class, rank, feature, tap, index, mean_abs_shap, mean_shap``.
+- ``plot`` (``<m>_summary.png``): top-20 dimensions (stacked by class) and the tap x class shares.
+- ``facts`` (``summary.json`` and metrics.json): the method, rows explained out of the test
+  rows, the seed of the subsample, seconds and the largest additivity error.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from cellembed.plotting import class_colours, new_figure, png_bytes
+from cellclf.rundir import ShapSummary
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TOP_N = 20
 SUMMARY_DPI = 110
@@ -115,8 +118,8 @@ def summarise(
     return per_dim, by_tap, top
 
 
-def plot_summary(per_dim: pd.DataFrame, by_tap: pd.DataFrame, classes: Sequence[str], title: str, path: Path) -> None:
-    """Save the summary PNG: top dimensions stacked by class, and tap x class shares."""
+def plot_summary(per_dim: pd.DataFrame, by_tap: pd.DataFrame, classes: Sequence[str], title: str) -> "Figure":
+    """The summary plot: top dimensions stacked by class, and tap x class shares."""
     classes = list(classes)
     top = per_dim.assign(total=per_dim[classes].sum(axis=1)).nlargest(TOP_N, "total").iloc[::-1]
     figure = new_figure(13, 7)
@@ -137,7 +140,7 @@ def plot_summary(per_dim: pd.DataFrame, by_tap: pd.DataFrame, classes: Sequence[
         heat.text(j, i, f"{share:.2f}", ha="center", va="center", fontsize=7, color="white" if share < 0.5 * table.to_numpy().max() else "black")
     heat.set_title("share of mean |SHAP| by layer (tap)")
     figure.colorbar(image, ax=heat, shrink=0.8)
-    path.write_bytes(png_bytes(figure, SUMMARY_DPI))
+    return figure
 
 
 def explain(
@@ -146,21 +149,16 @@ def explain(
     X: np.ndarray,
     classes: Sequence[str],
     feature_names: Sequence[str],
-    out_dir: Path,
     *,
     max_rows: int,
     seed: int = 0,
     n_jobs: int = 1,
-) -> dict[str, Any]:
-    """Compute SHAP on (n, d) test rows ``X`` and write the files of ``family`` into out_dir.
+) -> ShapSummary:
+    """SHAP of ``model`` on (n, d) test rows ``X``, summarised and plotted.
 
     ``family`` is a :class:`cellclf.families.ModelFamily`: its ``explain`` computes the
-    values, its ``key`` names the files and its ``shap_method`` is recorded.
-
-    Rows are subsampled (seeded, without replacement) only when n > ``max_rows``.
-
-    Returns:
-        the record for ``shap/summary.json``.
+    values and its ``shap_method`` is recorded. Rows are subsampled (seeded, without
+    replacement) only when n > ``max_rows``.
     """
     start = time.perf_counter()
     n_total = len(X)
@@ -169,12 +167,8 @@ def explain(
         rows = np.sort(np.random.default_rng(seed).choice(n_total, size=max_rows, replace=False))
     result, method = family.explain(model, X[rows], n_jobs), family.shap_method
     per_dim, by_tap, top = summarise(result.values, classes, feature_names)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    per_dim.to_csv(out_dir / f"{family.key}_mean_abs.csv", index=False)
-    by_tap.to_csv(out_dir / f"{family.key}_by_tap.csv", index=False)
-    top.to_csv(out_dir / f"{family.key}_top20.csv", index=False)
-    plot_summary(per_dim, by_tap, classes, family.key, out_dir / f"{family.key}_summary.png")
-    return {
+    plot = png_bytes(plot_summary(per_dim, by_tap, classes, family.key), SUMMARY_DPI)
+    facts = {
         "method": method,
         "output": "class margin (softmax logit)",
         "rows_explained": int(len(rows)),
@@ -185,3 +179,4 @@ def explain(
         "max_additivity_error": result.additivity_error,
         "seconds": round(time.perf_counter() - start, 3),
     }
+    return ShapSummary(facts, per_dim, by_tap, top, plot)

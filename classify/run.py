@@ -1,37 +1,14 @@
 """``cellclf fit``: split, tune, refit, evaluate, explain, and write RUN_DIR.
 
-RUN_DIR layout (every CSV is tidy: one row per observation, header on the first line)::
-
-    RUN_DIR/
-      metrics.json           the run summary: data (input files, spec, taps, classes, images
-                             per class and split), config, library versions, and per model:
-                             chosen params, validation macro-F1, fit seconds, test metrics
-                             (overall + per class), SHAP facts; "best_model" names the
-                             model saved as model.joblib
-      split.csv              path, sha256, label, split (train / validation / test)
-      tuning.csv             one row per tuning trial: model, trial, score_name, score,
-                             score_std, seconds, selected, params (JSON), param_* columns,
-                             extras (lr: fold_scores, max_iter_used; xgb: val_logloss,
-                             rounds_run)
-      per_class.csv          model, class, precision, recall, f1, support, roc_auc (test)
-      confusion_matrix.csv   model, true, predicted, count, rate (rate = count / row total)
-      predictions_test.csv   model, path, sha256, label, predicted, proba_<class>...
-      model.joblib           the best model (cellclf.Predictor) + model.joblib.sha256
-      models/<m>.joblib      each family's model (lr, xgb) + .sha256
-      shap/                  see cellclf.explain: <m>_mean_abs.csv, <m>_by_tap.csv,
-                             <m>_top20.csv, <m>_summary.png, summary.json
-
-Atomicity: everything is written into a hidden sibling folder ``.RUN_DIR.partial-*`` that is
-renamed to RUN_DIR only when complete, so an interrupted fit never leaves a model.joblib
-that does not match its metrics.json (at worst a stale hidden folder, safe to delete).
-With ``overwrite`` an existing RUN_DIR is moved aside first and deleted after the rename.
+Every model family of :mod:`cellclf.families` named in ``FitConfig.models`` is tuned on the
+training split, scored on the validation split, refitted on both, tested once on the test
+split, explained with SHAP and plotted; the one with the best validation macro-F1 is the
+run's model.joblib. The RUN_DIR layout, its records and the atomic write are in
+:mod:`cellclf.rundir`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import shutil
 import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -41,11 +18,22 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cellembed.atomic import install_folder, staging_folder
+from cellembed.plotting import png_bytes
 from cellclf.data import LabelledEmbeddings, SplitData, check_same_spec, load_labelled
 from cellclf.errors import ClassifierInputError
 from cellclf.families import ModelFamily, families, get_family
 from cellclf.predictor import Predictor, library_versions
+from cellclf.rundir import (
+    BEST_MODEL,
+    DataFacts,
+    ModelRecord,
+    RunRecord,
+    json_safe,
+    predictions_table,
+    tuning_plot_file,
+    tuning_table,
+    write_run,
+)
 from cellclf.split import (
     DEFAULT_TEST_FRACTION,
     DEFAULT_VAL_FRACTION,
@@ -57,9 +45,11 @@ from cellclf.split import (
     split_rows,
     split_table,
 )
-from cellclf.tuning import TuningResult, tuning_table
+from cellclf.tuning import TuningResult
 
 DEFAULT_SHAP_ROWS = 1000
+#: Resolution of the tuning plots (sized in inches for ~1 px per CSS px in the report).
+TUNING_PLOT_DPI = 80
 
 
 def _registered_keys() -> tuple[str, ...]:
@@ -127,12 +117,13 @@ class FitConfig:
         return cls(**settings, options=options)
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as metrics.json records them: shared ones and ``<key>_<name>`` ones."""
+        """The settings as metrics.json records them (JSON values): shared ones and
+        ``<key>_<name>`` ones."""
         document = {"models": list(self.models), "seed": self.seed, "cv": self.cv}
         for key, values in self.options.items():
             document.update({f"{key}_{name}": value for name, value in values.items()})
         document.update({f.name: getattr(self, f.name) for f in fields(self) if f.name not in document and f.name != "options"})
-        return document
+        return json_safe(document)
 
 
 def _family_values(family: ModelFamily, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -153,41 +144,29 @@ def _family_values(family: ModelFamily, given: Mapping[str, Any]) -> dict[str, A
 
 
 @dataclass
-class ModelResult:
-    """One tuned, refitted and tested model family."""
-
-    family: str
-    tuning: TuningResult
-    params: dict[str, Any]
-    val_macro_f1: float
-    fit_seconds: float
-    test_metrics: dict[str, Any]
-    per_class: pd.DataFrame
-    confusion: pd.DataFrame
-    test_proba: np.ndarray
-    predictor: Predictor
-    shap: dict[str, Any] | None = None
-
-
-@dataclass
 class FitResult:
-    """What :func:`fit` produced; ``run_dir`` holds the files."""
+    """What :func:`fit` produced: the run's record (also in ``run_dir``) and the fitted models."""
 
     run_dir: Path
-    best: str
-    models: dict[str, ModelResult]
-    metrics: dict[str, Any] = field(repr=False)
+    record: RunRecord = field(repr=False)
+    predictors: dict[str, Predictor] = field(repr=False)
+
+    @property
+    def best(self) -> str:
+        """Key of the model saved as model.joblib."""
+        return self.record.best_model
 
     def table(self) -> str:
         """A small text table of validation and test scores per model."""
-        lines = [f"{'model':<6} {'val macro-F1':>12} {'test accuracy':>13} {'test macro-F1':>13} {'fit s':>7}"]
-        for name, result in self.models.items():
-            star = "*" if name == self.best else " "
+        width = max(6, *(len(m.key) + 1 for m in self.record.models))
+        lines = [f"{'model':<{width}} {'val macro-F1':>12} {'test accuracy':>13} {'test macro-F1':>13} {'fit s':>7}"]
+        for model in self.record.models:
+            star = "*" if model.best else " "
             lines.append(
-                f"{name + star:<6} {result.val_macro_f1:>12.4f} {result.test_metrics['accuracy']:>13.4f} "
-                f"{result.test_metrics['macro_f1']:>13.4f} {result.fit_seconds:>7.1f}"
+                f"{model.key + star:<{width}} {model.val_macro_f1:>12.4f} {model.overall['accuracy']:>13.4f} "
+                f"{model.overall['macro_f1']:>13.4f} {model.fit_seconds:>7.1f}"
             )
-        lines.append(f"* best validation macro-F1, saved as {self.run_dir / 'model.joblib'}")
+        lines.append(f"* best validation macro-F1, saved as {self.run_dir / BEST_MODEL}")
         return "\n".join(lines)
 
 
@@ -218,7 +197,7 @@ def fit(
 
     Args:
         embeddings: Parquet file from ``cellembed extract``; its labelled rows are used.
-        run_dir: output folder (layout in this module's docstring); must not exist or be
+        run_dir: output folder (layout in :mod:`cellclf.rundir`); must not exist or be
             empty unless ``overwrite``.
         test: optional separate embeddings file used as the test set (then the input is
             split into train / validation only).
@@ -252,38 +231,46 @@ def fit(
     counts = {name: _class_counts(parts[name].labels, classes) for name in SPLIT_NAMES}
     phase("split", " / ".join(f"{name} {len(parts[name].labels)}" for name in SPLIT_NAMES) + f" (seed {config.seed})")
 
-    results: dict[str, ModelResult] = {}
+    models: list[ModelRecord] = []
+    predictors: dict[str, Predictor] = {}
+    tunings: dict[str, TuningResult] = {}
     for key in config.models:
-        results[key] = _fit_family(get_family(key), parts, classes, data, config, phase)
+        record, predictors[key], tunings[key] = _fit_family(get_family(key), parts, classes, data, config, phase)
+        models.append(record)
+    best = max(models, key=lambda m: (m.val_macro_f1, -models.index(m)))
+    best.best = True
 
-    best = max(config.models, key=lambda m: (results[m].val_macro_f1, -config.models.index(m)))
+    if config.shap:
+        from cellclf.explain import explain
 
-    staging = staging_folder(run_dir)
-    try:
-        if config.shap:
-            from cellclf.explain import explain
+        for record in models:
+            record.shap = explain(
+                get_family(record.key), predictors[record.key].model, parts["test"].X, classes, data.feature_names,
+                max_rows=config.shap_max_rows, seed=config.seed, n_jobs=config.n_jobs,
+            )
+            facts = record.shap.facts
+            phase(
+                f"shap {record.key}",
+                f"{facts['rows_explained']} of {facts['test_rows']} test rows, "
+                f"additivity error {facts['max_additivity_error']:.1e}",
+            )
 
-            shap_records = {}
-            for family, result in results.items():
-                shap_records[family] = explain(
-                    get_family(family), result.predictor.model, parts["test"].X, classes, data.feature_names,
-                    staging / "shap", max_rows=config.shap_max_rows, seed=config.seed, n_jobs=config.n_jobs,
-                )
-                result.shap = shap_records[family]
-                phase(
-                    f"shap {family}",
-                    f"{shap_records[family]['rows_explained']} of {shap_records[family]['test_rows']} test rows, "
-                    f"additivity error {shap_records[family]['max_additivity_error']:.1e}",
-                )
-            _write_json(staging / "shap" / "summary.json", shap_records)
-        metrics = _metrics_document(data, test_data, classes, counts, config, results, best, run_dir)
-        _write_run(staging, run_dir, data, test_data, splits, parts, classes, results, best, metrics)
-        install_folder(staging, run_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    phase("write", f"{run_dir} (best: {best})")
-    result = FitResult(run_dir, best, results, metrics)
+    for predictor in predictors.values():
+        predictor.summary["run_dir"] = str(run_dir)
+    run = RunRecord(
+        run_dir=run_dir,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        data=_data_facts(data, test_data, classes, counts),
+        config=config.to_dict(),
+        versions=library_versions(),
+        models=models,
+        best_model=best.key,
+        split=_split_table(data, test_data, splits),
+        tuning=tuning_table(list(tunings.values())),
+    )
+    write_run(run, run_dir, predictors)
+    phase("write", f"{run_dir} (best: {best.key})")
+    result = FitResult(run_dir, run, predictors)
     if on_complete is not None:
         on_complete(result)
     return result
@@ -342,8 +329,9 @@ def _arrays(
 def _fit_family(
     family: ModelFamily, parts: dict[str, SplitData], classes: list[str], data: LabelledEmbeddings,
     config: FitConfig, phase: _PhaseLog,
-) -> ModelResult:
-    """Tune on train (+ validation), score on validation, refit on train + validation, test."""
+) -> tuple[ModelRecord, Predictor, TuningResult]:
+    """Tune on train (+ validation), score on validation, refit on train + validation, test,
+    and draw the tuning plot."""
     from cellclf.metrics import evaluate
 
     train, val, test = parts["train"], parts["validation"], parts["test"]
@@ -355,13 +343,13 @@ def _fit_family(
         f"tune {family.key}",
         f"{len(tuning.trials)} settings, best {_params_text(params)}, {family.selection} {tuning.best_trial.score:.4f}",
     )
-    val_f1 = family.validation_score(tuning, train, val, options, seed=config.seed, n_jobs=config.n_jobs)
+    val_f1 = float(family.validation_score(tuning, train, val, options, seed=config.seed, n_jobs=config.n_jobs))
     model = family.refit(
         np.concatenate([train.X, val.X]), np.concatenate([train.y, val.y]), params, options,
         seed=config.seed, n_jobs=config.n_jobs,
     )
     fit_seconds = time.perf_counter() - start
-    summary = {"family": family.key, "params": params, "val_macro_f1": float(val_f1), "seed": config.seed}
+    summary = {"family": family.key, "params": params, "val_macro_f1": val_f1, "seed": config.seed}
     predictor = Predictor(model, classes, data.spec, data.taps, family=family.key, summary=summary)
     proba = predictor.predict_proba(test.X)
     overall, per_class, confusion = evaluate(test.labels, proba, classes)
@@ -377,7 +365,25 @@ def _fit_family(
             "input": data.source,
         }
     )
-    return ModelResult(family.key, tuning, params, float(val_f1), fit_seconds, overall, per_class, confusion, proba, predictor)
+    record = ModelRecord(
+        key=family.key,
+        title=family.title,
+        overall=json_safe(overall),
+        per_class=per_class,
+        confusion=confusion,
+        predictions=predictions_table(test.meta, test.labels, proba, classes),
+        params=json_safe(params),
+        val_macro_f1=val_f1,
+        fit_seconds=round(fit_seconds, 3),
+        tuning_seconds=round(tuning.seconds, 3),
+        trials=len(tuning.trials),
+        selection=family.selection,
+        tuning_note=family.tuning_note(tuning),
+    )
+    figure = family.tuning_plot(tuning)
+    if figure is not None:
+        record.tuning_plot, record.tuning_plot_file = png_bytes(figure, TUNING_PLOT_DPI), tuning_plot_file(family.key)
+    return record, predictor, tuning
 
 
 def _params_text(params: dict[str, Any]) -> str:
@@ -389,110 +395,26 @@ def _class_counts(labels: Sequence[str], classes: list[str]) -> dict[str, int]:
     return {name: int(values.get(name, 0)) for name in classes}
 
 
-def _metrics_document(
-    data: LabelledEmbeddings, test_data: LabelledEmbeddings | None, classes: list[str],
-    counts: dict, config: FitConfig, results: dict[str, ModelResult], best: str, run_dir: Path,
-) -> dict[str, Any]:
-    models = {}
-    for family, result in results.items():
-        models[family] = {
-            "name": get_family(family).title,
-            "params": result.params,
-            "val_macro_f1": result.val_macro_f1,
-            "fit_seconds": round(result.fit_seconds, 3),
-            "tuning_seconds": round(result.tuning.seconds, 3),
-            "trials": len(result.tuning.trials),
-            "selection": get_family(family).selection,
-            "test": result.test_metrics,
-            "test_per_class": result.per_class.set_index("class").to_dict(orient="index"),
-            "model_file": f"models/{family}.joblib",
-            "shap": result.shap,
-        }
-    duplicates = int(data.meta["sha256"].duplicated(keep=False).sum())
-    return _json_safe(
-        {
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "run_dir": str(run_dir),
-            "best_model": best,
-            "best_by": "validation macro-F1",
-            "data": {
-                "input": str(data.source),
-                "test_input": None if test_data is None else str(test_data.source),
-                "split": "70/15/15 stratified" if test_data is None else "train/validation from input, test from test_input",
-                "classes": classes,
-                "counts": counts,
-                "total": {name: int(sum(c.values())) for name, c in counts.items()},
-                "unlabelled_rows_ignored": data.n_unlabelled + (test_data.n_unlabelled if test_data else 0),
-                "rows_with_duplicate_images": duplicates,
-                "taps": list(data.taps),
-                "n_features": int(data.X.shape[1]),
-                "spec": data.spec.to_dict(),
-            },
-            "config": config.to_dict(),
-            "versions": library_versions(),
-            "models": models,
-        }
+def _data_facts(
+    data: LabelledEmbeddings, test_data: LabelledEmbeddings | None, classes: list[str], counts: dict[str, dict[str, int]]
+) -> DataFacts:
+    return DataFacts(
+        input=str(data.source),
+        test_input=None if test_data is None else str(test_data.source),
+        split="70/15/15 stratified" if test_data is None else "train/validation from input, test from test_input",
+        classes=classes,
+        counts=counts,
+        unlabelled_rows_ignored=data.n_unlabelled + (test_data.n_unlabelled if test_data else 0),
+        rows_with_duplicate_images=int(data.meta["sha256"].duplicated(keep=False).sum()),
+        taps=list(data.taps),
+        n_features=int(data.X.shape[1]),
+        spec=data.spec,
     )
 
 
-def _write_run(
-    staging: Path, run_dir: Path, data: LabelledEmbeddings, test_data: LabelledEmbeddings | None,
-    splits: np.ndarray, parts: dict, classes: list[str], results: dict[str, ModelResult], best: str,
-    metrics: dict[str, Any],
-) -> None:
+def _split_table(data: LabelledEmbeddings, test_data: LabelledEmbeddings | None, splits: np.ndarray) -> pd.DataFrame:
     metas, split_columns = [data.meta], [splits]
     if test_data is not None:
         metas.append(test_data.meta)
         split_columns.append(np.full(len(test_data.meta), "test", dtype=object))
-    split_table(metas, split_columns).to_csv(staging / "split.csv", index=False)
-    tuning_table([r.tuning for r in results.values()]).to_csv(staging / "tuning.csv", index=False)
-    pd.concat([r.per_class.assign(model=f) for f, r in results.items()], ignore_index=True).pipe(
-        _model_first
-    ).to_csv(staging / "per_class.csv", index=False)
-    pd.concat([r.confusion.assign(model=f) for f, r in results.items()], ignore_index=True).pipe(
-        _model_first
-    ).to_csv(staging / "confusion_matrix.csv", index=False)
-    test_meta = parts["test"].meta
-    frames = []
-    for family, result in results.items():
-        frame = pd.DataFrame(
-            {
-                "model": family,
-                "path": test_meta["path"].to_numpy(),
-                "sha256": test_meta["sha256"].to_numpy(),
-                "label": parts["test"].labels,
-                "predicted": np.asarray(classes, dtype=object)[result.test_proba.argmax(axis=1)],
-            }
-        )
-        for k, name in enumerate(classes):
-            frame[f"proba_{name}"] = result.test_proba[:, k]
-        frames.append(frame)
-    pd.concat(frames, ignore_index=True).to_csv(staging / "predictions_test.csv", index=False)
-    _write_json(staging / "metrics.json", metrics)
-    (staging / "models").mkdir(exist_ok=True)
-    for family, result in results.items():
-        result.predictor.summary["run_dir"] = str(run_dir)
-        result.predictor.save(staging / "models" / f"{family}.joblib")
-    results[best].predictor.save(staging / "model.joblib")  # last: the run is complete
-
-
-def _model_first(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[["model"] + [c for c in frame.columns if c != "model"]]
-
-
-def _write_json(path: Path, document: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(document), indent=2, sort_keys=False) + "\n")
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN -> null and numpy scalars -> Python, so metrics.json is strict JSON."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return split_table(metas, split_columns)

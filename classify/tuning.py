@@ -1,12 +1,9 @@
-"""Records of hyper-parameter trials, shared by the model families, and ``tuning.csv``."""
+"""Records of hyper-parameter trials, shared by the model families (tuning.csv: cellclf.rundir)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
-
-import pandas as pd
 
 
 @dataclass
@@ -58,36 +55,3 @@ class TuningResult:
     @property
     def best_params(self) -> dict[str, Any]:
         return dict(self.best_trial.params)
-
-
-def tuning_table(results: list[TuningResult]) -> pd.DataFrame:
-    """The ``tuning.csv`` table: one row per trial of every family.
-
-    Columns: ``model, trial, score_name, score, score_std, seconds, selected, params``
-    (JSON), one ``param_<name>`` column per hyper-parameter, then the family's extra columns.
-    """
-    rows = []
-    for result in results:
-        for trial in result.trials:
-            row: dict[str, Any] = {
-                "model": result.family,
-                "trial": trial.number,
-                "score_name": trial.score_name,
-                "score": trial.score,
-                "score_std": trial.score_std,
-                "seconds": round(trial.seconds, 3),
-                "selected": trial.number == result.best_trial.number,
-                "params": json.dumps(trial.params, sort_keys=True),
-            }
-            row.update({f"param_{k}": _cell(v) for k, v in trial.params.items()})
-            row.update({k: _cell(v) for k, v in trial.extra.items()})
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _cell(value: Any) -> Any:
-    if value is None:
-        return "none"
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value)
-    return value

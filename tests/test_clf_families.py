@@ -115,7 +115,8 @@ def test_fit_config_holds_every_family_option():
     assert config.options["lr"] == {"Cs": (0.1, 1.0), "class_weights": (None, "balanced")}
     assert config.options["xgb"]["trials"] == 2 and config.options["xgb"]["max_trees"] == 1000
     document = config.to_dict()
-    assert document["lr_Cs"] == (0.1, 1.0) and document["xgb_trials"] == 2 and document["cv"] == 3
+    assert document["lr_Cs"] == [0.1, 1.0] and document["lr_class_weights"] == [None, "balanced"]
+    assert document["xgb_trials"] == 2 and document["cv"] == 3 and document["models"] == ["lr", "xgb"]
     assert FitConfig().models == ("lr", "xgb")
     with pytest.raises(ClassifierInputError, match="--xgb-trials must be at least 1, got 0"):
         FitConfig.build(xgb_trials=0)
