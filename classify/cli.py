@@ -11,6 +11,7 @@ from cellembed.cli import engine_option
 from cellembed.cli_support import BadInput, exit_if_skipped, user_errors
 from cellclf.families import FamilyOption, families
 from cellclf.run import DEFAULT_SHAP_ROWS
+from cellclf.rundir import REPORT
 
 
 def _name_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...] | None:
@@ -109,10 +110,11 @@ def fit(
             log=None if quiet else click.echo,
         )
     if not no_report:
+        from cellclf.rundir import read_run
         from cellreports import write_run_report
 
         started = time.perf_counter()
-        path = write_run_report(result.run_dir, result.run_dir / "report.html")
+        path = write_run_report(read_run(result.run_dir), result.run_dir / REPORT)
         if not quiet:
             click.echo(f"{'report':<18} {time.perf_counter() - started:7.1f}s  {path}")
     click.echo(result.table())
@@ -200,10 +202,17 @@ def predict(
     if report_path is not None:
         if run.evaluation is None:
             raise BadInput("--report needs images in sub-folders named like the model's classes")
+        from cellclf.rundir import evaluation_record
         from cellreports import write_evaluation_report
 
+        unknown = sum(run.unknown_folders.values())
+        not_scored = {
+            "folder is not a model class": unknown,
+            "no folder, or no prediction": len(run.table) - len(run.evaluation.scored) - unknown,
+        }
         write_evaluation_report(
-            run.evaluation.scored, run.classes, predictor.spec, model.name, report_path, images_root=images
+            evaluation_record(run.evaluation, model.name), run.classes, predictor.spec, report_path,
+            images_root=images, not_scored=not_scored,
         )
         click.echo(f"report: {report_path}", err=True)
     exit_if_skipped(run.extraction.errors, f"listed in {out} with their reason", allow_skips)
@@ -228,8 +237,9 @@ def report(run_dir: Path, out: Path | None, images: Path | None) -> None:
     mistakes; every image is inline, so it opens from disk without a network and can be
     shared as a single file.
     """
+    from cellclf.rundir import read_run
     from cellreports import write_run_report
 
     with user_errors():
-        path = write_run_report(run_dir, out or run_dir / "report.html", images_root=images)
+        path = write_run_report(read_run(run_dir), out or run_dir / REPORT, images_root=images)
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

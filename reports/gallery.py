@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from cellreports.figures import PROBA_PREFIX, bytes_data_uri
+from cellreports.figures import bytes_data_uri
 from cellreports.html import Markup, element, image, note, paragraph
 
 GALLERY_LIMIT = 24
@@ -38,18 +38,22 @@ class ImagesRoot:
     origin: str
 
 
-def worst_misclassified(predictions: pd.DataFrame, classes: Sequence[str], limit: int = GALLERY_LIMIT) -> pd.DataFrame:
+def worst_misclassified(
+    predictions: pd.DataFrame, proba: np.ndarray, classes: Sequence[str], limit: int = GALLERY_LIMIT
+) -> pd.DataFrame:
     """The misclassified rows, most confident first, at most ``limit``.
 
     Args:
-        predictions: ``path, label, predicted`` and ``proba_<class>`` columns.
+        predictions: ``path, label, predicted`` columns, one row per image.
+        proba: (n, k) predicted probabilities of those rows, columns in ``classes`` order.
         classes: the model's classes.
     Returns:
         those rows (original columns) plus ``confidence`` (probability of the predicted
         class) and ``proba_true`` (probability of the true class).
     """
-    wrong = predictions[predictions["label"].astype(str) != predictions["predicted"].astype(str)].copy()
-    proba = wrong[[PROBA_PREFIX + c for c in classes]].to_numpy(dtype=float)
+    mistaken = (predictions["label"].astype(str) != predictions["predicted"].astype(str)).to_numpy()
+    wrong = predictions[mistaken].copy()
+    proba = np.asarray(proba, dtype=float)[mistaken]
     column = {c: k for k, c in enumerate(classes)}
     rows = np.arange(len(wrong))
     wrong["confidence"] = proba[rows, [column[p] for p in wrong["predicted"].astype(str)]] if len(wrong) else []
@@ -90,6 +94,7 @@ def thumbnail_data_uri(path: Path, size: int = THUMBNAIL_SIZE) -> str | None:
 
 def gallery(
     predictions: pd.DataFrame,
+    proba: np.ndarray,
     classes: Sequence[str],
     images: ImagesRoot,
     model_title: str,
@@ -99,7 +104,7 @@ def gallery(
 
     When the images are not reachable, a note says why instead.
     """
-    mistakes = worst_misclassified(predictions, classes, limit)
+    mistakes = worst_misclassified(predictions, proba, classes, limit)
     n_wrong = int((predictions["label"].astype(str) != predictions["predicted"].astype(str)).sum())
     if n_wrong == 0:
         return paragraph(f"The {model_title} classified all {len(predictions)} test images correctly: no mistakes to show.")

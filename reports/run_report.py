@@ -1,14 +1,14 @@
-"""The HTML report of a ``cellclf fit`` RUN_DIR (``cellclf report``)."""
+"""The HTML report of a ``cellclf fit`` run (``cellclf report``), from its RunRecord."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
+from cellembed import InputError, read_images_root
 from cellreports import sections
-from cellreports.gallery import GALLERY_LIMIT
+from cellreports.gallery import GALLERY_LIMIT, ImagesRoot
 from cellreports.html import Section, page
-from cellreports.run_dir import RunData, find_images_root, load_run
 from cellreports.writing import write_html
 
 
@@ -17,82 +17,110 @@ def run_title(run_dir: str | Path) -> str:
     return f"cellclf report — {Path(run_dir).resolve().name}"
 
 
-def build_run_sections(run: RunData, images_root: str | Path | None = None) -> list[Section]:
+def model_views(run: Any) -> list[sections.ModelView]:
+    """Every model of the run as the report shows it: ``<title> (<key>)`` and its tuning facts."""
+    return [
+        sections.ModelView.of(
+            record, run.classes, f"{record.title} ({record.key})",
+            {
+                "validation macro-F1": record.val_macro_f1,
+                "selected by": record.selection,
+                "fit time (s)": sections.number(record.fit_seconds, 1),
+                "selected parameters": record.params,
+            },
+        )
+        for record in run.models
+    ]
+
+
+def build_run_sections(run: Any, images_root: str | Path | None = None) -> list[Section]:
     """All sections of the run report, in page order."""
-    data = run.metrics.get("data", {})
-    config = run.metrics.get("config", {})
-    versions = run.metrics.get("versions") or {}
+    data, config = run.data, run.config
     facts = [
-        ("embeddings file", data.get("input")),
-        ("separate test file", data.get("test_input") or "none (test images held out from the input)"),
-        ("split", data.get("split")),
-        ("taps used", ", ".join(data.get("taps") or [])),
-        ("dimensions", data.get("n_features")),
-        ("unlabelled rows ignored", data.get("unlabelled_rows_ignored")),
-        ("rows with duplicate images", data.get("rows_with_duplicate_images")),
+        ("embeddings file", data.input),
+        ("separate test file", data.test_input or "none (test images held out from the input)"),
+        ("split", data.split),
+        ("taps used", ", ".join(data.taps)),
+        ("dimensions", data.n_features),
+        ("unlabelled rows ignored", data.unlabelled_rows_ignored),
+        ("rows with duplicate images", data.rows_with_duplicate_images),
         ("seed", config.get("seed")),
-        ("cross-validation folds (lr)", config.get("cv")),
-        ("XGBoost trials", config.get("xgb_trials")),
-        ("created", run.metrics.get("created")),
-        ("library versions", ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))),
+        ("cross-validation folds", config.get("cv")),
+        *((f"{record.title}: settings tried", record.trials) for record in run.models),
+        ("created", run.created),
+        ("library versions", ", ".join(f"{k} {v}" for k, v in sorted(run.versions.items()))),
     ]
     facts = [(name, value) for name, value in facts if value is not None]
-    counts = data.get("counts") or {}
-    shap_records = _shap_records(run)
-    best = run.best_model
+    models = model_views(run)
+    best = next((m for m in models if m.best), models[0])
     gallery = sections.gallery_section(
         best, run.classes, find_images_root(run, images_root), GALLERY_LIMIT,
         intro=f"Shown for the selected model, {best.title}, on the test set.",
     )
     return [
-        sections.data_section(run.classes, counts, run.spec, facts, run.spec_missing),
+        sections.data_section(run.classes, data.counts, data.spec, facts, data.spec_missing),
         sections.models_section(
-            run.models,
+            models,
             f"Test-set scores of each model (the test images were not used for tuning or selection). "
-            f"The selected model (★, saved as model.joblib) has the best {run.metrics.get('best_by', 'validation macro-F1')}.",
+            f"The selected model (★, saved as model.joblib) has the best {run.best_by}.",
         ),
-        sections.per_class_section(run.models),
-        sections.confusion_section(run.models, run.classes),
-        sections.roc_section(run.models, run.classes),
-        sections.tuning_section(run.tuning, run.tuning_missing),
-        sections.shap_section(run.run_dir / "shap", run.models, shap_records, _shap_missing(run)),
+        sections.per_class_section(models),
+        sections.confusion_section(models, run.classes),
+        sections.roc_section(models, run.classes),
+        sections.tuning_section(models, run.tuning, run.tuning_missing),
+        sections.shap_section(models, run.shap_missing),
         gallery,
     ]
 
 
-def _shap_records(run: RunData) -> dict:
-    records = {m.key: (run.metrics["models"].get(m.key) or {}).get("shap") for m in run.models}
-    summary = run.run_dir / "shap" / "summary.json"
-    if summary.is_file() and not any(records.values()):
-        try:
-            records = json.loads(summary.read_text(encoding="utf-8"))
-        except ValueError:
-            pass
-    return records
+def find_images_root(run: Any, images_root: str | Path | None = None) -> ImagesRoot:
+    """The folder the test images' paths are relative to, or why it is not reachable.
+
+    ``images_root`` wins when given; otherwise the folder recorded in the embeddings file
+    of the test rows (``data.test_input`` when the run had a separate test file, else
+    ``data.input``) is used if it still exists.
+    """
+    if images_root is not None:
+        path = Path(images_root)
+        if not path.is_dir():
+            return ImagesRoot(None, f"the images folder {path} given for the report does not exist")
+        return ImagesRoot(path, "given for the report")
+    source = run.data.test_input or run.data.input
+    if not source:
+        return ImagesRoot(None, "the run does not record its embeddings file; pass the images folder (--images DIR)")
+    candidates = [Path(source)]
+    if not Path(source).is_absolute():
+        candidates.append(Path(run.run_dir).parent / source)
+    parquet = next((p for p in candidates if p.is_file()), None)
+    if parquet is None:
+        return ImagesRoot(None, f"the embeddings file {source} is not there any more; pass the images folder (--images DIR)")
+    try:
+        root = read_images_root(parquet)
+    except InputError as exc:
+        return ImagesRoot(None, f"{exc}; pass the images folder (--images DIR)")
+    if root is None:
+        return ImagesRoot(None, f"{source} does not record its images folder; pass it with --images DIR")
+    if not root.is_dir():
+        return ImagesRoot(None, f"the images folder {root} recorded in {source} does not exist here; pass it with --images DIR")
+    return ImagesRoot(root, f"recorded in {source}")
 
 
-def _shap_missing(run: RunData) -> str:
-    if not run.metrics.get("config", {}).get("shap", True):
-        return "the run was fitted without SHAP (--no-shap)"
-    return f"{run.run_dir.name}/shap has no results for this model"
-
-
-def render_run_report(run_dir: str | Path, images_root: str | Path | None = None) -> str:
-    """The report of ``run_dir`` as an HTML string (see :func:`write_run_report`)."""
-    run = load_run(run_dir)
-    best = run.best_model
+def render_run_report(run: Any, images_root: str | Path | None = None) -> str:
+    """The report of a run as an HTML string (see :func:`write_run_report`)."""
+    best = run.best
     subtitle = (
         f"{len(run.classes)} classes, {best.overall.get('n', '?')} test images; "
-        f"selected model: {best.title}, test macro-F1 {sections.number(best.overall.get('macro_f1'))}"
+        f"selected model: {best.title} ({best.key}), test macro-F1 {sections.number(best.overall.get('macro_f1'))}"
     )
     return page(run_title(run.run_dir), subtitle, build_run_sections(run, images_root))
 
 
-def write_run_report(run_dir: str | Path, out_path: str | Path, images_root: str | Path | None = None) -> Path:
-    """Write the self-contained HTML report of a ``cellclf fit`` RUN_DIR.
+def write_run_report(run: Any, out_path: str | Path, images_root: str | Path | None = None) -> Path:
+    """Write the self-contained HTML report of a ``cellclf fit`` run.
 
     Args:
-        run_dir: the folder ``cellclf fit -o`` wrote.
+        run: the run's record (``cellclf.rundir.read_run(RUN_DIR)``; the attributes read
+            are listed in :mod:`cellreports`).
         out_path: the HTML file to write (atomically; parent folders are created).
         images_root: folder the test images' ``path`` values are relative to; by default
             the one recorded in the run's embeddings file. The gallery of misclassified
@@ -100,8 +128,5 @@ def write_run_report(run_dir: str | Path, out_path: str | Path, images_root: str
 
     Returns:
         ``out_path`` as a Path.
-
-    Raises:
-        NotARunError: ``run_dir`` is not a complete cellclf run (an ``InputError``).
     """
-    return write_html(render_run_report(run_dir, images_root), out_path)
+    return write_html(render_run_report(run, images_root), out_path)

@@ -1,8 +1,9 @@
 """Section builders shared by the run report and the evaluation report.
 
-Each builder takes plain data (DataFrames in the cellclf file formats, dicts from
-metrics.json) and returns a :class:`~cellreports.html.Section` with a fixed ``id``.
-A section whose data is missing says why instead of showing nothing.
+Each builder takes the model records (see :mod:`cellreports` for the attributes read),
+wrapped in a :class:`ModelView`, and returns a :class:`~cellreports.html.Section` with a
+fixed ``id``. A section whose data is missing says why instead of showing nothing.
+Nothing here computes a metric: every number shown comes from the records.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from cellembed import EmbeddingSpec
@@ -20,35 +21,49 @@ from cellreports import figures
 from cellreports.gallery import GALLERY_LIMIT, ImagesRoot, gallery
 from cellreports.html import Markup, Section, concat, element, figure, image, note, paragraph, preformatted, side_by_side, table
 
-#: Main XGBoost parameters plotted against the validation score (when tuning.csv has them).
-XGB_TUNING_PARAMS = ("max_depth", "learning_rate", "min_child_weight", "subsample", "colsample_bytree")
 SHAP_TOP_SHOWN = 5
 
 
 @dataclass
-class ModelEvaluation:
-    """One model scored on one labelled set, in the cellclf formats.
+class ModelView:
+    """How a report shows one model record.
 
     Attributes:
-        key: short name (``lr``, ``xgb``).
-        title: name for people (``logistic regression (lr)``).
-        overall: accuracy, balanced_accuracy, macro_f1, log_loss, roc_auc_ovr_macro, n.
-        per_class: ``class, precision, recall, f1, support, roc_auc``.
-        confusion: ``true, predicted, count, rate``.
-        predictions: ``path, label, predicted, proba_<class>...``.
+        record: the model's record (a ``cellclf.rundir.ModelRecord``, read by attribute).
+        title: the model's name on the page.
+        proba: (n, k) predicted probabilities of ``record.predictions``, in class order.
         extra: optional columns for the comparison table (validation macro-F1, fit seconds...),
             ``None`` values show as "n/a".
-        best: whether this is the selected model.
     """
 
-    key: str
+    record: Any
     title: str
-    overall: dict[str, Any]
-    per_class: pd.DataFrame
-    confusion: pd.DataFrame
-    predictions: pd.DataFrame
+    proba: np.ndarray
     extra: dict[str, Any] = field(default_factory=dict)
-    best: bool = False
+
+    @classmethod
+    def of(cls, record: Any, classes: Sequence[str], title: str, extra: dict[str, Any] | None = None) -> "ModelView":
+        return cls(record, title, record.probabilities(classes), extra or {})
+
+    @property
+    def key(self) -> str:
+        return self.record.key
+
+    @property
+    def best(self) -> bool:
+        return bool(self.record.best)
+
+    @property
+    def overall(self) -> dict[str, Any]:
+        return self.record.overall
+
+    @property
+    def per_class(self) -> pd.DataFrame:
+        return self.record.per_class
+
+    @property
+    def predictions(self) -> pd.DataFrame:
+        return self.record.predictions
 
 
 def number(value: Any, digits: int = 4) -> str:
@@ -95,7 +110,7 @@ METRIC_COLUMNS = (
 )
 
 
-def models_section(models: Sequence[ModelEvaluation], intro: str) -> Section:
+def models_section(models: Sequence[ModelView], intro: str) -> Section:
     """Comparison table: test metrics and the models' extra facts, best model highlighted."""
     extra_names = list(dict.fromkeys(name for m in models for name in m.extra))
     columns = ["model", "test images", *(label for _, label in METRIC_COLUMNS), *extra_names]
@@ -128,7 +143,7 @@ def _cell(value: Any) -> str:
     return number(value)
 
 
-def per_class_section(models: Sequence[ModelEvaluation]) -> Section:
+def per_class_section(models: Sequence[ModelView]) -> Section:
     """Precision, recall, F1, support and one-vs-rest ROC-AUC per class, one table per model."""
     parts = []
     for model in models:
@@ -149,37 +164,57 @@ def _float(value: Any) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def confusion_section(models: Sequence[ModelEvaluation], classes: Sequence[str]) -> Section:
+def confusion_section(models: Sequence[ModelView], classes: Sequence[str]) -> Section:
     """Row-normalised confusion matrices (each row sums to 1: the recall is on the diagonal)."""
     plots = [
-        figure(image(figures.confusion_heatmap(m.confusion, classes, m.title), f"confusion matrix of {m.title}", class_="plot"))
+        figure(image(figures.confusion_heatmap(m.record.confusion, classes, m.title), f"confusion matrix of {m.title}",
+                     class_="plot"))
         for m in models
     ]
     intro = paragraph("Each row shows how the test images of one true class were classified, as shares of that class.")
     return Section("confusion", "Confusion matrices", concat([intro, side_by_side(*plots)]))
 
 
-def roc_section(models: Sequence[ModelEvaluation], classes: Sequence[str]) -> Section:
+def roc_section(models: Sequence[ModelView], classes: Sequence[str]) -> Section:
     """One-vs-rest ROC curves of every class, one panel per model."""
-    uri = figures.roc_curves([(m.title, m.predictions) for m in models], classes)
+    panels = []
+    for m in models:
+        aucs = m.per_class.set_index("class")["roc_auc"].reindex(list(classes))
+        panels.append((m.title, m.predictions["label"], m.proba, [_float(v) for v in aucs]))
+    uri = figures.roc_curves(panels, classes)
     intro = paragraph("One-vs-rest ROC curve of each class from the predicted probabilities (AUC in the legend).")
     return Section("roc", "ROC curves", concat([intro, image(uri, "one-vs-rest ROC curves", class_="plot")]))
 
 
-def tuning_section(tuning: pd.DataFrame | None, missing: str = "tuning.csv is missing") -> Section:
-    """Score against the main hyper-parameters, and the table of trials."""
-    if tuning is None or tuning.empty:
+def tuning_section(models: Sequence[ModelView], tuning: pd.DataFrame | None, missing: str) -> Section:
+    """Each model's tuning plot (drawn by its family at fit time), and the table of trials.
+
+    Args:
+        tuning: the tuning.csv table (``model, trial, params, score_name, score, score_std,
+            seconds, selected``), None when it is gone.
+        missing: why ``tuning`` is None.
+    """
+    plotted = [m for m in models if m.record.tuning_plot_file]
+    if (tuning is None or tuning.empty) and not any(m.record.tuning_plot for m in plotted):
         return Section("tuning", "Tuning", note(f"Not available because {missing}."))
     parts = []
-    lr = tuning[tuning["model"] == "lr"]
-    if len(lr) and {"param_C", "param_class_weight"} <= set(lr.columns):
-        parts += [element("h3", "logistic regression (lr)"), image(figures.lr_tuning_plot(lr), "lr tuning plot", class_="plot")]
-    xgb = tuning[tuning["model"] == "xgb"]
-    shown = [p for p in XGB_TUNING_PARAMS if f"param_{p}" in xgb.columns and xgb[f"param_{p}"].notna().any()]
-    if len(xgb) and shown:
-        parts += [element("h3", "XGBoost (xgb)"), image(figures.xgb_tuning_plot(xgb, shown), "xgb tuning plot", class_="plot")]
-        if len(xgb) < 3:
-            parts.append(paragraph(f"Only {len(xgb)} XGBoost setting(s) tried, so these plots say little about the parameters."))
+    for model in plotted:
+        record = model.record
+        parts.append(element("h3", model.title))
+        if record.tuning_plot:
+            parts.append(image(figures.png_data_uri(record.tuning_plot), f"{record.key} tuning plot", class_="plot"))
+        else:
+            parts.append(note(f"The tuning plot is not available because {record.tuning_plot_file} is missing."))
+        if record.tuning_note:
+            parts.append(paragraph(record.tuning_note))
+    if tuning is None or tuning.empty:
+        parts.append(note(f"The table of all trials is not available because {missing}."))
+    else:
+        parts.append(_trials_table(tuning))
+    return Section("tuning", "Tuning", concat(parts))
+
+
+def _trials_table(tuning: pd.DataFrame) -> Markup:
     rows = []
     for r in tuning.to_dict("records"):
         params = json.loads(r["params"]) if isinstance(r.get("params"), str) else {}
@@ -188,46 +223,41 @@ def tuning_section(tuning: pd.DataFrame | None, missing: str = "tuning.csv is mi
              number(_float(r["score"])), number(_float(r.get("score_std"))), number(_float(r["seconds"]), 1),
              "✔" if str(r["selected"]).lower() == "true" else ""]
         )
-    parts.append(
-        table(["model", "trial", "parameters", "score", "value", "std", "seconds", "selected"], rows,
-              numeric=(1, 4, 5, 6), caption="All trials (tuning.csv)", id="tuning-table")
-    )
-    return Section("tuning", "Tuning", concat(parts))
+    return table(["model", "trial", "parameters", "score", "value", "std", "seconds", "selected"], rows,
+                 numeric=(1, 4, 5, 6), caption="All trials (tuning.csv)", id="tuning-table")
 
 
-def shap_section(shap_dir: Path, models: Sequence[ModelEvaluation], records: dict[str, Any], missing: str) -> Section:
-    """SHAP summary plots of the run, facts of the computation and the top dimensions per class.
+def shap_section(models: Sequence[ModelView], missing: str) -> Section:
+    """SHAP summary plots, facts of the computation and the top dimensions per class.
 
     Args:
-        shap_dir: the run's ``shap/`` folder.
-        records: per model key, its record of ``shap/summary.json`` (None when not computed).
-        missing: why there are no SHAP results at all (used when no model has any).
+        missing: why a model has no SHAP summary at all.
     """
     parts = []
     for model in models:
-        record = records.get(model.key)
-        top_file = shap_dir / f"{model.key}_top20.csv"
-        plot_file = shap_dir / f"{model.key}_summary.png"
+        record = model.record
+        shap = record.shap
         parts.append(element("h3", model.title))
-        if not record and not top_file.is_file():
+        if shap is None:
             parts.append(note(f"Not available because {missing}."))
             continue
-        if record:
+        facts = shap.facts
+        if facts:
             parts.append(
                 paragraph(
-                    f"{record.get('method', 'SHAP')} of the {record.get('output', 'class margin')}, on "
-                    f"{record.get('rows_explained')} of {record.get('test_rows')} test images; largest additivity "
-                    f"error {_float(record.get('max_additivity_error')) or 0.0:.1e}."
+                    f"{facts.get('method', 'SHAP')} of the {facts.get('output', 'class margin')}, on "
+                    f"{facts.get('rows_explained')} of {facts.get('test_rows')} test images; largest additivity "
+                    f"error {_float(facts.get('max_additivity_error')) or 0.0:.1e}."
                 )
             )
-        if plot_file.is_file():
-            parts.append(image(figures.png_file_data_uri(plot_file), f"SHAP summary of {model.title}", class_="plot"))
+        if shap.plot:
+            parts.append(image(figures.png_data_uri(shap.plot), f"SHAP summary of {model.title}", class_="plot"))
         else:
-            parts.append(note(f"The summary plot is not available because {plot_file.name} is missing."))
-        if top_file.is_file():
-            parts.append(_top_dimensions(pd.read_csv(top_file, keep_default_na=False, na_values=[""]), model.key))
+            parts.append(note(f"The summary plot is not available because {record.shap_plot_file} is missing."))
+        if shap.top is not None:
+            parts.append(_top_dimensions(shap.top, record.key))
         else:
-            parts.append(note(f"The top dimensions are not available because {top_file.name} is missing."))
+            parts.append(note(f"The top dimensions are not available because {record.shap_top_file} is missing."))
     intro = paragraph(
         "Mean |SHAP value| of each embedding dimension (tap:index) for each class's margin. "
         f"The tables show the top {SHAP_TOP_SHOWN} dimensions per class (mean |SHAP|); "
@@ -249,9 +279,9 @@ def _top_dimensions(top: pd.DataFrame, key: str) -> Markup:
 
 
 def gallery_section(
-    model: ModelEvaluation, classes: Sequence[str], images: ImagesRoot, limit: int = GALLERY_LIMIT,
+    model: ModelView, classes: Sequence[str], images: ImagesRoot, limit: int = GALLERY_LIMIT,
     intro: str | None = None,
 ) -> Section:
     """Thumbnails of the most confident mistakes of ``model`` (or why there are none)."""
-    body = gallery(model.predictions, classes, images, model.title, limit)
+    body = gallery(model.predictions, model.proba, classes, images, model.title, limit)
     return Section("gallery", "Worst misclassified images", concat([paragraph(intro), body] if intro else [body]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cellembed.atomic import atomic_path
+from cellembed.atomic import write_text
 
 
 def write_html(document: str, out_path: str | Path) -> Path:
@@ -14,6 +14,4 @@ def write_html(document: str, out_path: str | Path) -> Path:
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path) as tmp:
-        tmp.write_text(document, encoding="utf-8")
-    return out_path
+    return write_text(out_path, document)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -141,7 +142,15 @@ def test_predict_command_writes_outputs_and_exit_statuses(tmp_path, trained, ran
     per_class = pd.read_csv(tmp_path / "out" / "predictions.per_class.csv")
     assert sorted(per_class["class"]) == ["blue", "green", "red"] and per_class["support"].sum() == 6
     html = (tmp_path / "eval.html").read_text()
-    assert "<title>" in html and "data:image/png;base64," in html
+    assert "<title>cellclf evaluation — model.joblib</title>" in html and "data:image/png;base64," in html
+    for section in ("data", "models", "per-class", "confusion", "roc", "gallery"):
+        assert f'<section id="{section}">' in html
+    facts = dict(re.findall(r"<tr><td>([^<]+)</td><td>([^<]*)</td></tr>", html.split('id="facts-table"', 1)[1]))
+    assert facts["scored (label is a model class)"] == "6"
+    assert facts["not scored: folder is not a model class"] == "1"  # the mystery folder
+    assert facts["images in the predictions table"] == "7"
+    printed = re.search(r"accuracy ([0-9.]+), macro-F1 ([0-9.]+)", result.output)
+    assert f"accuracy {printed[1]}, macro-F1 {printed[2]}" in html  # the scores predict printed
 
     (folder / "red" / "zero.png").write_bytes(b"")
     csv_out = tmp_path / "p.csv"
@@ -176,7 +185,8 @@ def test_fit_writes_the_report_unless_told_not_to(tmp_path):
     fast = ["--cv", "2", "--lr-c", "0.1", "--xgb-trials", "1", "--xgb-max-trees", "20", "--no-shap", "-q"]
     assert cli("fit", data, "-o", tmp_path / "run", *fast).exit_code == 0
     report = (tmp_path / "run" / "report.html").read_text()
-    assert "cellclf report" in report and "Per-class" in report or "per-class" in report
+    assert "<title>cellclf report — run</title>" in report
+    assert '<section id="per-class">' in report and '<table id="per-class-lr">' in report
     assert cli("fit", data, "-o", tmp_path / "run2", *fast, "--no-report").exit_code == 0
     assert not (tmp_path / "run2" / "report.html").exists()
     rerun = cli("report", tmp_path / "run2", "-o", tmp_path / "again.html")

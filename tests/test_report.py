@@ -2,7 +2,8 @@
 
 One small real RUN_DIR is made once per module with ``cellclf.run.fit`` on a synthetic
 embeddings file whose class names and file names are hostile HTML, with noise images on
-disk so the gallery has thumbnails.
+disk so the gallery has thumbnails. The reports are given the records of
+``cellclf.rundir`` (cellreports itself never imports cellclf).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from PIL import Image
 
 from cellembed import EmbeddingSpec, InputError
 from cellembed.store import make_table, write_table
+from cellclf.rundir import NotARunError, read_run
 
 EVIL_CLASS = "<script>alert(1)</script>"
 EVIL_NAME = "<b>&\"'"
@@ -133,7 +135,7 @@ def run_dir(tmp_path_factory) -> Path:
 def report(run_dir, tmp_path_factory) -> tuple[Path, str]:
     from cellreports import write_run_report
 
-    out = write_run_report(run_dir, tmp_path_factory.mktemp("out") / "report.html")
+    out = write_run_report(read_run(run_dir), tmp_path_factory.mktemp("out") / "report.html")
     return out, out.read_text(encoding="utf-8")
 
 
@@ -225,14 +227,15 @@ def test_gallery_shows_the_most_confident_mistakes(run_dir, report):
 def test_gallery_note_when_images_are_not_reachable(run_dir, tmp_path):
     from cellreports import write_run_report
 
-    document = write_run_report(run_dir, tmp_path / "r.html", images_root=tmp_path / "nowhere").read_text()
+    run = read_run(run_dir)
+    document = write_run_report(run, tmp_path / "r.html", images_root=tmp_path / "nowhere").read_text()
     gallery = document.split('<section id="gallery">', 1)[1]
     assert "Thumbnails are not available because the images folder" in gallery
     assert "data:image/jpeg" not in gallery
 
     # An existing folder without the images: every tile says so and a note explains it.
     (tmp_path / "empty").mkdir()
-    document = write_run_report(run_dir, tmp_path / "r2.html", images_root=tmp_path / "empty").read_text()
+    document = write_run_report(run, tmp_path / "r2.html", images_root=tmp_path / "empty").read_text()
     assert "none of these" in document.split('<section id="gallery">', 1)[1]
 
 
@@ -241,14 +244,25 @@ def test_missing_shap_and_tuning_are_explained(run_dir, tmp_path):
 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    shutil.rmtree(copy / "shap")
     (copy / "tuning.csv").unlink()
+    (copy / "tuning_lr.png").unlink()
+    (copy / "shap" / "xgb_summary.png").unlink()
+    (copy / "shap" / "xgb_top20.csv").unlink()
+    document = write_run_report(read_run(copy), tmp_path / "r.html").read_text()
+    assert "The table of all trials is not available because run/tuning.csv is missing." in document
+    assert "The tuning plot is not available because tuning_lr.png is missing." in document
+    assert "Only 2 XGBoost setting(s) tried" in document  # the family's note, kept in metrics.json
+    assert "The summary plot is not available because shap/xgb_summary.png is missing." in document
+    assert "The top dimensions are not available because shap/xgb_top20.csv is missing." in document
+
+    (copy / "tuning_xgb.png").unlink()
+    shutil.rmtree(copy / "shap")
     metrics = json.loads((copy / "metrics.json").read_text())
     metrics["config"]["shap"] = False
     for doc in metrics["models"].values():
         doc["shap"] = None
     (copy / "metrics.json").write_text(json.dumps(metrics))
-    document = write_run_report(copy, tmp_path / "r.html").read_text()
+    document = write_run_report(read_run(copy), tmp_path / "r.html").read_text()
     page = assert_self_contained(document)
     assert tuple(page.sections) == SECTION_IDS
     assert "Not available because run/tuning.csv is missing" in document
@@ -259,48 +273,58 @@ def test_report_is_deterministic(run_dir, report, tmp_path):
     from cellreports.run_report import render_run_report
 
     _, document = report
-    assert render_run_report(run_dir) == document
+    assert render_run_report(read_run(run_dir)) == document
 
 
 def test_not_a_run_dir_is_a_one_line_input_error(tmp_path):
-    from cellreports import NotARunError, write_run_report
-
     (tmp_path / "empty").mkdir()
     with pytest.raises(NotARunError, match="not a complete cellclf run") as info:
-        write_run_report(tmp_path / "empty", tmp_path / "r.html")
+        read_run(tmp_path / "empty")
     assert isinstance(info.value, InputError) and "\n" not in str(info.value)
-    assert not (tmp_path / "r.html").exists()
+    with pytest.raises(NotARunError, match="is not a folder"):
+        read_run(tmp_path / "nowhere")
 
 
 # ----------------------------------------------------------------------------- evaluation report
 
 
 def test_evaluation_report(run_dir, tmp_path):
+    from types import SimpleNamespace
+
     from cellclf.metrics import evaluate
+    from cellclf.rundir import evaluation_record
     from cellreports import write_evaluation_report
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     predictions = pd.read_csv(run_dir / "predictions_test.csv", keep_default_na=False, na_values=[""])
-    table = predictions[predictions["model"] == "lr"].drop(columns=["model", "sha256"]).reset_index(drop=True)
-    stray = table.iloc[[0]].assign(path="other/x.png", label="other")  # a folder the model does not know
-    table = pd.concat([table, stray], ignore_index=True)
+    scored = predictions[predictions["model"] == "lr"].drop(columns=["model", "sha256"]).reset_index(drop=True)
     spec = EmbeddingSpec.from_dict(metrics["data"]["spec"])
     images = run_dir.parent / "images"
-
     classes = metrics["data"]["classes"]
-    out = write_evaluation_report(table, classes, spec, f"model {EVIL_NAME}.joblib", tmp_path / "eval.html", images_root=images)
+    overall, per_class, confusion = evaluate(scored["label"].tolist(), scored[[f"proba_{c}" for c in classes]].to_numpy(), classes)
+    overall["macro_f1"] = 0.1234  # the report shows the record's numbers, it computes none
+    model = evaluation_record(SimpleNamespace(overall=overall, per_class=per_class, confusion=confusion, scored=scored),
+                              f"model {EVIL_NAME}.joblib")
+
+    out = write_evaluation_report(model, classes, spec, tmp_path / "eval.html", images_root=images,
+                                  not_scored={"folder is not a model class": 1, "no folder, or no prediction": 2})
     document = out.read_text()
     page = assert_self_contained(document)
     assert tuple(page.sections) == ("data", "models", "per-class", "confusion", "roc", "gallery")
     assert EVIL_CLASS not in document and EVIL_NAME not in document
-    overall, _, _ = evaluate(table["label"][:-1].tolist(), table[[f"proba_{c}" for c in classes]][:-1].to_numpy(), classes)
     header, row = page.tables["models-table"]
-    assert float(row[header.index("macro-F1")]) == pytest.approx(overall["macro_f1"], abs=5e-5)
-    assert int(row[header.index("test images")]) == len(table) - 1
+    assert row[header.index("macro-F1")] == "0.1234"
+    assert float(row[header.index("accuracy")]) == pytest.approx(overall["accuracy"], abs=5e-5)
+    assert int(row[header.index("test images")]) == len(scored)
+    per_class_rows = page.tables["per-class-model"][1:]
+    assert [float(r[3]) for r in per_class_rows] == pytest.approx(per_class["f1"].tolist(), abs=5e-5)
     facts = dict(tuple(r) for r in page.tables["facts-table"][1:])
     assert facts["not scored: folder is not a model class"] == "1"
+    assert facts["images in the predictions table"] == str(len(scored) + 3)
+    assert facts["scored (label is a model class)"] == str(len(scored))
+    assert "data:image/jpeg" in document.split('<section id="gallery">', 1)[1]
 
-    without = write_evaluation_report(table, classes, None, "m", tmp_path / "e2.html").read_text()
+    without = write_evaluation_report(model, classes, None, tmp_path / "e2.html").read_text()
     assert "Thumbnails are not available because no images folder was given" in without
     assert "Not available because the embedding spec was not recorded" in without
 
