@@ -86,15 +86,22 @@ def test_existing_run_dir_is_kept(tmp_path):
 
 
 def test_interrupted_fit_leaves_no_partial_run(tmp_path, monkeypatch):
-    """A failure while writing (after metrics.json) leaves neither RUN_DIR nor a staging folder."""
+    """Ctrl-C while writing (after metrics.json, before the models): exit 130, one line,
+    and neither RUN_DIR nor a staging folder left."""
     data = write_synthetic(tmp_path / "e.parquet", counts={"a": 30, "b": 30})
+    saved = []
 
-    def broken_save(self, path):
+    def interrupted_save(self, path):
+        saved.append(path)
+        assert (path.parent.parent / "metrics.json").is_file()  # the staging folder was being filled
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Predictor, "save", broken_save)
-    result = CliRunner().invoke(main, ["fit", str(data), "-o", str(tmp_path / "run"), *FAST, "--models", "lr"])
-    assert result.exit_code != 0
+    monkeypatch.setattr(Predictor, "save", interrupted_save)
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(main, ["fit", str(data), "-o", str(run_dir), *FAST, "--models", "lr"])
+    assert result.exit_code == 130, result.output
+    assert result.stderr.strip().splitlines() == [f"Error: interrupted; nothing was written to {run_dir}"]
+    assert len(saved) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet"]
 
 
