@@ -60,6 +60,7 @@ SHAP_SUMMARY = f"{SHAP_DIR}/summary.json"
 #: The HTML report ``cellclf fit`` writes next to the other files (``cellclf report``'s default).
 REPORT = "report.html"
 REQUIRED_FILES = (METRICS, PER_CLASS, CONFUSION, PREDICTIONS)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Column of every per-model CSV naming the model; then one ``proba_<class>`` per class.
 MODEL = "model"
 PROBA_PREFIX = "proba_"
@@ -99,7 +100,7 @@ class ShapSummary:
             expected_value (per class), max_additivity_error, seconds.
         mean_abs, by_tap, top: the tables of shap/<m>_mean_abs.csv, _by_tap.csv, _top20.csv
             (None when the file is gone).
-        plot: PNG bytes of the summary plot (None when the file is gone).
+        plot: PNG bytes of the summary plot (None when the file is gone or not a PNG).
     """
 
     facts: dict[str, Any]
@@ -126,7 +127,8 @@ class ModelRecord:
             of a run's family (None for a predict evaluation).
         shap: the SHAP summary (None: not computed, see RunRecord.shap_missing).
         tuning_plot: PNG bytes of the family's tuning plot; ``tuning_plot_file`` is where the
-            run keeps it (None: the family draws none; file set but no bytes: file gone).
+            run keeps it (None: the family draws none; file set but no bytes: the file is
+            gone or not a PNG).
         tuning_note: the family's sentence about its tuning (None: nothing to add).
         best: whether this is the selected model.
     """
@@ -447,19 +449,29 @@ def read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
 
 
-def _optional_csv(path: Path) -> pd.DataFrame | None:
-    return read_csv(path) if path.is_file() else None
+def _run_file(run_dir: Path, name: str) -> Path | None:
+    """``run_dir / name`` if it is a file inside run_dir (metrics.json names some files)."""
+    path = run_dir / name
+    return path if path.resolve().is_relative_to(run_dir.resolve()) and path.is_file() else None
 
 
-def _optional_bytes(path: Path) -> bytes | None:
-    return path.read_bytes() if path.is_file() else None
+def _optional_csv(run_dir: Path, name: str) -> pd.DataFrame | None:
+    path = _run_file(run_dir, name)
+    return read_csv(path) if path is not None else None
+
+
+def _optional_png(run_dir: Path, name: str | None) -> bytes | None:
+    path = _run_file(run_dir, name) if name else None
+    data = path.read_bytes() if path is not None else b""
+    return data if data.startswith(PNG_SIGNATURE) else None
 
 
 def read_run(run_dir: str | Path) -> RunRecord:
     """The RunRecord of a RUN_DIR written by :func:`write_run`.
 
-    Files that are gone make the matching parts None (``tuning_missing`` says why for
-    tuning.csv); the required ones (metrics.json and the per-model CSVs) raise.
+    Files that are gone (or, for plots, are not PNG images) make the matching parts None
+    (``tuning_missing`` says why for tuning.csv); the required ones (metrics.json and the
+    per-model CSVs) raise. Only files inside ``run_dir`` are read.
 
     Raises:
         NotARunError: not a folder, a required file is missing, or metrics.json is not a
@@ -482,13 +494,16 @@ def read_run(run_dir: str | Path) -> RunRecord:
     if not data.classes or not model_docs:
         raise NotARunError(f"{run_dir / METRICS} lists no classes or models; re-run cellclf fit")
 
-    tables = {name: read_csv(run_dir / name) for name in (PER_CLASS, CONFUSION, PREDICTIONS)}
     shap_summary = _shap_summary_file(run_dir)
     best = metrics.get("best_model")
-    models = [
-        _model_record(key, doc, tables, shap_summary.get(key), run_dir, best == key) for key, doc in model_docs.items()
-    ]
-    tuning = _optional_csv(run_dir / TUNING)
+    try:
+        tables = {name: read_csv(run_dir / name) for name in (PER_CLASS, CONFUSION, PREDICTIONS)}
+        models = [
+            _model_record(key, doc, tables, shap_summary.get(key), run_dir, best == key) for key, doc in model_docs.items()
+        ]
+    except (KeyError, ValueError, AttributeError) as exc:  # pandas' parser errors are ValueErrors
+        raise NotARunError(f"{run_dir} holds a damaged cellclf run file ({exc!r}); re-run cellclf fit") from None
+    tuning = _optional_csv(run_dir, TUNING)
     return RunRecord(
         run_dir=run_dir,
         created=metrics.get("created", ""),
@@ -498,7 +513,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         models=models,
         best_model=best if best in model_docs else next(iter(model_docs)),
         best_by=metrics.get("best_by", "validation macro-F1"),
-        split=_optional_csv(run_dir / SPLIT),
+        split=_optional_csv(run_dir, SPLIT),
         tuning=tuning,
         tuning_missing="" if tuning is not None else f"{run_dir.name}/{TUNING} is missing",
     )
@@ -551,7 +566,7 @@ def _model_record(
         trials=doc.get("trials"),
         selection=doc.get("selection"),
         shap=_read_shap(key, doc.get("shap") or shap_facts, run_dir),
-        tuning_plot=_optional_bytes(run_dir / doc["tuning_plot"]) if doc.get("tuning_plot") else None,
+        tuning_plot=_optional_png(run_dir, doc.get("tuning_plot")),
         tuning_plot_file=doc.get("tuning_plot"),
         tuning_note=doc.get("tuning_note"),
         best=best,
@@ -561,10 +576,10 @@ def _model_record(
 def _read_shap(key: str, facts: dict | None, run_dir: Path) -> ShapSummary | None:
     shap = ShapSummary(
         facts=facts or {},
-        mean_abs=_optional_csv(run_dir / shap_file(key, "mean_abs.csv")),
-        by_tap=_optional_csv(run_dir / shap_file(key, "by_tap.csv")),
-        top=_optional_csv(run_dir / shap_file(key, "top20.csv")),
-        plot=_optional_bytes(run_dir / shap_file(key, "summary.png")),
+        mean_abs=_optional_csv(run_dir, shap_file(key, "mean_abs.csv")),
+        by_tap=_optional_csv(run_dir, shap_file(key, "by_tap.csv")),
+        top=_optional_csv(run_dir, shap_file(key, "top20.csv")),
+        plot=_optional_png(run_dir, shap_file(key, "summary.png")),
     )
     if not facts and all(part is None for part in (shap.mean_abs, shap.by_tap, shap.top, shap.plot)):
         return None

@@ -204,7 +204,7 @@ def tuning_section(models: Sequence[ModelView], tuning: pd.DataFrame | None, mis
         if record.tuning_plot:
             parts.append(image(figures.png_data_uri(record.tuning_plot), f"{record.key} tuning plot", class_="plot"))
         else:
-            parts.append(note(f"The tuning plot is not available because {record.tuning_plot_file} is missing."))
+            parts.append(note(f"The tuning plot is not available because {record.tuning_plot_file} is missing or not a PNG image."))
         if record.tuning_note:
             parts.append(paragraph(record.tuning_note))
     if tuning is None or tuning.empty:
@@ -253,7 +253,7 @@ def shap_section(models: Sequence[ModelView], missing: str) -> Section:
         if shap.plot:
             parts.append(image(figures.png_data_uri(shap.plot), f"SHAP summary of {model.title}", class_="plot"))
         else:
-            parts.append(note(f"The summary plot is not available because {record.shap_plot_file} is missing."))
+            parts.append(note(f"The summary plot is not available because {record.shap_plot_file} is missing or not a PNG image."))
         if shap.top is not None:
             parts.append(_top_dimensions(shap.top, record.key))
         else:

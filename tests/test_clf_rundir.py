@@ -84,6 +84,24 @@ def test_folders_that_are_not_runs_are_refused_in_one_line(fitted, tmp_path):
     (broken / "metrics.json").write_text(json.dumps({"data": {"classes": []}, "models": {}}))
     with pytest.raises(NotARunError, match="lists no classes or models"):
         read_run(broken)
+    write_run(fitted.record, broken, fitted.predictors)
+    (broken / "confusion_matrix.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(NotARunError, match="holds a damaged cellclf run file"):
+        read_run(broken)
     (broken / "per_class.csv").unlink()
     with pytest.raises(NotARunError, match=r"missing per_class.csv"):
         read_run(broken)
+
+
+def test_only_png_files_inside_the_run_are_read(fitted, tmp_path):
+    run_dir = write_run(fitted.record, tmp_path / "run", fitted.predictors)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(fitted.record.models[0].tuning_plot)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["models"]["lr"]["tuning_plot"] = "../outside.png"
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "shap" / "xgb_summary.png").write_text("not a png")
+    run = read_run(run_dir)
+    lr, xgb = run.models
+    assert lr.tuning_plot is None and lr.tuning_plot_file == "../outside.png"
+    assert xgb.shap.plot is None and xgb.shap.top is not None and xgb.tuning_plot is not None

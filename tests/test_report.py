@@ -245,14 +245,14 @@ def test_missing_shap_and_tuning_are_explained(run_dir, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     (copy / "tuning.csv").unlink()
-    (copy / "tuning_lr.png").unlink()
+    (copy / "tuning_lr.png").write_bytes(b"GIF89a not a PNG")
     (copy / "shap" / "xgb_summary.png").unlink()
     (copy / "shap" / "xgb_top20.csv").unlink()
     document = write_run_report(read_run(copy), tmp_path / "r.html").read_text()
     assert "The table of all trials is not available because run/tuning.csv is missing." in document
-    assert "The tuning plot is not available because tuning_lr.png is missing." in document
+    assert "The tuning plot is not available because tuning_lr.png is missing or not a PNG image." in document
     assert "Only 2 XGBoost setting(s) tried" in document  # the family's note, kept in metrics.json
-    assert "The summary plot is not available because shap/xgb_summary.png is missing." in document
+    assert "The summary plot is not available because shap/xgb_summary.png is missing or not a PNG image." in document
     assert "The top dimensions are not available because shap/xgb_top20.csv is missing." in document
 
     (copy / "tuning_xgb.png").unlink()
