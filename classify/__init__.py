@@ -10,6 +10,7 @@ Public API::
     predictor = Predictor.load("run/model.joblib")      # checks run/model.joblib.sha256
     frame, spec = cellembed.load_embeddings("new.parquet")
     names = predictor.predict(frame)                    # refuses embeddings of another spec
+    table = ImageClassifier(predictor).predict_images(["cell.jpg", open("b.jpg", "rb").read()])
 
 Model families are plug-ins (cellclf.families). scikit-learn and XGBoost are imported only
 when fitting or predicting.
@@ -18,7 +19,7 @@ when fitting or predicting.
 from cellclf.errors import ClassifierInputError, PredictorLoadError
 from cellclf.predictor import Predictor
 
-__all__ = ["ClassifierInputError", "FitConfig", "Predictor", "PredictorLoadError", "fit"]
+__all__ = ["ClassifierInputError", "FitConfig", "ImageClassifier", "Predictor", "PredictorLoadError", "fit"]
 
 
 def fit(*args, **kwargs):  # noqa: D103 - documented on cellclf.run.fit
@@ -35,4 +36,8 @@ def __getattr__(name: str):
         from cellclf.run import FitConfig
 
         return FitConfig
+    if name == "ImageClassifier":
+        from cellclf.classifier import ImageClassifier
+
+        return ImageClassifier
     raise AttributeError(f"module 'cellclf' has no attribute {name!r}")

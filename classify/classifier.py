@@ -25,7 +25,7 @@ from cellembed.pipeline import decoded_batches
 from cellembed.weights import WeightsFile, check_weights, resolve_weights
 from cellclf.errors import ClassifierInputError
 from cellclf.predictor import Predictor
-PROBA_PREFIX = "proba_"  # moves to cellclf.rundir with the run-folder schema
+from cellclf.rundir import PROBA_PREFIX
 
 #: Column naming each input of ``predict_images``.
 IMAGE_COLUMN = "image"

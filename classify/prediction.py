@@ -25,7 +25,7 @@ from cellclf.classifier import ImageClassifier
 from cellclf.errors import ClassifierInputError
 from cellclf.metrics import evaluate
 from cellclf.predictor import Predictor
-from cellclf.classifier import PROBA_PREFIX
+from cellclf.rundir import PROBA_PREFIX
 
 
 @dataclass

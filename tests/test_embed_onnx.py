@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -34,8 +33,7 @@ def test_conversion_is_cached_and_reused_without_tensorflow_model(random_weights
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again although the cache holds this network")
 
-    monkeypatch.setattr(onnx_engine, "convert", no_conversion)
-    monkeypatch.setattr(onnx_engine.tensorflow_engine, "build", no_conversion)
+    monkeypatch.setattr(onnx_engine, "converted", no_conversion)
     renamed = tmp_path / "same-weights-renamed.weights.h5"  # same bytes: same SHA-256
     shutil.copy(random_weights, renamed)
     second = load_embedder(renamed, SMALL, "final")
@@ -71,11 +69,40 @@ def test_unwritable_cache_folder_only_warns(random_weights, tmp_path, monkeypatc
 
 
 def test_a_conversion_that_differs_from_tensorflow_is_refused(random_weights):
+    from cellembed.engines.onnx_conversion import probe_pixels
+
     embedder = load_embedder(random_weights, SMALL, "final")
-    wrong = SimpleNamespace(spec=embedder.spec, embed=lambda pixels: embedder.embed(pixels) + 0.01)
+    reference = load_embedder(random_weights, SMALL, "final", "tensorflow").embed(probe_pixels(SMALL))
+    onnx_engine.check_same_output(embedder, reference)
     with pytest.raises(InputError, match="differs from TensorFlow by 0.01.*--engine tensorflow"):
-        onnx_engine.check_same_output(embedder, wrong)
-    onnx_engine.check_same_output(embedder, SimpleNamespace(spec=embedder.spec, embed=embedder.embed))
+        onnx_engine.check_same_output(embedder, reference + 0.01)
+
+
+def test_the_conversion_runs_in_a_child_process_and_keeps_nothing_behind(random_weights, tmp_path, monkeypatch):
+    """The converting child gets the pure-Python protobuf backend; its files are removed."""
+    import subprocess
+
+    monkeypatch.setenv("CELLEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    calls = []
+    real_run = subprocess.run
+
+    def recording_run(command, **kwargs):
+        calls.append((command, kwargs.get("env", {})))
+        return real_run(command, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", recording_run)
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    embedder = load_embedder(random_weights, SMALL, "add_2")
+    [(command, env)] = calls
+    assert command[1:3] == ["-m", "cellembed.engines.onnx_conversion"]
+    assert env["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] == "python"
+    assert embedder.embed(_pixels(1)).shape == (1, 728)
+    assert list((tmp_path / "tmp").iterdir()) == []  # the request, model and reference are gone
+    assert len(list((tmp_path / "cache").glob("xception-71-*.onnx"))) == 1
 
 
 def test_engines_share_one_embeddings_file(random_weights, labelled_folder, tmp_path):

@@ -72,7 +72,7 @@ class RayDistributor:
             try:
                 ray.init(
                     address=self.address, runtime_env={"env_vars": env}, include_dashboard=False,
-                    logging_level=logging.WARNING, log_to_driver=False,
+                    logging_level=logging.ERROR, log_to_driver=False,
                 )
             except ConnectionError as exc:
                 raise InputError(f"cannot reach the Ray cluster at --ray-address {self.address}: {exc}") from None

@@ -8,10 +8,11 @@ cache, 32 images' do not (measured 20 images/s at batch 1, 16.5 at batch 32).
 
 The ONNX model is tf2onnx's conversion of the very ``tf.function`` the TensorFlow engine
 runs (the backbone's preprocessing included), so its input is the same resized 0..255
-pixels. A conversion of Xception takes 15-30 s, so it is done once per (backbone, weights,
-input size, taps, library versions) and cached in ``$CELLEMBED_CACHE_DIR`` (default
-``~/.cache/cellembed``). Each conversion is checked against TensorFlow on probe images
-before it is used or cached; the embedding spec travels inside the ONNX file's metadata.
+pixels. The conversion runs once per (backbone, weights, input size, taps, library
+versions) in a child process (:mod:`cellembed.engines.onnx_conversion`, which says why)
+and is cached in ``$CELLEMBED_CACHE_DIR`` (default ``~/.cache/cellembed``). Each
+conversion is checked against TensorFlow's output on probe images before it is used or
+cached; the embedding spec travels inside the ONNX file's metadata.
 """
 
 from __future__ import annotations
@@ -19,29 +20,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from cellembed.atomic import atomic_path
-from cellembed.engines import tensorflow_engine
+from cellembed.engines.onnx_conversion import SPEC_KEY, converted, probe_pixels
 from cellembed.errors import InputError
-from cellembed.quiet import quiet_native_logs
 from cellembed.spec import EmbeddingSpec
 from cellembed.versions import package_version
 from cellembed.weights import WeightsFile
 
 if TYPE_CHECKING:
     from cellembed.backbones import Backbone
-    from cellembed.engines.tensorflow_engine import TensorFlowEmbedder
 
 CACHE_ENV = "CELLEMBED_CACHE_DIR"
-SPEC_KEY = "cellembed.spec"
 # The largest |ONNX - TensorFlow| difference accepted on the probe images; outputs agree
 # to about 1e-5 in practice (float32 sums taken in another order).
 MAX_ENGINE_DIFFERENCE = 1e-4
@@ -126,32 +122,20 @@ def build(
             f"converting {backbone.title} for ONNX Runtime (once for these weights and taps, about 20 s); "
             f"cache: {path}"
         )
-    keras_embedder = tensorflow_engine.build(backbone, weights, spec)
-    model = convert(keras_embedder)
-    embedder = OnnxEmbedder(model, keras_embedder.spec, threads)
-    check_same_output(embedder, keras_embedder)
+    with converted(backbone, weights, spec) as (model_file, reference):
+        model = model_file.read_bytes()
+    embedder = OnnxEmbedder(model, threads=threads)
+    check_same_output(embedder, reference)
     _save(model, path)
+    embedder.spec = dataclasses.replace(spec, taps=embedder.spec.taps)  # this run's provenance
     return embedder
 
 
-def convert(keras_embedder: "TensorFlowEmbedder") -> bytes:
-    """tf2onnx's conversion of the TensorFlow embedder's forward function, serialised,
-    with the embedding spec in the model's metadata."""
-    import tf2onnx
-
-    forward = keras_embedder.forward
-    with _quiet_converter(), quiet_native_logs():
-        proto, _ = tf2onnx.convert.from_function(forward, input_signature=forward.input_signature, opset=17)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = SPEC_KEY, keras_embedder.spec.to_json()
-    return proto.SerializeToString()
-
-
-def check_same_output(onnx_embedder: OnnxEmbedder, keras_embedder: "TensorFlowEmbedder", images: int = 2) -> None:
-    """Refuse a conversion whose output differs from TensorFlow's on random probe pixels."""
-    size = keras_embedder.spec.input_size
-    probe = np.random.default_rng(0).uniform(0, 255, (images, size, size, 3)).astype(np.float32)
-    difference = float(np.abs(onnx_embedder.embed(probe) - keras_embedder.embed(probe)).max())
+def check_same_output(onnx_embedder: OnnxEmbedder, reference: np.ndarray) -> None:
+    """Refuse a conversion whose output on the probe pixels differs from TensorFlow's
+    (``reference``, computed by the converting process)."""
+    probe = probe_pixels(onnx_embedder.spec.input_size, len(reference))
+    difference = float(np.abs(onnx_embedder.embed(probe) - reference).max())
     if not difference <= MAX_ENGINE_DIFFERENCE:
         raise InputError(
             f"the ONNX conversion of the network differs from TensorFlow by {difference:.2g} "
@@ -185,23 +169,3 @@ def _save(model: bytes, path: Path) -> None:
             f"the next run converts again; set {CACHE_ENV} to a writable folder",
             stacklevel=2,
         )
-
-
-@contextmanager
-def _quiet_converter() -> Iterator[None]:
-    # tf2onnx logs every step at INFO. By default it also deep-copies the whole graph,
-    # weights included, before each optimiser pass so it can roll a failed pass back;
-    # that doubles the conversion time (29 s -> 15 s without it). A failed pass then
-    # raises instead, which check_same_output would anyway catch as a wrong model.
-    logger = logging.getLogger("tf2onnx")
-    saved_level, saved_env = logger.level, os.environ.get("TF2ONNX_CATCH_ERRORS")
-    logger.setLevel(logging.ERROR)
-    os.environ["TF2ONNX_CATCH_ERRORS"] = "FALSE"
-    try:
-        yield
-    finally:
-        logger.setLevel(saved_level)
-        if saved_env is None:
-            os.environ.pop("TF2ONNX_CATCH_ERRORS", None)
-        else:
-            os.environ["TF2ONNX_CATCH_ERRORS"] = saved_env
