@@ -1,4 +1,5 @@
-# Two entry points: `make demo` and `make test`. Both create .venv and install the project.
+# Two entry points: `make demo` and `make test`. Both create .venv and install the project
+# with its test and ray extras (the Ray distributor's tests run in every `make test`).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ export CELLEMBED_WEIGHTS
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cellembed.cli import engine_option
+from cellembed.cli_support import engine_option
 from cellembed.cli_support import BadInput, exit_if_skipped, user_errors
 from cellclf.families import FamilyOption, families
 from cellclf.run import DEFAULT_SHAP_ROWS
