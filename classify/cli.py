@@ -167,7 +167,9 @@ def predict(
     2 bad input, 130 interrupted (run again to resume).
     Only load model files you trust: loading a .joblib file runs code from it.
     """
-    from cellclf.prediction import default_cache_path, predict_folder, write_evaluation_tables, write_predictions
+    from cellclf.prediction import (
+        check_scorable, default_cache_path, predict_folder, write_evaluation_tables, write_predictions,
+    )
     from cellclf.predictor import Predictor
 
     say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
@@ -175,6 +177,8 @@ def predict(
         started = time.perf_counter()
         predictor = Predictor.load(model)
         say(f"loaded {model} ({predictor.family}, {len(predictor.classes)} classes) in {time.perf_counter() - started:.1f} s")
+        if report_path is not None:  # before anything is written
+            check_scorable(images, list(predictor.classes))
         run = predict_folder(
             predictor, images, cache or default_cache_path(out), weights=weights, batch_size=batch_size, engine=engine,
             min_confidence=min_confidence, progress=not quiet, log=say,

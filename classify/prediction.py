@@ -62,6 +62,20 @@ def default_cache_path(out: Path) -> Path:
     return out.with_name(out.stem + ".embeddings.parquet")
 
 
+def check_scorable(images: str | Path, classes: list[str]) -> None:
+    """Refuse, before any work, a folder with no sub-folder named like a model class
+    (what ``--report`` needs); a missing or empty folder is refused as extract would."""
+    from cellembed.discovery import find_images
+
+    folders = sorted({image.label for image in find_images(images) if image.label is not None})
+    if not set(folders) & set(classes):
+        found = f"its sub-folders are {', '.join(folders[:8])}" if folders else "it has no sub-folders"
+        raise ClassifierInputError(
+            f"--report needs images in sub-folders named like the model's classes ({', '.join(classes)}), "
+            f"but {found}; drop --report or sort the images into class folders"
+        )
+
+
 def predict_folder(
     predictor: Predictor | ImageClassifier,
     images: str | Path,

@@ -175,6 +175,19 @@ def test_predict_and_report_refuse_bad_input_in_one_line(tmp_path, trained, rand
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_report_on_a_folder_without_class_folders_is_refused_before_anything_is_written(tmp_path, trained, random_weights):
+    _, model_path = trained
+    flat = tinted_folder(tmp_path / "flat", {"": 2, "mystery": 1})
+    out = tmp_path / "out" / "p.csv"
+    result = cli("predict", model_path, flat, "-o", out, "--report", tmp_path / "r.html",
+                 "--weights", random_weights, "-q")
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--report needs images in sub-folders named like the model's classes" in lines[0]
+    assert "its sub-folders are mystery" in lines[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "r.html").exists()
+
+
 def test_fit_writes_the_report_unless_told_not_to(tmp_path):
     from test_clf_support import write_synthetic
 

@@ -1,0 +1,74 @@
+"""The seams hold: no import cycles, one-way package layering, every registry entry works."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _import_graph_tool():
+    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "bench" / "import_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def graph():
+    tool = _import_graph_tool()
+    modules = tool.graph(ROOT)
+    return tool, modules
+
+
+def test_no_import_cycle_between_modules_or_packages(graph):
+    tool, modules = graph
+    assert len(modules) > 40  # the tool really read the packages
+    assert tool.cycles(modules) == []
+    assert tool.cycles(tool.package_graph(modules)) == []
+
+
+def test_packages_are_layered_cellembed_then_cellclf_then_the_cli_with_cellreports(graph):
+    _, modules = graph
+
+    def importers(prefix: str) -> set[str]:
+        return {name for name, targets in modules.items() if any(t.split(".")[0] == prefix for t in targets)}
+
+    assert not {m for m in importers("cellclf") if not m.startswith("cellclf")}  # cellembed, cellreports: never
+    assert {m for m in importers("cellreports") if not m.startswith("cellreports")} == {"cellclf.cli"}
+    for name, targets in modules.items():  # cellembed is the base: it imports only itself
+        if name.startswith("cellembed"):
+            assert all(t.startswith("cellembed") for t in targets), name
+
+
+def test_the_tool_finds_a_cycle_when_there_is_one(tmp_path):
+    tool = _import_graph_tool()
+    for folder in tool.PACKAGES:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+    (tmp_path / "embed" / "a.py").write_text("def f():\n    from cellembed import b\n")
+    (tmp_path / "embed" / "b.py").write_text("from cellembed.a import f\n")
+    (tmp_path / "embed" / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from cellembed import a\n")
+    modules = tool.graph(tmp_path)
+    assert modules["cellembed.a"] == {"cellembed.b"} and modules["cellembed.c"] == set()
+    assert tool.cycles(modules) == [["cellembed.a", "cellembed.b"]]
+
+
+def test_every_registered_backbone_engine_distributor_and_family_loads():
+    from cellembed import backbones, distributors, engines
+    from cellclf import families
+
+    for name in backbones.backbone_names():
+        backbone = backbones.get_backbone(name)
+        assert backbone.name == name and backbone.default_layers in backbone.tap_presets
+        assert backbones.backbone_for_spec(type("S", (), {"backbone": backbone.spec_name})()) is backbone
+    for name in engines.ENGINES:
+        module = importlib.import_module(engines._MODULES[name][0])
+        assert callable(module.build)
+    for name in distributors.DISTRIBUTORS:
+        module = importlib.import_module(distributors._MODULES[name])
+        assert callable(module.make)
+    assert [family.key for family in families.families()] == ["lr", "xgb"]
