@@ -43,29 +43,62 @@ def test_conversion_is_cached_and_reused_without_tensorflow_model(random_weights
     np.testing.assert_array_equal(second.embed(_pixels(3)), first.embed(_pixels(3)))
 
 
-def test_damaged_or_mismatching_cache_file_is_converted_again(random_weights):
+def test_damaged_cache_file_is_converted_again_in_a_child_process(random_weights, tmp_path, monkeypatch):
+    """A damaged cache file is replaced by a new conversion, made in a child process with
+    the pure-Python protobuf backend, whose temporary files are all removed."""
+    import subprocess
+    import tempfile
+
     reference = load_embedder(random_weights, SMALL, "add_6", "tensorflow")
     path = _cache_file(random_weights, ["add_6"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not an onnx model")
+    calls, real_run = [], subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: calls.append((command, kw["env"])) or real_run(command, **kw))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the child's files go
     embedder = load_embedder(random_weights, SMALL, "add_6")
     np.testing.assert_allclose(embedder.embed(_pixels(2)), reference.embed(_pixels(2)), atol=1e-4)
     assert path.read_bytes() != b"not an onnx model"
+    [(command, env)] = calls
+    assert command[1:3] == ["-m", "cellembed.engines.onnx_conversion"]
+    assert env["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] == "python"
+    assert command[3].startswith(str(tmp_path / "cellembed-convert-"))  # the request file
+    assert not list(tmp_path.glob("cellembed-convert-*"))  # request, model and reference removed
 
-    # A valid model recorded for other taps is not trusted for these ones.
+
+def test_a_cached_model_of_other_taps_is_not_trusted(random_weights):
+    from cellembed.embedder import spec_for_settings
+
     load_embedder(random_weights, SMALL, "final")
-    shutil.copy(_cache_file(random_weights, ["block14_sepconv2_act"]), path)
-    embedder = load_embedder(random_weights, SMALL, "add_6")
-    assert embedder.spec.tap_names == ["add_6"] and embedder.embed(_pixels(1)).shape == (1, 728)
+    final_model = _cache_file(random_weights, ["block14_sepconv2_act"])
+    add_6, _ = spec_for_settings(weights=random_weights, input_size=SMALL, layers="add_6")
+    assert onnx_engine._open_cached(final_model, add_6, None) is None
+    final, _ = spec_for_settings(weights=random_weights, input_size=SMALL, layers="final")
+    assert onnx_engine._open_cached(final_model, final, None).spec.tap_names == ["block14_sepconv2_act"]
 
 
 def test_unwritable_cache_folder_only_warns(random_weights, tmp_path, monkeypatch):
+    """Given a conversion (the cached one: no need to convert again here), an unwritable
+    cache folder only costs a warning."""
+    from contextlib import contextmanager
+
+    from cellembed.engines.onnx_conversion import probe_pixels
+
+    load_embedder(random_weights, SMALL, "final")  # converted once per session
+    model = _cache_file(random_weights, ["block14_sepconv2_act"])
+    probe_output = load_embedder(random_weights, SMALL, "final", "tensorflow").embed(probe_pixels(SMALL))
+
+    @contextmanager
+    def already_converted(backbone, weights, spec):
+        yield model, probe_output
+
+    monkeypatch.setattr(onnx_engine, "converted", already_converted)
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     monkeypatch.setenv("CELLEMBED_CACHE_DIR", str(blocker / "cache"))
     with pytest.warns(UserWarning, match="could not cache the converted model.*CELLEMBED_CACHE_DIR"):
-        embedder = load_embedder(random_weights, SMALL, "add_10")
-    assert embedder.embed(_pixels(1)).shape == (1, 728)
+        embedder = load_embedder(random_weights, SMALL, "final")
+    assert embedder.embed(_pixels(1)).shape == (1, 2048)
 
 
 def test_a_conversion_that_differs_from_tensorflow_is_refused(random_weights):
@@ -76,33 +109,6 @@ def test_a_conversion_that_differs_from_tensorflow_is_refused(random_weights):
     onnx_engine.check_same_output(embedder, reference)
     with pytest.raises(InputError, match="differs from TensorFlow by 0.01.*--engine tensorflow"):
         onnx_engine.check_same_output(embedder, reference + 0.01)
-
-
-def test_the_conversion_runs_in_a_child_process_and_keeps_nothing_behind(random_weights, tmp_path, monkeypatch):
-    """The converting child gets the pure-Python protobuf backend; its files are removed."""
-    import subprocess
-
-    monkeypatch.setenv("CELLEMBED_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
-    calls = []
-    real_run = subprocess.run
-
-    def recording_run(command, **kwargs):
-        calls.append((command, kwargs.get("env", {})))
-        return real_run(command, **kwargs)
-
-    monkeypatch.setattr(subprocess, "run", recording_run)
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
-    embedder = load_embedder(random_weights, SMALL, "add_2")
-    [(command, env)] = calls
-    assert command[1:3] == ["-m", "cellembed.engines.onnx_conversion"]
-    assert env["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] == "python"
-    assert embedder.embed(_pixels(1)).shape == (1, 728)
-    assert list((tmp_path / "tmp").iterdir()) == []  # the request, model and reference are gone
-    assert len(list((tmp_path / "cache").glob("xception-71-*.onnx"))) == 1
 
 
 def test_engines_share_one_embeddings_file(random_weights, labelled_folder, tmp_path):
