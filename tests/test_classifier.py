@@ -16,6 +16,8 @@ from cellclf.errors import ClassifierInputError
 from conftest import SMALL
 from test_predict import tinted_folder
 
+
+pytestmark = pytest.mark.slow  # every test here builds a network (see pyproject.toml)
 CLASSES = ["blue", "green", "red"]
 
 

@@ -215,6 +215,7 @@ def test_a_registered_family_is_fitted_like_the_built_in_ones(tmp_path, lda_regi
     assert result.best in ("lr", "lda")
 
 
+@pytest.mark.slow
 def test_a_registered_family_gets_its_command_line_option(tmp_path):
     """The option appears in `cellclf fit` without editing cli.py (a fresh process registers first)."""
     data = write_synthetic(tmp_path / "e.parquet", counts={"a": 30, "b": 30, "c": 30}, separation=0.5)

@@ -17,6 +17,8 @@ from cellclf import Predictor
 from cellclf.cli import main
 from test_clf_support import write_synthetic
 
+
+pytestmark = pytest.mark.slow  # every test here builds a network (see pyproject.toml)
 COUNTS = {"alpha": 60, "beta": 50, "gamma": 40, "delta": 30}
 CS = ["0.01", "0.1"]
 OPTIONS = ["--cv", "3", "--lr-c", ",".join(CS), "--xgb-trials", "2", "--xgb-max-trees", "60", "--jobs", "2", "--seed", "4"]

@@ -36,6 +36,7 @@ def test_help_texts_explain_the_commands():
     assert "images per label" in run("info", "--help").output
 
 
+@pytest.mark.slow
 def test_usage_errors_exit_2_with_one_line_naming_the_culprit(tmp_path, labelled_folder, random_weights):
     w = ["--weights", random_weights, "--input-size", SMALL, "-q"]
     one_line_error(run("extract", tmp_path / "missing", "-o", tmp_path / "e.parquet", *w), "missing", "does not exist")
@@ -57,6 +58,7 @@ def test_usage_errors_exit_2_with_one_line_naming_the_culprit(tmp_path, labelled
     assert not (tmp_path / "e.parquet").exists()
 
 
+@pytest.mark.slow
 def test_skipped_files_exit_3_unless_allowed(tmp_path, random_weights):
     folder = make_folder(tmp_path / "images", {"a": 2})
     (folder / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
@@ -104,6 +106,7 @@ def _wait_for_first_chunk(process, folder, timeout=240.0):
     pytest.fail("no checkpoint chunk appeared")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGKILL", "Ctrl-C"])
 def test_interrupted_run_resumes_and_never_corrupts_out(tmp_path, random_weights, how):
     folder = make_folder(tmp_path / "images", {"a": 10})
@@ -135,6 +138,7 @@ def test_interrupted_run_resumes_and_never_corrupts_out(tmp_path, random_weights
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_converting_the_network_exits_130_and_caches_nothing(tmp_path, random_weights, monkeypatch):
     folder = make_folder(tmp_path / "images", {"a": 3})
     cache = tmp_path / "onnx-cache"

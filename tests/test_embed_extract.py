@@ -18,6 +18,8 @@ from cellembed.hashing import sha256_file
 from conftest import SMALL, make_folder, noise_image
 
 
+pytestmark = pytest.mark.slow  # every test here builds a network (see pyproject.toml)
+
 @pytest.fixture(scope="module")
 def embedder(random_weights):
     """One small multiscale embedder shared by the cache tests (building one takes seconds)."""

@@ -13,6 +13,8 @@ from cellembed.errors import InputError
 from cellembed.weights import resolve_weights
 from conftest import SMALL, make_folder
 
+
+pytestmark = pytest.mark.slow  # every test here builds a network (see pyproject.toml)
 XCEPTION = get_backbone("xception")
 TAP_PRESETS = XCEPTION.tap_presets
 

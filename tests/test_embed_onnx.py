@@ -16,6 +16,8 @@ from cellembed.weights import resolve_weights
 from conftest import SMALL, make_folder
 
 
+pytestmark = pytest.mark.slow  # every test here builds a network (see pyproject.toml)
+
 def _pixels(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 255, (n, SMALL, SMALL, 3)).astype(np.float32)
 

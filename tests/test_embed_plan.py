@@ -20,6 +20,7 @@ def _spec(weights, layers="multiscale"):
     return spec
 
 
+@pytest.mark.slow
 def test_plan_starts_no_tensorflow_and_writes_nothing(labelled_folder, tmp_path, random_weights):
     before = sorted(p for p in tmp_path.rglob("*"))
     script = f"""
@@ -49,6 +50,7 @@ def test_shard_ids_depend_on_the_images_and_the_spec_only(labelled_folder, tmp_p
     assert [i.path for i in items] == sorted(i.path for i in items) and len(items) == 12
 
 
+@pytest.mark.slow
 def test_plan_diffs_against_out_and_refuses_another_spec(labelled_folder, tmp_path, random_weights):
     out = tmp_path / "emb.parquet"
     extract(labelled_folder, out, weights=random_weights, input_size=SMALL, layers="final", progress=False)

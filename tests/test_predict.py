@@ -20,6 +20,8 @@ from cellclf.prediction import default_cache_path, predict_folder, write_predict
 from cellclf.predictor import Predictor
 from conftest import SMALL
 
+
+pytestmark = pytest.mark.slow  # every test here builds a network (see pyproject.toml)
 TINTS = {"red": (1.0, 0.3, 0.3), "blue": (0.3, 0.3, 1.0), "green": (0.3, 1.0, 0.3)}
 
 

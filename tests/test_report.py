@@ -333,6 +333,7 @@ def test_evaluation_report(run_dir, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs a chromium binary on PATH")
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(report, run_dir, tmp_path):
     out, document = report
     common = [
