@@ -34,9 +34,10 @@ IMAGE_COLUMN = "image"
 def matching_weights(predictor: Predictor, weights: str | os.PathLike | WeightsFile | None) -> WeightsFile:
     """The weights to embed with, refused unless they are the ones the model was trained on."""
     spec = predictor.spec
-    found = resolve_weights(weights, backbone_for_spec(spec))
+    backbone = backbone_for_spec(spec)
+    found = resolve_weights(weights, backbone)
     try:
-        check_weights(found, spec.weights_sha256, spec.weights_source, "this model was trained with")
+        check_weights(found, spec.weights_sha256, spec.weights_source, "this model was trained with", backbone)
     except InputError as exc:
         raise ClassifierInputError(str(exc)) from None
     return found
@@ -67,8 +68,8 @@ class ImageClassifier:
         batch_size: images decoded (and run together by TensorFlow) per step.
         log: receives a line when the network is converted for the first time.
 
-    The network is built on first use, so a classifier that only classifies embeddings
-    never starts TensorFlow.
+    The network is built on first use: a classifier that only classifies embeddings
+    builds none (with a local weights file it does not start TensorFlow either).
     """
 
     def __init__(

@@ -114,7 +114,9 @@ def fit(
         from cellreports import write_run_report
 
         started = time.perf_counter()
-        path = write_run_report(read_run(result.run_dir), result.run_dir / REPORT)
+        with user_errors(on_interrupt=f"interrupted while writing the report; the run in {result.run_dir} is "
+                         f"complete: write the report with cellclf report {result.run_dir}"):
+            path = write_run_report(read_run(result.run_dir), result.run_dir / REPORT)
         if not quiet:
             click.echo(f"{'report':<18} {time.perf_counter() - started:7.1f}s  {path}")
     click.echo(result.table())

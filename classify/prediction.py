@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cellembed import ExtractResult, extract, load_embeddings
+from cellembed.errors import OutputConflict
 from cellembed.atomic import atomic_path
 from cellembed.engines import DEFAULT_ENGINE
 from cellclf.classifier import ImageClassifier
@@ -102,10 +103,13 @@ def predict_folder(
         predictor, weights=weights, engine=engine, batch_size=batch_size, log=log
     )
     started = time.perf_counter()
-    extraction = extract(
-        images, cache, spec=classifier.spec, weights=classifier.weights, batch_size=batch_size,
-        engine=classifier.engine, progress=progress, log=log,
-    )
+    try:
+        extraction = extract(
+            images, cache, spec=classifier.spec, weights=classifier.weights, batch_size=batch_size,
+            engine=classifier.engine, progress=progress, log=log,
+        )
+    except OutputConflict as exc:
+        raise ClassifierInputError(f"{exc.problem}: give another --cache file, or delete that one") from None
     embed_seconds = time.perf_counter() - started
 
     started = time.perf_counter()

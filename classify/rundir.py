@@ -552,6 +552,9 @@ def _shap_summary_file(run_dir: Path) -> dict[str, Any]:
 def _model_record(
     key: str, doc: dict[str, Any], tables: dict[str, pd.DataFrame], shap_facts: dict | None, run_dir: Path, best: bool
 ) -> ModelRecord:
+    # A run of an earlier cellclf has no "tuning_plot" key: expect the usual file, so the
+    # report says the plot is missing instead of leaving it out without a word.
+    plot_file = doc["tuning_plot"] if "tuning_plot" in doc else tuning_plot_file(key)
     return ModelRecord(
         key=key,
         title=doc.get("name", key),
@@ -566,8 +569,8 @@ def _model_record(
         trials=doc.get("trials"),
         selection=doc.get("selection"),
         shap=_read_shap(key, doc.get("shap") or shap_facts, run_dir),
-        tuning_plot=_optional_png(run_dir, doc.get("tuning_plot")),
-        tuning_plot_file=doc.get("tuning_plot"),
+        tuning_plot=_optional_png(run_dir, plot_file),
+        tuning_plot_file=plot_file,
         tuning_note=doc.get("tuning_note"),
         best=best,
     )

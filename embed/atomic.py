@@ -53,13 +53,6 @@ def write_text(target: str | Path, text: str) -> Path:
     return Path(target)
 
 
-def write_bytes(target: str | Path, data: bytes) -> Path:
-    """Write bytes to ``target`` atomically."""
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
-    return Path(target)
-
-
 def staging_folder(target: str | Path) -> Path:
     """A new hidden sibling folder ``.NAME.partial-*`` to build ``target`` in."""
     target = Path(target)

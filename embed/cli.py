@@ -9,7 +9,33 @@ import click
 
 from cellembed.backbones import DEFAULT_BACKBONE, backbone_names
 from cellembed.cli_support import BadInput, engine_option, exit_if_skipped, user_errors
-from cellembed.distributors import DEFAULT_DISTRIBUTOR, DISTRIBUTORS
+from cellembed.distributors import DEFAULT_DISTRIBUTOR, DISTRIBUTORS, distributor_options
+
+def with_distributor_options(function):
+    """Add each registered distributor's options (``--ray-address``...) to a command; their
+    values arrive as ``<distributor>_<name>`` keyword arguments."""
+    for distributor, options in reversed(list(distributor_options().items())):
+        for option in reversed(options):
+            function = click.option(
+                option.flag, f"{distributor}_{option.name}", type=option.type, default=None,
+                metavar=option.metavar, help=f"With --distributed {distributor}: {option.help}",
+            )(function)
+    return function
+
+
+def chosen_distributor_options(distributed: str, values: dict) -> dict:
+    """The options of the chosen distributor; an option of another one is a usage error."""
+    chosen = {}
+    for distributor, options in distributor_options().items():
+        for option in options:
+            value = values.get(f"{distributor}_{option.name}")
+            if value is None:
+                continue
+            if distributor != distributed:
+                raise click.UsageError(f"{option.flag} needs --distributed {distributor}")
+            chosen[option.name] = value
+    return chosen
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="cellembed")
@@ -62,18 +88,14 @@ def main() -> None:
     help="Where the shards run: in this process, or as Ray tasks on a local or remote cluster "
     "(needs pip install 'cellembed[ray]'; images, weights and OUT on a shared file system).",
 )
-@click.option(
-    "--ray-address", default=None, metavar="ADDR",
-    help="With --distributed ray: the cluster to use (auto, HOST:6379 or ray://HOST:10001). "
-    "Default: start a local Ray instance on this machine.",
-)
+@with_distributor_options
 @click.option("--overwrite", is_flag=True, help="Replace an output made with other settings instead of refusing.")
 @click.option("--allow-skips", is_flag=True, help="Exit 0 even when some files could not be read.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")
 def extract(
     images: Path, out: Path, backbone: str, layers: str | None, weights: str | None, input_size: int | None,
-    batch_size: int, engine: str, checkpoint_every: int, distributed: str, ray_address: str | None,
-    overwrite: bool, allow_skips: bool, quiet: bool,
+    batch_size: int, engine: str, checkpoint_every: int, distributed: str, overwrite: bool, allow_skips: bool,
+    quiet: bool, **distributor_values: object,
 ) -> None:
     """Embed every image under IMAGES into the Parquet file OUT.
 
@@ -92,14 +114,13 @@ def extract(
     from cellembed.extraction import extract as run_extract
     from cellembed.store import errors_csv_path
 
-    if ray_address is not None and distributed != "ray":
-        raise click.UsageError("--ray-address needs --distributed ray")
+    options = chosen_distributor_options(distributed, distributor_values)
     log = None if quiet else (lambda message: click.echo(message, err=True))
     with user_errors():
         result = run_extract(
             images, out, backbone=backbone, layers=layers, weights=weights, input_size=input_size,
             batch_size=batch_size, engine=engine, overwrite=overwrite, checkpoint_every=checkpoint_every,
-            distributed=distributed, distributor_options={"address": ray_address} if distributed == "ray" else None,
+            distributed=distributed, distributor_options=options,
             progress=not quiet, log=log,
         )
     click.echo(result.summary(), err=True)

@@ -3,7 +3,8 @@
 Commands stay thin: they parse options, call a library function inside
 :func:`user_errors` and print. Bad input the user can fix (an :class:`InputError`) becomes
 a one-line ``Error: ...`` with exit status 2; Ctrl-C during long work (:class:`Interrupted`)
-a one-line message saying how to resume, with exit status 130. Never a traceback.
+a one-line message saying how to resume, with exit status 130; a failure outside the
+user's input (:class:`RunFailed`) a one-line error with exit status 1. Never a traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Iterator, NoReturn
 
 import click
 
-from cellembed.errors import InputError, Interrupted
+from cellembed.errors import InputError, Interrupted, RunFailed
 
 EXIT_BAD_INPUT = 2
 EXIT_SKIPPED = 3
@@ -37,7 +38,8 @@ def exit_interrupted(message: object) -> NoReturn:
 
 @contextmanager
 def user_errors(on_interrupt: str | None = None) -> Iterator[None]:
-    """Turn InputError into exit 2 and Interrupted into exit 130, one line each.
+    """Turn InputError into exit 2, RunFailed into exit 1 and Interrupted into exit 130,
+    one line each.
 
     ``on_interrupt``: what to say when a plain Ctrl-C (KeyboardInterrupt) reaches the
     command, i.e. what state the interrupted work left; without it Ctrl-C propagates.
@@ -46,6 +48,8 @@ def user_errors(on_interrupt: str | None = None) -> Iterator[None]:
         yield
     except InputError as exc:
         raise BadInput(str(exc)) from None
+    except RunFailed as exc:
+        raise click.ClickException(" ".join(str(exc).split("\n"))) from None
     except Interrupted as exc:
         exit_interrupted(exc)
     except KeyboardInterrupt:

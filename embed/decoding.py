@@ -135,13 +135,16 @@ class DecodedImage:
     """Result of preparing one file for the network.
 
     ``pixels`` is (size, size, 3) float32 in 0..255, or None when ``error`` says why not.
-    ``width``/``height`` are the original size in pixels.
+    ``width``/``height`` are the original size in pixels. ``transient`` marks an error of
+    reading (permission, a vanished file, a network file system), which may not happen
+    again, as opposed to content that does not decode, which always fails again.
     """
 
     pixels: np.ndarray | None
     width: int = 0
     height: int = 0
     error: str | None = None
+    transient: bool = False
 
 
 def load_for_network(source: ImageSource, size: int) -> DecodedImage:
@@ -151,6 +154,6 @@ def load_for_network(source: ImageSource, size: int) -> DecodedImage:
     except DecodeError as exc:
         return DecodedImage(None, error=str(exc))
     except OSError as exc:  # e.g. permission denied, file vanished
-        return DecodedImage(None, error=f"cannot read file: {exc.strerror or exc}")
+        return DecodedImage(None, error=f"cannot read file: {exc.strerror or exc}", transient=True)
     height, width = rgb.shape[:2]
     return DecodedImage(resize_bilinear(rgb, size), width=width, height=height)

@@ -20,7 +20,7 @@ from cellembed.backbones import (
     get_backbone,
     parse_layers,
 )
-from cellembed.engines import DEFAULT_ENGINE, Embedder, build_embedder, check_engine, engine_libraries
+from cellembed.engines import DEFAULT_ENGINE, Embedder, build_embedder, check_engine, engine_libraries, prepare_engine
 from cellembed.errors import InputError
 from cellembed.spec import EmbeddingSpec
 from cellembed.versions import library_versions
@@ -90,18 +90,7 @@ def embedder_from_spec(
         InputError: unknown backbone, other weights, or a spec this cellembed cannot
             reproduce (another preprocessing, resize, colour or pooling).
     """
-    check_engine(engine)
-    backbone = backbone_for_spec(spec)
-    check_input_size(backbone, spec.input_size)
-    weights_file = resolve_weights(weights, backbone)
-    check_weights(weights_file, spec.weights_sha256, spec.weights_source, "these embeddings were made with")
-    rebuilt = planned_spec(backbone, weights_file, spec.input_size, spec.tap_names, engine)
-    differences = rebuilt.differences(spec)
-    if differences:
-        raise InputError(
-            f"this cellembed cannot reproduce embeddings made with {'; '.join(differences)} "
-            "(this version vs the file's); use the cellembed version that made them"
-        )
+    backbone, weights_file, rebuilt = _rebuild(spec, weights, engine)
     embedder = build_embedder(engine, backbone, weights_file, rebuilt, log=log, threads=threads)
     if spec.widths_known and [t.width for t in embedder.spec.taps] != [t.width for t in spec.taps]:
         raise InputError(
@@ -109,6 +98,36 @@ def embedder_from_spec(
             f"({[t.width for t in embedder.spec.taps]} vs {[t.width for t in spec.taps]})"
         )
     return embedder
+
+
+def prepare_embedder(
+    spec: EmbeddingSpec,
+    weights: "str | os.PathLike | WeightsFile | None" = None,
+    engine: str = DEFAULT_ENGINE,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> None:
+    """Check ``spec`` can be rebuilt and make ready what its engine needs once (the ONNX
+    conversion), here, before many worker processes build the embedder at once."""
+    backbone, weights_file, rebuilt = _rebuild(spec, weights, engine)
+    prepare_engine(engine, backbone, weights_file, rebuilt, log=log)
+
+
+def _rebuild(spec: EmbeddingSpec, weights: "str | os.PathLike | WeightsFile | None", engine: str):
+    """The backbone, checked weights and planned spec that reproduce ``spec``."""
+    check_engine(engine)
+    backbone = backbone_for_spec(spec)
+    check_input_size(backbone, spec.input_size)
+    weights_file = resolve_weights(weights, backbone)
+    check_weights(weights_file, spec.weights_sha256, spec.weights_source, "these embeddings were made with", backbone)
+    rebuilt = planned_spec(backbone, weights_file, spec.input_size, spec.tap_names, engine)
+    differences = rebuilt.differences(spec)
+    if differences:
+        raise InputError(
+            f"this cellembed cannot reproduce embeddings made with {'; '.join(differences)} "
+            "(this version vs the file's); use the cellembed version that made them"
+        )
+    return backbone, weights_file, rebuilt
 
 
 def load_embedder(

@@ -13,3 +13,21 @@ class Interrupted(Exception):
 
     The command-line tools print the message (which says how to resume) and exit 130.
     """
+
+
+class OutputConflict(InputError):
+    """The output (or its work folder) holds something this run must not mix with or
+    replace: a file cellembed did not write, or embeddings of another spec.
+
+    ``problem`` says what; the message adds the advice of ``cellembed extract``. Other
+    commands (``cellclf predict --cache``) catch it and give their own advice.
+    """
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"{problem}: pass --overwrite to replace it, or choose another output")
+
+
+class RunFailed(Exception):
+    """Work failed for a reason outside the user's input (a crashed conversion, a lost
+    cluster); finished work was kept. The message says what to do; exit status 1."""

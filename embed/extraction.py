@@ -10,7 +10,6 @@ assembles OUT atomically. Shards finished by an interrupted run (Ctrl-C, a crash
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -29,7 +28,6 @@ from cellembed.merge import merge
 from cellembed.plan import DEFAULT_SHARD_SIZE, Plan, plan as make_plan
 from cellembed.shards import ShardJob, ShardResult
 from cellembed.spec import EmbeddingSpec
-from cellembed.store import checkpoint_folder
 from cellembed.weights import WeightsFile, check_weights, resolve_weights
 
 DEFAULT_CHECKPOINT_EVERY = DEFAULT_SHARD_SIZE
@@ -133,32 +131,44 @@ def extract(
     # to embed costs only hashing and reading OUT's index.
     planned, weights_file = _planned(embedder, spec, weights, backbone, layers, input_size, engine)
     out = _check_output(Path(out))
-    if overwrite:
-        shutil.rmtree(checkpoint_folder(out), ignore_errors=True)
-    work = make_plan(images, out, planned, overwrite=overwrite, shard_size=checkpoint_every)
+    try:
+        work = make_plan(images, out, planned, overwrite=overwrite, shard_size=checkpoint_every)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted while reading the images, before any was embedded; run the same command again") from None
+    for path in work.stale:  # made with another spec; --overwrite replaces them
+        path.unlink(missing_ok=True)
     say(work.summary())
 
     results: list[ShardResult] = []
     embed_seconds, final_spec = 0.0, None
-    if work.shards:
-        options = dict(distributor_options or {}, embedder=embedder) if embedder else dict(distributor_options or {})
-        distributor = make_distributor(distributed, **options)
-        job = ShardJob(work.spec, weights_file, engine, work.work_dir, batch_size)
-        try:
-            distributor.start(job, say)
-        except KeyboardInterrupt:
-            distributor.close()
-            raise Interrupted(
-                "interrupted while loading the network, before any image was embedded; run the same command again"
-            ) from None
-        embed_started = time.perf_counter()  # images/s counts decoding + network only
-        results = _run(distributor, work, progress)
-        embed_seconds = time.perf_counter() - embed_started
-    elif not work.spec.widths_known:  # nothing could be embedded, but OUT needs the tap widths
-        final_spec = (embedder or embedder_from_spec(work.spec, weights_file, engine, log=say)).spec
-
-    merged = merge(work, results, final_spec)
-    failed = {e.get("sha256") for e in merged.errors}
+    try:
+        if work.shards:
+            options = dict(distributor_options or {})
+            if embedder is not None:
+                options["embedder"] = embedder
+            distributor = make_distributor(distributed, **options)
+            job = ShardJob(work.spec, weights_file, engine, work.work_dir, batch_size)
+            try:
+                distributor.start(job, say)
+            except BaseException:
+                distributor.close()
+                raise
+            embed_started = time.perf_counter()  # images/s counts decoding + network only
+            results = _run(distributor, work, progress)
+            embed_seconds = time.perf_counter() - embed_started
+        elif not work.spec.widths_known:  # nothing could be embedded, but OUT needs the tap widths
+            final_spec = (embedder or embedder_from_spec(work.spec, weights_file, engine, log=say)).spec
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "interrupted while loading the network, before any image was embedded; run the same command again"
+        ) from None
+    try:
+        merged = merge(work, results, final_spec)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted while writing {out} (left as it was); the embeddings are checkpointed in "
+            f"{work.work_dir}; run the same command again to finish"
+        ) from None
     new = {sha for result in results for sha in result.sha256s}
     old = set(work.out_index.sha256s) if work.out_index else set()
     wanted = {sha for sha in work.sha256s if sha is not None}
@@ -167,8 +177,8 @@ def extract(
         spec=merged.spec,
         rows=merged.rows,
         embedded=len(new),
-        reused=sum(1 for sha in work.sha256s if sha is not None and sha not in failed and sha not in new),
-        resumed=len((work.finished_sha256s & wanted) - old - failed),
+        reused=sum(1 for sha in work.sha256s if sha is not None and sha not in merged.failed and sha not in new),
+        resumed=len((work.finished_sha256s & wanted) - old - merged.failed),
         dropped=len(old - wanted),
         seconds=time.perf_counter() - started,
         embed_seconds=embed_seconds,
@@ -185,25 +195,32 @@ def _planned(
         return embedder.spec, None
     if spec is None:
         return spec_for_settings(backbone=backbone, layers=layers, weights=weights, input_size=input_size, engine=engine)
-    weights_file = resolve_weights(weights, backbone_for_spec(spec))
-    check_weights(weights_file, spec.weights_sha256, spec.weights_source, "these embeddings are made with")
+    spec_backbone = backbone_for_spec(spec)
+    weights_file = resolve_weights(weights, spec_backbone)
+    check_weights(weights_file, spec.weights_sha256, spec.weights_source, "these embeddings are made with", spec_backbone)
     return spec, weights_file
 
 
 def _run(distributor: Any, work: Plan, progress: bool) -> list[ShardResult]:
     """Run every shard with a progress bar; Ctrl-C keeps what finished and says how to resume."""
     results: list[ShardResult] = []
+    done = 0
     bar = tqdm(
         total=work.to_embed, unit="img", desc="embedding", file=sys.stderr,
         disable=not progress, dynamic_ncols=True, smoothing=0.1,
     )
+
+    def advance(images: int) -> None:
+        nonlocal done
+        done += images
+        bar.update(images)
+
     try:
-        for result in distributor.run(work.shards, bar.update):
+        for result in distributor.run(work.shards, advance):
             results.append(result)
     except KeyboardInterrupt:
-        bar.close()
         raise Interrupted(
-            f"interrupted after {bar.n} of {work.to_embed} images; finished embeddings are "
+            f"interrupted after {done} of {work.to_embed} images; finished embeddings are "
             f"checkpointed in {work.work_dir}; run the same command again to resume"
         ) from None
     finally:

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from cellembed.atomic import atomic_path
+from cellembed.errors import RunFailed
 from cellembed.plan import Plan
 from cellembed.shards import ShardResult
 from cellembed.spec import EmbeddingSpec
@@ -31,12 +32,13 @@ _READ_BATCH = 2048
 
 @dataclass
 class Merged:
-    """What OUT holds now; ``written`` is False when it was already exactly that."""
+    """What OUT holds now: its spec, its rows, the files it could not embed, and the
+    SHA-256 of every image left out (failed now, or known bad)."""
 
     spec: EmbeddingSpec
     rows: int
     errors: list[dict[str, str]] = field(default_factory=list)
-    written: bool = True
+    failed: set[str] = field(default_factory=set)
 
 
 def merge(plan: Plan, results: Sequence[ShardResult], spec: EmbeddingSpec | None = None) -> Merged:
@@ -49,13 +51,12 @@ def merge(plan: Plan, results: Sequence[ShardResult], spec: EmbeddingSpec | None
     spec = results[0].spec if results else (spec or plan.spec)
     if not spec.widths_known:
         raise ValueError("merge needs the spec's tap widths: build the embedder once to learn them")
-    errors = _errors(plan, results)
-    failed = {e.get("sha256") for e in errors}
+    errors, failed = _errors(plan, results)
     rows = [(image, sha) for image, sha in zip(plan.files, plan.sha256s) if sha is not None and sha not in failed]
     if not results and not plan.finished and _unchanged(plan, rows, errors):
         _write_errors_csv(errors_csv_path(plan.out), errors)
         shutil.rmtree(plan.work_dir, ignore_errors=True)
-        return Merged(spec, len(rows), errors, written=False)
+        return Merged(spec, len(rows), errors, failed)
 
     matrix, widths, heights = _gather(plan, results, [sha for _, sha in rows], spec.dim)
     table = make_table(
@@ -65,18 +66,21 @@ def merge(plan: Plan, results: Sequence[ShardResult], spec: EmbeddingSpec | None
     write_table(table, plan.out)
     _write_errors_csv(errors_csv_path(plan.out), errors)
     shutil.rmtree(plan.work_dir, ignore_errors=True)
-    return Merged(spec, len(rows), errors)
+    return Merged(spec, len(rows), errors, failed)
 
 
-def _errors(plan: Plan, results: Sequence[ShardResult]) -> list[dict[str, str]]:
-    """The plan's errors plus every file whose image failed to decode in a shard."""
-    reasons = {e["sha256"]: e["reason"] for result in results for e in result.errors}
-    errors = list(plan.errors) + [
-        {"path": image.path, "reason": reasons[sha], "sha256": sha}
-        for image, sha in zip(plan.files, plan.sha256s)
-        if sha in reasons
-    ]
-    return sorted(errors, key=lambda e: e["path"])
+def _errors(plan: Plan, results: Sequence[ShardResult]) -> tuple[list[dict[str, str]], set[str]]:
+    """The plan's errors plus every file whose image failed in a shard, and the SHA-256 of
+    every image left out. A decode error keeps its SHA-256 (the image is known bad); a
+    read error does not, so the next run tries the file again."""
+    found = {e["sha256"]: e for result in results for e in result.errors}
+    errors = list(plan.errors)
+    for image, sha in zip(plan.files, plan.sha256s):
+        if sha in found:
+            error = {"path": image.path, "reason": found[sha]["reason"]}
+            errors.append(error if found[sha].get("retry") else {**error, "sha256": sha})
+    failed = set(found) | {e["sha256"] for e in plan.errors if e.get("sha256")}
+    return sorted(errors, key=lambda e: e["path"]), failed
 
 
 def _unchanged(plan: Plan, rows: list, errors: list[dict[str, str]]) -> bool:
@@ -121,9 +125,9 @@ def _gather(
                         heights[positions[sha]] = batch_heights[j]
                         missing.discard(sha)
     if missing:
-        raise RuntimeError(
+        raise RunFailed(
             f"{len(missing)} embeddings are in no source (e.g. {sorted(missing)[0]}); "
-            f"nothing was replaced; run the same command again"
+            f"nothing was replaced and finished shards are kept: run the same command again"
         )
     return matrix, widths, heights
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -22,14 +22,16 @@ from cellembed.decoding import DecodedImage, load_for_network
 class Batch:
     """A batch ready for the network.
 
-    ``items`` are indices into the input sequence, in order; ``pixels`` holds the images
-    that decoded, stacked as (k, size, size, 3) float32, in the order of ``decoded``;
-    ``failed`` pairs each index that did not decode with its reason.
+    Indices point into the input sequence; ``pixels`` holds the images that decoded,
+    stacked as (k, size, size, 3) float32, in the order of ``decoded``; ``failed`` pairs
+    each index that did not decode with its reason; ``transient`` holds the failed indices
+    whose file could not be read (worth trying again later).
     """
 
     decoded: list[tuple[int, DecodedImage]]
     failed: list[tuple[int, str]]
     pixels: np.ndarray
+    transient: set[int] = field(default_factory=set)
 
 
 def decoded_batches(
@@ -64,6 +66,7 @@ def _drain(pending, fill, size: int, batch_size: int) -> Iterator[Batch]:
     while pending:
         decoded: list[tuple[int, DecodedImage]] = []
         failed: list[tuple[int, str]] = []
+        transient: set[int] = set()
         while pending and len(decoded) + len(failed) < batch_size:
             index, future = pending.popleft()
             result = future.result()
@@ -71,9 +74,11 @@ def _drain(pending, fill, size: int, batch_size: int) -> Iterator[Batch]:
                 decoded.append((index, result))
             else:
                 failed.append((index, result.error))
+                if result.transient:
+                    transient.add(index)
             fill()
         if decoded:
             pixels = np.stack([d.pixels for _, d in decoded])
         else:
             pixels = np.zeros((0, size, size, 3), np.float32)
-        yield Batch(decoded, failed, pixels)
+        yield Batch(decoded, failed, pixels, transient)

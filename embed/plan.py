@@ -3,8 +3,11 @@
 Discovery and hashing of the images; the cache diff against OUT and against the shard
 files that an interrupted run left in OUT's work folder (``emb.checkpoint/`` for
 ``emb.parquet``); the files known to be bad (a file that failed to decode, unchanged,
-fails again); and the remaining work as :class:`~cellembed.shards.Shard` objects of at most
-``shard_size`` images. A file made with another spec is refused here, before any work.
+fails again; one that could not be read is tried again); and the remaining work as
+:class:`~cellembed.shards.Shard` objects of at most ``shard_size`` images. A file made with
+another spec is refused here, before any work; with ``overwrite`` it is listed as stale
+instead, for ``extract`` to delete once the plan stands. Paths in shards are absolute, so
+workers on other machines (or with another working folder) find the same files.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from cellembed.discovery import ImageFile, find_images
-from cellembed.errors import InputError
+from cellembed.errors import InputError, OutputConflict
 from cellembed.hashing import sha256_file
-from cellembed.shards import SHARD_GLOB, Shard, ShardItem
+from cellembed.shards import SHARD_GLOBS, Shard, ShardItem
 from cellembed.spec import EmbeddingSpec
 from cellembed.store import ERRORS_METADATA_KEY, IMAGES_METADATA_KEY, checkpoint_folder, read_errors, read_spec
 
@@ -48,8 +51,9 @@ class Plan:
         files: every image found, sorted by path; ``sha256s`` per file (None: unreadable).
         errors: files that will not be embedded (unreadable now, or known bad).
         out_index: OUT's rows when they are reused (None: no OUT, or ``overwrite``).
-        finished: shard files of earlier interrupted runs, reused as they are.
-        finished_sha256s: the images those hold.
+        finished: shard files of earlier interrupted runs with this spec, reused as they are.
+        finished_sha256s: the images those hold (or failed to decode).
+        stale: files in the work folder made with another spec (only with ``overwrite``).
         shards: the work left.
     """
 
@@ -63,6 +67,7 @@ class Plan:
     out_index: OutIndex | None
     finished: tuple[Path, ...]
     finished_sha256s: frozenset[str]
+    stale: tuple[Path, ...]
     shards: tuple[Shard, ...]
 
     @property
@@ -94,32 +99,42 @@ def plan(
     """Decide the extraction of ``images`` into ``out`` with the planned ``spec``.
 
     Args:
-        overwrite: do not reuse (nor refuse) an existing OUT or work folder.
+        overwrite: do not reuse (nor refuse) an existing OUT; list the work folder's files
+            of another spec as stale (finished shards of this spec are still reused).
         shard_size: images per shard (also the checkpoint interval).
 
     Raises:
-        InputError: bad images folder, or an OUT or shard file that cellembed did not
+        InputError: bad images folder.
+        OutputConflict: (without ``overwrite``) an OUT or work file that cellembed did not
             write or that was made with another spec.
     """
     if shard_size < 1:
         raise InputError("--checkpoint-every must be at least 1")
     images, out = Path(images), Path(out)
     files = find_images(images)
-    work_dir = checkpoint_folder(out)
-    finished = [] if overwrite or not work_dir.is_dir() else sorted(work_dir.glob(SHARD_GLOB))
-    references = ([out] if out.exists() and not overwrite else []) + finished
-    for reference in references:
-        spec = _check_reference(reference, spec)
+    work_dir = checkpoint_folder(out).absolute()
+    if out.exists() and not overwrite:
+        spec = _check_reference(out, spec)
+    finished, stale = [], []
+    for path in sorted(p for pattern in SHARD_GLOBS for p in work_dir.glob(pattern)):
+        try:
+            spec = _check_reference(path, spec)
+            finished.append(path)
+        except OutputConflict:
+            if not overwrite:
+                raise
+            stale.append(path)
 
     out_index = _read_index(out) if out.exists() and not overwrite else None
     known_bad = {e["sha256"]: e["reason"] for e in (out_index.errors if out_index else ()) if e.get("sha256")}
     finished_shas: set[str] = set()
     for path in finished:
-        table = pq.ParquetFile(path).read(columns=["sha256"])
-        finished_shas.update(table.column("sha256").to_pylist())
-        for error in (e for e in read_errors(path) if e.get("sha256")):
-            known_bad[error["sha256"]] = error["reason"]
-            finished_shas.add(error["sha256"])
+        with pq.ParquetFile(path) as parquet:
+            finished_shas.update(parquet.read(columns=["sha256"]).column("sha256").to_pylist())
+        for error in read_errors(path):
+            if error.get("sha256") and not error.get("retry"):  # unreadable files are tried again
+                known_bad[error["sha256"]] = error["reason"]
+                finished_shas.add(error["sha256"])
 
     sha256s, errors = _hash_files(files)
     cached = set(out_index.sha256s if out_index else ()) | finished_shas
@@ -130,13 +145,13 @@ def plan(
         if sha in known_bad:
             errors.append({"path": image.path, "reason": known_bad[sha], "sha256": sha})
         elif sha not in cached and sha not in todo:
-            todo[sha] = ShardItem(sha, image.path, image.label, str(image.absolute))
+            todo[sha] = ShardItem(sha, image.path, image.label, str(Path(image.absolute).absolute()))
     items = list(todo.values())
     shards = tuple(Shard.of(spec, items[i : i + shard_size]) for i in range(0, len(items), shard_size))
     return Plan(
         images=images, out=out, work_dir=work_dir, spec=spec, files=tuple(files), sha256s=tuple(sha256s),
         errors=tuple(sorted(errors, key=lambda e: e["path"])), out_index=out_index,
-        finished=tuple(finished), finished_sha256s=frozenset(finished_shas), shards=shards,
+        finished=tuple(finished), finished_sha256s=frozenset(finished_shas), stale=tuple(stale), shards=shards,
     )
 
 
@@ -146,14 +161,13 @@ def _check_reference(path: Path, spec: EmbeddingSpec) -> EmbeddingSpec:
     try:
         found = read_spec(path)
     except InputError as exc:
-        raise InputError(f"{exc}; refusing to replace it: choose another output or pass --overwrite") from None
+        raise OutputConflict(f"{exc}; refusing to replace it") from None
     differences = spec.differences(found)
     if differences:
         where = path.parent if path.parent.name.endswith(".checkpoint") else path
-        raise InputError(
+        raise OutputConflict(
             f"{where} was made with another embedding spec ({'; '.join(differences)}; "
-            "requested vs existing) and specs never mix in one file: pass --overwrite to "
-            "replace it, or choose another output"
+            "requested vs existing) and specs never mix in one file"
         )
     return spec if spec.widths_known else spec.with_tap_widths([t.width for t in found.taps])
 

@@ -8,7 +8,9 @@ machine or run does it, and no shared counter exists that two workers could race
 the rows, and the images that failed to decode in its metadata) atomically into the work
 folder, and when that file is already there it returns it without embedding anything.
 Interrupted by Ctrl-C, it first saves the images it finished as a smaller shard of their
-own, so a rerun resumes from them. The distributors (:mod:`cellembed.distributors`) only
+own, so a rerun resumes from them. An image that failed to decode is recorded with its
+SHA-256 (it will fail again, so it is not retried); one whose file could not be read is
+recorded with ``retry`` (the next run tries it again). The distributors (:mod:`cellembed.distributors`) only
 decide where and in which order shards run.
 """
 
@@ -30,7 +32,8 @@ from cellembed.spec import EmbeddingSpec
 from cellembed.store import make_table, read_errors, read_spec, write_table
 from cellembed.weights import WeightsFile
 
-SHARD_GLOB = "shard-*.parquet"
+#: Finished work in a work folder: shard files, and the chunk files of earlier versions.
+SHARD_GLOBS = ("shard-*.parquet", "chunk-*.parquet")
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ def embed_shard(
     sizes = np.zeros((len(shard), 2), np.int32)
     done: list[int] = []
     errors: dict[int, str] = {}
+    transient: set[int] = set()
     try:
         sources = [item.absolute for item in shard.items]
         for batch in decoded_batches(sources, spec.input_size, job.batch_size):
@@ -140,40 +144,44 @@ def embed_shard(
             for index, reason in batch.failed:
                 errors[index] = reason
                 done.append(index)
+            transient |= batch.transient
             if on_progress is not None:
                 on_progress(len(batch.decoded) + len(batch.failed))
+        return _write(path, spec, shard.items, range(len(shard)), vectors, sizes, errors, transient)
     except KeyboardInterrupt:
-        if done:  # keep the finished images as a shard of their own
+        if done:  # keep the finished images as a shard of their own (all of them: this shard)
             part = sorted(done)
             subset = Shard.of(job.spec, [shard.items[i] for i in part])
-            _write(job.shard_path(subset.id), spec, subset, part, vectors, sizes, errors)
+            _write(job.shard_path(subset.id), spec, subset.items, part, vectors, sizes, errors, transient)
         raise
-    return _write(path, spec, shard, list(range(len(shard))), vectors, sizes, errors)
 
 
 def _write(
-    path: Path, spec: EmbeddingSpec, shard: Shard, indices: list[int],
-    vectors: np.ndarray, sizes: np.ndarray, errors: dict[int, str],
+    path: Path, spec: EmbeddingSpec, items: Sequence[ShardItem], rows: Sequence[int],
+    vectors: np.ndarray, sizes: np.ndarray, errors: dict[int, str], transient: set[int],
 ) -> ShardResult:
-    """Write the rows ``indices`` of a shard (decoded ones as rows, failed ones as errors)."""
-    ok = [i for i in indices if i not in errors]
+    """Write ``items`` as one shard file; ``rows[k]`` is item k's row in the arrays (and
+    its key in ``errors``): decoded items become rows, failed ones errors."""
+    ok = [(item, row) for item, row in zip(items, rows) if row not in errors]
     failed = [
-        {"path": shard.items[i].path, "reason": errors[i], "sha256": shard.items[i].sha256}
-        for i in indices if i in errors
+        {"path": item.path, "reason": errors[row], "sha256": item.sha256, **({"retry": True} if row in transient else {})}
+        for item, row in zip(items, rows)
+        if row in errors
     ]
+    kept = [row for _, row in ok]
     table = make_table(
         spec,
-        [shard.items[i].path for i in ok],
-        [shard.items[i].label for i in ok],
-        [shard.items[i].sha256 for i in ok],
-        sizes[ok, 0],
-        sizes[ok, 1],
-        vectors[ok],
+        [item.path for item, _ in ok],
+        [item.label for item, _ in ok],
+        [item.sha256 for item, _ in ok],
+        sizes[kept, 0],
+        sizes[kept, 1],
+        vectors[kept],
         failed,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_table(table, path)
-    return ShardResult(_shard_id_of(path), path, spec, [shard.items[i].sha256 for i in ok], failed)
+    return ShardResult(_shard_id_of(path), path, spec, [item.sha256 for item, _ in ok], failed)
 
 
 def read_shard_result(path: Path, spec: EmbeddingSpec) -> ShardResult:
@@ -183,7 +191,8 @@ def read_shard_result(path: Path, spec: EmbeddingSpec) -> ShardResult:
     found = read_spec(path)
     if found.identity_key() != spec.identity_key():
         raise InputError(f"{path} was made with another embedding spec; delete {path.parent} and run again")
-    sha256s = pq.ParquetFile(path).read(columns=["sha256"]).column("sha256").to_pylist()
+    with pq.ParquetFile(path) as parquet:
+        sha256s = parquet.read(columns=["sha256"]).column("sha256").to_pylist()
     return ShardResult(_shard_id_of(path), path, found, sha256s, read_errors(path))
 
 

@@ -7,8 +7,8 @@ provenance but are not part of the identity.
 
 A spec is turned back into the embedder that wrote it by
 :func:`cellembed.embedder.embedder_from_spec`, the one place a field is threaded into the
-network. A new field gets a default that means "as before", so files written earlier read
-with it and keep their identity.
+network. A field added later gets a default that means "as before" (for example no
+test-time views), so files written earlier read with it and keep their identity.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class EmbeddingSpec:
     input_size: int
     taps: tuple[Tap, ...]
     pooling: str = POOLING
-    preprocessing: str = ""  # the backbone's (cellembed.backbones), always set by cellembed
+    preprocessing: str = ""  # the backbone's description (cellembed.backbones); cellembed always sets it
     resize: str = RESIZE
     color: str = COLOR
     weights_source: str = ""

@@ -55,13 +55,15 @@ def resolve_weights(weights: "str | os.PathLike | WeightsFile | None", backbone:
     return WeightsFile(path.resolve(), sha256_file(path), path.name)
 
 
-def check_weights(found: WeightsFile, expected_sha256: str, expected_source: str, what: str) -> None:
+def check_weights(
+    found: WeightsFile, expected_sha256: str, expected_source: str, what: str, backbone: "Backbone"
+) -> None:
     """Refuse weights whose SHA-256 is not ``expected_sha256`` (``what`` names the user of them)."""
     if found.sha256 != expected_sha256:
         raise InputError(
             f"the weights {found.path} (SHA-256 {found.sha256[:12]}...) are not the ones {what} "
             f"(SHA-256 {expected_sha256[:12]}..., {expected_source or 'unknown file'}); "
-            "pass --weights with that file or point CELLEMBED_WEIGHTS at it"
+            f"pass --weights with that file or point {backbone.weights_env} at it"
         )
 
 

@@ -41,7 +41,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("fit")
     data = write_synthetic(root / "emb.parquet", counts=COUNTS, separation=0.3, duplicates=8, unlabelled=4)
     first = _fit(data, root / "run1")
-    second = _fit(data, root / "run2")
+    _fit(data, root / "run2")
     return data, root / "run1", root / "run2", first.output
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cellembed import embedding_matrix, extract, load_embedder, load_embeddings, read_images_root, read_spec
-from cellembed.errors import InputError
+from cellembed.errors import InputError, Interrupted
 from cellembed.hashing import sha256_file
 from conftest import SMALL, make_folder, noise_image
 
@@ -173,3 +174,76 @@ def test_finished_shards_of_an_interrupted_run_are_resumed(labelled_folder, tmp_
     np.testing.assert_allclose(
         np.stack(final.sort_values("path")["embedding"]), np.stack(frame.sort_values("path")["embedding"]), atol=1e-5
     )
+
+
+def test_overwrite_keeps_finished_shards_of_its_spec_and_checks_inputs_first(labelled_folder, tmp_path, embedder, random_weights):
+    """An interrupted --overwrite run resumes with --overwrite; nothing is deleted before the
+    inputs are checked; shards of another spec are refused, or deleted with --overwrite."""
+    from cellembed.plan import plan
+    from cellembed.shards import ShardJob, embed_shard
+
+    final = tmp_path / "final.parquet"
+    extract(labelled_folder, final, weights=random_weights, input_size=SMALL, layers="final", progress=False)
+    out = tmp_path / "emb.parquet"
+    work = plan(labelled_folder, out, embedder.spec, shard_size=5)
+    finished = embed_shard(work.shards[0], ShardJob(embedder.spec, None, "onnxruntime", work.work_dir), embedder=embedder)
+    with pytest.raises(InputError, match="does not exist"):
+        extract(tmp_path / "no-such-folder", out, embedder=embedder, overwrite=True, progress=False)
+    assert finished.path.is_file()  # bad input: nothing deleted
+
+    other = tmp_path / "emb.checkpoint" / "shard-other.parquet"
+    shutil.copy(final, other)  # a file of another spec ("final") in the work folder
+    with pytest.raises(InputError, match="emb.checkpoint was made with another embedding spec.*--overwrite"):
+        extract(labelled_folder, out, embedder=embedder, progress=False)
+    assert other.is_file() and finished.path.is_file()
+    result = extract(labelled_folder, out, embedder=embedder, overwrite=True, progress=False)
+    assert (result.resumed, result.embedded, result.rows, result.spec.dim) == (5, 7, 12, 5256)
+    assert not (tmp_path / "emb.checkpoint").exists()
+
+
+def test_an_unreadable_file_is_tried_again_and_a_broken_one_is_not(labelled_folder, tmp_path, embedder):
+    from cellembed.merge import merge
+    from cellembed.plan import plan
+    from cellembed.shards import ShardJob, embed_shard
+
+    (labelled_folder / "alpha" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "emb.parquet"
+    work = plan(labelled_folder, out, embedder.spec)
+    vanished = labelled_folder / "beta" / "img_007.png"
+    kept = vanished.read_bytes()
+    vanished.unlink()  # gone between hashing and reading, as on a flaky network share
+    results = [embed_shard(shard, ShardJob(embedder.spec, None, "onnxruntime", work.work_dir), embedder=embedder)
+               for shard in work.shards]
+    merged = merge(work, results)
+    reasons = {e["path"]: e for e in merged.errors}
+    assert reasons["beta/img_007.png"]["reason"].startswith("cannot read file") and "sha256" not in reasons["beta/img_007.png"]
+    assert reasons["alpha/broken.png"]["sha256"]  # known bad: not decoded again
+    vanished.write_bytes(kept)
+    again = extract(labelled_folder, out, embedder=embedder, progress=False)
+    assert again.embedded == 1 and [e["path"] for e in again.errors] == ["alpha/broken.png"]
+
+
+def test_shard_paths_are_absolute_whatever_the_working_folder(labelled_folder, tmp_path, embedder, monkeypatch):
+    from cellembed.plan import plan
+
+    monkeypatch.chdir(labelled_folder.parent)
+    work = plan(labelled_folder.name, "emb.parquet", embedder.spec)
+    assert work.work_dir.is_absolute() and work.work_dir == tmp_path / "emb.checkpoint"
+    assert all(Path(item.absolute).is_absolute() and Path(item.absolute).is_file() for s in work.shards for item in s.items)
+
+
+def test_ctrl_c_says_how_far_it_got_even_without_a_progress_bar(labelled_folder, tmp_path, embedder, monkeypatch):
+    import cellembed.distributors.sequential as sequential
+
+    real, calls = sequential.embed_shard, []
+
+    def interrupted_on_the_second_shard(shard, job, **kwargs):
+        calls.append(shard.id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(shard, job, **kwargs)
+
+    monkeypatch.setattr(sequential, "embed_shard", interrupted_on_the_second_shard)
+    with pytest.raises(Interrupted, match=r"interrupted after 4 of 12 images; .*emb.checkpoint; run the same command again"):
+        extract(labelled_folder, tmp_path / "emb.parquet", embedder=embedder, checkpoint_every=4, progress=False)
+    assert len(list((tmp_path / "emb.checkpoint").glob("shard-*.parquet"))) == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,6 +66,38 @@ def assert_same_file(path, reference):
     assert not mine["path"].duplicated().any()
     difference = np.abs(np.stack(mine["embedding"]) - np.stack(theirs["embedding"])).max()
     assert difference <= 1e-5, difference
+
+
+def _command(folder, out, weights, *extra):
+    return [
+        sys.executable, "-m", "cellembed", "extract", str(folder), "-o", str(out), "--weights", str(weights),
+        "--input-size", str(SMALL), "--checkpoint-every", "4", "--distributed", "ray", "--allow-skips", *extra,
+    ]
+
+
+def _ray_processes() -> list[str]:
+    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in listing if "raylet" in line or "gcs_server" in line]
+
+
+def test_the_command_starts_its_own_ray_and_shuts_it_down(folder_and_reference, random_weights, tmp_path):
+    """No Ray runtime in this process yet (this test runs before the module's fixture)."""
+    folder, reference = folder_and_reference
+    assert not _ray_processes()
+    done = subprocess.run(_command(folder, tmp_path / "ray.parquet", random_weights, "-q"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_file(tmp_path / "ray.parquet", reference)
+    assert not _ray_processes()  # the local Ray instance it started is gone
+
+
+def test_an_unusable_ray_address_is_a_one_line_error(folder_and_reference, random_weights, tmp_path):
+    folder, _ = folder_and_reference
+    done = subprocess.run(_command(folder, tmp_path / "ray.parquet", random_weights, "-q", "--ray-address", "no-such-host"),
+                          capture_output=True, text=True)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith("Error: cannot start or reach the Ray cluster at --ray-address no-such-host")
+    assert not (tmp_path / "ray.parquet").exists()
 
 
 def test_ray_gives_the_same_file_as_sequential(ray_runtime, folder_and_reference, random_weights, tmp_path):

@@ -269,6 +269,23 @@ def test_missing_shap_and_tuning_are_explained(run_dir, tmp_path):
     assert document.count("Not available because the run was fitted without SHAP (--no-shap)") == 2
 
 
+def test_a_run_of_an_earlier_version_says_its_tuning_plots_are_missing(run_dir, tmp_path):
+    """Runs written before tuning plots were files have no "tuning_plot" in metrics.json."""
+    from cellreports import write_run_report
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    metrics = json.loads((copy / "metrics.json").read_text())
+    for key, doc in metrics["models"].items():
+        del doc["tuning_plot"]
+        (copy / f"tuning_{key}.png").unlink()
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    document = write_run_report(read_run(copy), tmp_path / "r.html").read_text()
+    for key in metrics["models"]:
+        assert f"The tuning plot is not available because tuning_{key}.png is missing or not a PNG image." in document
+    assert 'id="tuning-table"' in document  # the trials are still shown
+
+
 def test_report_is_deterministic(run_dir, report, tmp_path):
     from cellreports.run_report import render_run_report
 

@@ -40,7 +40,9 @@ class Backbone(Protocol):
         min_input_size, default_input_size: in pixels, square inputs.
         tap_presets: preset name -> layer names (``"multiscale"``, ``"final"``).
         default_layers: the default preset.
-        preprocessing, resize: descriptions recorded in the spec (part of its identity).
+        preprocessing, resize: descriptions recorded in the spec (part of its identity);
+            ``resize`` must be ``cellembed.spec.RESIZE``, the one resize cellembed's
+            decoding implements (a backbone needing another adds it to cellembed.decoding).
         weights_env: environment variable naming a local weights file.
         libraries: distributions whose versions are recorded in the spec.
     """
@@ -61,7 +63,8 @@ class Backbone(Protocol):
         """Fetch the ImageNet weights (needs internet); raise InputError when it fails."""
 
     def build(self, input_size: int) -> Any:
-        """A randomly initialised Keras model of the network, no top, square input."""
+        """A randomly initialised Keras model of the network, no top, square input (the
+        engines run it with TensorFlow, or convert it for ONNX Runtime)."""
 
     def preprocess(self, pixels: Any) -> Any:
         """Tensor op: (n, size, size, 3) float32 RGB in 0..255 -> the network's input."""

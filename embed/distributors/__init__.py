@@ -9,12 +9,14 @@ A distributor has a ``name`` and three methods:
 - ``close()``: release what ``start`` took.
 
 Adding one (Dask, a job queue) is one module plus one line in :data:`_MODULES`; each
-module defines ``make(**options)``.
+module defines ``make(**options)`` and ``OPTIONS``, the :class:`DistributorOption` list
+that ``cellembed extract`` turns into command-line options (``--ray-address``...).
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from cellembed.errors import InputError
@@ -26,6 +28,23 @@ _MODULES: dict[str, str] = {
 }
 DISTRIBUTORS = tuple(_MODULES)
 DEFAULT_DISTRIBUTOR = "sequential"
+
+
+@dataclass(frozen=True)
+class DistributorOption:
+    """One option of a distributor: ``name`` is the keyword of its ``make``, ``flag`` the
+    command-line option, ``type`` a click-compatible type (str, int, float)."""
+
+    name: str
+    flag: str
+    help: str
+    type: type = str
+    metavar: str = "VALUE"
+
+
+def distributor_options() -> dict[str, list[DistributorOption]]:
+    """The options of every registered distributor, by distributor name."""
+    return {name: list(getattr(importlib.import_module(module), "OPTIONS", [])) for name, module in _MODULES.items()}
 
 
 class Distributor(Protocol):

@@ -6,10 +6,14 @@ alive between tasks). A task whose worker dies (killed, out of memory, node lost
 retried by Ray up to ``max_retries`` times; because a shard's file name is its content id
 and the write is atomic, a retried shard is neither lost nor duplicated.
 
-The workers read the images, the weights file and the work folder (next to OUT) at the
-paths the driver sees: on a cluster of several machines these must be on a shared file
-system (as clip-retrieval's output folder is). Ray is an optional extra, imported only
-when this distributor is chosen.
+Before the tasks start, the driver makes the engine ready once (the ONNX Runtime
+conversion, cached in $CELLEMBED_CACHE_DIR, which the workers are given), so workers do not
+each convert the network. The workers read the images, the weights file and the work folder
+(next to OUT) at the paths the driver sees: on a cluster of several machines these must be
+on a shared file system (as clip-retrieval's output folder is), and so should
+$CELLEMBED_CACHE_DIR, or each machine converts once. A Ctrl-C stops the tasks under way;
+their images are embedded again by the next run (shards already finished are kept). Ray
+is an optional extra, imported only when this distributor is chosen.
 """
 
 from __future__ import annotations
@@ -19,12 +23,25 @@ import logging
 import os
 from typing import Any, Callable, Iterator, Sequence
 
-from cellembed.errors import InputError
+from cellembed.distributors import DistributorOption
+from cellembed.embedder import prepare_embedder
+from cellembed.errors import InputError, RunFailed
 from cellembed.shards import Shard, ShardJob, ShardResult, embed_shard
 
 INSTALL_HINT = "pip install 'cellembed[ray]' (in a checkout: pip install -e '.[ray]')"
 #: Environment variables passed on to the workers when set here.
 FORWARDED_ENV = ("CELLEMBED_CACHE_DIR", "CELLEMBED_TF_LOGS", "TF_CPP_MIN_LOG_LEVEL")
+OPTIONS = [
+    DistributorOption(
+        "address", "--ray-address", "the cluster to use (auto, HOST:6379 or ray://HOST:10001). "
+        "Default: start a local Ray instance on this machine.", metavar="ADDR",
+    ),
+    DistributorOption("cpus_per_task", "--ray-cpus-per-task", "CPUs of one shard task (default 1).", float, "N"),
+    DistributorOption(
+        "gpus_per_task", "--ray-gpus-per-task", "GPUs of one shard task (default 0; Ray hides GPUs from "
+        "tasks that ask for none).", float, "N",
+    ),
+]
 
 
 def import_ray() -> Any:
@@ -67,15 +84,18 @@ class RayDistributor:
 
     def start(self, job: ShardJob, log: Callable[[str], None]) -> None:
         ray = self._ray = import_ray()
+        prepare_embedder(job.spec, job.weights, job.engine, log=log)  # convert once, here
         if not ray.is_initialized():
             env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+            where = f"the Ray cluster at --ray-address {self.address}" if self.address else "a local Ray instance"
             try:
                 ray.init(
                     address=self.address, runtime_env={"env_vars": env}, include_dashboard=False,
                     logging_level=logging.ERROR, log_to_driver=False,
                 )
-            except ConnectionError as exc:
-                raise InputError(f"cannot reach the Ray cluster at --ray-address {self.address}: {exc}") from None
+            except (ConnectionError, ValueError, OSError, RuntimeError) as exc:
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                raise RunFailed(f"cannot start or reach {where}: {first_line}") from None
             self._owned = True
         self.job = dataclasses.replace(job, threads=max(1, int(self.cpus_per_task)))
         self._task = ray.remote(_embed_shard_task).options(
@@ -87,21 +107,28 @@ class RayDistributor:
     def run(self, shards: Sequence[Shard], on_progress: Callable[[int], None]) -> Iterator[ShardResult]:
         ray = self._ray
         pending = [self._task.remote(shard, self.job) for shard in shards]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            try:
-                result = ray.get(done[0])
-            except ray.exceptions.RayError as exc:
-                cause = getattr(exc, "cause", None) or exc
-                if isinstance(cause, InputError):
-                    raise InputError(str(cause)) from None
-                first_line = (str(cause).strip().splitlines() or [""])[0][:300]
-                raise InputError(
-                    f"a shard failed on the Ray cluster ({type(cause).__name__}: {first_line}); finished "
-                    f"shards are kept in {self.job.work_dir}: run the same command again to resume"
-                ) from None
-            on_progress(result.images)
-            yield result
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                try:
+                    result = ray.get(done[0])
+                except ray.exceptions.RayError as exc:
+                    raise self._failure(exc) from None
+                on_progress(result.images)
+                yield result
+        finally:
+            for ref in pending:  # a failure or Ctrl-C: stop the rest, they must not write later
+                ray.cancel(ref, force=True)
+
+    def _failure(self, exc: Exception) -> Exception:
+        cause = getattr(exc, "cause", None) or exc
+        if isinstance(cause, InputError):
+            return InputError(str(cause))
+        first_line = (str(cause).strip().splitlines() or [""])[0][:300]
+        return RunFailed(
+            f"a shard failed on the Ray cluster ({type(cause).__name__}: {first_line}); finished "
+            f"shards are kept in {self.job.work_dir}: run the same command again to resume"
+        )
 
     def close(self) -> None:
         if self._owned:

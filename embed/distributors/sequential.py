@@ -21,9 +21,9 @@ class SequentialDistributor:
 
     def start(self, job: ShardJob, log: Callable[[str], None]) -> None:
         self.job = job
-        prepare_resize()
-        if self.embedder is None:
+        if self.embedder is None:  # first: a conversion child then runs beside a small parent
             self.embedder = embedder_from_spec(job.spec, job.weights, job.engine, log=log, threads=job.threads)
+        prepare_resize()
 
     def run(self, shards: Sequence[Shard], on_progress: Callable[[int], None]) -> Iterator[ShardResult]:
         for shard in shards:
@@ -31,6 +31,9 @@ class SequentialDistributor:
 
     def close(self) -> None:
         pass
+
+
+OPTIONS: list = []  # none on the command line
 
 
 def make(embedder: Embedder | None = None) -> SequentialDistributor:

@@ -1,8 +1,10 @@
 """Engines: what runs a backbone's network. Each gives the same embeddings (within 1e-4).
 
 An engine module defines ``build(backbone, weights, spec, *, log=None, threads=None)``
-returning an :class:`Embedder` whose spec is ``spec`` with the real tap widths. Adding an
-engine is one module plus one line in :data:`_MODULES`.
+returning an :class:`Embedder` whose spec is ``spec`` with the real tap widths, and may
+define ``prepare(backbone, weights, spec, *, log=None)`` to make once what every build
+needs (the ONNX Runtime engine's converted model), so that many workers starting together
+find it ready. Adding an engine is one module plus one line in :data:`_MODULES`.
 """
 
 from __future__ import annotations
@@ -61,3 +63,14 @@ def build_embedder(
     check_engine(engine)
     module = importlib.import_module(_MODULES[engine][0])
     return module.build(backbone, weights, spec, log=log, threads=threads)
+
+
+def prepare_engine(
+    engine: str, backbone: "Backbone", weights: "WeightsFile", spec: "EmbeddingSpec",
+    *, log: Callable[[str], None] | None = None,
+) -> None:
+    """Make ready, in this process, what ``engine`` builds from (nothing for most engines)."""
+    check_engine(engine)
+    module = importlib.import_module(_MODULES[engine][0])
+    if hasattr(module, "prepare"):
+        module.prepare(backbone, weights, spec, log=log)

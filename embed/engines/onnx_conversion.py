@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from cellembed.errors import InputError
+from cellembed.errors import InputError, RunFailed
 from cellembed.quiet import quiet_native_logs
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def converted(backbone: "Backbone", weights: "WeightsFile", spec: "EmbeddingSpec
     """Convert in a child process; yield the model file and TensorFlow's probe output.
 
     The files live in a temporary folder removed afterwards (also on Ctrl-C, which stops
-    the child too).
+    the child too; if this process is killed, the child notices, removes it and exits).
     """
     with tempfile.TemporaryDirectory(prefix="cellembed-convert-") as folder:
         request = Path(folder) / "request.json"
@@ -60,6 +60,7 @@ def converted(backbone: "Backbone", weights: "WeightsFile", spec: "EmbeddingSpec
                     "backbone": backbone.name,
                     "weights": [str(weights.path), weights.sha256, weights.source],
                     "spec": spec.to_dict(),
+                    "parent": os.getpid(),
                 }
             )
         )
@@ -70,10 +71,13 @@ def converted(backbone: "Backbone", weights: "WeightsFile", spec: "EmbeddingSpec
         )
         if child.returncode != 0:
             lines = [line for line in child.stderr.strip().splitlines() if line.strip()]
-            if child.returncode == 2:
-                raise InputError(next(line for line in reversed(lines) if line.startswith("Error: "))[len("Error: "):])
-            last = lines[-1] if lines else f"exit status {child.returncode}"
-            raise RuntimeError(f"converting {backbone.title} for ONNX Runtime failed: {last}; try --engine tensorflow")
+            errors = [line[len("Error: "):] for line in lines if line.startswith("Error: ")]
+            if child.returncode == 2 and errors:
+                raise InputError(errors[-1])
+            last = lines[-1][:300] if lines else f"it ended with status {child.returncode}"
+            raise RunFailed(
+                f"converting {backbone.title} for ONNX Runtime failed ({last}); run again, or use --engine tensorflow"
+            )
         yield Path(folder) / "model.onnx", np.load(Path(folder) / "reference.npy")
 
 
@@ -85,6 +89,7 @@ def _convert(request_path: Path) -> None:
     from cellembed.weights import WeightsFile
 
     request = json.loads(request_path.read_text())
+    _exit_with_parent(request["parent"], request_path.parent)
     path, sha256, source = request["weights"]
     spec = EmbeddingSpec.from_dict(request["spec"])
     keras_embedder = tensorflow_engine.build(get_backbone(request["backbone"]), WeightsFile(Path(path), sha256, source), spec)
@@ -103,6 +108,21 @@ def _convert(request_path: Path) -> None:
     entry = proto.metadata_props.add()
     entry.key, entry.value = SPEC_KEY, keras_embedder.spec.to_json()
     request_path.with_name("model.onnx").write_bytes(proto.SerializeToString())
+
+
+def _exit_with_parent(parent: int, folder: Path) -> None:
+    """Stop (removing ``folder``) when the process that asked for the conversion is gone."""
+    import shutil
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        shutil.rmtree(folder, ignore_errors=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="cellembed-parent-watch").start()
 
 
 def main() -> None:

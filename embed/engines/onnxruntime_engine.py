@@ -22,8 +22,9 @@ import hashlib
 import json
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -117,18 +118,47 @@ def build(
     cached = _open_cached(path, spec, threads)
     if cached is not None:
         return cached
-    if log is not None:
-        log(
-            f"converting {backbone.title} for ONNX Runtime (once for these weights and taps, about 20 s); "
-            f"cache: {path}"
-        )
-    with converted(backbone, weights, spec) as (model_file, reference):
-        model = model_file.read_bytes()
-    embedder = OnnxEmbedder(model, threads=threads)
-    check_same_output(embedder, reference)
-    _save(model, path)
+    with _conversion_lock(path):  # processes converting the same network wait for the first
+        cached = _open_cached(path, spec, threads)
+        if cached is not None:
+            return cached
+        if log is not None:
+            log(
+                f"converting {backbone.title} for ONNX Runtime (once for these weights and taps, about 20 s); "
+                f"cache: {path}"
+            )
+        with converted(backbone, weights, spec) as (model_file, reference):
+            model = model_file.read_bytes()
+        embedder = OnnxEmbedder(model, threads=threads)
+        check_same_output(embedder, reference)
+        _save(model, path)
     embedder.spec = dataclasses.replace(spec, taps=embedder.spec.taps)  # this run's provenance
     return embedder
+
+
+def prepare(backbone: "Backbone", weights: WeightsFile, spec: EmbeddingSpec, *, log: Callable[[str], None] | None = None) -> None:
+    """Convert the network now (once, cached) unless the cache already holds it."""
+    build(backbone, weights, spec, log=log, threads=1)
+
+
+@contextmanager
+def _conversion_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``<model>.lock`` in the cache folder while converting (none
+    where the folder cannot be written or the system has no flock)."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(path.name + ".lock"), "w")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_same_output(onnx_embedder: OnnxEmbedder, reference: np.ndarray) -> None:
