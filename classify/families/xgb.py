@@ -216,6 +216,10 @@ def xgb_tuning_plot(tuning: TuningResult) -> "Figure":
         # Linear axes throughout: the sampled learning rates span less than a decade, where a
         # log axis shows either crowded minor labels or none.
         axes.tick_params(axis="x", labelsize=7)
+        if isinstance(DEFAULT_PARAMS[name], int):  # max_depth: whole ticks, not 4.25
+            from matplotlib.ticker import MaxNLocator
+
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel(name)
     axes_list[0].set_ylabel("validation macro-F1")
     axes_list[0].legend(fontsize=7)
