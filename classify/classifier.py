@@ -19,7 +19,7 @@ import pandas as pd
 
 from cellembed import EmbeddingSpec, InputError, embedder_from_spec
 from cellembed.backbones import backbone_for_spec
-from cellembed.decoding import ImageSource
+from cellembed.decoding import ImageSource, prepare_resize
 from cellembed.engines import DEFAULT_ENGINE, Embedder, check_engine
 from cellembed.pipeline import decoded_batches
 from cellembed.weights import WeightsFile, check_weights, resolve_weights
@@ -132,6 +132,7 @@ class ImageClassifier:
         if not sources:
             return self._table([], np.zeros((0, len(self.classes))), [])
         embedder = self.embedder
+        prepare_resize()  # TensorFlow (the resizer) starts here, quietly, not in a decode thread
         vectors = np.zeros((len(sources), embedder.spec.dim), np.float32)
         errors: dict[int, str] = {}
         for batch in decoded_batches(sources, embedder.spec.input_size, self.batch_size):
