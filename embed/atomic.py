@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from cellembed.errors import OutputBusy
+
 
 def current_umask() -> int:
     """The process umask (reading it means setting it, so it is set back at once)."""
@@ -75,3 +77,54 @@ def install_folder(staging: Path, target: Path) -> None:
     os.rename(staging, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def output_lock(target: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``target`` (the hidden file ``.NAME.lock`` next to it) for
+    the whole run, so a second run writing the same output is refused instead of replacing
+    the first one's work.
+
+    The lock is ``flock`` on that file: the system drops it when the process ends, however
+    it ends, so a killed run never leaves a stale lock. The file is removed on a normal exit.
+
+    Raises:
+        OutputBusy: another process holds the lock (the message names it and its pid).
+    """
+    import fcntl
+
+    target = Path(target)
+    lock = target.with_name(f".{target.name}.lock")
+    while True:
+        handle = open(lock, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise OutputBusy(
+                f"another run{f' (pid {holder})' if holder.isdigit() else ''} is writing {target} now "
+                f"(lock file {lock}); wait for it to finish, or choose another output"
+            ) from None
+        # The file may have been removed by the previous holder between open and flock:
+        # then this lock guards nothing, so take the new file's.
+        try:
+            same = os.fstat(handle.fileno()).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield lock
+    finally:
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            pass
+        handle.close()

@@ -31,3 +31,8 @@ class OutputConflict(InputError):
 class RunFailed(Exception):
     """Work failed for a reason outside the user's input (a crashed conversion, a lost
     cluster); finished work was kept. The message says what to do; exit status 1."""
+
+
+class OutputBusy(InputError):
+    """Another run is writing the same output now (it holds the output's lock file); the
+    second run is refused before any work, exit status 2."""
