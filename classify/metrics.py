@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import (
     accuracy_score,
-    balanced_accuracy_score,
     confusion_matrix,
     f1_score,
     log_loss,
     precision_recall_fscore_support,
+    recall_score,
     roc_auc_score,
 )
 
@@ -32,9 +31,13 @@ def evaluate(
         ``(overall, per_class, confusion)``:
 
         - overall: accuracy, balanced_accuracy, macro_f1, weighted_f1, log_loss,
-          roc_auc_ovr_macro (mean of the defined per-class AUCs) and n.
-        - per_class: one row per class with precision, recall, f1, support and roc_auc
-          (one-vs-rest; NaN when the class is absent from y_true).
+          roc_auc_ovr_macro (mean of the defined per-class AUCs), n and classes_present.
+          Balanced accuracy and macro-F1 average over the ``classes_present`` classes that
+          occur in ``y_true``: a folder holding some classes only is not scored 0 on the
+          others (predictions of an absent class still count, as errors of the true class).
+        - per_class: one row per class of ``classes`` with precision, recall, f1, support
+          and roc_auc (one-vs-rest). A class absent from y_true (support 0) has no recall,
+          F1 or ROC-AUC (NaN), and a precision only if it was predicted (then 0).
         - confusion: long table ``true, predicted, count, rate`` where rate is the count
           divided by the row total (the recall of ``true`` on the diagonal).
     """
@@ -45,6 +48,11 @@ def evaluate(
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=classes, zero_division=0
     )
+    present = [name for name, n in zip(classes, support) if n > 0]
+    absent = support == 0
+    predicted = np.isin(np.asarray(classes, dtype=object), y_pred)
+    recall, f1 = np.where(absent, np.nan, recall), np.where(absent, np.nan, f1)
+    precision = np.where(absent & ~predicted, np.nan, precision)
     aucs = []
     for k, name in enumerate(classes):
         positive = y_true == name
@@ -59,17 +67,14 @@ def evaluate(
             "roc_auc": aucs,
         }
     )
-    with warnings.catch_warnings():
-        # Scoring a folder that holds only some classes: balanced accuracy averages the
-        # recall of the classes present, as defined; scikit-learn's warning would only
-        # alarm the reader.
-        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        balanced_accuracy = float(balanced_accuracy_score(y_true, y_pred))
     overall = {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": balanced_accuracy,
-        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        # balanced_accuracy_score's own definition (mean recall of the classes in y_true),
+        # but told the classes, so a folder of one class is no warning
+        "balanced_accuracy": float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "classes_present": len(present),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=classes, average="weighted", zero_division=0)),
         "log_loss": float(log_loss(y_true, proba, labels=classes)),
         "roc_auc_ovr_macro": float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else None,
