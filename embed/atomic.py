@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cellembed.errors import OutputBusy
+import errno
+
+from cellembed.errors import DiskFull, OutputBusy
 
 
 def current_umask() -> int:
@@ -26,15 +28,21 @@ def current_umask() -> int:
 
 
 @contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | Path, needs: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success it replaces ``target``.
+
+    A full disk (while the caller writes, or at the flush) raises :class:`DiskFull` naming
+    ``target`` and the free space, with ``needs`` (the expected size in bytes) when known.
 
     The temporary file is flushed to disk before the rename and given the permissions a
     plain write would (``mkstemp`` makes private 0600 files; an existing target keeps its
     mode). On an exception the temporary file is removed and ``target`` is untouched.
     """
     target = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _disk_full(exc, target, 0, needs) if _is_disk_full(exc) else exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -43,9 +51,29 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.chmod(tmp_path, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~current_umask())
         os.replace(tmp_path, target)
+    except OSError as exc:
+        if not _is_disk_full(exc):
+            raise
+        written = tmp_path.stat().st_size if tmp_path.exists() else 0
+        tmp_path.unlink(missing_ok=True)
+        raise _disk_full(exc, target, written, needs) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _is_disk_full(exc: OSError) -> bool:
+    # Arrow's writers raise OSError without errno, naming the cause in the message.
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc)
+
+
+def _disk_full(exc: OSError, target: Path, written: int, needs: int | None) -> DiskFull:
+    free = shutil.disk_usage(target.parent).free / 1e6
+    size = f"it needs about {needs / 1e6:.1f} MB" if needs else f"it needs more than the {written / 1e6:.1f} MB written"
+    return DiskFull(
+        f"the disk is full while writing {target} ({size}; {free:.1f} MB are free in {target.parent}); "
+        f"{target} was left as it was: free space there and run the same command again"
+    )
 
 
 def write_text(target: str | Path, text: str) -> Path:

@@ -36,3 +36,8 @@ class RunFailed(Exception):
 class OutputBusy(InputError):
     """Another run is writing the same output now (it holds the output's lock file); the
     second run is refused before any work, exit status 2."""
+
+
+class DiskFull(RunFailed):
+    """The disk filled up while an output was written; the output was left as it was and
+    finished work was kept. The message names the file and the free space; exit status 1."""

@@ -23,6 +23,7 @@ from cellembed.backbones import DEFAULT_BACKBONE, backbone_for_spec
 from cellembed.distributors import DEFAULT_DISTRIBUTOR, make_distributor
 from cellembed.embedder import embedder_from_spec, spec_for_settings
 from cellembed.engines import DEFAULT_ENGINE, Embedder, check_engine
+from cellembed.atomic import output_lock
 from cellembed.errors import InputError, Interrupted
 from cellembed.merge import merge
 from cellembed.plan import DEFAULT_SHARD_SIZE, Plan, plan as make_plan
@@ -37,7 +38,9 @@ DEFAULT_CHECKPOINT_EVERY = DEFAULT_SHARD_SIZE
 class ExtractResult:
     """What a run did. ``embedded`` were computed now; ``reused`` came from OUT or from the
     checkpoint of an interrupted run (``resumed`` of them); ``dropped`` rows of the old OUT
-    had no image any more; ``errors`` are the files that could not be embedded."""
+    had no image any more (``kept`` instead, by an add-only cache); ``errors`` are the files
+    that could not be embedded; ``members`` are the folder's images in OUT, as
+    ``(path, label, sha256)`` (an add-only cache also holds other images)."""
 
     out: Path
     spec: EmbeddingSpec
@@ -49,6 +52,8 @@ class ExtractResult:
     seconds: float
     embed_seconds: float
     errors: list[dict[str, str]] = field(default_factory=list)
+    kept: int = 0
+    members: list[tuple[str, str | None, str]] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -60,7 +65,8 @@ class ExtractResult:
             f"{self.out}: {self.rows} images, {self.spec.dim} floats each; embedded "
             f"{self.embedded}{rate}, reused {self.reused} cached"
             + (f" ({self.resumed} from an interrupted run)" if self.resumed else "")
-            + f", dropped {self.dropped} no longer in the folder; "
+            + (f", kept {self.kept} of other images" if self.kept else f", dropped {self.dropped} no longer in the folder")
+            + "; "
             f"{len(self.errors)} skipped; {self.seconds:.1f} s"
         )
 
@@ -77,6 +83,7 @@ def extract(
     batch_size: int = 32,
     engine: str = DEFAULT_ENGINE,
     overwrite: bool = False,
+    add_only: bool = False,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     distributed: str = DEFAULT_DISTRIBUTOR,
     distributor_options: dict[str, Any] | None = None,
@@ -87,8 +94,11 @@ def extract(
     """Embed the images under ``images`` into the Parquet file ``out``.
 
     Images already in ``out`` (same SHA-256, same spec) are not embedded again; images no
-    longer in the folder are dropped. ``out`` is replaced atomically; finished embeddings
-    are saved every ``checkpoint_every`` images (one shard) so an interrupted run resumes.
+    longer in the folder are dropped (kept with ``add_only``). ``out`` is replaced
+    atomically; finished embeddings are saved every ``checkpoint_every`` images (one shard)
+    so an interrupted run resumes. A second run writing the same ``out`` at the same time
+    is refused. Finished shards of an interrupted run with another spec are set aside (in
+    ``OUT-stem.checkpoint-<spec digest>/``), never deleted; a run with their spec resumes them.
 
     Args:
         images: folder of images; first-level sub-folder names are the labels.
@@ -104,6 +114,8 @@ def extract(
         engine: ``"onnxruntime"`` (default, faster on CPU) or ``"tensorflow"``; same
             embeddings within 1e-4 and the same spec, so caches are shared.
         overwrite: replace an ``out`` made with another spec instead of refusing.
+        add_only: treat ``out`` as an add-only cache: add the images it does not hold
+            yet and keep its rows of other images (``cellclf predict --cache``).
         checkpoint_every: images per shard, saved as each finishes.
         distributed: ``"sequential"`` (this process) or ``"ray"`` (a Ray cluster).
         distributor_options: options of the distributor (Ray: ``address``,
@@ -131,59 +143,78 @@ def extract(
     # to embed costs only hashing and reading OUT's index.
     planned, weights_file = _planned(embedder, spec, weights, backbone, layers, input_size, engine)
     out = _check_output(Path(out))
-    try:
-        work = make_plan(images, out, planned, overwrite=overwrite, shard_size=checkpoint_every)
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted while reading the images, before any was embedded; run the same command again") from None
-    for path in work.stale:  # made with another spec; --overwrite replaces them
-        path.unlink(missing_ok=True)
-    say(work.summary())
+    with output_lock(out):  # a second run writing the same OUT is refused, not mixed in
+        try:
+            work = make_plan(images, out, planned, overwrite=overwrite, shard_size=checkpoint_every, prune=not add_only)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted while reading the images, before any was embedded; run the same command again") from None
+        _set_aside(work, say)
+        say(work.summary())
 
-    results: list[ShardResult] = []
-    embed_seconds, final_spec = 0.0, None
-    try:
-        if work.shards:
-            options = dict(distributor_options or {})
-            if embedder is not None:
-                options["embedder"] = embedder
-            distributor = make_distributor(distributed, **options)
-            job = ShardJob(work.spec, weights_file, engine, work.work_dir, batch_size)
-            try:
-                distributor.start(job, say)
-            except BaseException:
-                distributor.close()
-                raise
-            embed_started = time.perf_counter()  # images/s counts decoding + network only
-            results = _run(distributor, work, progress)
-            embed_seconds = time.perf_counter() - embed_started
-        elif not work.spec.widths_known:  # nothing could be embedded, but OUT needs the tap widths
-            final_spec = (embedder or embedder_from_spec(work.spec, weights_file, engine, log=say)).spec
-    except KeyboardInterrupt:
-        raise Interrupted(
-            "interrupted while loading the network, before any image was embedded; run the same command again"
-        ) from None
-    try:
-        merged = merge(work, results, final_spec)
-    except KeyboardInterrupt:
-        raise Interrupted(
-            f"interrupted while writing {out} (left as it was); the embeddings are checkpointed in "
-            f"{work.work_dir}; run the same command again to finish"
-        ) from None
-    new = {sha for result in results for sha in result.sha256s}
-    old = set(work.out_index.sha256s) if work.out_index else set()
-    wanted = {sha for sha in work.sha256s if sha is not None}
-    return ExtractResult(
-        out=out,
-        spec=merged.spec,
-        rows=merged.rows,
-        embedded=len(new),
-        reused=sum(1 for sha in work.sha256s if sha is not None and sha not in merged.failed and sha not in new),
-        resumed=len((work.finished_sha256s & wanted) - old - merged.failed),
-        dropped=len(old - wanted),
-        seconds=time.perf_counter() - started,
-        embed_seconds=embed_seconds,
-        errors=merged.errors,
-    )
+        results: list[ShardResult] = []
+        embed_seconds, final_spec = 0.0, None
+        try:
+            if work.shards:
+                options = dict(distributor_options or {})
+                if embedder is not None:
+                    options["embedder"] = embedder
+                distributor = make_distributor(distributed, **options)
+                job = ShardJob(work.spec, weights_file, engine, work.work_dir, batch_size)
+                try:
+                    distributor.start(job, say)
+                except BaseException:
+                    distributor.close()
+                    raise
+                embed_started = time.perf_counter()  # images/s counts decoding + network only
+                results = _run(distributor, work, progress)
+                embed_seconds = time.perf_counter() - embed_started
+            elif not work.spec.widths_known:  # nothing could be embedded, but OUT needs the tap widths
+                final_spec = (embedder or embedder_from_spec(work.spec, weights_file, engine, log=say)).spec
+        except KeyboardInterrupt:
+            raise Interrupted(
+                "interrupted while loading the network, before any image was embedded; run the same command again"
+            ) from None
+        try:
+            merged = merge(work, results, final_spec)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted while writing {out} (left as it was); the embeddings are checkpointed in "
+                f"{work.work_dir}; run the same command again to finish"
+            ) from None
+        new = {sha for result in results for sha in result.sha256s}
+        old = set(work.out_index.sha256s) if work.out_index else set()
+        wanted = {sha for sha in work.sha256s if sha is not None}
+        members = [(image.path, image.label, sha) for image, sha in zip(work.files, work.sha256s)
+                   if sha is not None and sha not in merged.failed]
+        return ExtractResult(
+            out=out,
+            spec=merged.spec,
+            rows=merged.rows,
+            embedded=len(new),
+            reused=sum(1 for sha in work.sha256s if sha is not None and sha not in merged.failed and sha not in new),
+            resumed=len((work.finished_sha256s & wanted) - old - merged.failed),
+            dropped=len(old - wanted) if work.prune else 0,
+            seconds=time.perf_counter() - started,
+            embed_seconds=embed_seconds,
+            errors=merged.errors,
+            kept=merged.kept,
+            members=members,
+        )
+
+
+def _set_aside(work: Plan, say: Callable[[str], None]) -> None:
+    """Move finished shards of another spec out of the work folder, into their spec's own
+    folder, and say where: they are an interrupted run's work, never deleted."""
+    folders: dict[Path, int] = {}
+    for path, folder in work.set_aside:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.replace(path, folder / path.name)
+        folders[folder] = folders.get(folder, 0) + 1
+    for folder, count in folders.items():
+        say(
+            f"set aside {count} finished shard(s) of an interrupted run with another embedding spec in "
+            f"{folder}: a run with that spec resumes from them; delete the folder if they are not needed"
+        )
 
 
 def _planned(

@@ -1,27 +1,28 @@
 """``merge``: assemble OUT from the reused rows and the shard files, atomically.
 
-Rows come out in the plan's file order (sorted by path); an image's embedding is looked up
+Rows come out in the plan's file order (sorted by path), after OUT's rows of other images
+when the plan keeps them (an add-only cache, ``prune=False``); an image's embedding is looked up
 by its SHA-256 in OUT (when reused), in the finished shards of an interrupted run and in
 this run's shards. Memory: one (rows, dim) float32 matrix is filled in place while the
 sources are read a batch at a time, so the peak is about the rows themselves whatever the
 number of shards. OUT is replaced in one rename, then the errors sidecar is written and the
-work folder removed: an interruption before the rename leaves OUT and every shard as they
-were, and the same command finishes the job.
+shard files used are removed: an interruption or a full disk before the rename leaves OUT
+and every shard as they were, and the same command finishes the job.
 """
 
 from __future__ import annotations
 
 import csv
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cellembed.atomic import atomic_path
-from cellembed.errors import RunFailed
+from cellembed.errors import DiskFull, OutputConflict, RunFailed
 from cellembed.plan import Plan
 from cellembed.shards import ShardResult
 from cellembed.spec import EmbeddingSpec
@@ -32,13 +33,14 @@ _READ_BATCH = 2048
 
 @dataclass
 class Merged:
-    """What OUT holds now: its spec, its rows, the files it could not embed, and the
-    SHA-256 of every image left out (failed now, or known bad)."""
+    """What OUT holds now: its spec, its rows, the files it could not embed, the SHA-256
+    of every image left out (failed now, or known bad), and the rows of other images kept."""
 
     spec: EmbeddingSpec
     rows: int
     errors: list[dict[str, str]] = field(default_factory=list)
     failed: set[str] = field(default_factory=set)
+    kept: int = 0  # rows of other images kept by an add-only cache
 
 
 def merge(plan: Plan, results: Sequence[ShardResult], spec: EmbeddingSpec | None = None) -> Merged:
@@ -52,21 +54,68 @@ def merge(plan: Plan, results: Sequence[ShardResult], spec: EmbeddingSpec | None
     if not spec.widths_known:
         raise ValueError("merge needs the spec's tap widths: build the embedder once to learn them")
     errors, failed = _errors(plan, results)
-    rows = [(image, sha) for image, sha in zip(plan.files, plan.sha256s) if sha is not None and sha not in failed]
-    if not results and not plan.finished and _unchanged(plan, rows, errors):
+    rows = [(image.path, image.label, sha) for image, sha in zip(plan.files, plan.sha256s)
+            if sha is not None and sha not in failed]
+    ours = {sha for *_, sha in rows}
+    rows, file_errors, images_root = _kept_rows(plan, rows, errors)
+    kept = sum(1 for *_, sha in rows if sha not in ours)
+    if not results and not plan.finished and _unchanged(plan, rows, file_errors, images_root):
         _write_errors_csv(errors_csv_path(plan.out), errors)
-        shutil.rmtree(plan.work_dir, ignore_errors=True)
-        return Merged(spec, len(rows), errors, failed)
+        _remove_work(plan, results)
+        return Merged(spec, len(rows), errors, failed, kept)
 
-    matrix, widths, heights = _gather(plan, results, [sha for _, sha in rows], spec.dim)
+    matrix, widths, heights = _gather(plan, results, [sha for *_, sha in rows], spec.dim)
     table = make_table(
-        spec, [image.path for image, _ in rows], [image.label for image, _ in rows], [sha for _, sha in rows],
-        widths, heights, matrix, errors, images_root=plan.images,
+        spec, [path for path, _, _ in rows], [label for _, label, _ in rows], [sha for *_, sha in rows],
+        widths, heights, matrix, file_errors, images_root=images_root,
     )
-    write_table(table, plan.out)
+    try:
+        write_table(table, plan.out)
+    except DiskFull as exc:
+        raise DiskFull(f"{exc}; the embeddings computed so far are kept in {plan.work_dir}") from None
     _write_errors_csv(errors_csv_path(plan.out), errors)
-    shutil.rmtree(plan.work_dir, ignore_errors=True)
-    return Merged(spec, len(rows), errors, failed)
+    _remove_work(plan, results)
+    return Merged(spec, len(rows), errors, failed, kept)
+
+
+def _kept_rows(
+    plan: Plan, rows: list[tuple[str, str | None, str]], errors: list[dict[str, str]]
+) -> tuple[list[tuple[str, str | None, str]], list[dict[str, str]], Path | None]:
+    """OUT's rows, its errors and the images folder to record, for this folder's ``rows``
+    and ``errors``.
+
+    By default OUT mirrors the folder: exactly ``rows``. An add-only cache (``plan.prune``
+    False) keeps every row of OUT as it was and adds the images whose content it does not
+    hold yet, sorted by path; when it then holds images of two folders, no single images
+    folder is recorded.
+    """
+    index = plan.out_index
+    if plan.prune or index is None:
+        return rows, errors, plan.images
+    held = set(index.sha256s)
+    new = [row for row in rows if row[2] not in held]
+    ours = {sha for *_, sha in rows}
+    current = {e["path"] for e in errors}
+    file_errors = errors + [e for e in index.errors if e["path"] not in current and e.get("sha256") not in ours]
+    old_root = Path(index.images_root.decode()) if index.images_root else None
+    if not index.paths or (old_root is not None and old_root == plan.images.resolve()):
+        root = plan.images
+    else:
+        root = old_root if not new else None
+    combined = sorted([*zip(index.paths, index.labels, index.sha256s), *new], key=lambda row: row[0])
+    return combined, sorted(file_errors, key=lambda e: e["path"]), root
+
+
+def _remove_work(plan: Plan, results: Sequence[ShardResult]) -> None:
+    """Remove the shard files now in OUT, then their folders when nothing else is left in
+    them (a file someone else put there is never deleted)."""
+    for path in [*plan.finished, *(result.path for result in results)]:
+        Path(path).unlink(missing_ok=True)
+    for folder in {plan.work_dir, *(Path(path).parent for path in plan.finished)}:
+        try:
+            folder.rmdir()
+        except OSError:  # missing, or holds something that is not ours
+            pass
 
 
 def _errors(plan: Plan, results: Sequence[ShardResult]) -> tuple[list[dict[str, str]], set[str]]:
@@ -83,16 +132,14 @@ def _errors(plan: Plan, results: Sequence[ShardResult]) -> tuple[list[dict[str, 
     return sorted(errors, key=lambda e: e["path"]), failed
 
 
-def _unchanged(plan: Plan, rows: list, errors: list[dict[str, str]]) -> bool:
+def _unchanged(plan: Plan, rows: list, errors: list[dict[str, str]], images_root: Path | None) -> bool:
     """True when OUT already holds exactly these rows and errors (no rewrite needed)."""
     index = plan.out_index
     return (
         index is not None
         and list(index.errors) == errors
-        and index.images_root == str(plan.images.resolve()).encode()
-        and list(index.paths) == [image.path for image, _ in rows]
-        and list(index.labels) == [image.label for image, _ in rows]
-        and list(index.sha256s) == [sha for _, sha in rows]
+        and index.images_root == (str(images_root.resolve()).encode() if images_root is not None else None)
+        and list(zip(index.paths, index.labels, index.sha256s)) == rows
     )
 
 
@@ -111,25 +158,38 @@ def _gather(
     for source in sources:
         if not missing:
             break
-        with pq.ParquetFile(source) as parquet:
-            for batch in parquet.iter_batches(batch_size=_READ_BATCH, columns=["sha256", "width", "height", "embedding"]):
-                found = [(j, sha) for j, sha in enumerate(batch.column(0).to_pylist()) if sha in missing]
-                if not found:
-                    continue
-                vectors = table_matrix(batch)
-                batch_widths, batch_heights = batch.column(1).to_numpy(), batch.column(2).to_numpy()
-                for j, sha in found:
-                    if sha in missing:
-                        matrix[positions[sha]] = vectors[j]
-                        widths[positions[sha]] = batch_widths[j]
-                        heights[positions[sha]] = batch_heights[j]
-                        missing.discard(sha)
+        try:
+            _fill(source, missing, positions, matrix, widths, heights)
+        except (OSError, pa.ArrowException) as exc:
+            if source == plan.out:  # the work of this run is in the shards, kept
+                raise OutputConflict(f"{source} is damaged ({exc}); the images embedded now are kept in {plan.work_dir}") from None
+            raise RunFailed(f"{source} is damaged ({exc}); delete it and run the same command again") from None
     if missing:
         raise RunFailed(
             f"{len(missing)} embeddings are in no source (e.g. {sorted(missing)[0]}); "
             f"nothing was replaced and finished shards are kept: run the same command again"
         )
     return matrix, widths, heights
+
+
+def _fill(
+    source: Path, missing: set[str], positions: dict[str, list[int]],
+    matrix: np.ndarray, widths: np.ndarray, heights: np.ndarray,
+) -> None:
+    """Copy the rows of ``source`` that are still ``missing`` into place."""
+    with pq.ParquetFile(source) as parquet:
+        for batch in parquet.iter_batches(batch_size=_READ_BATCH, columns=["sha256", "width", "height", "embedding"]):
+            found = [(j, sha) for j, sha in enumerate(batch.column(0).to_pylist()) if sha in missing]
+            if not found:
+                continue
+            vectors = table_matrix(batch)
+            batch_widths, batch_heights = batch.column(1).to_numpy(), batch.column(2).to_numpy()
+            for j, sha in found:
+                if sha in missing:
+                    matrix[positions[sha]] = vectors[j]
+                    widths[positions[sha]] = batch_widths[j]
+                    heights[positions[sha]] = batch_heights[j]
+                    missing.discard(sha)
 
 
 def _write_errors_csv(path: Path, errors: list[dict[str, str]]) -> None:

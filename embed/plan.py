@@ -2,11 +2,13 @@
 
 Discovery and hashing of the images; the cache diff against OUT and against the shard
 files that an interrupted run left in OUT's work folder (``emb.checkpoint/`` for
-``emb.parquet``); the files known to be bad (a file that failed to decode, unchanged,
+``emb.parquet``), or set aside for this spec by an earlier run with another spec
+(``emb.checkpoint-<spec digest>/``); the files known to be bad (a file that failed to decode, unchanged,
 fails again; one that could not be read is tried again); and the remaining work as
-:class:`~cellembed.shards.Shard` objects of at most ``shard_size`` images. A file made with
-another spec is refused here, before any work; with ``overwrite`` it is listed as stale
-instead, for ``extract`` to delete once the plan stands. Paths in shards are absolute, so
+:class:`~cellembed.shards.Shard` objects of at most ``shard_size`` images. An OUT made with
+another spec is refused here, before any work (``overwrite`` replaces it); finished shards
+of another spec are never refused nor deleted: they are listed to be set aside (moved to
+their spec's own folder) once the plan stands. Paths in shards are absolute, so
 workers on other machines (or with another working folder) find the same files.
 """
 
@@ -16,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cellembed.discovery import ImageFile, find_images
@@ -23,7 +26,9 @@ from cellembed.errors import InputError, OutputConflict
 from cellembed.hashing import sha256_file
 from cellembed.shards import SHARD_GLOBS, Shard, ShardItem
 from cellembed.spec import EmbeddingSpec
-from cellembed.store import ERRORS_METADATA_KEY, IMAGES_METADATA_KEY, checkpoint_folder, read_errors, read_spec
+from cellembed.store import (
+    ERRORS_METADATA_KEY, IMAGES_METADATA_KEY, checkpoint_folder, read_errors, read_spec, set_aside_folder,
+)
 
 DEFAULT_SHARD_SIZE = 256
 
@@ -51,9 +56,13 @@ class Plan:
         files: every image found, sorted by path; ``sha256s`` per file (None: unreadable).
         errors: files that will not be embedded (unreadable now, or known bad).
         out_index: OUT's rows when they are reused (None: no OUT, or ``overwrite``).
-        finished: shard files of earlier interrupted runs with this spec, reused as they are.
+        finished: shard files of earlier interrupted runs with this spec (in the work
+            folder, or set aside for this spec), reused as they are.
         finished_sha256s: the images those hold (or failed to decode).
-        stale: files in the work folder made with another spec (only with ``overwrite``).
+        set_aside: (shard file, folder) pairs: shards in the work folder made with another
+            spec, to move to that spec's set-aside folder.
+        prune: drop OUT's rows of images no longer in the folder (False: an add-only cache,
+            whose rows of other images are kept).
         shards: the work left.
     """
 
@@ -67,8 +76,9 @@ class Plan:
     out_index: OutIndex | None
     finished: tuple[Path, ...]
     finished_sha256s: frozenset[str]
-    stale: tuple[Path, ...]
+    set_aside: tuple[tuple[Path, Path], ...]
     shards: tuple[Shard, ...]
+    prune: bool = True
 
     @property
     def to_embed(self) -> int:
@@ -95,18 +105,20 @@ def plan(
     *,
     overwrite: bool = False,
     shard_size: int = DEFAULT_SHARD_SIZE,
+    prune: bool = True,
 ) -> Plan:
     """Decide the extraction of ``images`` into ``out`` with the planned ``spec``.
 
     Args:
-        overwrite: do not reuse (nor refuse) an existing OUT; list the work folder's files
-            of another spec as stale (finished shards of this spec are still reused).
+        overwrite: do not reuse (nor refuse) an existing OUT (finished shards of this
+            spec are still reused).
         shard_size: images per shard (also the checkpoint interval).
+        prune: see :class:`Plan`.
 
     Raises:
-        InputError: bad images folder.
-        OutputConflict: (without ``overwrite``) an OUT or work file that cellembed did not
-            write or that was made with another spec.
+        InputError: bad images folder, or a file in the work folder that cellembed did not write.
+        OutputConflict: (without ``overwrite``) an OUT that cellembed did not write or that
+            was made with another spec.
     """
     if shard_size < 1:
         raise InputError("--checkpoint-every must be at least 1")
@@ -115,15 +127,22 @@ def plan(
     work_dir = checkpoint_folder(out).absolute()
     if out.exists() and not overwrite:
         spec = _check_reference(out, spec)
-    finished, stale = [], []
-    for path in sorted(p for pattern in SHARD_GLOBS for p in work_dir.glob(pattern)):
+    finished, set_aside = [], []
+    folders = (work_dir, set_aside_folder(out, spec).absolute())
+    for path in sorted(p for folder in folders for pattern in SHARD_GLOBS for p in folder.glob(pattern)):
         try:
-            spec = _check_reference(path, spec)
-            finished.append(path)
-        except OutputConflict:
-            if not overwrite:
-                raise
-            stale.append(path)
+            found = read_spec(path)
+        except InputError as exc:
+            raise InputError(
+                f"{exc}, but it is in the work folder {path.parent} of {out}; move it away and run again"
+            ) from None
+        if spec.differences(found):
+            if path.parent == work_dir:
+                set_aside.append((path, set_aside_folder(out, found).absolute()))
+            continue
+        finished.append(path)
+        if not spec.widths_known:
+            spec = spec.with_tap_widths([t.width for t in found.taps])
 
     out_index = _read_index(out) if out.exists() and not overwrite else None
     known_bad = {e["sha256"]: e["reason"] for e in (out_index.errors if out_index else ()) if e.get("sha256")}
@@ -151,7 +170,8 @@ def plan(
     return Plan(
         images=images, out=out, work_dir=work_dir, spec=spec, files=tuple(files), sha256s=tuple(sha256s),
         errors=tuple(sorted(errors, key=lambda e: e["path"])), out_index=out_index,
-        finished=tuple(finished), finished_sha256s=frozenset(finished_shas), stale=tuple(stale), shards=shards,
+        finished=tuple(finished), finished_sha256s=frozenset(finished_shas), set_aside=tuple(set_aside),
+        shards=shards, prune=prune,
     )
 
 
@@ -164,18 +184,20 @@ def _check_reference(path: Path, spec: EmbeddingSpec) -> EmbeddingSpec:
         raise OutputConflict(f"{exc}; refusing to replace it") from None
     differences = spec.differences(found)
     if differences:
-        where = path.parent if path.parent.name.endswith(".checkpoint") else path
         raise OutputConflict(
-            f"{where} was made with another embedding spec ({'; '.join(differences)}; "
+            f"{path} was made with another embedding spec ({'; '.join(differences)}; "
             "requested vs existing) and specs never mix in one file"
         )
     return spec if spec.widths_known else spec.with_tap_widths([t.width for t in found.taps])
 
 
 def _read_index(out: Path) -> OutIndex:
-    with pq.ParquetFile(out) as parquet:
-        table = parquet.read(columns=["path", "label", "sha256"])
-        metadata = parquet.schema_arrow.metadata or {}
+    try:
+        with pq.ParquetFile(out) as parquet:
+            table = parquet.read(columns=["path", "label", "sha256"])
+            metadata = parquet.schema_arrow.metadata or {}
+    except (OSError, pa.ArrowException) as exc:
+        raise OutputConflict(f"{out} is damaged ({exc})") from None
     return OutIndex(
         paths=tuple(table.column("path").to_pylist()),
         labels=tuple(table.column("label").to_pylist()),

@@ -42,6 +42,16 @@ def checkpoint_folder(out: Path) -> Path:
     return out.with_name(out.stem + ".checkpoint")
 
 
+def set_aside_folder(out: Path, spec: EmbeddingSpec) -> Path:
+    """Where finished shards of an interrupted run with another spec are kept
+    (``emb.checkpoint-<spec digest>/``), so a run with a new spec neither mixes with them
+    nor deletes them, and a later run with their spec resumes from them."""
+    import hashlib
+
+    digest = hashlib.sha256(spec.identity_key().encode()).hexdigest()[:12]
+    return out.with_name(f"{out.stem}.checkpoint-{digest}")
+
+
 def errors_csv_path(out: Path) -> Path:
     """The sidecar list of files that could not be embedded (``emb.errors.csv``)."""
     return out.with_name(out.stem + ".errors.csv")
@@ -98,7 +108,8 @@ ROW_GROUP_SIZE = 1024
 
 def write_table(table: pa.Table, path: str | Path) -> None:
     """Write a table to Parquet atomically (temporary file + rename)."""
-    with atomic_path(path) as tmp:
+    # Floats barely compress: the table's in-memory size is what the file needs, at most.
+    with atomic_path(path, needs=table.nbytes) as tmp:
         pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE)
 
 

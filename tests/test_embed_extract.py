@@ -177,10 +177,12 @@ def test_finished_shards_of_an_interrupted_run_are_resumed(labelled_folder, tmp_
 
 
 def test_overwrite_keeps_finished_shards_of_its_spec_and_checks_inputs_first(labelled_folder, tmp_path, embedder, random_weights):
-    """An interrupted --overwrite run resumes with --overwrite; nothing is deleted before the
-    inputs are checked; shards of another spec are refused, or deleted with --overwrite."""
+    """An interrupted --overwrite run resumes with or without --overwrite; nothing is
+    deleted before the inputs are checked; shards of another spec never block a run and
+    are never deleted: they are set aside, and a run with their spec resumes from them."""
     from cellembed.plan import plan
     from cellembed.shards import ShardJob, embed_shard
+    from cellembed.store import set_aside_folder
 
     final = tmp_path / "final.parquet"
     extract(labelled_folder, final, weights=random_weights, input_size=SMALL, layers="final", progress=False)
@@ -192,13 +194,19 @@ def test_overwrite_keeps_finished_shards_of_its_spec_and_checks_inputs_first(lab
     assert finished.path.is_file()  # bad input: nothing deleted
 
     other = tmp_path / "emb.checkpoint" / "shard-other.parquet"
-    shutil.copy(final, other)  # a file of another spec ("final") in the work folder
-    with pytest.raises(InputError, match="emb.checkpoint was made with another embedding spec.*--overwrite"):
-        extract(labelled_folder, out, embedder=embedder, progress=False)
-    assert other.is_file() and finished.path.is_file()
-    result = extract(labelled_folder, out, embedder=embedder, overwrite=True, progress=False)
+    shutil.copy(final, other)  # a finished shard of another spec ("final") in the work folder
+    said = []
+    result = extract(labelled_folder, out, embedder=embedder, progress=False, log=said.append)
     assert (result.resumed, result.embedded, result.rows, result.spec.dim) == (5, 7, 12, 5256)
-    assert not (tmp_path / "emb.checkpoint").exists()
+    aside = set_aside_folder(out, read_spec(final))
+    assert (aside / "shard-other.parquet").is_file() and not (tmp_path / "emb.checkpoint").exists()
+    assert any(f"set aside 1 finished shard(s) of an interrupted run with another embedding spec in {aside.absolute()}" in m
+               for m in said)
+
+    result = extract(labelled_folder, out, weights=random_weights, input_size=SMALL, layers="final",
+                     overwrite=True, progress=False)
+    assert (result.resumed, result.embedded, result.rows, result.spec.dim) == (12, 0, 12, 2048)
+    assert not aside.exists()
 
 
 def test_an_unreadable_file_is_tried_again_and_a_broken_one_is_not(labelled_folder, tmp_path, embedder):
