@@ -24,7 +24,7 @@ from cellembed.engines import DEFAULT_ENGINE, Embedder, check_engine
 from cellembed.pipeline import decoded_batches
 from cellembed.weights import WeightsFile, check_weights, resolve_weights
 from cellclf.errors import ClassifierInputError
-from cellclf.predictor import Predictor
+from cellclf.predictor import Predictor, load_predictor
 from cellclf.rundir import PROBA_PREFIX
 
 #: Column naming each input of ``predict_images``.
@@ -61,7 +61,11 @@ class ImageClassifier:
     """Classify images with a :class:`~cellclf.predictor.Predictor` (see the module docstring).
 
     Args:
-        predictor: a loaded predictor (``Predictor.load("run/model.joblib")``).
+        predictor: a loaded predictor, or where to load one: a run folder, its model.skops
+            or model.joblib (loaded by :func:`cellclf.predictor.load_predictor`: the safe
+            file whenever it is there).
+        trust_pickle: allow unpickling a .joblib with no safe file beside it (unpickling
+            runs code from the file: only for files from a source you trust).
         weights: the weights file it was trained with (a path, or None for
             ``$CELLEMBED_WEIGHTS``); checked now, by SHA-256.
         engine: ``"onnxruntime"`` (default) or ``"tensorflow"``.
@@ -74,14 +78,17 @@ class ImageClassifier:
 
     def __init__(
         self,
-        predictor: Predictor,
+        predictor: Predictor | str | os.PathLike,
         *,
+        trust_pickle: bool = False,
         weights: str | os.PathLike | WeightsFile | None = None,
         engine: str = DEFAULT_ENGINE,
         batch_size: int = 32,
         log: Callable[[str], None] | None = None,
     ) -> None:
         check_engine(engine)
+        if not isinstance(predictor, Predictor):
+            predictor = load_predictor(predictor, trust_pickle=trust_pickle)
         self.predictor = predictor
         self.weights = matching_weights(predictor, weights)
         self.engine = engine

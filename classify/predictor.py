@@ -1,14 +1,27 @@
 """The saved model: a fitted pipeline plus everything needed to use it safely later.
 
-A :class:`Predictor` is saved with joblib (a pickle). **Loading a pickle runs code from the
-file: load only predictors you made or trust.** :meth:`Predictor.save` writes the SHA-256
-of the file next to it (``model.joblib.sha256``, ``sha256sum`` format) and
-:meth:`Predictor.load` checks it *before* unpickling, so a file changed after it was saved
-is refused.
+A :class:`Predictor` is saved twice by :meth:`Predictor.save`:
+
+- ``model.skops``, the **safe format**: the fitted pipeline written by skops.io (scikit-learn
+  objects as their attributes and numpy arrays, XGBoost's booster as its own serialisation,
+  never a pickle) and the classes, embedding spec, taps, summary and versions as JSON text.
+  Loading it constructs only the types of an explicit allow-list (skops' trusted
+  scikit-learn / numpy / builtin types plus :data:`TRUSTED_TYPES`); a file naming any other
+  type is refused before anything in it is built, so it cannot run code.
+- ``model.joblib`` (a pickle, what the design promises) with its SHA-256 next to it
+  (``model.joblib.sha256``, ``sha256sum`` format). **Loading a pickle runs code from the file.**
+  The checksum detects accidental damage (a truncated copy, a flipped bit), not a deliberate
+  swap: whoever can replace the file can recompute the hash.
+
+:func:`load_predictor` (also :meth:`Predictor.load`, ``cellclf predict``) loads the safe file
+whenever it is there (given a run folder, its ``model.joblib`` or the ``.skops`` file itself)
+and unpickles a ``.joblib`` with no safe file beside it only when told to trust it
+(``trust_pickle=True``, ``--trust-pickle``).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,16 +36,26 @@ from cellembed.hashing import sha256_file
 from cellembed.atomic import atomic_path
 from cellembed.versions import library_versions as _library_versions
 from cellclf.errors import ClassifierInputError, PredictorLoadError
+from cellclf.rundir import BEST_MODEL
 
 #: Bumped whenever the Predictor's attributes change incompatibly.
 PREDICTOR_FORMAT = 1
 #: Libraries whose pickles must come from the same major.minor release to load reliably.
 PICKLE_LIBRARIES = ("scikit-learn", "xgboost")
 CHECKSUM_SUFFIX = ".sha256"
+#: The safe format's file name ending (``model.joblib`` -> ``model.skops``).
+SAFE_SUFFIX = ".skops"
+#: Types a safe file may hold beyond skops' own trusted ones (scikit-learn estimators and
+#: pipelines, numpy arrays and dtypes, plain builtins): the XGBoost classifier and its
+#: booster, whose trees skops stores as XGBoost's own serialisation, read by XGBoost's
+#: parser (never unpickled). Anything else ``skops.io.get_untrusted_types`` reports is refused.
+TRUSTED_TYPES = frozenset({"xgboost.core.Booster", "xgboost.sklearn.XGBClassifier"})
+#: Key of the safe file's JSON text (classes, spec, taps, summary, versions, format).
+_METADATA = "cellclf_predictor"
 
 
 #: Libraries a predictor depends on; their versions are recorded at training time.
-PREDICTOR_LIBRARIES = ("cellembed", "numpy", "pandas", "scikit-learn", "xgboost", "joblib")
+PREDICTOR_LIBRARIES = ("cellembed", "numpy", "pandas", "scikit-learn", "xgboost", "joblib", "skops")
 
 
 def library_versions() -> dict[str, str]:
@@ -60,7 +83,10 @@ class Predictor:
         family: ``"lr"`` or ``"xgb"``.
         summary: training facts (counts per class and split, params, metrics, date).
         versions: library versions at training time.
+        source: the file it was loaded from (None until loaded).
     """
+
+    source: Path | None = None
 
     def __init__(
         self,
@@ -160,12 +186,23 @@ class Predictor:
         return np.asarray(self.classes, dtype=object)[proba.argmax(axis=1)]
 
     def save(self, path: str | Path) -> str:
-        """Write the predictor with joblib (atomically) and its SHA-256 next to it.
+        """Write the predictor in both formats, each atomically: the safe file first
+        (``model.skops`` for ``model.joblib``, see :meth:`save_safe`), then the pickle and its
+        SHA-256 (``<path>.sha256``).
+
+        A model holding types outside the allow-list gets no safe file (a stale one is
+        removed, so it is never loaded instead of this model) and a warning says so.
 
         Returns:
             the hex SHA-256 written to ``<path>.sha256``.
         """
         path = Path(path)
+        safe = safe_path(path)
+        try:
+            self.save_safe(safe)
+        except UntrustedModelError as exc:
+            safe.unlink(missing_ok=True)
+            warnings.warn(f"{safe.name} not written: {exc}; loading {path.name} will need --trust-pickle", stacklevel=2)
         with atomic_path(path) as tmp:
             joblib.dump(self, tmp)
             digest = sha256_file(tmp)
@@ -173,54 +210,217 @@ class Predictor:
             tmp.write_text(f"{digest}  {path.name}\n")
         return digest
 
-    @classmethod
-    def load(cls, path: str | Path, *, verify: bool = True, allow_version_mismatch: bool = False) -> "Predictor":
-        """Load a predictor saved by :meth:`save`.
-
-        Args:
-            path: the ``.joblib`` file. Loading runs code from it: only load files you trust.
-            verify: check the file against ``<path>.sha256`` before unpickling it.
-            allow_version_mismatch: load even if scikit-learn / xgboost differ in major.minor
-                from the versions that saved it (predictions may then differ or fail).
+    def save_safe(self, path: str | Path) -> Path:
+        """Write the safe file (skops.io; the metadata as JSON text) atomically.
 
         Raises:
-            PredictorLoadError: missing file, checksum missing or different, not a
-                predictor, or made by an incompatible version.
+            UntrustedModelError: the model holds types outside the allow-list (nothing written).
         """
+        import skops.io
+
         path = Path(path)
-        if not path.is_file():
-            raise PredictorLoadError(f"{path}: no such model file; give the model.joblib of a cellclf fit run")
-        if verify:
-            verify_checksum(path)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # sklearn's version warning: checked below, clearly
-                obj = joblib.load(path)
-        except Exception as exc:  # unpickling can fail in many ways; all mean "cannot use it"
+        metadata = {
+            "format": self.format,
+            "family": self.family,
+            "classes": list(self.classes),
+            "spec": self.spec.to_dict(),
+            "taps": list(self.taps),
+            "summary": self.summary,
+            "versions": self.versions,
+        }
+        document = {_METADATA: json.dumps(metadata, default=_json_value), "model": self.model}
+        data = skops.io.dumps(document)
+        untrusted = sorted(set(skops.io.get_untrusted_types(data=data)) - TRUSTED_TYPES)
+        if untrusted:
+            raise UntrustedModelError(f"the model holds types outside cellclf's allow-list ({', '.join(untrusted)})")
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+        return path
+
+    @classmethod
+    def load(
+        cls, path: str | Path, *, trust_pickle: bool = False, verify: bool = True, allow_version_mismatch: bool = False,
+    ) -> "Predictor":
+        """Load a saved predictor, from its safe file when there is one: see :func:`load_predictor`."""
+        return load_predictor(path, trust_pickle=trust_pickle, verify=verify, allow_version_mismatch=allow_version_mismatch)
+
+
+class UntrustedModelError(ClassifierInputError):
+    """The model holds types outside the safe format's allow-list."""
+
+
+def safe_path(path: str | Path) -> Path:
+    """``model.joblib`` -> ``model.skops`` (the safe file beside a pickle)."""
+    return Path(path).with_suffix(SAFE_SUFFIX)
+
+
+def load_predictor(
+    path: str | Path, *, trust_pickle: bool = False, verify: bool = True, allow_version_mismatch: bool = False,
+) -> Predictor:
+    """Load a predictor, never running code from a file unless told to trust it.
+
+    The one loading policy of cellclf (``cellclf predict``, :class:`ImageClassifier`):
+
+    - ``path`` is a run folder, a ``.joblib`` file or a ``.skops`` file. The safe file (the
+      folder's ``model.skops``, the ``.skops`` beside the ``.joblib``, or ``path`` itself) is
+      loaded whenever it exists; the pickle is then never opened.
+    - A ``.joblib`` with no safe file beside it is unpickled only with ``trust_pickle=True``
+      (``--trust-pickle``), after its ``.sha256`` is checked (``verify``).
+
+    Args:
+        trust_pickle: allow unpickling a ``.joblib`` that has no safe file beside it.
+            Unpickling runs code from the file: only for files from a source you trust.
+        verify: check a pickle against ``<path>.sha256`` before unpickling it.
+        allow_version_mismatch: load even if scikit-learn / xgboost differ in major.minor
+            from the versions that saved it (predictions may then differ or fail).
+
+    Returns:
+        the Predictor; its ``source`` is the file it was read from.
+
+    Raises:
+        PredictorLoadError: no model there; a pickle not trusted, or whose checksum is
+            missing or different; a safe file naming types outside the allow-list, damaged,
+            or not a predictor; made by an incompatible version.
+    """
+    path = Path(path)
+    if path.is_dir():
+        pickled = path / BEST_MODEL
+        safe = safe_path(pickled)
+        if not safe.is_file() and not pickled.is_file():
             raise PredictorLoadError(
-                f"{path}: cannot be read as a cellclf predictor ({type(exc).__name__}: {exc}); it is "
-                "another kind of file or was made by an incompatible version: re-run cellclf fit"
-            ) from exc
-        if not isinstance(obj, Predictor):
-            raise PredictorLoadError(
-                f"{path}: not a cellclf predictor (it holds a {type(obj).__module__}.{type(obj).__name__}); "
-                "give the model.joblib written by cellclf fit"
+                f"{path}: no {safe.name} or {pickled.name} in this folder; give the -o folder of a cellclf fit "
+                "run or a model file"
             )
-        if getattr(obj, "format", None) != PREDICTOR_FORMAT:
+    elif path.suffix == SAFE_SUFFIX:
+        pickled, safe = None, path
+    else:
+        pickled, safe = path, safe_path(path)
+    if safe.is_file():
+        predictor = _load_safe(safe)
+    elif pickled is None or not pickled.is_file():
+        raise PredictorLoadError(
+            f"{path}: no such model file; give the -o folder of a cellclf fit run, its model.skops or model.joblib"
+        )
+    elif not trust_pickle:
+        raise PredictorLoadError(
+            f"{pickled}: refused: no {safe.name} beside it, and loading a .joblib file runs any code it "
+            f"contains (its {CHECKSUM_SUFFIX} detects damage, not a swap); pass --trust-pickle only if you trust "
+            "where this file came from, or re-run cellclf fit, which also writes the safe model.skops"
+        )
+    else:
+        predictor = _load_pickle(pickled, verify)
+    _check_versions(predictor, allow_version_mismatch)
+    return predictor
+
+
+def _load_safe(path: Path) -> Predictor:
+    """Read a safe file: its types are checked against the allow-list before anything is built."""
+    import skops.io
+
+    try:
+        found = skops.io.get_untrusted_types(file=path)  # reads the schema only; builds nothing
+    except Exception as exc:  # a damaged zip or schema fails in many ways; none ran any code
+        raise _damaged(path, exc) from None
+    refused = sorted(set(found) - TRUSTED_TYPES)
+    if refused:
+        raise PredictorLoadError(
+            f"{path}: refused: it names types outside cellclf's allow-list ({', '.join(refused)}), which "
+            "could run code if built; nothing was loaded; do not use this file, re-run cellclf fit"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sklearn's version warning: checked later, clearly
+            document = skops.io.load(path, trusted=found)
+    except Exception as exc:  # e.g. a bad CRC-32 of a damaged member
+        raise _damaged(path, exc) from None
+    if not (isinstance(document, dict) and isinstance(document.get(_METADATA), str) and "model" in document):
+        raise PredictorLoadError(
+            f"{path}: not a cellclf predictor (it holds a {type(document).__module__}.{type(document).__name__}); "
+            "give the model.skops written by cellclf fit"
+        )
+    try:
+        metadata = json.loads(document[_METADATA])
+        if metadata.get("format") != PREDICTOR_FORMAT:
+            raise PredictorLoadError(_format_message(path, metadata.get("format")))
+        predictor = Predictor.__new__(Predictor)
+        predictor.model = document["model"]
+        predictor.classes = tuple(str(c) for c in metadata["classes"])
+        predictor.spec = EmbeddingSpec.from_dict(metadata["spec"])
+        predictor.taps = tuple(metadata["taps"])
+        predictor.spec.tap_slices(predictor.taps)
+        predictor.family = str(metadata["family"])
+        predictor.summary = dict(metadata["summary"])
+        predictor.versions = dict(metadata["versions"])
+        predictor.format = PREDICTOR_FORMAT
+    except PredictorLoadError:
+        raise
+    except Exception as exc:  # ValueError, KeyError, TypeError, InputError of the spec...
+        raise _damaged(path, exc) from None
+    predictor.source = path
+    return predictor
+
+
+def _damaged(path: Path, exc: Exception) -> PredictorLoadError:
+    detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+    return PredictorLoadError(
+        f"{path}: cannot be read as a cellclf model.skops ({detail}); it is damaged or another kind of file: "
+        "copy it again from the run folder or re-run cellclf fit"
+    )
+
+
+def _format_message(path: Path, found: Any) -> str:
+    return (
+        f"{path}: predictor format {found} is not supported by this cellclf (format {PREDICTOR_FORMAT}): "
+        "re-run cellclf fit with this version"
+    )
+
+
+def _load_pickle(path: Path, verify: bool) -> Predictor:
+    """Unpickle a ``.joblib`` (runs code from it: the caller decided to trust it)."""
+    if verify:
+        verify_checksum(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sklearn's version warning: checked later, clearly
+            obj = joblib.load(path)
+    except Exception as exc:  # unpickling can fail in many ways; all mean "cannot use it"
+        raise PredictorLoadError(
+            f"{path}: cannot be read as a cellclf predictor ({type(exc).__name__}: {exc}); it is "
+            "another kind of file or was made by an incompatible version: re-run cellclf fit"
+        ) from exc
+    if not isinstance(obj, Predictor):
+        raise PredictorLoadError(
+            f"{path}: not a cellclf predictor (it holds a {type(obj).__module__}.{type(obj).__name__}); "
+            "give the model.joblib written by cellclf fit"
+        )
+    if getattr(obj, "format", None) != PREDICTOR_FORMAT:
+        raise PredictorLoadError(_format_message(path, getattr(obj, "format", None)))
+    obj.source = path
+    return obj
+
+
+def _check_versions(predictor: Predictor, allow_version_mismatch: bool) -> None:
+    if allow_version_mismatch:
+        return
+    current = library_versions()
+    for name in PICKLE_LIBRARIES:
+        saved, now = predictor.versions.get(name, "?"), current.get(name, "?")
+        if _major_minor(saved) != _major_minor(now):
             raise PredictorLoadError(
-                f"{path}: predictor format {getattr(obj, 'format', None)} is not supported by this "
-                f"cellclf (format {PREDICTOR_FORMAT}): re-run cellclf fit with this version"
+                f"{predictor.source}: made with {name} {saved} but {name} {now} is installed; install "
+                f"{name}=={saved} or re-run cellclf fit"
             )
-        if not allow_version_mismatch:
-            current = library_versions()
-            for name in PICKLE_LIBRARIES:
-                saved, now = obj.versions.get(name, "?"), current.get(name, "?")
-                if _major_minor(saved) != _major_minor(now):
-                    raise PredictorLoadError(
-                        f"{path}: made with {name} {saved} but {name} {now} is installed; install "
-                        f"{name}=={saved} or re-run cellclf fit"
-                    )
-        return obj
+
+
+def _json_value(value: Any) -> Any:
+    """numpy scalars and arrays in the safe file's metadata as plain JSON values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} in a predictor's metadata cannot be written as JSON")
 
 
 def checksum_path(path: str | Path) -> Path:
@@ -235,8 +435,9 @@ def verify_checksum(path: str | Path) -> None:
     sidecar = checksum_path(path)
     if not sidecar.is_file():
         raise PredictorLoadError(
-            f"{path}: no checksum file {sidecar.name} next to it; only load predictors written by "
-            "cellclf fit (or, for a file you trust, pass verify=False)"
+            f"{path}: no checksum file {sidecar.name} next to it, so damage cannot be detected; copy it with "
+            f"the model from the run folder, or, for a file you trust, write it with "
+            f"`sha256sum {path.name} > {sidecar.name}` in that folder"
         )
     fields = sidecar.read_text().split()
     expected = fields[0].lower() if fields else ""

@@ -60,14 +60,16 @@ def test_save_load_and_checksum(trained, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(X), predictor.predict_proba(X))
     assert loaded.summary["note"] == "test" and "created" in loaded.summary
 
+    (tmp_path / "model.skops").unlink()  # the pickle alone (see test_model_safety for the safe file)
+    np.testing.assert_array_equal(Predictor.load(path, trust_pickle=True).predict_proba(X), predictor.predict_proba(X))
     content = bytearray(path.read_bytes())
     content[len(content) // 2] ^= 0xFF
     path.write_bytes(bytes(content))
     with pytest.raises(PredictorLoadError, match="does not match model.joblib.sha256.*do not load it"):
-        Predictor.load(path)
+        Predictor.load(path, trust_pickle=True)
     (tmp_path / "model.joblib.sha256").unlink()
     with pytest.raises(PredictorLoadError, match="no checksum file"):
-        Predictor.load(path)
+        Predictor.load(path, trust_pickle=True)
 
 
 def test_refuses_files_that_are_not_predictors(trained, tmp_path):
@@ -76,11 +78,11 @@ def test_refuses_files_that_are_not_predictors(trained, tmp_path):
     joblib.dump({"not": "a predictor"}, plain)
     (tmp_path / "plain.joblib.sha256").write_text(sha256_file(plain))
     with pytest.raises(PredictorLoadError, match="not a cellclf predictor .*builtins.dict"):
-        Predictor.load(plain)
+        Predictor.load(plain, trust_pickle=True)
     garbage = tmp_path / "garbage.joblib"
     garbage.write_bytes(b"this is not a pickle")
     with pytest.raises(PredictorLoadError, match="cannot be read as a cellclf predictor"):
-        Predictor.load(garbage, verify=False)
+        Predictor.load(garbage, trust_pickle=True, verify=False)
     with pytest.raises(PredictorLoadError, match="no such model file"):
         Predictor.load(tmp_path / "missing.joblib")
 
