@@ -96,7 +96,8 @@ def fit(
     keeping the class proportions and keeping identical images together. Each model is
     tuned on the training set, checked on the validation set, refitted on both and scored
     once on the test set. The model with the best validation macro-F1 is saved as
-    OUT/model.joblib. Joblib files run code when loaded: only load files you trust.
+    OUT/model.skops (the safe format: loading it cannot run code) and OUT/model.joblib (a
+    pickle, which runs code when loaded; its model.joblib.sha256 detects damage, not a swap).
     """
     from cellclf.run import FitConfig, fit as run_fit  # noqa: I001 - keeps --help fast
 
@@ -152,13 +153,20 @@ def fit(
     "--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Also write an HTML report of the evaluation (needs class sub-folders).",
 )
+@click.option(
+    "--trust-pickle", is_flag=True,
+    help="Allow MODEL to be a .joblib with no model.skops beside it. Loading a .joblib runs code "
+    "from the file: only for files from a source you trust.",
+)
 @click.option("--allow-skips", is_flag=True, help="Exit 0 even when some files could not be read.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")
 def predict(
     model: Path, images: Path, out: Path, fmt: str, min_confidence: float | None, cache: Path | None,
-    weights: str | None, batch_size: int, engine: str, report_path: Path | None, allow_skips: bool, quiet: bool,
+    weights: str | None, batch_size: int, engine: str, report_path: Path | None, trust_pickle: bool,
+    allow_skips: bool, quiet: bool,
 ) -> None:
-    """Classify every image under IMAGES with MODEL (a model.joblib from `cellclf fit`).
+    """Classify every image under IMAGES with MODEL (a `cellclf fit` run folder, its
+    model.skops or its model.joblib).
 
     The images are embedded exactly as the model's training images were (same weights,
     input size and layers) and cached, so running again on the same folder is quick.
@@ -167,18 +175,20 @@ def predict(
 
     Exit status: 0 all classified, 3 some files could not be read (0 with --allow-skips),
     2 bad input, 130 interrupted (run again to resume).
-    Only load model files you trust: loading a .joblib file runs code from it.
+    MODEL is read from the safe model.skops whenever there is one (loading it cannot run
+    code). A .joblib with no model.skops beside it is a pickle, which runs code when loaded:
+    it is refused unless --trust-pickle is given.
     """
     from cellclf.prediction import (
         check_scorable, default_cache_path, predict_folder, write_evaluation_tables, write_predictions,
     )
-    from cellclf.predictor import Predictor
+    from cellclf.predictor import load_predictor
 
     say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     with user_errors():
         started = time.perf_counter()
-        predictor = Predictor.load(model)
-        say(f"loaded {model} ({predictor.family}, {len(predictor.classes)} classes) in {time.perf_counter() - started:.1f} s")
+        predictor = load_predictor(model, trust_pickle=trust_pickle)
+        say(f"loaded {predictor.source} ({predictor.family}, {len(predictor.classes)} classes) in {time.perf_counter() - started:.1f} s")
         if report_path is not None:  # before anything is written
             check_scorable(images, list(predictor.classes))
         run = predict_folder(
