@@ -18,16 +18,19 @@ Layout (every CSV is tidy: one row per observation, header on the first line)::
       per_class.csv          model, class, precision, recall, f1, support, roc_auc (test)
       confusion_matrix.csv   model, true, predicted, count, rate (rate = count / row total)
       predictions_test.csv   model, path, sha256, label, predicted, proba_<class>...
-      model.joblib           the best model (cellclf.Predictor) + model.joblib.sha256
-      models/<m>.joblib      each family's model + .sha256
+      model.skops            the best model (cellclf.Predictor) in the safe format: loading
+                             it cannot run code (cellclf.predictor; what predict loads)
+      model.joblib           the same model as a pickle + model.joblib.sha256
+      models/<m>.skops       each family's model, safe format
+      models/<m>.joblib      each family's model as a pickle + .sha256
       shap/                  <m>_mean_abs.csv, <m>_by_tap.csv, <m>_top20.csv (columns in
                              cellclf.explain), <m>_summary.png, summary.json (facts per model)
       report.html            the HTML report (cellreports; written by the cellclf command)
 
 :func:`write_run` builds the folder under a hidden sibling name (``.RUN_DIR.partial-*``) and
-renames it to RUN_DIR only when complete, model.joblib last, so an interrupted fit never
-leaves a model.joblib that does not match its metrics.json (at worst a stale hidden folder,
-safe to delete). An existing RUN_DIR is moved aside first and deleted after the rename.
+renames it to RUN_DIR only when complete, the best model last, so an interrupted fit never
+leaves a model.skops or model.joblib that does not match its metrics.json (at worst a stale
+hidden folder, safe to delete). An existing RUN_DIR is moved aside first and deleted after the rename.
 :func:`read_run` gives back the same :class:`RunRecord`.
 """
 
@@ -221,7 +224,7 @@ class RunRecord:
         config: the fit settings (``FitConfig.to_dict()``).
         versions: library versions of the fit.
         models: one record per family, in fit order.
-        best_model: key of the model saved as model.joblib; ``best_by`` says how it won.
+        best_model: key of the model saved as model.skops and model.joblib; ``best_by`` says how it won.
         split: the split.csv table (None when the file is gone).
         tuning: the tuning.csv table (None when the file is gone: ``tuning_missing`` says so).
     """
@@ -387,7 +390,8 @@ def write_run(record: RunRecord, run_dir: str | Path, predictors: Mapping[str, A
     Args:
         record: the run; ``record.run_dir`` is recorded in metrics.json.
         run_dir: the folder to create or replace.
-        predictors: per model key, its fitted ``cellclf.Predictor`` (saved with its checksum).
+        predictors: per model key, its fitted ``cellclf.Predictor`` (saved by
+            ``Predictor.save``: the safe ``.skops`` file and the ``.joblib`` with its checksum).
     Returns:
         ``run_dir`` as a Path.
     """

@@ -312,6 +312,29 @@ def test_image_classifier_loads_through_the_same_loader(tmp_path):
     assert not marker.exists()
 
 
+def test_fit_writes_the_safe_file_of_every_model_beside_its_pickle(tmp_path):
+    from cellclf.run import FitConfig, fit
+
+    data_file = write_synthetic(tmp_path / "e.parquet", counts={"a": 30, "b": 30, "c": 30}, separation=0.5)
+    config = FitConfig.build(models=("lr", "xgb"), cv=2, lr_Cs=(0.1,), xgb_trials=1, xgb_max_trees=10, n_jobs=1,
+                             shap=False)
+    result = fit(data_file, tmp_path / "run", config=config)
+    run = tmp_path / "run"
+    for name in ("model", "models/lr", "models/xgb"):
+        assert (run / f"{name}.skops").is_file() and (run / f"{name}.joblib.sha256").is_file(), name
+    best = load_predictor(run)
+    assert best.source == run / "model.skops" and best.family == result.best
+    pickled = load_predictor(run / "model.joblib", trust_pickle=True)  # the safe file, still
+    assert pickled.source == run / "model.skops"
+    xgb = load_predictor(run / "models" / "xgb.joblib")
+    assert xgb.source == run / "models" / "xgb.skops" and xgb.family == "xgb"
+    frame, _ = load_embeddings(data_file)
+    shutil.move(run / "models" / "xgb.skops", tmp_path / "xgb.skops")
+    np.testing.assert_array_equal(
+        xgb.predict_proba(frame), load_predictor(run / "models" / "xgb.joblib", trust_pickle=True).predict_proba(frame)
+    )
+
+
 # ----------------------------------------------------------------------------- command line
 
 
