@@ -11,6 +11,7 @@ from cellembed.cli_support import engine_option
 from cellembed.cli_support import BadInput, exit_if_skipped, user_errors
 from cellclf.families import FamilyOption, families
 from cellclf.run import DEFAULT_SHAP_ROWS
+from cellclf.split import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from cellclf.rundir import REPORT
 
 
@@ -61,7 +62,7 @@ def main() -> None:
 )
 @click.option(
     "--test", "test", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-    help="Embeddings file of a separate test set. Without it, 15% of the labelled images are "
+    help="Embeddings file of a separate test set. Without it, --test-fraction of the labelled images are "
     "held out as the test set.",
 )
 @click.option(
@@ -69,7 +70,19 @@ def main() -> None:
     help="Model families, comma-separated: "
     + ", ".join(f"{family.key} ({family.title})" for family in families()) + ".",
 )
-@click.option("--seed", default=0, type=int, help="Random seed of the split and the models; same seed, same results.")
+@click.option(
+    "--seed", default=0, type=int,
+    help="Random seed of the split and the models (0 to 4294967295); same seed, same results.",
+)
+@click.option(
+    "--val-fraction", default=DEFAULT_VAL_FRACTION, type=float,
+    help="Share of the labelled images held out to check and choose the models (between 0 and 1).",
+)
+@click.option(
+    "--test-fraction", default=DEFAULT_TEST_FRACTION, type=float,
+    help="Share of the labelled images held out to test the models once (between 0 and 1; "
+    "with --val-fraction, less than 1). Not with --test, which gives the test set.",
+)
 @click.option("--cv", default=5, type=click.IntRange(min=2), help="Cross-validation folds for tuning the logistic regression.")
 @family_options
 @click.option(
@@ -86,31 +99,25 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines, only the final table.")
 def fit(
-    embeddings: Path, run_dir: Path, test: Path | None, models: tuple[str, ...], seed: int, cv: int,
-    taps: tuple[str, ...] | None, no_shap: bool, shap_rows: int, jobs: int, no_report: bool, overwrite: bool,
-    quiet: bool, **family_settings: object,
+    embeddings: Path, run_dir: Path, test: Path | None, models: tuple[str, ...], seed: int, val_fraction: float,
+    test_fraction: float, cv: int, taps: tuple[str, ...] | None, no_shap: bool, shap_rows: int, jobs: int,
+    no_report: bool, overwrite: bool, quiet: bool, **family_settings: object,
 ) -> None:
     """Train and test classifiers on the labelled images of EMBEDDINGS.
 
-    The labelled images are split into training (70%), validation (15%) and test (15%) sets,
-    keeping the class proportions and keeping identical images together. Each model is
-    tuned on the training set, checked on the validation set, refitted on both and scored
-    once on the test set. The model with the best validation macro-F1 is saved as
+    The labelled images are split into training (70%), validation (15%, --val-fraction) and
+    test (15%, --test-fraction) sets, keeping the class proportions and keeping identical
+    images together. Each model is tuned on the training set, checked on the validation set,
+    refitted on both and scored once on the test set. The model with the best validation macro-F1 is saved as
     OUT/model.skops (the safe format: loading it cannot run code) and OUT/model.joblib (a
     pickle, which runs code when loaded; its model.joblib.sha256 detects damage, not a swap).
     """
     from cellclf.run import FitConfig, fit as run_fit  # noqa: I001 - keeps --help fast
 
-    with user_errors(on_interrupt=f"interrupted; nothing was written to {run_dir}"):
-        config = FitConfig.build(
-            models=models, seed=seed, cv=cv, taps=taps, shap=not no_shap, shap_max_rows=shap_rows, n_jobs=jobs,
-            **family_settings,
-        )
-        result = run_fit(
-            embeddings, run_dir, test=test, config=config, overwrite=overwrite,
-            log=None if quiet else click.echo,
-        )
-    if not no_report:
+    if test is not None and click.get_current_context().get_parameter_source("test_fraction").name != "DEFAULT":
+        raise BadInput("--test-fraction does not apply with --test (the --test file is the test set); leave it out")
+
+    def write_report(result) -> None:  # while the run still holds RUN_DIR's lock
         from cellclf.rundir import read_run
         from cellreports import write_run_report
 
@@ -120,6 +127,16 @@ def fit(
             path = write_run_report(read_run(result.run_dir), result.run_dir / REPORT)
         if not quiet:
             click.echo(f"{'report':<18} {time.perf_counter() - started:7.1f}s  {path}")
+
+    with user_errors(on_interrupt=f"interrupted; nothing was written to {run_dir}"):
+        config = FitConfig.build(
+            models=models, seed=seed, cv=cv, taps=taps, shap=not no_shap, shap_max_rows=shap_rows, n_jobs=jobs,
+            val_fraction=val_fraction, test_fraction=test_fraction, **family_settings,
+        )
+        result = run_fit(
+            embeddings, run_dir, test=test, config=config, overwrite=overwrite,
+            log=None if quiet else click.echo, on_complete=None if no_report else write_report,
+        )
     click.echo(result.table())
 
 

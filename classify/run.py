@@ -9,6 +9,7 @@ run's model.joblib. The RUN_DIR layout, its records and the atomic write are in
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -18,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from cellembed.atomic import output_lock
 from cellembed.plotting import png_bytes
 from cellclf.data import LabelledEmbeddings, SplitData, check_same_spec, load_labelled
 from cellclf.errors import ClassifierInputError
@@ -39,6 +41,7 @@ from cellclf.split import (
     DEFAULT_VAL_FRACTION,
     SPLIT_NAMES,
     check_classes,
+    check_fractions,
     check_no_leak,
     check_training_split,
     group_labels,
@@ -48,6 +51,8 @@ from cellclf.split import (
 from cellclf.tuning import TuningResult
 
 DEFAULT_SHAP_ROWS = 1000
+#: Largest seed: scikit-learn and XGBoost take seeds from 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
 #: Resolution of the tuning plots (sized in inches for ~1 px per CSS px in the report).
 TUNING_PLOT_DPI = 80
 
@@ -62,8 +67,12 @@ class FitConfig:
 
     Attributes:
         models: keys of the model families to fit (default: every registered family).
-        seed, cv, taps, shap, shap_max_rows, n_jobs, val_fraction, test_fraction: the
-            settings every family shares.
+        seed, cv, taps, shap, shap_max_rows, n_jobs: the settings every family shares.
+        val_fraction, test_fraction: shares of the labelled images held out for
+            validation and test (each in (0, 1), together less than 1). With a separate
+            test file no test split is made; validation then takes
+            ``val_fraction / (1 - test_fraction)`` of the input, the train:validation ratio
+            of the three-way split.
         options: per family key, the values of its :class:`~cellclf.families.FamilyOption`
             settings; missing ones get their defaults and every value is checked, so after
             construction it holds every registered family's complete settings.
@@ -91,6 +100,9 @@ class FitConfig:
             raise ClassifierInputError(f"unknown model {', '.join(unknown) or '(none)'}; choose from {', '.join(known)}")
         if self.cv < 2:
             raise ClassifierInputError(f"--cv must be at least 2, got {self.cv}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ClassifierInputError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
+        check_fractions(self.val_fraction, self.test_fraction)
         strange = sorted(set(self.options) - set(known))
         if strange:
             raise ClassifierInputError(f"options for unknown model {', '.join(strange)}; choose from {', '.join(known)}")
@@ -207,11 +219,23 @@ def fit(
             a report).
 
     Raises:
-        ClassifierInputError / cellembed.InputError: bad input (one-line message).
+        ClassifierInputError / cellembed.InputError: bad input (one-line message), among
+            them ``run_dir`` unwritable (checked before any work) and
+            cellembed.errors.OutputBusy: another run is writing ``run_dir`` now (its lock,
+            ``.NAME.lock`` next to it, is held for the whole run).
     """
     run_dir = Path(run_dir)
     config = config if config is not None else FitConfig()
-    _check_run_dir(run_dir, overwrite)
+    _check_writable(run_dir)
+    with output_lock(run_dir):
+        _check_run_dir(run_dir, overwrite)  # under the lock: a run that just finished counts
+        return _fit(embeddings, run_dir, test, config, log, on_complete)
+
+
+def _fit(
+    embeddings: str | Path, run_dir: Path, test: str | Path | None, config: FitConfig,
+    log: Callable[[str], None] | None, on_complete: Callable[[FitResult], None] | None,
+) -> FitResult:
     phase = _PhaseLog(log)
 
     data = load_labelled(embeddings, config.taps)
@@ -260,7 +284,7 @@ def fit(
     run = RunRecord(
         run_dir=run_dir,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        data=_data_facts(data, test_data, classes, counts),
+        data=_data_facts(data, test_data, classes, counts, config),
         config=config.to_dict(),
         versions=library_versions(),
         models=models,
@@ -276,9 +300,30 @@ def fit(
     return result
 
 
+def _check_writable(run_dir: Path) -> None:
+    """Refuse, before any work, a RUN_DIR that cannot be made: a real write probe in its
+    parent (permission bits say nothing for root or on read-only mounts)."""
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise ClassifierInputError(f"-o {run_dir}: {folder} exists and is not a folder; choose another -o")
+            break
+    try:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ClassifierInputError(
+            f"-o {run_dir}: cannot create the folder {run_dir.parent} ({exc.strerror or exc}); choose another -o"
+        ) from None
+    try:
+        with tempfile.TemporaryFile(dir=run_dir.parent):
+            pass
+    except OSError as exc:
+        raise ClassifierInputError(
+            f"-o {run_dir}: {run_dir.parent} is not writable ({exc.strerror or exc}); choose another -o"
+        ) from None
+
+
 def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ClassifierInputError(f"{run_dir} is a file, not a folder; choose another -o")
     if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
         raise ClassifierInputError(
             f"{run_dir} already exists and is not empty; choose another -o or pass --overwrite"
@@ -290,22 +335,17 @@ def _split(
 ) -> np.ndarray:
     """Split name per row of ``data`` (the test rows come from ``test_data`` when given)."""
     unique_labels = group_labels(data.meta).to_numpy()
-    if test_data is None:
-        train_fraction = 1.0 - config.val_fraction - config.test_fraction
-        held_out = 2
-        test_fraction = config.test_fraction
-    else:
+    if test_data is not None:
         unknown = sorted(set(test_data.labels) - set(classes))
         if unknown:
             raise ClassifierInputError(
                 f"the test set {test_data.source} has classes the training input lacks: "
                 f"{', '.join(unknown)}; add training images of them or remove them from the test set"
             )
-        train_fraction = 1.0 - config.val_fraction / (1.0 - DEFAULT_TEST_FRACTION)
-        held_out = 1
-        test_fraction = 0.0
-    check_classes(unique_labels, cv=config.cv, train_fraction=train_fraction, held_out_splits=held_out)
-    splits = split_rows(data.meta, seed=config.seed, val_fraction=config.val_fraction, test_fraction=test_fraction)
+    fractions = {"val_fraction": config.val_fraction, "test_fraction": config.test_fraction,
+                 "separate_test": test_data is not None}
+    check_classes(unique_labels, cv=config.cv, **fractions)
+    splits = split_rows(data.meta, seed=config.seed, **fractions)
     check_training_split(data.meta, splits, config.cv)
     return splits
 
@@ -396,12 +436,15 @@ def _class_counts(labels: Sequence[str], classes: list[str]) -> dict[str, int]:
 
 
 def _data_facts(
-    data: LabelledEmbeddings, test_data: LabelledEmbeddings | None, classes: list[str], counts: dict[str, dict[str, int]]
+    data: LabelledEmbeddings, test_data: LabelledEmbeddings | None, classes: list[str],
+    counts: dict[str, dict[str, int]], config: FitConfig,
 ) -> DataFacts:
+    val, test = config.val_fraction, config.test_fraction
     return DataFacts(
         input=str(data.source),
         test_input=None if test_data is None else str(test_data.source),
-        split="70/15/15 stratified" if test_data is None else "train/validation from input, test from test_input",
+        split=f"{100 * (1 - val - test):g}/{100 * val:g}/{100 * test:g} stratified" if test_data is None
+        else "train/validation from input, test from test_input",
         classes=classes,
         counts=counts,
         unlabelled_rows_ignored=data.n_unlabelled + (test_data.n_unlabelled if test_data else 0),

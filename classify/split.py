@@ -21,20 +21,56 @@ DEFAULT_VAL_FRACTION = 0.15
 DEFAULT_TEST_FRACTION = 0.15
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Refuse split fractions outside (0, 1) or leaving no training images (one-line
+    messages naming the ``cellclf fit`` options)."""
+    for flag, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not 0 < value < 1:
+            raise ClassifierInputError(f"{flag} must be a share between 0 and 1 (e.g. 0.15), got {value}")
+    if val_fraction + test_fraction >= 1:
+        raise ClassifierInputError(
+            f"--val-fraction {val_fraction} and --test-fraction {test_fraction} leave no images for training: "
+            "together they must be less than 1 (e.g. 0.15 and 0.15)"
+        )
+
+
+def validation_share(val_fraction: float, test_fraction: float) -> float:
+    """Share of the images left after the test split that go to validation: train and
+    validation keep the ratio ``1 - val - test : val`` whether or not the test set is a
+    separate file."""
+    return val_fraction / (1.0 - test_fraction)
+
+
+def _fraction_options(val_fraction: float, test_fraction: float, separate_test: bool) -> str:
+    if separate_test:
+        return f"--val-fraction {val_fraction:g} (with --test)"
+    return f"--val-fraction {val_fraction:g} and --test-fraction {test_fraction:g}"
+
+
 def min_images_per_class(cv: int, train_fraction: float, held_out_splits: int) -> int:
     """Smallest class size for which the training split can hold ``cv`` images."""
     return max(cv + held_out_splits, math.ceil(cv / train_fraction))
 
 
-def check_classes(labels: Sequence[str], *, cv: int, train_fraction: float, held_out_splits: int) -> None:
-    """Refuse a single class, or classes too small for ``cv``-fold cross-validation.
+def check_classes(
+    labels: Sequence[str],
+    *,
+    cv: int,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    separate_test: bool = False,
+) -> None:
+    """Refuse, before splitting, what :func:`split_rows` cannot split: a single class,
+    classes too small for ``cv``-fold cross-validation on the training split, or held-out
+    splits smaller than the number of classes (a stratified split puts each class in each).
 
     Args:
-        labels: (n,) class name of every labelled image (one per unique image is best).
+        labels: (n,) class name of every unique labelled image.
         cv: number of cross-validation folds run on the training split.
-        train_fraction: share of the images that go to the training split.
-        held_out_splits: how many other splits take images of each class (1 or 2).
+        val_fraction, test_fraction: the split fractions (see :func:`split_rows`).
+        separate_test: the test set is a separate file (no test split is made).
     """
+    check_fractions(val_fraction, test_fraction)
     counts = pd.Series(np.asarray(labels, dtype=object)).value_counts().sort_index()
     if len(counts) < 2:
         only = counts.index[0] if len(counts) else "none"
@@ -42,14 +78,39 @@ def check_classes(labels: Sequence[str], *, cv: int, train_fraction: float, held
             f"only one class ({only}) among the labelled images; a classifier needs at least "
             "two class sub-folders"
         )
-    need = min_images_per_class(cv, train_fraction, held_out_splits)
+    val_share = validation_share(val_fraction, test_fraction)
+    if separate_test:
+        train_fraction, held_out = 1.0 - val_share, 1
+    else:
+        train_fraction, held_out = 1.0 - val_fraction - test_fraction, 2
+    options = _fraction_options(val_fraction, test_fraction, separate_test)
+    need = min_images_per_class(cv, train_fraction, held_out)
     small = counts[counts < need]
     if len(small):
         listed = ", ".join(f"'{name}' has {count}" for name, count in small.items())
         raise ClassifierInputError(
-            f"too few images per class: {listed}; {cv}-fold cross-validation needs at least "
-            f"{need} distinct images per class ({cv} in the training split): add images, "
-            "lower --cv, or leave the class out"
+            f"too few images per class: {listed}; {cv}-fold cross-validation needs at least {need} distinct "
+            f"images per class ({cv} in the training split) with {options}: add images, lower --cv or "
+            "the fractions, or leave the class out"
+        )
+    # The held-out sizes as scikit-learn's train_test_split computes them (ceil of share x n).
+    n, k = int(counts.sum()), len(counts)
+    n_test = 0 if separate_test else math.ceil(test_fraction * n)
+    n_val = math.ceil(val_share * (n - n_test))
+    for name, size, flag, value in (("test", n_test, "--test-fraction", test_fraction),
+                                    ("validation", n_val, "--val-fraction", val_fraction)):
+        if name == "test" and separate_test:
+            continue
+        if size < k:
+            raise ClassifierInputError(
+                f"the {name} split would hold {size} of the {n} distinct images ({flag} {value:g}), fewer than "
+                f"the {k} classes; a stratified split needs one image of each class there: add images or "
+                f"raise {flag}"
+            )
+    if n - n_test - n_val < k:
+        raise ClassifierInputError(
+            f"the training split would hold {n - n_test - n_val} of the {n} distinct images, fewer than the {k} "
+            f"classes ({options}): add images or lower the fractions"
         )
 
 
@@ -66,16 +127,21 @@ def split_rows(
     seed: int = 0,
     val_fraction: float = DEFAULT_VAL_FRACTION,
     test_fraction: float = DEFAULT_TEST_FRACTION,
+    separate_test: bool = False,
 ) -> np.ndarray:
     """Stratified split of labelled images into train / validation (/ test).
+
+    Check the classes with :func:`check_classes` first: it refuses, with messages naming
+    the options, what this cannot split.
 
     Args:
         meta: DataFrame with ``sha256`` and ``label`` columns, one row per image.
         seed: random seed of the split.
         val_fraction: share of all images that go to validation.
-        test_fraction: share that go to test; 0 when the test set is a separate file
-            (then validation takes ``val_fraction / (1 - DEFAULT_TEST_FRACTION)`` of the
-            input, keeping the 70:15 train:validation ratio of the default split).
+        test_fraction: share that go to test.
+        separate_test: the test set is a separate file: no test split; validation takes
+            ``val_fraction / (1 - test_fraction)`` of the input, keeping the
+            train:validation ratio of the three-way split (70:15 by default).
 
     Returns:
         (n,) object array of ``"train"``, ``"validation"`` or ``"test"``, aligned with meta.
@@ -88,21 +154,20 @@ def split_rows(
     index = np.arange(len(shas))
     split_of_group = np.full(len(shas), "train", dtype=object)
     try:
-        if test_fraction > 0:
+        if separate_test:
+            rest = index
+        else:
             rest, test = train_test_split(
                 index, test_size=test_fraction, stratify=labels, random_state=seed
             )
             split_of_group[test] = "test"
-            val_share = val_fraction / (1.0 - test_fraction)
-        else:
-            rest = index
-            val_share = val_fraction / (1.0 - DEFAULT_TEST_FRACTION)
         _, val = train_test_split(
-            rest, test_size=val_share, stratify=labels[rest], random_state=seed
+            rest, test_size=validation_share(val_fraction, test_fraction), stratify=labels[rest], random_state=seed
         )
     except ValueError as exc:  # too few images for the requested fractions
         raise ClassifierInputError(
-            f"cannot make a stratified split ({exc}); add images or change the split fractions"
+            f"cannot make a stratified split ({exc}); add images or change "
+            f"{_fraction_options(val_fraction, test_fraction, separate_test)}"
         ) from exc
     split_of_group[val] = "validation"
     lookup = dict(zip(shas, split_of_group))

@@ -57,17 +57,17 @@ def test_split_depends_on_seed_and_content_not_row_order():
 
 def test_split_with_separate_test_file_keeps_train_validation_ratio():
     meta = _meta({"a": 85, "b": 85})
-    splits = split_rows(meta, seed=0, test_fraction=0.0)
+    splits = split_rows(meta, seed=0, separate_test=True)
     assert set(splits) == {"train", "validation"}
     assert abs((splits == "validation").sum() - 170 * 15 / 85) <= 2
 
 
 def test_class_checks_name_the_problem():
     with pytest.raises(ClassifierInputError, match="only one class"):
-        check_classes(["a"] * 30, cv=5, train_fraction=0.7, held_out_splits=2)
+        check_classes(["a"] * 30, cv=5)
     with pytest.raises(ClassifierInputError, match="'b' has 6.*at least 8"):
-        check_classes(["a"] * 30 + ["b"] * 6, cv=5, train_fraction=0.7, held_out_splits=2)
-    check_classes(["a"] * 30 + ["b"] * 8, cv=5, train_fraction=0.7, held_out_splits=2)
+        check_classes(["a"] * 30 + ["b"] * 6, cv=5)
+    check_classes(["a"] * 30 + ["b"] * 8, cv=5)
 
 
 def test_leak_check_names_both_files():
