@@ -110,7 +110,8 @@ def write_table(table: pa.Table, path: str | Path) -> None:
     """Write a table to Parquet atomically (temporary file + rename)."""
     # Floats barely compress: the table's in-memory size is what the file needs, at most.
     with atomic_path(path, needs=table.nbytes) as tmp:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE)
+        # Page checksums: damage to the values themselves is found on reading, not trained on.
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE, write_page_checksum=True)
 
 
 def read_spec(path: str | Path) -> EmbeddingSpec:
@@ -139,12 +140,26 @@ def _metadata(path: str | Path) -> dict[bytes, bytes]:
     return metadata
 
 
+def damaged(path: str | Path, exc: BaseException) -> str:
+    """The one-line message for a cellembed file whose pages cannot be read."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{path} is damaged ({reason}): re-create it with cellembed extract"
+
+
 def read_table(path: str | Path) -> tuple[pa.Table, EmbeddingSpec]:
-    """Read a cellembed Parquet file and check its embedding width against its spec."""
+    """Read a cellembed Parquet file and check its embedding width against its spec.
+
+    Raises:
+        InputError: not a cellembed file, or damaged (a page that does not decode or fails
+            its checksum): one line naming the file.
+    """
     spec = read_spec(path)
     # ParquetFile.read, unlike pq.read_table, skips the dataset layer and its pandas import.
-    with pq.ParquetFile(path) as parquet:
-        table = parquet.read()
+    try:
+        with pq.ParquetFile(path, page_checksum_verification=True) as parquet:
+            table = parquet.read()
+    except (OSError, pa.ArrowException) as exc:  # pages damaged under an intact footer
+        raise InputError(damaged(path, exc)) from None
     embedding_type = table.schema.field("embedding").type
     if getattr(embedding_type, "list_size", None) != spec.dim:
         raise InputError(f"{path}: embedding width does not match its spec ({spec.dim} floats)")
