@@ -225,11 +225,13 @@ def predict(
         listed = ", ".join(f"{name} ({n})" for name, n in run.unknown_folders.items())
         click.echo(f"not scored: sub-folders that are not classes of the model: {listed}", err=True)
     if run.evaluation is not None:
+        from cellclf.metrics import macro_f1_text
+
         overall = run.evaluation.overall
         written = write_evaluation_tables(run.evaluation, out)
         click.echo(
             f"against the sub-folders ({overall['n']} images): accuracy {overall['accuracy']:.4f}, "
-            f"macro-F1 {overall['macro_f1']:.4f}; per-class metrics in {written[0]}",
+            f"{macro_f1_text(overall, len(predictor.classes))}; per-class metrics in {written[0]}",
             err=True,
         )
     if report_path is not None:

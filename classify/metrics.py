@@ -92,3 +92,13 @@ def evaluate(
         }
     )
     return overall, per_class, confusion
+
+
+def macro_f1_text(overall: dict[str, Any], n_classes: int) -> str:
+    """``macro-F1 0.9512`` as the commands print it, saying over which classes it is
+    averaged when some of the model's ``n_classes`` are absent from the scored images."""
+    text = f"macro-F1 {overall['macro_f1']:.4f}"
+    present = overall.get("classes_present", n_classes)
+    if present < n_classes:
+        text += f" over the {present} class{'' if present == 1 else 'es'} present (of the model's {n_classes})"
+    return text

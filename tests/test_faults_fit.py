@@ -303,3 +303,31 @@ def test_damaged_parquet_is_a_one_line_error_in_fit_and_info(tmp_path, where):
     info = CliRunner().invoke(cellembed_main, ["info", str(damaged)])
     _one_line_error(info, str(damaged), "is damaged", "cellembed extract")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_predict_on_a_one_class_folder_scores_the_class_present(tmp_path, random_weights):
+    """A one-class folder printed "macro-F1 0.3333" (the absent classes as F1 0) and a raw
+    scikit-learn warning."""
+    from sklearn.linear_model import LogisticRegression
+
+    from cellembed import embedding_matrix, extract
+    from cellclf.predictor import Predictor
+    from conftest import SMALL
+    from test_predict import tinted_folder
+
+    train = tinted_folder(tmp_path / "train", {"red": 6, "blue": 6, "green": 6})
+    result = extract(train, tmp_path / "train.parquet", weights=random_weights, input_size=SMALL, progress=False)
+    frame, spec = load_embeddings(result.out)
+    X, labels = embedding_matrix(frame, spec)
+    classes = sorted(set(labels))
+    model = LogisticRegression(C=1.0, max_iter=2000).fit(X, [classes.index(label) for label in labels])
+    model_file = Predictor(model, classes, spec, family="lr").save_safe(tmp_path / "model.skops")
+    only_red = tinted_folder(tmp_path / "new", {"red": 4}, seed=1)
+    predicted = CliRunner().invoke(
+        main, ["predict", str(model_file), str(only_red), "-o", str(tmp_path / "p.csv"), "--weights", str(random_weights), "-q"],
+    )
+    assert predicted.exit_code == 0, predicted.output
+    assert "Warning" not in predicted.output, predicted.output
+    line = next(line for line in predicted.stderr.splitlines() if line.startswith("against the sub-folders"))
+    assert "macro-F1" in line and "over the 1 class present (of the model's 3)" in line, line
