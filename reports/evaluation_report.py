@@ -54,7 +54,7 @@ def render_evaluation_report(
     heading = title or f"cellclf evaluation — {Path(str(source)).name if source else model.title}"
     subtitle = (
         f"{model.title} on {len(scored)} labelled images, {len(classes)} classes; "
-        f"accuracy {sections.number(model.overall['accuracy'])}, macro-F1 {sections.number(model.overall['macro_f1'])}"
+        f"accuracy {sections.number(model.overall['accuracy'])}, {sections.macro_f1_phrase(model.overall, len(classes))}"
     )
     return page(heading, subtitle, body)
 

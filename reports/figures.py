@@ -109,7 +109,8 @@ def roc_curves(panels: Sequence[tuple[str, Sequence[str], np.ndarray, Sequence[f
         axes.set_ylabel("true positive rate")
         axes.set_title(plain(title))
         axes.set_aspect("equal")
-        axes.legend(fontsize=7, loc="lower right")
+        if axes.get_legend_handles_labels()[0]:  # no curve at all when the images are of one class
+            axes.legend(fontsize=7, loc="lower right")
     return figure_data_uri(figure)
 
 

@@ -79,6 +79,16 @@ def number(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def macro_f1_phrase(overall: dict[str, Any], n_classes: int) -> str:
+    """``macro-F1 0.9512``, saying over which classes it is averaged when some of the
+    ``n_classes`` have no scored images (``overall["classes_present"]``)."""
+    text = f"macro-F1 {number(overall.get('macro_f1'))}"
+    present = overall.get("classes_present")
+    if present is not None and present < n_classes:
+        text += f" over the {present} class{'' if present == 1 else 'es'} present (of the model's {n_classes})"
+    return text
+
+
 def data_section(
     classes: Sequence[str],
     counts: dict[str, dict[str, int]],
@@ -156,7 +166,11 @@ def per_class_section(models: Sequence[ModelView]) -> Section:
             table(["class", "precision", "recall", "F1", "support", "ROC-AUC"], rows, numeric=range(1, 6),
                   id=f"per-class-{model.key}")
         )
-    parts.append(paragraph("ROC-AUC is n/a for a class without test images (or with only that class)."))
+    parts.append(paragraph(
+        "Recall, F1 and ROC-AUC are n/a for a class with no test images (support 0), and its precision too "
+        "unless it was predicted; macro-F1 and balanced accuracy average the classes with test images. "
+        "ROC-AUC is also n/a when all the images are of that one class."
+    ))
     return Section("per-class", "Per-class metrics", concat(parts))
 
 

@@ -331,3 +331,24 @@ def test_predict_on_a_one_class_folder_scores_the_class_present(tmp_path, random
     assert "Warning" not in predicted.output, predicted.output
     line = next(line for line in predicted.stderr.splitlines() if line.startswith("against the sub-folders"))
     assert "macro-F1" in line and "over the 1 class present (of the model's 3)" in line, line
+
+
+def test_evaluation_report_of_a_one_class_folder_says_what_macro_f1_averages():
+    import html
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from cellclf.rundir import evaluation_record
+    from cellreports.evaluation_report import render_evaluation_report
+
+    classes = ["a", "b", "c"]
+    proba = np.array([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.2, 0.7, 0.1]])
+    scored = pd.DataFrame({"path": ["a/1.png", "a/2.png", "a/3.png"], "label": ["a"] * 3, "predicted": ["a", "a", "b"]})
+    for k, name in enumerate(classes):
+        scored[f"proba_{name}"] = proba[:, k]
+    overall, per_class, confusion = evaluate(scored["label"].tolist(), proba, classes)
+    model = evaluation_record(SimpleNamespace(overall=overall, per_class=per_class, confusion=confusion, scored=scored), "m")
+    document = html.unescape(render_evaluation_report(model, classes, None))
+    assert "macro-F1 0.8000 over the 1 class present (of the model's 3)" in document
+    assert "no test images" in document.split('id="per-class"', 1)[1].split("</section>", 1)[0]
