@@ -413,14 +413,16 @@ def _check_versions(predictor: Predictor, allow_version_mismatch: bool) -> None:
 
 
 def _json_value(value: Any) -> Any:
-    """numpy scalars and arrays in the safe file's metadata as plain JSON values."""
+    """Values of the safe file's metadata that JSON lacks: numpy scalars and arrays as plain
+    values, sets as sorted lists, anything else (a plug-in family's summary) as its text
+    rather than failing a finished fit."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} in a predictor's metadata cannot be written as JSON")
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return str(value)
 
 
 def checksum_path(path: str | Path) -> Path:

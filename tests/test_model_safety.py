@@ -71,7 +71,8 @@ def make_predictor(data, family: str, n_classes: int = 3) -> Predictor:
         model = fit_lr(X, y, {"C": 0.1, "class_weight": None})
     else:
         model = fit_xgb(X, y, {"max_depth": 2, "learning_rate": 0.3}, n_trees=6)
-    summary = {"params": {"C": 0.1}, "test": {"accuracy": np.float64(0.5), "log_loss": float("nan")}, "seed": 4}
+    summary = {"params": {"C": 0.1}, "test": {"accuracy": np.float64(0.5), "log_loss": float("nan")}, "seed": 4,
+               "counts": np.array([1, 2]), "taps": {"b", "a"}, "note": 1 + 2j}
     return Predictor(model, classes[:n_classes], spec, family=family, summary=summary)
 
 
@@ -228,6 +229,9 @@ def test_a_damaged_safe_file_is_refused(tmp_path, lr_predictor):
         load_predictor(tmp_path)
     with pytest.raises(PredictorLoadError, match="no such model file"):
         load_predictor(tmp_path / "missing.skops")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PredictorLoadError, match="empty: no model.skops or model.joblib in this folder"):
+        load_predictor(tmp_path / "empty")
 
 
 def test_a_safe_file_of_another_kind_is_refused(tmp_path):
@@ -258,6 +262,7 @@ def test_the_safe_file_predicts_exactly_like_the_pickle(tmp_path, data, family, 
         assert getattr(safe, attribute) == getattr(pickled, attribute), attribute
     assert safe.summary["created"] == pickled.summary["created"] and safe.summary["seed"] == 4
     assert safe.summary["test"]["accuracy"] == 0.5 and np.isnan(safe.summary["test"]["log_loss"])
+    assert safe.summary["counts"] == [1, 2] and safe.summary["taps"] == ["a", "b"] and safe.summary["note"] == "(1+2j)"
     with zipfile.ZipFile(tmp_path / "model.skops") as archive:  # the metadata is JSON text
         node = json.loads(archive.read("schema.json"))["content"]["cellclf_predictor"]
     assert (node["__module__"], node["__class__"], node["__loader__"]) == ("builtins", "str", "JsonNode")
