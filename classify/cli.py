@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
@@ -176,11 +177,15 @@ def fit(
     "from the file: only for files from a source you trust.",
 )
 @click.option("--allow-skips", is_flag=True, help="Exit 0 even when some files could not be read.")
+@click.option(
+    "--overwrite", is_flag=True,
+    help="Replace -o (and its tables) or --report even when it is not a file predict wrote.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")
 def predict(
     model: Path, images: Path, out: Path, fmt: str, min_confidence: float | None, cache: Path | None,
     weights: str | None, batch_size: int, engine: str, report_path: Path | None, trust_pickle: bool,
-    allow_skips: bool, quiet: bool,
+    allow_skips: bool, overwrite: bool, quiet: bool,
 ) -> None:
     """Classify every image under IMAGES with MODEL (a `cellclf fit` run folder, its
     model.skops or its model.joblib).
@@ -190,68 +195,78 @@ def predict(
     If IMAGES has sub-folders named like the model's classes, the predictions are also
     scored against them (accuracy, macro-F1, per-class metrics next to OUT).
 
+    Predict never writes inside IMAGES, and replaces an existing -o or --report file only
+    when it is one predict wrote (or with --overwrite). The cache only grows: images it
+    lacks are added, its rows of other images are kept, so --cache may be the training
+    embeddings file. A second run writing the same -o at the same time is refused.
+
     Exit status: 0 all classified, 3 some files could not be read (0 with --allow-skips),
     2 bad input, 130 interrupted (run again to resume).
     MODEL is read from the safe model.skops whenever there is one (loading it cannot run
     code). A .joblib with no model.skops beside it is a pickle, which runs code when loaded:
     it is refused unless --trust-pickle is given.
     """
-    from cellclf.prediction import (
-        check_scorable, default_cache_path, predict_folder, write_evaluation_tables, write_predictions,
-    )
+    from cellembed.atomic import output_lock, prepare_output
+    from cellclf.prediction import check_scorable, predict_folder, write_evaluation_tables, write_predictions
+    from cellclf.prediction_outputs import PredictionOutputs
+    from cellreports import is_report
     from cellclf.predictor import load_predictor
 
     say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
-    with user_errors():
+    outputs = PredictionOutputs.of(out, cache, report_path)
+    with ExitStack() as stack:  # user errors become one line; the lock is held to the end
+        stack.enter_context(user_errors())
+        outputs.check(images, overwrite, is_report)  # before anything is loaded or written
         started = time.perf_counter()
         predictor = load_predictor(model, trust_pickle=trust_pickle)
         say(f"loaded {predictor.source} ({predictor.family}, {len(predictor.classes)} classes) in {time.perf_counter() - started:.1f} s")
         if report_path is not None:  # before anything is written
             check_scorable(images, list(predictor.classes))
+        prepare_output(out, example="predictions.csv")
+        stack.enter_context(output_lock(out))
         run = predict_folder(
-            predictor, images, cache or default_cache_path(out), weights=weights, batch_size=batch_size, engine=engine,
+            predictor, images, outputs.cache, weights=weights, batch_size=batch_size, engine=engine,
             min_confidence=min_confidence, progress=not quiet, log=say,
         )
         write_predictions(run, out, fmt)
-    classified = len(run.table) - len(run.extraction.errors)
-    per_image = (run.embed_seconds + run.classify_seconds) / max(classified, 1)
-    click.echo(
-        f"wrote {out}: {classified} images classified ({run.extraction.embedded} embedded now, "
-        f"{run.extraction.reused} from the cache) in {run.embed_seconds + run.classify_seconds:.1f} s, "
-        f"{1000 * per_image:.0f} ms per image after loading the model",
-        err=True,
-    )
-    if run.unknown_folders:
-        listed = ", ".join(f"{name} ({n})" for name, n in run.unknown_folders.items())
-        click.echo(f"not scored: sub-folders that are not classes of the model: {listed}", err=True)
-    if run.evaluation is not None:
-        from cellclf.metrics import macro_f1_text
-
-        overall = run.evaluation.overall
-        written = write_evaluation_tables(run.evaluation, out)
+        classified = len(run.table) - len(run.extraction.errors)
+        per_image = (run.embed_seconds + run.classify_seconds) / max(classified, 1)
         click.echo(
-            f"against the sub-folders ({overall['n']} images): accuracy {overall['accuracy']:.4f}, "
-            f"{macro_f1_text(overall, len(predictor.classes))}; per-class metrics in {written[0]}",
+            f"wrote {out}: {classified} images classified ({run.extraction.embedded} embedded now, "
+            f"{run.extraction.reused} from the cache) in {run.embed_seconds + run.classify_seconds:.1f} s, "
+            f"{1000 * per_image:.0f} ms per image after loading the model",
             err=True,
         )
-    if report_path is not None:
-        if run.evaluation is None:
-            raise BadInput("--report needs images in sub-folders named like the model's classes")
-        from cellclf.rundir import evaluation_record
-        from cellreports import write_evaluation_report
+        if run.unknown_folders:
+            listed = ", ".join(f"{name} ({n})" for name, n in run.unknown_folders.items())
+            click.echo(f"not scored: sub-folders that are not classes of the model: {listed}", err=True)
+        if run.evaluation is not None:
+            from cellclf.metrics import macro_f1_text
 
-        unknown = sum(run.unknown_folders.values())
-        not_scored = {
-            "folder is not a model class": unknown,
-            "no folder, or no prediction": len(run.table) - len(run.evaluation.scored) - unknown,
-        }
-        write_evaluation_report(
-            evaluation_record(run.evaluation, model.name), run.classes, predictor.spec, report_path,
-            images_root=images, not_scored=not_scored,
-        )
-        click.echo(f"report: {report_path}", err=True)
+            overall = run.evaluation.overall
+            written = write_evaluation_tables(run.evaluation, out)
+            click.echo(
+                f"against the sub-folders ({overall['n']} images): accuracy {overall['accuracy']:.4f}, "
+                f"{macro_f1_text(overall, len(predictor.classes))}; per-class metrics in {written[0]}",
+                err=True,
+            )
+        if report_path is not None:
+            if run.evaluation is None:
+                raise BadInput("--report needs images in sub-folders named like the model's classes")
+            from cellclf.rundir import evaluation_record
+            from cellreports import write_evaluation_report
+
+            unknown = sum(run.unknown_folders.values())
+            not_scored = {
+                "folder is not a model class": unknown,
+                "no folder, or no prediction": len(run.table) - len(run.evaluation.scored) - unknown,
+            }
+            write_evaluation_report(
+                evaluation_record(run.evaluation, model.name), run.classes, predictor.spec, report_path,
+                images_root=images, not_scored=not_scored,
+            )
+            click.echo(f"report: {report_path}", err=True)
     exit_if_skipped(run.extraction.errors, f"listed in {out} with their reason", allow_skips)
-
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))

@@ -2,7 +2,8 @@
 
 The images are embedded with exactly the predictor's embedding spec (same weights file,
 input size, taps, preprocessing) into a Parquet cache, so a second run on the same folder
-embeds nothing, and classified by an :class:`~cellclf.classifier.ImageClassifier`. When
+embeds nothing. The cache is add-only: images it does not hold are added, its rows of
+other images are kept (it may be the training embeddings file). They are classified by an :class:`~cellclf.classifier.ImageClassifier`. When
 the folder has class sub-folders named like the model's classes, the predictions are also
 scored against them.
 """
@@ -18,13 +19,15 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from cellembed import ExtractResult, extract, load_embeddings
+from cellembed import ExtractResult, EmbeddingSpec, extract, load_embeddings
+from cellembed.csv_cells import inert_frame
 from cellembed.errors import OutputConflict
 from cellembed.atomic import atomic_path
 from cellembed.engines import DEFAULT_ENGINE
 from cellclf.classifier import ImageClassifier
 from cellclf.errors import ClassifierInputError
 from cellclf.metrics import evaluate
+from cellclf.prediction_outputs import PredictionOutputs
 from cellclf.predictor import Predictor
 from cellclf.rundir import PROBA_PREFIX
 
@@ -60,7 +63,7 @@ class PredictionRun:
 
 def default_cache_path(out: Path) -> Path:
     """``predictions.csv`` -> ``predictions.embeddings.parquet`` next to it."""
-    return out.with_name(out.stem + ".embeddings.parquet")
+    return PredictionOutputs.of(out).cache
 
 
 def check_scorable(images: str | Path, classes: list[str]) -> None:
@@ -106,14 +109,14 @@ def predict_folder(
     try:
         extraction = extract(
             images, cache, spec=classifier.spec, weights=classifier.weights, batch_size=batch_size,
-            engine=classifier.engine, progress=progress, log=log,
+            engine=classifier.engine, add_only=True, progress=progress, log=log,
         )
     except OutputConflict as exc:
         raise ClassifierInputError(f"{exc.problem}: give another --cache file, or delete that one") from None
     embed_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    frame, frame_spec = load_embeddings(extraction.out)
+    frame, frame_spec = _folder_rows(extraction)
     classes = classifier.classes
     predicted = classifier.classify(frame, frame_spec)
     classify_seconds = time.perf_counter() - started
@@ -122,6 +125,19 @@ def predict_folder(
     proba = predicted[[PROBA_PREFIX + name for name in classes]].to_numpy(dtype=np.float64)
     evaluation, unknown = _evaluate_folders(table, proba, frame, classes)
     return PredictionRun(table, classes, extraction, embed_seconds, classify_seconds, evaluation, unknown)
+
+
+def _folder_rows(extraction: ExtractResult) -> tuple[pd.DataFrame, EmbeddingSpec]:
+    """The cache's rows of the folder's images, with their paths and labels in this folder
+    (the add-only cache may hold the same image under another path, and other images)."""
+    cached, spec = load_embeddings(extraction.out)
+    first_row = pd.Series(np.arange(len(cached)), index=cached["sha256"])
+    first_row = first_row[~first_row.index.duplicated()]
+    paths, labels, sha256s = (list(column) for column in zip(*extraction.members)) if extraction.members else ([], [], [])
+    frame = cached.iloc[first_row.loc[sha256s].to_numpy()].reset_index(drop=True)
+    frame["path"], frame["label"] = paths, labels
+    frame.attrs["cellembed_spec"] = spec
+    return frame, spec
 
 
 def _predictions_table(
@@ -160,11 +176,15 @@ def _evaluate_folders(
 
 
 def write_predictions(run: PredictionRun, out: str | Path, fmt: str = "csv") -> Path:
-    """Write the predictions table as CSV, or as JSON ``{path: {"predictions": {...}, "label": ...}}``."""
+    """Write the predictions table as CSV, or as JSON ``{path: {"predictions": {...}, "label": ...}}``.
+
+    In the CSV, text cells a spreadsheet would run as a formula get a leading apostrophe
+    (:mod:`cellembed.csv_cells`); the JSON keeps every name as it is.
+    """
     out = Path(out)
     with atomic_path(out) as tmp:
         if fmt == "csv":
-            run.table.to_csv(tmp, index=False)
+            inert_frame(run.table).to_csv(tmp, index=False)
         elif fmt == "json":
             tmp.write_text(json.dumps(_json_document(run), indent=2) + "\n", encoding="utf-8")
         else:
@@ -193,9 +213,8 @@ def _json_document(run: PredictionRun) -> dict[str, Any]:
 
 def write_evaluation_tables(evaluation: Evaluation, out: Path) -> list[Path]:
     """Per-class metrics and confusion matrix next to the predictions file."""
-    per_class = out.with_name(out.stem + ".per_class.csv")
-    confusion = out.with_name(out.stem + ".confusion_matrix.csv")
-    for frame, path in ((evaluation.per_class, per_class), (evaluation.confusion, confusion)):
+    outputs = PredictionOutputs.of(out)
+    for frame, path in ((evaluation.per_class, outputs.per_class), (evaluation.confusion, outputs.confusion)):
         with atomic_path(path) as tmp:
-            frame.to_csv(tmp, index=False)
-    return [per_class, confusion]
+            inert_frame(frame).to_csv(tmp, index=False)
+    return [outputs.per_class, outputs.confusion]

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import errno
 
-from cellembed.errors import DiskFull, OutputBusy
+from cellembed.errors import DiskFull, InputError, OutputBusy
 
 
 def current_umask() -> int:
@@ -105,6 +105,29 @@ def install_folder(staging: Path, target: Path) -> None:
     os.rename(staging, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_output(target: str | Path, option: str = "-o", example: str = "embeddings.parquet") -> Path:
+    """Check, before any work, that the file ``target`` can be written: not a folder, its
+    folder created, a real write probe in it (permission bits say nothing for root or a
+    read-only mount).
+
+    Raises:
+        InputError: one line naming ``option`` and what to do.
+    """
+    target = Path(target)
+    if target.is_dir():
+        raise InputError(f"{option} {target} is a folder; give a file name such as {target / example}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{option} {target}: cannot create its folder ({exc.strerror or exc}); choose another {option}") from None
+    try:
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as exc:
+        raise InputError(f"{option} {target}: {target.parent} is not writable ({exc.strerror or exc}); choose another {option}") from None
+    return target
 
 
 @contextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from cellembed.backbones import DEFAULT_BACKBONE, backbone_for_spec
 from cellembed.distributors import DEFAULT_DISTRIBUTOR, make_distributor
 from cellembed.embedder import embedder_from_spec, spec_for_settings
 from cellembed.engines import DEFAULT_ENGINE, Embedder, check_engine
-from cellembed.atomic import output_lock
+from cellembed.atomic import output_lock, prepare_output
 from cellembed.errors import InputError, Interrupted
 from cellembed.merge import merge
 from cellembed.plan import DEFAULT_SHARD_SIZE, Plan, plan as make_plan
@@ -142,7 +141,7 @@ def extract(
     # The spec and every refusal come before any TensorFlow: a rerun with nothing new
     # to embed costs only hashing and reading OUT's index.
     planned, weights_file = _planned(embedder, spec, weights, backbone, layers, input_size, engine)
-    out = _check_output(Path(out))
+    out = prepare_output(out)
     with output_lock(out):  # a second run writing the same OUT is refused, not mixed in
         try:
             work = make_plan(images, out, planned, overwrite=overwrite, shard_size=checkpoint_every, prune=not add_only)
@@ -258,18 +257,3 @@ def _run(distributor: Any, work: Plan, progress: bool) -> list[ShardResult]:
         bar.close()
         distributor.close()
     return results
-
-
-def _check_output(out: Path) -> Path:
-    if out.is_dir():
-        raise InputError(f"output {out} is a folder; give a file name such as {out / 'embeddings.parquet'}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the folder of output {out}: {exc.strerror or exc}") from None
-    try:  # a real write probe: permission bits say nothing for root or read-only mounts
-        with tempfile.TemporaryFile(dir=out.parent):
-            pass
-    except OSError as exc:
-        raise InputError(f"output {out} is not writable ({exc.strerror or exc}); choose another -o") from None
-    return out

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cellembed.atomic import atomic_path
+from cellembed.csv_cells import inert
 from cellembed.errors import DiskFull, OutputConflict, RunFailed
 from cellembed.plan import Plan
 from cellembed.shards import ShardResult
@@ -193,7 +194,8 @@ def _fill(
 
 
 def _write_errors_csv(path: Path, errors: list[dict[str, str]]) -> None:
-    """Sidecar list of skipped files (path, reason); removed when a run has none."""
+    """Sidecar list of skipped files (path, reason; cells a spreadsheet would run are made
+    inert, see :mod:`cellembed.csv_cells`); removed when a run has none."""
     if not errors:
         path.unlink(missing_ok=True)
         return
@@ -201,4 +203,4 @@ def _write_errors_csv(path: Path, errors: list[dict[str, str]]) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=["path", "reason"], extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(errors)
+            writer.writerows({key: inert(value) for key, value in error.items()} for error in errors)

@@ -32,7 +32,7 @@ It reads these attributes (``cellclf.rundir`` defines the records):
   ``plot`` (PNG bytes or None) and ``top`` (DataFrame or None)).
 """
 
-__all__ = ["write_evaluation_report", "write_run_report"]
+__all__ = ["is_report", "write_evaluation_report", "write_run_report"]
 
 
 def __getattr__(name: str):
@@ -40,6 +40,10 @@ def __getattr__(name: str):
         from cellreports.run_report import write_run_report
 
         return write_run_report
+    if name == "is_report":
+        from cellreports.html import is_report
+
+        return is_report
     if name == "write_evaluation_report":
         from cellreports.evaluation_report import write_evaluation_report
 

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Sequence
 
 #: Blocks scripts, remote fetches and frames; allows the inline CSS and data: images.
 CONTENT_SECURITY_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+#: Names the pages this package writes, so a command can tell its own report (which it may
+#: replace) from a file it did not write (which it must not).
+GENERATOR = "cellreports"
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
@@ -158,9 +162,20 @@ def page(title: str, subtitle: str, sections: Sequence[Section]) -> str:
             Markup('<meta charset="utf-8">'),
             Markup(f'<meta http-equiv="Content-Security-Policy" content="{escape(CONTENT_SECURITY_POLICY)}">'),
             Markup('<meta name="viewport" content="width=device-width, initial-scale=1">'),
+            Markup(f'<meta name="generator" content="{GENERATOR}">'),
             element("title", title),
             element("style", Markup(STYLE)),
         ]
     )
     header = element("header", element("h1", title), element("p", subtitle))
     return f'<!DOCTYPE html>\n<html lang="en">\n<head>{head}</head>\n<body>{header}{navigation}{content}</body>\n</html>\n'
+
+
+def is_report(path: str | Path) -> bool:
+    """True when ``path`` is an HTML page this package wrote (it carries the generator tag)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"<!DOCTYPE html>") and f'<meta name="generator" content="{GENERATOR}">'.encode() in head

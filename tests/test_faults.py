@@ -1,0 +1,276 @@
+"""The hostile-input probe of issue 9, as tests: outputs predict must not overwrite, the
+add-only cache, interrupted runs of another spec, a full disk, a damaged file, concurrent
+runs and CSV injection. Each test ran and failed before its fix.
+
+The commands run in-process (click's CliRunner) on tiny tinted images with random weights,
+so the whole file takes well under a minute after the network is built once.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from cellembed import embedding_matrix, extract, load_embeddings
+from cellembed.atomic import output_lock
+from cellembed.cli import main as cellembed_main
+from cellclf.cli import main as cellclf_main
+from cellclf.predictor import Predictor
+from conftest import SMALL
+
+pytestmark = pytest.mark.slow  # builds a (small, random) network
+TINTS = {"red": (1.0, 0.3, 0.3), "blue": (0.3, 0.3, 1.0)}
+
+
+def tinted(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for label, count in counts.items():
+        folder = root / label if label else root
+        folder.mkdir(parents=True, exist_ok=True)
+        tint = np.array(TINTS.get(label, (0.6, 0.6, 0.6)))
+        for k in range(count):
+            pixels = (rng.uniform(0, 255, (40, 44, 3)) * tint).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{label or 'loose'}_{seed}_{k}.png")
+    return root
+
+
+def run(main, *args) -> "click.testing.Result":  # noqa: F821
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, code: int) -> str:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, random_weights):
+    """A training folder, its embeddings file and a model (model.joblib + model.skops)."""
+    root = tmp_path_factory.mktemp("train")
+    images = tinted(root / "images", {"red": 6, "blue": 6})
+    train = root / "train.parquet"
+    extract(images, train, weights=random_weights, input_size=SMALL, layers="final", progress=False)
+    frame, spec = load_embeddings(train)
+    X, labels = embedding_matrix(frame, spec)
+    classes = sorted(set(labels))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    model.fit(X, [classes.index(label) for label in labels])
+    path = root / "run" / "model.joblib"
+    path.parent.mkdir()
+    Predictor(model, classes, spec, family="lr").save(path)
+    return root, train, path
+
+
+@pytest.fixture
+def workspace(tmp_path, trained):
+    """A private copy of the training file (tests change it) and a new folder to classify."""
+    root, train, model = trained
+    copy = tmp_path / "train.parquet"
+    shutil.copy(train, copy)
+    new = tinted(tmp_path / "new", {"red": 2, "blue": 2}, seed=7)
+    return copy, model, new
+
+
+def predict(model, images, out, weights, *extra):
+    return run(cellclf_main, "predict", model, images, "-o", out, "--weights", weights, "-q", *extra)
+
+
+# -- 2. predict overwrites files it did not write ------------------------------------------
+
+def test_predict_refuses_to_replace_a_file_it_did_not_write(workspace, random_weights, tmp_path):
+    train, model, new = workspace
+    before = train.read_bytes()
+    error = one_line_error(predict(model, new, train, random_weights), 2)
+    assert f"{train} exists and is not a file cellclf predict wrote" in error and "--overwrite" in error
+    assert train.read_bytes() == before
+
+    notes = tmp_path / "notes.csv"
+    notes.write_text("patient,comment\n1,keep me\n")
+    one_line_error(predict(model, new, notes, random_weights), 2)
+    assert notes.read_text() == "patient,comment\n1,keep me\n"
+    assert predict(model, new, notes, random_weights, "--overwrite").exit_code == 0
+    assert pd.read_csv(notes)["predicted"].notna().all()
+
+    page = tmp_path / "page.html"
+    page.write_text("<!DOCTYPE html><html><body>a page of the lab's wiki</body></html>")
+    error = one_line_error(predict(model, new, tmp_path / "p.csv", random_weights, "--report", page), 2)
+    assert f"{page} exists and is not a file cellclf predict wrote" in error and "--report" in error
+    report = tmp_path / "report.html"
+    for _ in range(2):  # its own report is replaced
+        result = predict(model, new, tmp_path / "p.csv", random_weights, "--report", report)
+        assert result.exit_code == 0, result.output
+
+
+def test_predict_replaces_its_own_predictions(workspace, random_weights, tmp_path):
+    train, model, new = workspace
+    for fmt in ("csv", "json"):
+        out = tmp_path / f"predictions.{fmt}"
+        for _ in range(2):  # the second run replaces the file the first one wrote
+            result = predict(model, new, out, random_weights, "--format", fmt)
+            assert result.exit_code == 0, result.output
+
+
+def test_predict_never_writes_inside_the_images_folder(workspace, random_weights):
+    train, model, new = workspace
+    image = new / "red" / "red_7_0.png"
+    before = image.read_bytes()
+    for args in ((image,), (new / "predictions.csv",), (new.parent / "p.csv", "--cache", new / "c.parquet"),
+                 (new.parent / "p.csv", "--report", new / "red" / "r.html")):
+        error = one_line_error(predict(model, new, *args[:1], random_weights, *args[1:], "--overwrite"), 2)
+        assert "is inside the images folder" in error
+    assert image.read_bytes() == before
+    assert sorted(p.name for p in new.rglob("*") if p.is_file()) == sorted(
+        ["red_7_0.png", "red_7_1.png", "blue_7_0.png", "blue_7_1.png"])
+
+
+def test_the_cache_is_add_only(workspace, random_weights, tmp_path):
+    """--cache train.parquet on another folder used to cut the training file to that folder."""
+    train, model, new = workspace
+    trained_rows = load_embeddings(train)[0]
+    out = tmp_path / "predictions.csv"
+    result = predict(model, new, out, random_weights, "--cache", train)
+    assert result.exit_code == 0, result.output
+    cache = load_embeddings(train)[0]
+    assert len(cache) == len(trained_rows) + 4
+    kept = cache[cache["sha256"].isin(trained_rows["sha256"])].sort_values("path").reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept.drop(columns="embedding"), trained_rows.drop(columns="embedding"))
+    np.testing.assert_array_equal(np.stack(kept["embedding"]), np.stack(trained_rows["embedding"]))
+    predictions = pd.read_csv(out)
+    assert sorted(predictions["path"]) == sorted(p.relative_to(new).as_posix() for p in new.rglob("*.png"))
+
+    # Again: every image is in the cache now, nothing is added or dropped.
+    result = predict(model, new, out, random_weights, "--cache", train)
+    assert result.exit_code == 0 and len(load_embeddings(train)[0]) == len(cache)
+    assert "0 embedded now, 4 from the cache" in result.output
+
+
+# -- 3. an interrupted run with another spec ----------------------------------------------
+
+def test_a_checkpoint_of_another_spec_is_set_aside_and_resumed_later(tmp_path, random_weights):
+    """An interrupted extract --overwrite (spec B over an OUT of spec A) left a checkpoint
+    that blocked the original spec; now it is set aside, and resumed by a run with spec B."""
+    from cellembed.plan import plan
+    from cellembed.shards import ShardJob, embed_shard
+    from cellembed.embedder import spec_for_settings
+
+    images = tinted(tmp_path / "images", {"red": 3, "blue": 3})
+    out = tmp_path / "emb.parquet"
+    common = ("--weights", random_weights, "--input-size", SMALL, "--engine", "tensorflow")
+    assert run(cellembed_main, "extract", images, "-o", out, "--layers", "final", *common).exit_code == 0
+    spec_b, weights = spec_for_settings(layers="add_3", weights=random_weights, input_size=SMALL, engine="tensorflow")
+    work = plan(images, out, spec_b, overwrite=True, shard_size=4)
+    embed_shard(work.shards[0], ShardJob(spec_b, weights, "tensorflow", work.work_dir))  # then Ctrl-C
+
+    again = run(cellembed_main, "extract", images, "-o", out, "--layers", "final", *common)
+    assert again.exit_code == 0, again.output
+    assert "set aside 1 finished shard(s) of an interrupted run with another embedding spec" in again.output
+    resumed = run(cellembed_main, "extract", images, "-o", out, "--layers", "add_3", "--overwrite", *common)
+    assert resumed.exit_code == 0, resumed.output
+    assert "reused 4 cached (4 from an interrupted run)" in resumed.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.parquet", "images"]  # nothing left behind
+
+
+# -- 6. a full disk, a damaged file --------------------------------------------------------
+
+def test_a_full_disk_while_out_is_written_keeps_the_embeddings(tmp_path, random_weights, monkeypatch):
+    import cellembed.store
+
+    images = tinted(tmp_path / "images", {"red": 3, "blue": 3})
+    out = tmp_path / "emb.parquet"
+    real_write = cellembed.store.pq.write_table
+
+    def full_disk(table, where, **kwargs):
+        if Path(where).name.startswith(".emb.parquet."):  # OUT's temporary file, not a shard
+            Path(where).write_bytes(b"x" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(table, where, **kwargs)
+
+    monkeypatch.setattr(cellembed.store.pq, "write_table", full_disk)
+    args = ("extract", images, "-o", out, "--weights", random_weights, "--input-size", SMALL, "--layers", "final",
+            )
+    error = one_line_error(run(cellembed_main, *args), 1)
+    assert f"the disk is full while writing {out}" in error and "MB are free in" in error
+    assert "the embeddings computed so far are kept in" in error
+    assert not out.exists() and not list(tmp_path.glob(".emb.parquet.*"))
+    monkeypatch.setattr(cellembed.store.pq, "write_table", real_write)
+    again = run(cellembed_main, *args)
+    assert again.exit_code == 0 and "embedded 0" in again.output and "(6 from an interrupted run)" in again.output
+
+
+def damage(path: Path) -> None:
+    """Overwrite bytes in the middle of the data pages, leaving the footer intact."""
+    data = bytearray(path.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little") + 8
+    start, stop = 8, len(data) - footer
+    data[start + (stop - start) // 3: start + 2 * (stop - start) // 3] = b"\xff" * ((stop - start) // 3)
+    path.write_bytes(bytes(data))
+    pq.read_schema(path)  # the footer still reads
+
+
+def test_a_damaged_out_is_a_one_line_error_and_overwrite_recreates_it(tmp_path, random_weights):
+    images = tinted(tmp_path / "images", {"red": 3, "blue": 3})
+    out = tmp_path / "emb.parquet"
+    args = ("extract", images, "-o", out, "--weights", random_weights, "--input-size", SMALL, "--layers", "final",
+            )
+    assert run(cellembed_main, *args).exit_code == 0
+    damage(out)
+    tinted(images, {"red": 1}, seed=3)  # one new image: OUT's rows must be read
+    error = one_line_error(run(cellembed_main, *args), 2)
+    assert f"{out} is damaged" in error and "--overwrite" in error
+    result = run(cellembed_main, *args, "--overwrite")
+    assert result.exit_code == 0 and len(load_embeddings(out)[0]) == 7
+
+
+# -- 9. concurrent runs, advice, CSV injection ---------------------------------------------
+
+def test_a_second_run_writing_the_same_output_is_refused(workspace, random_weights, tmp_path):
+    train, model, new = workspace
+    out = tmp_path / "emb.parquet"
+    with output_lock(out):
+        error = one_line_error(run(cellembed_main, "extract", new, "-o", out, "--weights", random_weights,
+                                   "--input-size", SMALL), 2)
+    assert "another run" in error and f"is writing {out} now" in error and not out.exists()
+    predictions = tmp_path / "p.csv"
+    with output_lock(predictions):
+        error = one_line_error(predict(model, new, predictions, random_weights), 2)
+    assert f"is writing {predictions} now" in error and not predictions.exists()
+    assert predict(model, new, predictions, random_weights).exit_code == 0  # the lock is gone with its run
+    assert not list(tmp_path.glob(".*.lock"))
+
+
+def test_a_cache_of_another_spec_names_only_predict_options(workspace, random_weights, tmp_path):
+    train, model, new = workspace
+    other = tmp_path / "other.parquet"
+    extract(new, other, weights=random_weights, input_size=SMALL, layers="add_3", progress=False)
+    error = one_line_error(predict(model, new, tmp_path / "p.csv", random_weights, "--cache", other), 2)
+    assert "another embedding spec" in error and "--cache" in error and "--overwrite" not in error
+
+
+def test_csv_cells_that_spreadsheets_would_run_are_neutralised(workspace, random_weights, tmp_path):
+    train, model, new = workspace
+    hostile = new / "=HYPERLINK(1)"
+    hostile.mkdir()
+    shutil.copy(new / "red" / "red_7_0.png", hostile / "@SUM(1).png")
+    shutil.copy(new / "red" / "red_7_0.png", new / "red" / "-1+2.png")
+    out = tmp_path / "p.csv"
+    result = predict(model, new, out, random_weights)
+    assert result.exit_code == 0, result.output
+    cells = [cell for line in out.read_text().splitlines() for cell in line.split(",")]
+    assert not [cell for cell in cells if cell[:1] in ("=", "+", "-", "@")]
+    table = pd.read_csv(out)
+    assert "'=HYPERLINK(1)/@SUM(1).png" in set(table["path"]) and "'=HYPERLINK(1)" in set(table["label"])
+    assert "red/-1+2.png" in set(table["path"])  # only a leading formula character is neutralised
