@@ -303,6 +303,10 @@ def _fit(
 def _check_writable(run_dir: Path) -> None:
     """Refuse, before any work, a RUN_DIR that cannot be made: a real write probe in its
     parent (permission bits say nothing for root or on read-only mounts)."""
+    if run_dir.name in ("", ".", ".."):  # the run is renamed into place: it needs a name of its own
+        raise ClassifierInputError(
+            f"-o {run_dir} is not a new folder of its own; name the run folder, e.g. -o {run_dir / 'run'}"
+        )
     for folder in (run_dir, *run_dir.parents):
         if folder.exists() or folder.is_symlink():
             if not folder.is_dir():

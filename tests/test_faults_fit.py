@@ -74,6 +74,17 @@ def test_output_under_a_file_is_refused_before_any_training(tmp_path, data):
         fit(data, blocker / "deeper" / "run")
 
 
+@pytest.mark.parametrize("name", [".", ".."])
+def test_output_that_names_no_folder_of_its_own_is_refused_before_any_training(tmp_path, data, monkeypatch, name):
+    """`-o .` trained, then failed with a traceback (a folder with no name cannot be
+    renamed into place)."""
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    result = _fit(data, Path(name))
+    _one_line_error(result, f"-o {name}", "run")
+    assert "tune" not in result.stdout
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, where nothing can be created")
 def test_output_where_nothing_can_be_written_is_refused_before_any_training(tmp_path, data):
     result = _fit(data, Path("/proc/cellclf-probe/run"))
