@@ -274,3 +274,33 @@ def test_csv_cells_that_spreadsheets_would_run_are_neutralised(workspace, random
     table = pd.read_csv(out)
     assert "'=HYPERLINK(1)/@SUM(1).png" in set(table["path"]) and "'=HYPERLINK(1)" in set(table["label"])
     assert "red/-1+2.png" in set(table["path"])  # only a leading formula character is neutralised
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KB tmpfs (needs root and mount rights; skipped where the machine lacks them)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root): the full-disk fault is covered by the test above")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_real_full_disk_keeps_the_shards_and_the_rerun_finishes(tmp_path, small_disk, random_weights):
+    """The shards (about 170 KB) fit on the disk, OUT beside them does not."""
+    import subprocess
+
+    images = tinted(tmp_path / "images", {"red": 11, "blue": 11})
+    out = small_disk / "emb.parquet"
+    args = ("extract", images, "-o", out, "--weights", random_weights, "--input-size", SMALL, "--layers", "final")
+    error = one_line_error(run(cellembed_main, *args), 1)
+    assert f"the disk is full while writing {out}" in error and f"are free in {small_disk}" in error
+    assert sorted(p.name for p in small_disk.iterdir()) == ["emb.checkpoint"]  # no OUT, no temporary file
+    assert len(list((small_disk / "emb.checkpoint").glob("shard-*.parquet"))) == 1
+    subprocess.run(["mount", "-o", "remount,size=2m", str(small_disk)], check=True)  # space freed
+    again = run(cellembed_main, *args)
+    assert again.exit_code == 0 and "embedded 0" in again.output and "(22 from an interrupted run)" in again.output
+    assert len(load_embeddings(out)[0]) == 22
