@@ -178,7 +178,7 @@ def _fill(
     matrix: np.ndarray, widths: np.ndarray, heights: np.ndarray,
 ) -> None:
     """Copy the rows of ``source`` that are still ``missing`` into place."""
-    with pq.ParquetFile(source) as parquet:
+    with pq.ParquetFile(source, page_checksum_verification=True) as parquet:
         for batch in parquet.iter_batches(batch_size=_READ_BATCH, columns=["sha256", "width", "height", "embedding"]):
             found = [(j, sha) for j, sha in enumerate(batch.column(0).to_pylist()) if sha in missing]
             if not found:

@@ -193,7 +193,7 @@ def _check_reference(path: Path, spec: EmbeddingSpec) -> EmbeddingSpec:
 
 def _read_index(out: Path) -> OutIndex:
     try:
-        with pq.ParquetFile(out) as parquet:
+        with pq.ParquetFile(out, page_checksum_verification=True) as parquet:
             table = parquet.read(columns=["path", "label", "sha256"])
             metadata = parquet.schema_arrow.metadata or {}
     except (OSError, pa.ArrowException) as exc:
