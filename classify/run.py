@@ -24,7 +24,7 @@ from cellembed.plotting import png_bytes
 from cellclf.data import LabelledEmbeddings, SplitData, check_same_spec, load_labelled
 from cellclf.errors import ClassifierInputError
 from cellclf.families import ModelFamily, families, get_family
-from cellclf.predictor import Predictor, library_versions
+from cellclf.predictor import Predictor, library_versions, safe_path
 from cellclf.rundir import (
     BEST_MODEL,
     DataFacts,
@@ -165,7 +165,7 @@ class FitResult:
 
     @property
     def best(self) -> str:
-        """Key of the model saved as model.joblib."""
+        """Key of the model saved as model.skops and model.joblib."""
         return self.record.best_model
 
     def table(self) -> str:
@@ -178,7 +178,10 @@ class FitResult:
                 f"{model.key + star:<{width}} {model.val_macro_f1:>12.4f} {model.overall['accuracy']:>13.4f} "
                 f"{model.overall['macro_f1']:>13.4f} {model.fit_seconds:>7.1f}"
             )
-        lines.append(f"* best validation macro-F1, saved as {self.run_dir / BEST_MODEL}")
+        lines.append(
+            f"* best validation macro-F1, saved as {safe_path(self.run_dir / BEST_MODEL)} "
+            f"(and {BEST_MODEL}, a pickle; see cellclf predict --help)"
+        )
         return "\n".join(lines)
 
 
