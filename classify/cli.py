@@ -222,7 +222,10 @@ def predict(
         say(f"loaded {predictor.source} ({predictor.family}, {len(predictor.classes)} classes) in {time.perf_counter() - started:.1f} s")
         if report_path is not None:  # before anything is written
             check_scorable(images, list(predictor.classes))
-        prepare_output(out, example="predictions.csv")
+        for option, path, example in (("-o", out, "predictions.csv"), ("--cache", outputs.cache, "cache.parquet"),
+                                      ("--report", report_path, "report.html")):
+            if path is not None:  # before any work: a place nothing can be written is refused now
+                prepare_output(path, option, example)
         stack.enter_context(output_lock(out))
         run = predict_folder(
             predictor, images, outputs.cache, weights=weights, batch_size=batch_size, engine=engine,

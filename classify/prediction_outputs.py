@@ -60,6 +60,13 @@ class PredictionOutputs:
         named = [("-o", self.predictions), ("--cache", self.cache), ("-o", self.per_class), ("-o", self.confusion)]
         if self.report is not None:
             named.append(("--report", self.report))
+        resolved = [(option, path, path.resolve()) for option, path in named]
+        for i, (option, path, where) in enumerate(resolved):
+            for other_option, other, other_where in resolved[:i]:
+                if where == other_where:
+                    raise ClassifierInputError(
+                        f"{option} {path} and {other_option} {other} are the same file; give each its own path"
+                    )
         for option, path in named:
             if path.resolve().is_relative_to(images):
                 raise ClassifierInputError(

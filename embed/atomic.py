@@ -69,7 +69,7 @@ def _is_disk_full(exc: OSError) -> bool:
 
 def _disk_full(exc: OSError, target: Path, written: int, needs: int | None) -> DiskFull:
     free = shutil.disk_usage(target.parent).free / 1e6
-    size = f"it needs about {needs / 1e6:.1f} MB" if needs else f"it needs more than the {written / 1e6:.1f} MB written"
+    size = f"it needs at least {needs / 1e6:.1f} MB" if needs else f"it needs more than the {written / 1e6:.1f} MB written"
     return DiskFull(
         f"the disk is full while writing {target} ({size}; {free:.1f} MB are free in {target.parent}); "
         f"{target} was left as it was: free space there and run the same command again"
@@ -168,14 +168,20 @@ def output_lock(target: str | Path) -> Iterator[Path]:
             break
         handle.close()
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+        try:  # the pid only helps the message of a refused run: a full disk must not stop this one
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+        except OSError:
+            pass
         yield lock
     finally:
         try:
             lock.unlink()
         except FileNotFoundError:
             pass
-        handle.close()
+        try:
+            handle.close()
+        except OSError:  # the unwritten pid of a full disk
+            pass

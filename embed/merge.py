@@ -61,8 +61,8 @@ def merge(plan: Plan, results: Sequence[ShardResult], spec: EmbeddingSpec | None
     rows, file_errors, images_root = _kept_rows(plan, rows, errors)
     kept = sum(1 for *_, sha in rows if sha not in ours)
     if not results and not plan.finished and _unchanged(plan, rows, file_errors, images_root):
-        _write_errors_csv(errors_csv_path(plan.out), errors)
-        _remove_work(plan, results)
+        _write_errors_csv(errors_csv_path(plan.out), file_errors)
+        _remove_work(plan, results, rows, failed)
         return Merged(spec, len(rows), errors, failed, kept)
 
     matrix, widths, heights = _gather(plan, results, [sha for *_, sha in rows], spec.dim)
@@ -74,8 +74,8 @@ def merge(plan: Plan, results: Sequence[ShardResult], spec: EmbeddingSpec | None
         write_table(table, plan.out)
     except DiskFull as exc:
         raise DiskFull(f"{exc}; the embeddings computed so far are kept in {plan.work_dir}") from None
-    _write_errors_csv(errors_csv_path(plan.out), errors)
-    _remove_work(plan, results)
+    _write_errors_csv(errors_csv_path(plan.out), file_errors)
+    _remove_work(plan, results, rows, failed)
     return Merged(spec, len(rows), errors, failed, kept)
 
 
@@ -87,8 +87,9 @@ def _kept_rows(
 
     By default OUT mirrors the folder: exactly ``rows``. An add-only cache (``plan.prune``
     False) keeps every row of OUT as it was and adds the images whose content it does not
-    hold yet, sorted by path; when it then holds images of two folders, no single images
-    folder is recorded.
+    hold yet, sorted by path. Images added from another folder than the cache's are stored
+    without a label (a folder of cells to classify must not become training data of the
+    file), and the cache then records no single images folder.
     """
     index = plan.out_index
     if plan.prune or index is None:
@@ -103,15 +104,24 @@ def _kept_rows(
         root = plan.images
     else:
         root = old_root if not new else None
+        new = [(path, None, sha) for path, _, sha in new]
     combined = sorted([*zip(index.paths, index.labels, index.sha256s), *new], key=lambda row: row[0])
     return combined, sorted(file_errors, key=lambda e: e["path"]), root
 
 
-def _remove_work(plan: Plan, results: Sequence[ShardResult]) -> None:
-    """Remove the shard files now in OUT, then their folders when nothing else is left in
-    them (a file someone else put there is never deleted)."""
-    for path in [*plan.finished, *(result.path for result in results)]:
-        Path(path).unlink(missing_ok=True)
+def _remove_work(plan: Plan, results: Sequence[ShardResult], rows: list, failed: set[str]) -> None:
+    """Remove the shard files whose every image is now in OUT (or known bad), then their
+    folders when nothing else is left in them. A finished shard of images of another
+    folder (an interrupted run on it) is kept for that run, and a file someone else put
+    there is never deleted."""
+    done = {sha for *_, sha in rows} | failed
+    for path in plan.finished:
+        with pq.ParquetFile(path) as parquet:
+            held = set(parquet.read(columns=["sha256"]).column("sha256").to_pylist())
+        if held <= done:
+            Path(path).unlink(missing_ok=True)
+    for result in results:
+        Path(result.path).unlink(missing_ok=True)
     for folder in {plan.work_dir, *(Path(path).parent for path in plan.finished)}:
         try:
             folder.rmdir()

@@ -143,7 +143,7 @@ def _metadata(path: str | Path) -> dict[bytes, bytes]:
 def damaged(path: str | Path, exc: BaseException) -> str:
     """The one-line message for a cellembed file whose pages cannot be read."""
     reason = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{path} is damaged ({reason}): re-create it with cellembed extract"
+    return f"{path} is damaged ({reason}): re-create it with cellembed extract --overwrite"
 
 
 def read_table(path: str | Path) -> tuple[pa.Table, EmbeddingSpec]:

@@ -304,3 +304,41 @@ def test_a_real_full_disk_keeps_the_shards_and_the_rerun_finishes(tmp_path, smal
     again = run(cellembed_main, *args)
     assert again.exit_code == 0 and "embedded 0" in again.output and "(22 from an interrupted run)" in again.output
     assert len(load_embeddings(out)[0]) == 22
+
+
+def test_an_add_only_cache_keeps_its_error_list_its_labels_and_other_runs_shards(workspace, random_weights, tmp_path):
+    """Found by review: predict on another folder deleted the cache's errors.csv, deleted
+    the finished shards of an interrupted extract into the cache, and stored its folder's
+    sub-folders as labels of the training file."""
+    from cellembed.plan import plan
+    from cellembed.shards import ShardJob, embed_shard
+    from cellembed.store import read_spec
+
+    train, model, new = workspace
+    labelled = tinted(tmp_path / "labelled", {"red": 2, "blue": 2}, seed=11)
+    (labelled / "red" / "broken.png").write_bytes(b"not a png")
+    cache = tmp_path / "cache.parquet"
+    result = extract(labelled, cache, weights=random_weights, input_size=SMALL, layers="final", progress=False)
+    assert len(result.errors) == 1 and cache.with_name("cache.errors.csv").is_file()
+    more = tinted(tmp_path / "more", {"red": 3}, seed=12)  # an extract into the cache, interrupted
+    work = plan(more, cache, read_spec(cache), shard_size=2)
+    shard = embed_shard(work.shards[0], ShardJob(work.spec, None, "tensorflow", work.work_dir),
+                        embedder=__import__("cellembed").embedder_from_spec(work.spec, random_weights, "tensorflow"))
+
+    inbox = tinted(tmp_path / "inbox", {"todo": 2}, seed=13)
+    assert predict(model, inbox, tmp_path / "p.csv", random_weights, "--cache", cache).exit_code == 0
+    assert "broken.png" in cache.with_name("cache.errors.csv").read_text()
+    assert shard.path.is_file()
+    frame = load_embeddings(cache)[0]
+    assert set(frame["label"].dropna()) == {"red", "blue"} and frame["label"].isna().sum() == 2
+
+
+def test_outputs_are_probed_before_work_and_must_be_distinct(workspace, random_weights, tmp_path):
+    train, model, new = workspace
+    error = one_line_error(predict(model, new, tmp_path / "p.csv", random_weights, "--report", "/proc/r.html"), 2)
+    assert "--report /proc/r.html" in error and "not writable" in error and not (tmp_path / "p.csv").exists()
+    error = one_line_error(predict(model, new, tmp_path / "p.csv", random_weights, "--cache", "/proc/c.parquet"), 2)
+    assert "--cache /proc/c.parquet" in error
+    same = tmp_path / "same.parquet"
+    error = one_line_error(predict(model, new, same, random_weights, "--cache", same), 2)
+    assert "are the same file" in error and not same.exists()
