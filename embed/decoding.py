@@ -9,7 +9,18 @@ Colour conversion, one documented way for every input (see ``cellembed.spec.COLO
 * 16-bit (or 32-bit integer) samples are scaled to 8 bits as ``round(v / 257)``, so 65535
   maps to 255; floating-point samples are clipped to 0..255.
 
-Only the first frame of a multi-page file is used.
+Only the first frame of a multi-page file is used. EXIF orientation is ignored: pixels are
+used as stored (CellaVision exports carry no EXIF at all, and a cell's class does not depend
+on its orientation; see the README).
+
+Resources. An image of more than ``max_pixels`` pixels (default :data:`DEFAULT_MAX_PIXELS`)
+is refused from its header, before any pixel is decoded. An image of more than
+:data:`REDUCE_ABOVE_PIXELS` (4 million) pixels and at least 4x the network input on both
+sides is decoded small: JPEG files by the decoder's DCT scaling (``Image.draft``), other
+formats by an integer box reduction (``Image.reduce``), both by the largest factor that
+keeps each side at least twice the network input. The rest (every usual cell crop, at any
+input size) is decoded exactly as before, so cached embeddings stay valid. Only regular
+files are read: a FIFO or a device named like an image is refused, never read.
 
 The same rules apply whatever the source: a file path, the file's bytes (an upload), a PIL
 image, or a uint8 array ((H, W) grayscale, (H, W, 3) RGB or (H, W, 4) RGBA), so an image
@@ -20,8 +31,8 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Union
 
 import numpy as np
@@ -33,46 +44,149 @@ _WHITE = (255, 255, 255)
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
 
+#: Default pixel cap (width x height) of an input image. A real cell crop is far smaller
+#: (CellaVision: 360 x 363, 0.13 Mpx); 50 Mpx is a whole 8,660 x 5,773 camera frame. Decoded,
+#: it is 150 MB as RGB (200 MB with alpha), so the two decoding threads stay well inside the
+#: 2.5 GB extraction budget; Pillow's own decompression-bomb limit (89 Mpx a warning, 179 Mpx
+#: an error) is the ceiling of ``--max-pixels``.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+#: Images of at most this many pixels are decoded whole (48 MB as float32 RGB at most),
+#: whatever the network input: every usual cell crop decodes exactly as it always did, so
+#: embeddings already cached stay valid. Only larger ones are reduced.
+REDUCE_ABOVE_PIXELS = 4_000_000
+
+#: Modes ``Image.reduce`` averages correctly (alpha ones premultiplied); others are first
+#: converted (palette indices must not be averaged, 16-bit modes are not supported).
+_REDUCIBLE = ("L", "LA", "RGB", "RGBA", "I", "F")
+
+
 class DecodeError(Exception):
     """The input is not a readable image; the message says why, in a few words."""
 
 
-def decode_rgb(source: ImageSource) -> np.ndarray:
+class TooManyPixels(DecodeError):
+    """The image is larger than the pixel cap (the next run tries it again: the cap may change)."""
+
+
+def decode_rgb(
+    source: ImageSource, *, reduce_to: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Decode an image file, encoded bytes, a PIL image or a uint8 array to (H, W, 3) uint8 RGB.
 
+    Args:
+        reduce_to: the network input side: an image of more than 4 million pixels and at
+            least 4x that on both sides is decoded reduced (see the module docstring);
+            None decodes the full image.
+        max_pixels: refuse an image of more pixels than this (None: no cap but Pillow's).
+
     Raises:
-        DecodeError: empty, truncated, unreadable or non-image input, or an array that is
-            not uint8 with 1, 3 or 4 channels.
+        DecodeError: empty, truncated, unreadable or non-image input, not a regular file,
+            an array that is not uint8 with 1, 3 or 4 channels; :class:`TooManyPixels`
+            above ``max_pixels``.
         OSError: the file cannot be read (permission denied, vanished).
     """
+    return _decode(source, reduce_to, max_pixels)[0]
+
+
+def check_max_pixels(max_pixels: int | None) -> None:
+    """Refuse a pixel cap below 1 or above Pillow's decompression-bomb limit (which would
+    refuse, or warn about, the images the cap lets through)."""
+    from cellembed.errors import InputError
+
+    ceiling = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None and (max_pixels < 1 or (ceiling is not None and max_pixels > ceiling)):
+        raise InputError(
+            f"--max-pixels must be between 1 and {ceiling} (Pillow's decompression-bomb limit), got {max_pixels}"
+        )
+
+
+def _decode(source: ImageSource, reduce_to: int | None, max_pixels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """The RGB array and the original (width, height)."""
     if isinstance(source, Image.Image):
+        _check_pixels(source.size, max_pixels)
         source.load()
-        return to_rgb8(source)
+        return _to_network_rgb(source, reduce_to), source.size
     if isinstance(source, np.ndarray):
-        return to_rgb8(_array_image(source))
+        image = _array_image(source)
+        _check_pixels(image.size, max_pixels)
+        return _to_network_rgb(image, reduce_to), image.size
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise DecodeError("empty input (0 bytes)")
-        return _open(io.BytesIO(bytes(source)))
+        return _open(io.BytesIO(bytes(source)), reduce_to, max_pixels)
     if not isinstance(source, (str, os.PathLike)):
         raise DecodeError(f"cannot decode a {type(source).__name__}; give a path, bytes, a PIL image or a uint8 array")
-    if Path(source).stat().st_size == 0:
-        raise DecodeError("empty file (0 bytes)")
-    return _open(source)
+    # Non-blocking: opening a FIFO for reading would wait for a writer forever. The type is
+    # checked on the open file, so a file swapped after discovery cannot slip through.
+    with os.fdopen(os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise DecodeError("not a regular file; only regular files are read")
+        if info.st_size == 0:
+            raise DecodeError("empty file (0 bytes)")
+        return _open(handle, reduce_to, max_pixels)
 
 
-def _open(source) -> np.ndarray:
+def _open(source, reduce_to: int | None, max_pixels: int | None) -> tuple[np.ndarray, tuple[int, int]]:
     try:
         with Image.open(source) as image:
+            size = image.size
+            _check_pixels(size, max_pixels)
+            factor = _reduce_factor(size, reduce_to)
+            if factor > 1 and image.format == "JPEG":
+                image.draft(None, (2 * reduce_to, 2 * reduce_to))  # DCT scaling by 2, 4 or 8
             image.load()
-            return to_rgb8(image)
+            return _to_network_rgb(image, reduce_to, size), size
     except UnidentifiedImageError:
         raise DecodeError("not an image file (format not recognised)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        limit = f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels, Pillow's decompression-bomb limit"
+        cap = f", and more than --max-pixels {max_pixels}" if max_pixels is not None else ""
+        raise TooManyPixels(f"image is {limit}{cap}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise  # the file itself cannot be read: not a decoding problem
         # PIL reports truncation and corrupt streams as OSError/SyntaxError.
         raise DecodeError(f"cannot decode image: {exc}") from None
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int | None) -> None:
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise TooManyPixels(f"image is {width} x {height} pixels, more than --max-pixels {max_pixels}")
+
+
+def _reduce_factor(size: tuple[int, int], reduce_to: int | None, original: tuple[int, int] | None = None) -> int:
+    """The largest integer factor keeping both sides of ``size`` >= 2x the network input;
+    1 (none) when the ``original`` size (default ``size``; else the size before JPEG
+    draft scaling) is at most :data:`REDUCE_ABOVE_PIXELS`."""
+    original = original or size
+    if not reduce_to or original[0] * original[1] <= REDUCE_ABOVE_PIXELS:
+        return 1
+    return max(1, min(size) // (2 * reduce_to))
+
+
+def _to_network_rgb(image: Image.Image, reduce_to: int | None, original: tuple[int, int] | None = None) -> np.ndarray:
+    """``to_rgb8``, after reducing an image much bigger than the network input (see
+    :func:`_reduce_factor`); others are converted exactly as they are."""
+    factor = _reduce_factor(image.size, reduce_to, original)
+    if factor < 2:
+        return to_rgb8(image)
+    return to_rgb8(_reducible(image).reduce(factor))
+
+
+def _reducible(image: Image.Image) -> Image.Image:
+    """The image in a mode ``Image.reduce`` averages correctly, converted as ``to_rgb8``
+    would (16-bit samples widened to 32-bit, palettes and other modes expanded to RGB, or
+    RGBA when they carry transparency), without ``to_rgb8``'s full-size temporaries."""
+    mode = image.mode
+    if mode in _REDUCIBLE:
+        return image
+    if mode.startswith("I;16"):
+        return image.convert("I")
+    has_alpha = mode in ("PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info)
+    return image.convert("RGBA" if has_alpha else "RGB")
 
 
 def _array_image(array: np.ndarray) -> Image.Image:
@@ -147,13 +261,18 @@ class DecodedImage:
     transient: bool = False
 
 
-def load_for_network(source: ImageSource, size: int) -> DecodedImage:
-    """Decode and resize one image; never raises for a bad input (the error is returned)."""
+def load_for_network(source: ImageSource, size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode and resize one image; never raises for a bad input (the error is returned).
+
+    An image over ``max_pixels`` is an error marked ``transient``: a later run, perhaps
+    with a larger cap, tries it again.
+    """
     try:
-        rgb = decode_rgb(source)
+        rgb, (width, height) = _decode(source, size, max_pixels)
+    except TooManyPixels as exc:
+        return DecodedImage(None, error=str(exc), transient=True)
     except DecodeError as exc:
         return DecodedImage(None, error=str(exc))
     except OSError as exc:  # e.g. permission denied, file vanished
         return DecodedImage(None, error=f"cannot read file: {exc.strerror or exc}", transient=True)
-    height, width = rgb.shape[:2]
     return DecodedImage(resize_bilinear(rgb, size), width=width, height=height)

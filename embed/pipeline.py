@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from cellembed.decoding import DecodedImage, load_for_network
+from cellembed.decoding import DEFAULT_MAX_PIXELS, DecodedImage, load_for_network
 
 
 @dataclass
@@ -40,8 +40,10 @@ def decoded_batches(
     batch_size: int,
     workers: int = 2,
     lookahead_batches: int = 2,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Iterator[Batch]:
-    """Yield batches of decoded, resized images in input order."""
+    """Yield batches of decoded, resized images in input order (an image of more than
+    ``max_pixels`` pixels fails, see :func:`~cellembed.decoding.load_for_network`)."""
     pending: deque[tuple[int, Future]] = deque()
     limit = batch_size * (lookahead_batches + 1)
     next_index = 0
@@ -50,7 +52,7 @@ def decoded_batches(
         def fill() -> None:
             nonlocal next_index
             while next_index < len(paths) and len(pending) < limit:
-                pending.append((next_index, pool.submit(load_for_network, paths[next_index], size)))
+                pending.append((next_index, pool.submit(load_for_network, paths[next_index], size, max_pixels)))
                 next_index += 1
 
         fill()

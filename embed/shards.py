@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from cellembed.decoding import DEFAULT_MAX_PIXELS
 from cellembed.embedder import embedder_from_spec
 from cellembed.engines import Embedder
 from cellembed.errors import InputError
@@ -74,7 +75,8 @@ class ShardJob:
 
     ``spec`` is the planned spec (tap widths may still be 0); ``weights`` is None only
     when the caller embeds with a prebuilt embedder; ``threads`` caps the engine's CPU
-    threads in a worker (None: the engine's default).
+    threads in a worker (None: the engine's default); ``max_pixels`` is the pixel cap of
+    an input image (a larger one is an error, tried again by the next run).
     """
 
     spec: EmbeddingSpec
@@ -83,6 +85,7 @@ class ShardJob:
     work_dir: Path
     batch_size: int = 32
     threads: int | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def shard_path(self, shard_id: str) -> Path:
         return self.work_dir / f"shard-{shard_id}.parquet"
@@ -135,7 +138,7 @@ def embed_shard(
     transient: set[int] = set()
     try:
         sources = [item.absolute for item in shard.items]
-        for batch in decoded_batches(sources, spec.input_size, job.batch_size):
+        for batch in decoded_batches(sources, spec.input_size, job.batch_size, max_pixels=job.max_pixels):
             if batch.decoded:
                 vectors[[i for i, _ in batch.decoded]] = embedder.embed(batch.pixels)
             for index, decoded in batch.decoded:
