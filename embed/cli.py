@@ -9,6 +9,7 @@ import click
 
 from cellembed.backbones import DEFAULT_BACKBONE, backbone_names
 from cellembed.cli_support import BadInput, engine_option, exit_if_skipped, user_errors
+from cellembed.decoding import DEFAULT_MAX_PIXELS
 from cellembed.distributors import DEFAULT_DISTRIBUTOR, DISTRIBUTORS, distributor_options
 
 def with_distributor_options(function):
@@ -89,13 +90,19 @@ def main() -> None:
     "(needs pip install 'cellembed[ray]'; images, weights and OUT on a shared file system).",
 )
 @with_distributor_options
+@click.option(
+    "--max-pixels", default=DEFAULT_MAX_PIXELS, type=click.IntRange(min=1),
+    help="Skip (and list in the errors) an image of more pixels than this (width x height), read from its "
+    "header before decoding: keeps memory bounded whatever the files. Images much larger than the network "
+    "input are decoded reduced. At most Pillow's decompression-bomb limit (89,478,485).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an output made with other settings instead of refusing.")
 @click.option("--allow-skips", is_flag=True, help="Exit 0 even when some files could not be read.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")
 def extract(
     images: Path, out: Path, backbone: str, layers: str | None, weights: str | None, input_size: int | None,
-    batch_size: int, engine: str, checkpoint_every: int, distributed: str, overwrite: bool, allow_skips: bool,
-    quiet: bool, **distributor_values: object,
+    batch_size: int, engine: str, checkpoint_every: int, distributed: str, max_pixels: int, overwrite: bool,
+    allow_skips: bool, quiet: bool, **distributor_values: object,
 ) -> None:
     """Embed every image under IMAGES into the Parquet file OUT.
 
@@ -107,9 +114,10 @@ def extract(
     With --distributed ray the shards run as Ray tasks (many machines, or a GPU node);
     the result is the same file.
 
-    Files that cannot be read are skipped and listed in OUT's sidecar `.errors.csv`.
-    Exit status: 0 all embedded, 3 some files skipped (0 with --allow-skips),
-    2 bad input (nothing changed), 130 interrupted.
+    Files that cannot be read (and folders that cannot be listed, whose cached rows are
+    kept) are skipped and listed in OUT's sidecar `.errors.csv`; folders holding no image
+    are named in a warning. Exit status: 0 all embedded, 3 some files skipped (0 with
+    --allow-skips), 2 bad input (nothing changed), 130 interrupted.
     """
     from cellembed.extraction import extract as run_extract
     from cellembed.store import errors_csv_path
@@ -121,8 +129,11 @@ def extract(
             images, out, backbone=backbone, layers=layers, weights=weights, input_size=input_size,
             batch_size=batch_size, engine=engine, overwrite=overwrite, checkpoint_every=checkpoint_every,
             distributed=distributed, distributor_options=options,
-            progress=not quiet, log=log,
+            progress=not quiet, log=log, max_pixels=max_pixels,
         )
+    if quiet:  # otherwise said through log as soon as found
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}", err=True)
     click.echo(result.summary(), err=True)
     exit_if_skipped(result.errors, f"all listed in {errors_csv_path(result.out)}", allow_skips)
 

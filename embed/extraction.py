@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 from tqdm import tqdm
 
 from cellembed.backbones import DEFAULT_BACKBONE, backbone_for_spec
+from cellembed.decoding import DEFAULT_MAX_PIXELS, check_max_pixels
 from cellembed.distributors import DEFAULT_DISTRIBUTOR, make_distributor
 from cellembed.embedder import embedder_from_spec, spec_for_settings
 from cellembed.engines import DEFAULT_ENGINE, Embedder, check_engine
@@ -38,8 +39,9 @@ class ExtractResult:
     """What a run did. ``embedded`` were computed now; ``reused`` came from OUT or from the
     checkpoint of an interrupted run (``resumed`` of them); ``dropped`` rows of the old OUT
     had no image any more (``kept`` instead, by an add-only cache); ``errors`` are the files
-    that could not be embedded; ``members`` are the folder's images in OUT, as
-    ``(path, label, sha256)`` (an add-only cache also holds other images)."""
+    that could not be embedded; ``warnings`` name the folders holding no image;
+    ``members`` are the folder's images in OUT, as ``(path, label, sha256)`` (an add-only
+    cache also holds other images)."""
 
     out: Path
     spec: EmbeddingSpec
@@ -53,6 +55,7 @@ class ExtractResult:
     errors: list[dict[str, str]] = field(default_factory=list)
     kept: int = 0
     members: list[tuple[str, str | None, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -89,6 +92,7 @@ def extract(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     embedder: Embedder | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ExtractResult:
     """Embed the images under ``images`` into the Parquet file ``out``.
 
@@ -123,9 +127,14 @@ def extract(
         log: where to send progress messages (one line each); None for silence.
         embedder: an already built embedder (then ``layers``, ``weights``, ``input_size``
             and ``spec`` are ignored); lets callers embed several folders with one model.
+        max_pixels: an image of more pixels (width x height) is not decoded but listed
+            as an error (tried again by the next run); at most Pillow's decompression-bomb
+            limit. The default (:data:`cellembed.decoding.DEFAULT_MAX_PIXELS`, 50 million)
+            keeps decoding memory bounded.
 
     Returns:
-        An :class:`ExtractResult`.
+        An :class:`ExtractResult`. Folders holding no image are named in ``warnings``
+        (and said through ``log``).
 
     Raises:
         InputError: bad folder, output, weights, layers or spec mismatch (nothing written).
@@ -135,6 +144,7 @@ def extract(
     say = log or (lambda message: None)
     if batch_size < 1 or checkpoint_every < 1:
         raise InputError("--batch-size and --checkpoint-every must be at least 1")
+    check_max_pixels(max_pixels)
     check_engine(engine)
     if embedder is not None and distributed != DEFAULT_DISTRIBUTOR:
         raise InputError("a prebuilt embedder runs only with the sequential distributor")
@@ -148,6 +158,8 @@ def extract(
         except KeyboardInterrupt:
             raise Interrupted("interrupted while reading the images, before any was embedded; run the same command again") from None
         _set_aside(work, say)
+        for warning in work.warnings:
+            say(f"warning: {warning}")
         say(work.summary())
 
         results: list[ShardResult] = []
@@ -158,7 +170,7 @@ def extract(
                 if embedder is not None:
                     options["embedder"] = embedder
                 distributor = make_distributor(distributed, **options)
-                job = ShardJob(work.spec, weights_file, engine, work.work_dir, batch_size)
+                job = ShardJob(work.spec, weights_file, engine, work.work_dir, batch_size, max_pixels=max_pixels)
                 try:
                     distributor.start(job, say)
                 except BaseException:
@@ -198,6 +210,7 @@ def extract(
             errors=merged.errors,
             kept=merged.kept,
             members=members,
+            warnings=list(work.warnings),
         )
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cellembed.discovery import ImageFile, find_images
+from cellembed.discovery import ImageFile, scan_images
 from cellembed.errors import InputError, OutputConflict
 from cellembed.hashing import sha256_file
 from cellembed.shards import SHARD_GLOBS, Shard, ShardItem
@@ -54,7 +54,10 @@ class Plan:
         spec: the spec of the output; tap widths are 0 until a network or a file made
             with the same taps says them.
         files: every image found, sorted by path; ``sha256s`` per file (None: unreadable).
-        errors: files that will not be embedded (unreadable now, or known bad).
+            OUT's rows of images under a folder that could not be listed are among them
+            (kept as they are: those images are unknown, not gone).
+        errors: files that will not be embedded (unreadable now, or known bad), and
+            entries of the folder that cannot be read (folders, FIFOs, devices).
         out_index: OUT's rows when they are reused (None: no OUT, or ``overwrite``).
         finished: shard files of earlier interrupted runs with this spec (in the work
             folder, or set aside for this spec), reused as they are.
@@ -64,6 +67,7 @@ class Plan:
         prune: drop OUT's rows of images no longer in the folder (False: an add-only cache,
             whose rows of other images are kept).
         shards: the work left.
+        warnings: folders holding no image, links to folders already listed (one line each).
     """
 
     images: Path
@@ -79,6 +83,7 @@ class Plan:
     set_aside: tuple[tuple[Path, Path], ...]
     shards: tuple[Shard, ...]
     prune: bool = True
+    warnings: tuple[str, ...] = ()
 
     @property
     def to_embed(self) -> int:
@@ -123,7 +128,8 @@ def plan(
     if shard_size < 1:
         raise InputError("--checkpoint-every must be at least 1")
     images, out = Path(images), Path(out)
-    files = find_images(images)
+    scan = scan_images(images)
+    files = scan.files
     work_dir = checkpoint_folder(out).absolute()
     if out.exists() and not overwrite:
         spec = _check_reference(out, spec)
@@ -156,6 +162,9 @@ def plan(
                 finished_shas.add(error["sha256"])
 
     sha256s, errors = _hash_files(files)
+    errors += scan.errors
+    if scan.unlisted and out_index is not None:
+        files, sha256s = _keep_unlisted(files, sha256s, out_index, scan.unlisted, images)
     cached = set(out_index.sha256s if out_index else ()) | finished_shas
     todo: dict[str, ShardItem] = {}
     for image, sha in zip(files, sha256s):
@@ -171,7 +180,7 @@ def plan(
         images=images, out=out, work_dir=work_dir, spec=spec, files=tuple(files), sha256s=tuple(sha256s),
         errors=tuple(sorted(errors, key=lambda e: e["path"])), out_index=out_index,
         finished=tuple(finished), finished_sha256s=frozenset(finished_shas), set_aside=tuple(set_aside),
-        shards=shards, prune=prune,
+        shards=shards, prune=prune, warnings=tuple(scan.warnings),
     )
 
 
@@ -205,6 +214,20 @@ def _read_index(out: Path) -> OutIndex:
         errors=tuple(json.loads(metadata.get(ERRORS_METADATA_KEY, b"[]"))),
         images_root=metadata.get(IMAGES_METADATA_KEY),
     )
+
+
+def _keep_unlisted(
+    files: list[ImageFile], sha256s: list[str | None], index: OutIndex, unlisted: list[str], images: Path
+) -> tuple[list[ImageFile], list[str | None]]:
+    """``files`` plus OUT's rows of images under the folders that could not be listed, by path."""
+    prefixes = tuple(folder + "/" for folder in unlisted)
+    kept = [
+        (ImageFile(path, label, images / path), sha)
+        for path, label, sha in zip(index.paths, index.labels, index.sha256s)
+        if path.startswith(prefixes)
+    ]
+    rows = sorted([*zip(files, sha256s), *kept], key=lambda row: row[0].path)
+    return [image for image, _ in rows], [sha for _, sha in rows]
 
 
 def _hash_files(files: list[ImageFile]) -> tuple[list[str | None], list[dict[str, str]]]:
