@@ -13,6 +13,7 @@ and every shard as they were, and the same command finishes the job.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -99,7 +100,7 @@ def _kept_rows(
     ours = {sha for *_, sha in rows}
     current = {e["path"] for e in errors}
     file_errors = errors + [e for e in index.errors if e["path"] not in current and e.get("sha256") not in ours]
-    old_root = Path(index.images_root.decode()) if index.images_root else None
+    old_root = Path(os.fsdecode(index.images_root)) if index.images_root else None
     if not index.paths or (old_root is not None and old_root == plan.images.resolve()):
         root = plan.images
     else:
@@ -149,7 +150,7 @@ def _unchanged(plan: Plan, rows: list, errors: list[dict[str, str]], images_root
     return (
         index is not None
         and list(index.errors) == errors
-        and index.images_root == (str(images_root.resolve()).encode() if images_root is not None else None)
+        and index.images_root == (os.fsencode(images_root.resolve()) if images_root is not None else None)
         and list(zip(index.paths, index.labels, index.sha256s)) == rows
     )
 

@@ -16,6 +16,7 @@ The key-value metadata holds the :class:`~cellembed.spec.EmbeddingSpec` as JSON 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -85,7 +86,8 @@ def make_table(
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(len(paths), spec.dim)
     metadata = {SPEC_METADATA_KEY: spec.to_json(), ERRORS_METADATA_KEY: json.dumps(list(errors))}
     if images_root is not None:
-        metadata[IMAGES_METADATA_KEY] = str(Path(images_root).resolve())
+        # The folder's own bytes: a name that is not UTF-8 (a Latin-1 share) is kept exactly.
+        metadata[IMAGES_METADATA_KEY] = os.fsencode(Path(images_root).resolve())
     schema = arrow_schema(spec.dim).with_metadata(metadata)
     columns = [
         pa.array(list(paths), pa.string()),
@@ -127,7 +129,7 @@ def read_errors(path: str | Path) -> list[dict[str, str]]:
 def read_images_root(path: str | Path) -> Path | None:
     """The images folder the file was extracted from (None if not recorded)."""
     value = _metadata(path).get(IMAGES_METADATA_KEY)
-    return Path(value.decode()) if value else None
+    return Path(os.fsdecode(value)) if value else None
 
 
 def _metadata(path: str | Path) -> dict[bytes, bytes]:

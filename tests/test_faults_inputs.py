@@ -117,6 +117,22 @@ def test_extract_of_a_folder_with_a_latin1_name_writes_every_row_and_reuses_them
     assert "a/latin\\xe9.png" in pd.read_csv(tmp_path / "rows.csv", encoding="utf-8")["path"].tolist()
 
 
+@pytest.mark.slow
+def test_an_images_folder_whose_own_name_is_not_utf8_is_recorded_exactly(tmp_path, random_weights):
+    """The folder's path is file metadata (for the report's thumbnails): it crashed the final
+    write with a UnicodeEncodeError; it is now stored as the folder's own bytes."""
+    from cellembed import read_images_root
+
+    folder = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b"imgs\xe9"))
+    make_folder(Path(folder), {"a": 2})
+    out = tmp_path / "emb.parquet"
+    args = ["extract", folder, "-o", out, "--weights", random_weights, "--input-size", SMALL, "--layers", "final", "-q"]
+    assert run(*args).exit_code == 0
+    assert read_images_root(out) == Path(folder).resolve() and Path(read_images_root(out), "a").is_dir()
+    again = run(*args)
+    assert again.exit_code == 0 and "embedded 0" in again.output and "reused 2" in again.output
+
+
 # -- Item 4: folders that silently drop out ------------------------------------------------
 
 
