@@ -64,7 +64,17 @@ def escape(value: object) -> Markup:
     """Escape ``value``'s text for HTML content or a quoted attribute; Markup passes as is."""
     if isinstance(value, Markup):
         return value
-    return Markup(html.escape(str(value), quote=True))
+    return Markup(html.escape(_encodable(str(value)), quote=True))
+
+
+def _encodable(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (Python's surrogate escapes, from
+    a non-UTF-8 folder) shown as ``\\xNN``, as the row keys show them: a page is UTF-8."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def concat(parts: Iterable[object]) -> Markup:

@@ -342,3 +342,19 @@ def test_outputs_are_probed_before_work_and_must_be_distinct(workspace, random_w
     same = tmp_path / "same.parquet"
     error = one_line_error(predict(model, new, same, random_weights, "--cache", same), 2)
     assert "are the same file" in error and not same.exists()
+
+
+def test_predict_on_a_folder_with_non_utf8_names_writes_every_output(workspace, random_weights, tmp_path):
+    """Item 1 through predict: a Latin-1 folder and file name reach the CSV as \\xNN keys,
+    and the report page (which shows the folder) is written."""
+    import os
+
+    train, model, new = workspace
+    folder = Path(os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b"lab\xe9")))
+    shutil.copytree(new, folder)
+    shutil.copy(new / "red" / "red_7_0.png", os.path.join(os.fsencode(str(folder / "red")), b"latin\xe9.png"))
+    out, report = tmp_path / "p.csv", tmp_path / "r.html"
+    result = predict(model, folder, out, random_weights, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert "red/latin\\xe9.png" in set(pd.read_csv(out, encoding="utf-8")["path"])
+    assert "lab\\xe9" in report.read_text(encoding="utf-8")
