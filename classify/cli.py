@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cellembed.cli_support import engine_option
+from cellembed.cli_support import engine_option, max_pixels_option
 from cellembed.cli_support import BadInput, exit_if_skipped, user_errors
 from cellclf.families import FamilyOption, families
 from cellclf.run import DEFAULT_SHAP_ROWS
@@ -167,6 +167,7 @@ def fit(
     help="Images per step (decoded together; one forward pass with --engine tensorflow).",
 )
 @engine_option
+@max_pixels_option
 @click.option(
     "--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Also write an HTML report of the evaluation (needs class sub-folders).",
@@ -184,7 +185,7 @@ def fit(
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")
 def predict(
     model: Path, images: Path, out: Path, fmt: str, min_confidence: float | None, cache: Path | None,
-    weights: str | None, batch_size: int, engine: str, report_path: Path | None, trust_pickle: bool,
+    weights: str | None, batch_size: int, engine: str, max_pixels: int, report_path: Path | None, trust_pickle: bool,
     allow_skips: bool, overwrite: bool, quiet: bool,
 ) -> None:
     """Classify every image under IMAGES with MODEL (a `cellclf fit` run folder, its
@@ -229,7 +230,7 @@ def predict(
         stack.enter_context(output_lock(out))
         run = predict_folder(
             predictor, images, outputs.cache, weights=weights, batch_size=batch_size, engine=engine,
-            min_confidence=min_confidence, progress=not quiet, log=say,
+            min_confidence=min_confidence, max_pixels=max_pixels, progress=not quiet, log=say,
         )
         write_predictions(run, out, fmt)
         classified = len(run.table) - len(run.extraction.errors)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from cellembed import ExtractResult, EmbeddingSpec, extract, load_embeddings
 from cellembed.csv_cells import inert_frame
+from cellembed.decoding import DEFAULT_MAX_PIXELS
 from cellembed.errors import OutputConflict
 from cellembed.atomic import atomic_path
 from cellembed.engines import DEFAULT_ENGINE
@@ -89,13 +90,14 @@ def predict_folder(
     batch_size: int = 32,
     engine: str = DEFAULT_ENGINE,
     min_confidence: float | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> PredictionRun:
     """Embed (with the cache) and classify every image under ``images``.
 
     ``predictor`` may be an ImageClassifier already made (then ``weights`` and ``engine``
-    are its own).
+    are its own). ``max_pixels``: see :func:`cellembed.extract`.
 
     Raises:
         InputError: bad folder or cache, weights other than the model's, or a cache made
@@ -109,7 +111,7 @@ def predict_folder(
     try:
         extraction = extract(
             images, cache, spec=classifier.spec, weights=classifier.weights, batch_size=batch_size,
-            engine=classifier.engine, add_only=True, progress=progress, log=log,
+            engine=classifier.engine, add_only=True, max_pixels=max_pixels, progress=progress, log=log,
         )
     except OutputConflict as exc:
         raise ClassifierInputError(f"{exc.problem}: give another --cache file, or delete that one") from None

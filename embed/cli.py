@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from cellembed.backbones import DEFAULT_BACKBONE, backbone_names
-from cellembed.cli_support import BadInput, engine_option, exit_if_skipped, user_errors
-from cellembed.decoding import DEFAULT_MAX_PIXELS
+from cellembed.cli_support import BadInput, engine_option, exit_if_skipped, max_pixels_option, user_errors
 from cellembed.distributors import DEFAULT_DISTRIBUTOR, DISTRIBUTORS, distributor_options
 
 def with_distributor_options(function):
@@ -90,12 +89,7 @@ def main() -> None:
     "(needs pip install 'cellembed[ray]'; images, weights and OUT on a shared file system).",
 )
 @with_distributor_options
-@click.option(
-    "--max-pixels", default=DEFAULT_MAX_PIXELS, type=click.IntRange(min=1),
-    help="Skip (and list in the errors) an image of more pixels than this (width x height), read from its "
-    "header before decoding: keeps memory bounded whatever the files. Images much larger than the network "
-    "input are decoded reduced. At most Pillow's decompression-bomb limit (89,478,485).",
-)
+@max_pixels_option
 @click.option("--overwrite", is_flag=True, help="Replace an output made with other settings instead of refusing.")
 @click.option("--allow-skips", is_flag=True, help="Exit 0 even when some files could not be read.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")

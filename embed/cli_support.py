@@ -81,3 +81,15 @@ def engine_option(function):
         "new weights converts the network once (about 20 s, cached in $CELLEMBED_CACHE_DIR, default "
         "~/.cache/cellembed). tensorflow runs Keras directly. Both give the same embeddings.",
     )(function)
+
+
+def max_pixels_option(function):
+    """The ``--max-pixels`` option of the commands that decode images."""
+    from cellembed.decoding import DEFAULT_MAX_PIXELS
+
+    return click.option(
+        "--max-pixels", default=DEFAULT_MAX_PIXELS, type=click.IntRange(min=1),
+        help="Skip (and list in the errors) an image of more pixels than this (width x height), read from its "
+        "header before decoding: keeps memory bounded whatever the files. Images much larger than the network "
+        "input are decoded reduced. At most Pillow's decompression-bomb limit (89,478,485).",
+    )(function)

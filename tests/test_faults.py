@@ -358,3 +358,15 @@ def test_predict_on_a_folder_with_non_utf8_names_writes_every_output(workspace, 
     assert result.exit_code == 0, result.output
     assert "red/latin\\xe9.png" in set(pd.read_csv(out, encoding="utf-8")["path"])
     assert "lab\\xe9" in report.read_text(encoding="utf-8")
+
+
+def test_predict_has_the_pixel_cap_of_extract(workspace, random_weights, tmp_path):
+    """Item 7 through predict: an image over --max-pixels is an error row (exit 3)."""
+    train, model, new = workspace
+    Image.fromarray(np.full((90, 80, 3), 200, np.uint8)).save(new / "red" / "large.png")
+    out = tmp_path / "p.csv"
+    result = predict(model, new, out, random_weights, "--max-pixels", 5000)
+    assert result.exit_code == 3, result.output
+    table = pd.read_csv(out).set_index("path")
+    assert "more than --max-pixels 5000" in table.loc["red/large.png", "error"]
+    assert table.drop(index="red/large.png")["predicted"].notna().all()
