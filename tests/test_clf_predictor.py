@@ -60,7 +60,7 @@ def test_save_load_and_checksum(trained, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(X), predictor.predict_proba(X))
     assert loaded.summary["note"] == "test" and "created" in loaded.summary
 
-    (tmp_path / "model.skops").unlink()  # the pickle alone (see test_model_safety for the safe file)
+    (tmp_path / "model.skops").unlink()  # the pickle alone (see test_faults_model for the safe file)
     np.testing.assert_array_equal(Predictor.load(path, trust_pickle=True).predict_proba(X), predictor.predict_proba(X))
     content = bytearray(path.read_bytes())
     content[len(content) // 2] ^= 0xFF

@@ -289,7 +289,7 @@ def test_a_model_with_types_outside_the_allow_list_gets_no_safe_file(tmp_path, d
     X, y, classes, spec = data
     model = Pipeline([("custom", CustomEstimator().fit(X, y))])
     predictor = Predictor(model, classes, spec, family="custom")
-    with pytest.warns(UserWarning, match=r"model.skops not written.*test_model_safety.CustomEstimator.*--trust-pickle"):
+    with pytest.warns(UserWarning, match=r"model.skops not written.*test_faults_model.CustomEstimator.*--trust-pickle"):
         predictor.save(tmp_path / "model.joblib")
     assert (tmp_path / "model.joblib").is_file() and not (tmp_path / "model.skops").exists()
 
