@@ -41,7 +41,7 @@ from cellclf.split import (
     DEFAULT_VAL_FRACTION,
     SPLIT_NAMES,
     check_classes,
-    check_fractions,
+    check_fraction_ranges,
     check_no_leak,
     check_training_split,
     group_labels,
@@ -102,7 +102,7 @@ class FitConfig:
             raise ClassifierInputError(f"--cv must be at least 2, got {self.cv}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ClassifierInputError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
-        check_fractions(self.val_fraction, self.test_fraction)
+        check_fraction_ranges(self.val_fraction, self.test_fraction)  # the sum is checked with the data
         strange = sorted(set(self.options) - set(known))
         if strange:
             raise ClassifierInputError(f"options for unknown model {', '.join(strange)}; choose from {', '.join(known)}")

@@ -21,17 +21,28 @@ DEFAULT_VAL_FRACTION = 0.15
 DEFAULT_TEST_FRACTION = 0.15
 
 
-def check_fractions(val_fraction: float, test_fraction: float) -> None:
-    """Refuse split fractions outside (0, 1) or leaving no training images (one-line
-    messages naming the ``cellclf fit`` options)."""
+def check_fraction_ranges(val_fraction: float, test_fraction: float) -> None:
+    """Refuse split fractions outside (0, 1) (one-line messages naming the ``cellclf fit`` options)."""
     for flag, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
         if not 0 < value < 1:
             raise ClassifierInputError(f"{flag} must be a share between 0 and 1 (e.g. 0.15), got {value}")
-    if val_fraction + test_fraction >= 1:
+
+
+def check_fractions(val_fraction: float, test_fraction: float, separate_test: bool = False) -> None:
+    """Refuse split fractions outside (0, 1) or leaving no training images. With a separate
+    test file only ``--val-fraction`` can be changed, so only it is named."""
+    check_fraction_ranges(val_fraction, test_fraction)
+    if val_fraction + test_fraction < 1:
+        return
+    if separate_test:
         raise ClassifierInputError(
-            f"--val-fraction {val_fraction} and --test-fraction {test_fraction} leave no images for training: "
-            "together they must be less than 1 (e.g. 0.15 and 0.15)"
+            f"--val-fraction {val_fraction} leaves no images for training: with --test, validation takes "
+            f"{val_fraction:g} / (1 - {test_fraction:g}) of the input; give --val-fraction below {1 - test_fraction:g}"
         )
+    raise ClassifierInputError(
+        f"--val-fraction {val_fraction} and --test-fraction {test_fraction} leave no images for training: "
+        "together they must be less than 1 (e.g. 0.15 and 0.15)"
+    )
 
 
 def validation_share(val_fraction: float, test_fraction: float) -> float:
@@ -70,7 +81,7 @@ def check_classes(
         val_fraction, test_fraction: the split fractions (see :func:`split_rows`).
         separate_test: the test set is a separate file (no test split is made).
     """
-    check_fractions(val_fraction, test_fraction)
+    check_fractions(val_fraction, test_fraction, separate_test)
     counts = pd.Series(np.asarray(labels, dtype=object)).value_counts().sort_index()
     if len(counts) < 2:
         only = counts.index[0] if len(counts) else "none"

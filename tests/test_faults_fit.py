@@ -193,8 +193,19 @@ def test_bad_fractions_and_seeds_are_refused_naming_the_option(tmp_path, data, o
 def test_negative_seed_in_the_library_has_its_own_message():
     with pytest.raises(ClassifierInputError, match=r"seed must be .*0.*got -5"):
         FitConfig.build(seed=-5)
+    with pytest.raises(ClassifierInputError, match="--val-fraction must be a share"):
+        FitConfig(val_fraction=1.5)
+    from cellclf.split import check_fractions
+
     with pytest.raises(ClassifierInputError, match="--val-fraction 0.6 and --test-fraction 0.4"):
-        FitConfig(val_fraction=0.6, test_fraction=0.4)
+        check_fractions(0.6, 0.4)
+
+
+def test_with_a_test_file_a_too_large_val_fraction_names_only_val_fraction(tmp_path, data):
+    """Found by review: the message named --test-fraction, which the same command refuses with --test."""
+    test = write_synthetic(tmp_path / "t.parquet", counts={"a": 5, "b": 5}, name_prefix="t")
+    message = _one_line_error(_fit(data, tmp_path / "run", "--test", str(test), "--val-fraction", "0.85"), "--val-fraction 0.85")
+    assert "--test-fraction" not in message and "below 0.85" in message
 
 
 def test_tiny_class_is_refused_before_splitting_naming_the_fraction_options(tmp_path):
