@@ -23,7 +23,7 @@ from cellembed import ExtractResult, EmbeddingSpec, extract, load_embeddings
 from cellembed.csv_cells import inert_frame
 from cellembed.decoding import DEFAULT_MAX_PIXELS
 from cellembed.errors import OutputConflict
-from cellembed.atomic import atomic_path
+from cellembed.atomic import atomic_path, output_lock
 from cellembed.engines import DEFAULT_ENGINE
 from cellclf.classifier import ImageClassifier
 from cellclf.errors import ClassifierInputError
@@ -108,17 +108,17 @@ def predict_folder(
         predictor, weights=weights, engine=engine, batch_size=batch_size, log=log
     )
     started = time.perf_counter()
-    try:
-        extraction = extract(
-            images, cache, spec=classifier.spec, weights=classifier.weights, batch_size=batch_size,
-            engine=classifier.engine, add_only=True, max_pixels=max_pixels, progress=progress, log=log,
-        )
-    except OutputConflict as exc:
-        raise ClassifierInputError(f"{exc.problem}: give another --cache file, or delete that one") from None
-    embed_seconds = time.perf_counter() - started
-
-    started = time.perf_counter()
-    frame, frame_spec = _folder_rows(extraction)
+    with output_lock(cache):  # held until the rows are read: no other run changes them meanwhile
+        try:
+            extraction = extract(
+                images, cache, spec=classifier.spec, weights=classifier.weights, batch_size=batch_size,
+                engine=classifier.engine, add_only=True, max_pixels=max_pixels, progress=progress, log=log,
+            )
+        except OutputConflict as exc:
+            raise ClassifierInputError(f"{exc.problem}: give another --cache file, or delete that one") from None
+        embed_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        frame, frame_spec = _folder_rows(extraction)
     classes = classifier.classes
     predicted = classifier.classify(frame, frame_spec)
     classify_seconds = time.perf_counter() - started

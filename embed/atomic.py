@@ -130,6 +130,10 @@ def prepare_output(target: str | Path, option: str = "-o", example: str = "embed
     return target
 
 
+#: Lock files this process holds (see :func:`output_lock`).
+_HELD: set[Path] = set()
+
+
 @contextmanager
 def output_lock(target: str | Path) -> Iterator[Path]:
     """Hold an exclusive lock on ``target`` (the hidden file ``.NAME.lock`` next to it) for
@@ -138,6 +142,8 @@ def output_lock(target: str | Path) -> Iterator[Path]:
 
     The lock is ``flock`` on that file: the system drops it when the process ends, however
     it ends, so a killed run never leaves a stale lock. The file is removed on a normal exit.
+    A process that holds the lock already may take it again (``cellclf predict`` holds its
+    cache's lock from the extraction to the reading of the rows; ``extract`` takes it too).
 
     Raises:
         OutputBusy: another process holds the lock (the message names it and its pid).
@@ -146,6 +152,10 @@ def output_lock(target: str | Path) -> Iterator[Path]:
 
     target = Path(target)
     lock = target.with_name(f".{target.name}.lock")
+    key = lock.absolute()
+    if key in _HELD:
+        yield lock
+        return
     while True:
         handle = open(lock, "a+")
         try:
@@ -175,8 +185,10 @@ def output_lock(target: str | Path) -> Iterator[Path]:
             handle.flush()
         except OSError:
             pass
+        _HELD.add(key)
         yield lock
     finally:
+        _HELD.discard(key)
         try:
             lock.unlink()
         except FileNotFoundError:

@@ -86,3 +86,17 @@ def sample_subset(tmp_path) -> Path:
             for image in sorted(class_dir.glob("*.jpg"))[:2]:
                 shutil.copy(image, root / class_dir.name / image.name)
     return root
+
+
+def held_by_another_process(target: Path):
+    """A process that holds ``target``'s output lock until it is killed."""
+    import subprocess
+    import sys
+    import time
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom cellembed.atomic import output_lock\n"
+        f"with output_lock({str(target)!r}):\n    print('held', flush=True)\n    time.sleep(600)\n")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder

@@ -23,11 +23,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cellembed import embedding_matrix, extract, load_embeddings
-from cellembed.atomic import output_lock
 from cellembed.cli import main as cellembed_main
 from cellclf.cli import main as cellclf_main
 from cellclf.predictor import Predictor
-from conftest import SMALL
+from conftest import SMALL, held_by_another_process
 
 pytestmark = pytest.mark.slow  # builds a (small, random) network
 TINTS = {"red": (1.0, 0.3, 0.3), "blue": (0.3, 0.3, 1.0)}
@@ -240,16 +239,21 @@ def test_a_damaged_out_is_a_one_line_error_and_overwrite_recreates_it(tmp_path, 
 def test_a_second_run_writing_the_same_output_is_refused(workspace, random_weights, tmp_path):
     train, model, new = workspace
     out = tmp_path / "emb.parquet"
-    with output_lock(out):
-        error = one_line_error(run(cellembed_main, "extract", new, "-o", out, "--weights", random_weights,
-                                   "--input-size", SMALL), 2)
-    assert "another run" in error and f"is writing {out} now" in error and not out.exists()
     predictions = tmp_path / "p.csv"
-    with output_lock(predictions):
-        error = one_line_error(predict(model, new, predictions, random_weights), 2)
-    assert f"is writing {predictions} now" in error and not predictions.exists()
-    assert predict(model, new, predictions, random_weights).exit_code == 0  # the lock is gone with its run
-    assert not list(tmp_path.glob(".*.lock"))
+    for target in (out, predictions):
+        holder = held_by_another_process(target)
+        try:
+            if target == out:
+                result = run(cellembed_main, "extract", new, "-o", out, "--weights", random_weights, "--input-size", SMALL)
+            else:
+                result = predict(model, new, predictions, random_weights)
+            error = one_line_error(result, 2)
+            assert f"another run (pid {holder.pid}) is writing {target} now" in error and not target.exists()
+        finally:
+            holder.kill()
+            holder.wait()
+    assert predict(model, new, predictions, random_weights).exit_code == 0  # the lock died with its process
+    assert not list(tmp_path.glob(".p.csv.lock"))
 
 
 def test_a_cache_of_another_spec_names_only_predict_options(workspace, random_weights, tmp_path):

@@ -26,13 +26,13 @@ import pytest
 from click.testing import CliRunner
 
 from cellembed import load_embeddings
-from cellembed.atomic import output_lock
 from cellembed.cli import main as cellembed_main
 from cellembed.errors import InputError
 from cellclf.cli import main
 from cellclf.errors import ClassifierInputError
 from cellclf.metrics import evaluate
 from cellclf.run import FitConfig, fit
+from conftest import held_by_another_process
 from test_clf_support import make_spec, write_synthetic
 
 FAST = ["--cv", "3", "--lr-c", "0.1", "--xgb-trials", "1", "--xgb-max-trees", "10", "--no-shap", "--jobs", "1"]
@@ -287,11 +287,14 @@ def test_ctrl_c_during_training_exits_130_and_leaves_nothing(tmp_path):
 
 def test_second_run_on_the_same_output_is_refused(tmp_path, data):
     run_dir = tmp_path / "run"
-    with output_lock(run_dir):
+    holder = held_by_another_process(run_dir)
+    try:
         result = _fit(data, run_dir)
-        _one_line_error(result, str(run_dir), "another run")
-        assert "tune" not in result.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet"]  # the lock file went too
+        _one_line_error(result, str(run_dir), f"another run (pid {holder.pid})")
+        assert "tune" not in result.stdout and not run_dir.exists()
+    finally:
+        holder.kill()
+        holder.wait()
     result = _fit(data, run_dir, "--models", "lr", "--no-report", "-q")  # free again
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet", "run"]
@@ -335,7 +338,7 @@ def test_predict_on_a_one_class_folder_scores_the_class_present(tmp_path, random
 
     from cellembed import embedding_matrix, extract
     from cellclf.predictor import Predictor
-    from conftest import SMALL
+    from conftest import held_by_another_process, SMALL
     from test_predict import tinted_folder
 
     train = tinted_folder(tmp_path / "train", {"red": 6, "blue": 6, "green": 6})
