@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cellembed import InputError, embedder_from_spec, embedding_matrix, extract, load_embeddings, read_spec
+from cellembed import InputError, embedder_from_spec, load_embeddings, read_spec
 from cellembed.decoding import load_for_network
-from cellclf import ImageClassifier, Predictor
+from cellclf import ImageClassifier
 from cellclf.errors import ClassifierInputError
 from conftest import SMALL
-from test_predict import tinted_folder
+from test_predict import tinted_predictor
 
 
 pytestmark = pytest.mark.slow  # every test here builds a network (see pyproject.toml)
@@ -23,19 +23,11 @@ CLASSES = ["blue", "green", "red"]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, random_weights):
-    """A predictor trained on a tinted folder, and that folder's embeddings file."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
+    """A predictor trained on a tinted folder, and the folder holding its embeddings file."""
     root = tmp_path_factory.mktemp("classifier")
-    folder = tinted_folder(root / "images", {"red": 6, "blue": 6, "green": 6})
-    extract(folder, root / "train.parquet", weights=random_weights, input_size=SMALL, progress=False)
-    frame, spec = load_embeddings(root / "train.parquet")
-    X, labels = embedding_matrix(frame, spec)
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-    model.fit(X, [CLASSES.index(label) for label in labels])
-    return Predictor(model, CLASSES, spec, family="lr"), root
+    predictor, _, _ = tinted_predictor(root, {"red": 6, "blue": 6, "green": 6}, random_weights)
+    assert list(predictor.classes) == CLASSES
+    return predictor, root
 
 
 @pytest.fixture(scope="module")

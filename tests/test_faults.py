@@ -18,33 +18,17 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from cellembed import embedding_matrix, extract, load_embeddings
+from cellembed import extract, load_embeddings
 from cellembed.cli import main as cellembed_main
 from cellclf.cli import main as cellclf_main
-from cellclf.predictor import Predictor
 from conftest import SMALL, held_by_another_process
+from test_predict import tinted_folder, tinted_predictor
 
 pytestmark = pytest.mark.slow  # builds a (small, random) network
-TINTS = {"red": (1.0, 0.3, 0.3), "blue": (0.3, 0.3, 1.0)}
 
 
-def tinted(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for label, count in counts.items():
-        folder = root / label if label else root
-        folder.mkdir(parents=True, exist_ok=True)
-        tint = np.array(TINTS.get(label, (0.6, 0.6, 0.6)))
-        for k in range(count):
-            pixels = (rng.uniform(0, 255, (40, 44, 3)) * tint).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / f"{label or 'loose'}_{seed}_{k}.png")
-    return root
-
-
-def run(main, *args) -> "click.testing.Result":  # noqa: F821
+def run(main, *args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
@@ -58,19 +42,12 @@ def one_line_error(result, code: int) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, random_weights):
-    """A training folder, its embeddings file and a model (model.joblib + model.skops)."""
+    """A training folder's embeddings file and a model (model.joblib + model.skops)."""
     root = tmp_path_factory.mktemp("train")
-    images = tinted(root / "images", {"red": 6, "blue": 6})
-    train = root / "train.parquet"
-    extract(images, train, weights=random_weights, input_size=SMALL, layers="final", progress=False)
-    frame, spec = load_embeddings(train)
-    X, labels = embedding_matrix(frame, spec)
-    classes = sorted(set(labels))
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-    model.fit(X, [classes.index(label) for label in labels])
+    predictor, _, train = tinted_predictor(root, {"red": 6, "blue": 6}, random_weights, layers="final")
     path = root / "run" / "model.joblib"
     path.parent.mkdir()
-    Predictor(model, classes, spec, family="lr").save(path)
+    predictor.save(path)
     return root, train, path
 
 
@@ -80,7 +57,7 @@ def workspace(tmp_path, trained):
     root, train, model = trained
     copy = tmp_path / "train.parquet"
     shutil.copy(train, copy)
-    new = tinted(tmp_path / "new", {"red": 2, "blue": 2}, seed=7)
+    new = tinted_folder(tmp_path / "new", {"red": 2, "blue": 2}, seed=7)
     return copy, model, new
 
 
@@ -166,7 +143,7 @@ def test_a_checkpoint_of_another_spec_is_set_aside_and_resumed_later(tmp_path, r
     from cellembed.shards import ShardJob, embed_shard
     from cellembed.embedder import spec_for_settings
 
-    images = tinted(tmp_path / "images", {"red": 3, "blue": 3})
+    images = tinted_folder(tmp_path / "images", {"red": 3, "blue": 3})
     out = tmp_path / "emb.parquet"
     common = ("--weights", random_weights, "--input-size", SMALL, "--engine", "tensorflow")
     assert run(cellembed_main, "extract", images, "-o", out, "--layers", "final", *common).exit_code == 0
@@ -188,7 +165,7 @@ def test_a_checkpoint_of_another_spec_is_set_aside_and_resumed_later(tmp_path, r
 def test_a_full_disk_while_out_is_written_keeps_the_embeddings(tmp_path, random_weights, monkeypatch):
     import cellembed.store
 
-    images = tinted(tmp_path / "images", {"red": 3, "blue": 3})
+    images = tinted_folder(tmp_path / "images", {"red": 3, "blue": 3})
     out = tmp_path / "emb.parquet"
     real_write = cellembed.store.pq.write_table
 
@@ -221,13 +198,13 @@ def damage(path: Path) -> None:
 
 
 def test_a_damaged_out_is_a_one_line_error_and_overwrite_recreates_it(tmp_path, random_weights):
-    images = tinted(tmp_path / "images", {"red": 3, "blue": 3})
+    images = tinted_folder(tmp_path / "images", {"red": 3, "blue": 3})
     out = tmp_path / "emb.parquet"
     args = ("extract", images, "-o", out, "--weights", random_weights, "--input-size", SMALL, "--layers", "final",
             )
     assert run(cellembed_main, *args).exit_code == 0
     damage(out)
-    tinted(images, {"red": 1}, seed=3)  # one new image: OUT's rows must be read
+    tinted_folder(images, {"red": 1}, seed=3)  # one new image: OUT's rows must be read
     error = one_line_error(run(cellembed_main, *args), 2)
     assert f"{out} is damaged" in error and "--overwrite" in error
     result = run(cellembed_main, *args, "--overwrite")
@@ -297,7 +274,7 @@ def test_a_real_full_disk_keeps_the_shards_and_the_rerun_finishes(tmp_path, smal
     """The shards (about 170 KB) fit on the disk, OUT beside them does not."""
     import subprocess
 
-    images = tinted(tmp_path / "images", {"red": 11, "blue": 11})
+    images = tinted_folder(tmp_path / "images", {"red": 11, "blue": 11})
     out = small_disk / "emb.parquet"
     args = ("extract", images, "-o", out, "--weights", random_weights, "--input-size", SMALL, "--layers", "final")
     error = one_line_error(run(cellembed_main, *args), 1)
@@ -319,17 +296,17 @@ def test_an_add_only_cache_keeps_its_error_list_its_labels_and_other_runs_shards
     from cellembed.store import read_spec
 
     train, model, new = workspace
-    labelled = tinted(tmp_path / "labelled", {"red": 2, "blue": 2}, seed=11)
+    labelled = tinted_folder(tmp_path / "labelled", {"red": 2, "blue": 2}, seed=11)
     (labelled / "red" / "broken.png").write_bytes(b"not a png")
     cache = tmp_path / "cache.parquet"
     result = extract(labelled, cache, weights=random_weights, input_size=SMALL, layers="final", progress=False)
     assert len(result.errors) == 1 and cache.with_name("cache.errors.csv").is_file()
-    more = tinted(tmp_path / "more", {"red": 3}, seed=12)  # an extract into the cache, interrupted
+    more = tinted_folder(tmp_path / "more", {"red": 3}, seed=12)  # an extract into the cache, interrupted
     work = plan(more, cache, read_spec(cache), shard_size=2)
     shard = embed_shard(work.shards[0], ShardJob(work.spec, None, "tensorflow", work.work_dir),
                         embedder=__import__("cellembed").embedder_from_spec(work.spec, random_weights, "tensorflow"))
 
-    inbox = tinted(tmp_path / "inbox", {"todo": 2}, seed=13)
+    inbox = tinted_folder(tmp_path / "inbox", {"todo": 2}, seed=13)
     assert predict(model, inbox, tmp_path / "p.csv", random_weights, "--cache", cache).exit_code == 0
     assert "broken.png" in cache.with_name("cache.errors.csv").read_text()
     assert shard.path.is_file()

@@ -346,18 +346,12 @@ def test_fit_writes_the_safe_file_of_every_model_beside_its_pickle(tmp_path):
 @pytest.fixture(scope="module")
 def image_predictor(tmp_path_factory, random_weights):
     """A predictor of real (random-weight) embeddings of a tinted folder, and that folder."""
-    from cellembed import embedding_matrix, extract
-    from conftest import SMALL
-    from test_predict import tinted_folder
+    from test_predict import tinted_predictor
 
-    root = tmp_path_factory.mktemp("safety-images")
-    folder = tinted_folder(root / "images", {"red": 4, "blue": 4, "green": 4})
-    extract(folder, root / "train.parquet", weights=random_weights, input_size=SMALL, progress=False)
-    frame, spec = load_embeddings(root / "train.parquet")
-    X, labels = embedding_matrix(frame, spec)
-    classes = sorted(set(labels))
-    model = fit_lr(X, np.array([classes.index(v) for v in labels]), {"C": 0.1, "class_weight": None})
-    return Predictor(model, classes, spec, family="lr"), folder
+    predictor, folder, _ = tinted_predictor(
+        tmp_path_factory.mktemp("safety-images"), {"red": 4, "blue": 4, "green": 4}, random_weights
+    )
+    return predictor, folder
 
 
 @pytest.mark.slow

@@ -38,18 +38,25 @@ def tinted_folder(root, counts: dict[str, int], seed: int = 0):
     return root
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, random_weights):
-    """A predictor trained on embeddings of a tinted training folder."""
-    root = tmp_path_factory.mktemp("train")
-    folder = tinted_folder(root / "images", {"red": 8, "blue": 8, "green": 8})
-    result = extract(folder, root / "train.parquet", weights=random_weights, input_size=SMALL, progress=False)
-    frame, spec = load_embeddings(result.out)
+def tinted_predictor(root, counts: dict[str, int], weights, layers: str | None = None):
+    """A logistic regression trained on the embeddings of a tinted folder made in ``root``:
+    ``(predictor, folder, embeddings file)``."""
+    folder = tinted_folder(root / "images", counts)
+    train = root / "train.parquet"
+    extract(folder, train, weights=weights, input_size=SMALL, layers=layers, progress=False)
+    frame, spec = load_embeddings(train)
     X, labels = embedding_matrix(frame, spec)
     classes = sorted(set(labels))
     codes = np.array([classes.index(label) for label in labels])
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(X, codes)
-    predictor = Predictor(model, classes, spec, family="lr")
+    return Predictor(model, classes, spec, family="lr"), folder, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, random_weights):
+    """A predictor trained on embeddings of a tinted training folder."""
+    root = tmp_path_factory.mktemp("train")
+    predictor, _, _ = tinted_predictor(root, {"red": 8, "blue": 8, "green": 8}, random_weights)
     path = root / "model.joblib"
     predictor.save(path)
     return Predictor.load(path), path
