@@ -17,17 +17,15 @@ from cellclf.families.lr import fit_lr, linear_shap
 from cellclf.metrics import evaluate
 from cellembed.hashing import sha256_file
 from cellclf.families.xgb import fit_xgb, tree_shap
-from test_clf_support import make_spec, write_synthetic
+from test_clf_support import labelled_arrays, make_spec, write_synthetic
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("predictor")
     data = write_synthetic(root / "emb.parquet", counts={"a": 40, "b": 40, "c": 40}, separation=0.5)
-    frame, spec = load_embeddings(data)
-    X = np.stack(frame["embedding"].to_numpy())
-    classes = sorted(frame["label"].unique())
-    y = np.array([classes.index(v) for v in frame["label"]])
+    X, y, classes, spec = labelled_arrays(data)
+    frame, _ = load_embeddings(data)
     model = fit_lr(X, y, {"C": 0.1, "class_weight": None})
     predictor = Predictor(model, classes, spec, family="lr", summary={"note": "test"})
     return root, frame, spec, X, y, classes, predictor
@@ -142,6 +140,7 @@ def test_evaluate_matches_sklearn():
     predicted = np.asarray(classes)[proba.argmax(axis=1)]
     assert overall["accuracy"] == skm.accuracy_score(y, predicted)
     assert overall["macro_f1"] == pytest.approx(skm.f1_score(y, predicted, average="macro"))
+    assert overall["classes_present"] == 3
     assert overall["log_loss"] == pytest.approx(skm.log_loss(y, proba, labels=classes))
     assert overall["roc_auc_ovr_macro"] == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
     assert per_class["support"].sum() == 90

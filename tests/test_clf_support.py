@@ -68,6 +68,13 @@ def write_synthetic(
     return path
 
 
+def labelled_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], EmbeddingSpec]:
+    """``(X, y, classes, spec)`` of an embeddings file: y holds class indices."""
+    frame, spec = load_embeddings(path)
+    classes = sorted(frame["label"].unique())
+    return np.stack(frame["embedding"].to_numpy()), np.array([classes.index(v) for v in frame["label"]]), classes, spec
+
+
 def test_write_synthetic_round_trips(tmp_path):
     path = write_synthetic(tmp_path / "e.parquet", duplicates=3, unlabelled=2)
     frame, spec = load_embeddings(path)

@@ -143,20 +143,6 @@ def test_macro_f1_counts_wrong_predictions_into_absent_classes():
     assert np.isnan(row_c["recall"]) and np.isnan(row_c["f1"])
 
 
-def test_fit_selection_is_unchanged_when_every_class_is_present():
-    """Validation always holds every class: the selection score is scikit-learn's macro-F1."""
-    from sklearn.metrics import f1_score
-
-    rng = np.random.default_rng(1)
-    classes = ["x", "y", "z"]
-    y = rng.choice(classes, 60)
-    proba = rng.dirichlet(np.ones(3), 60)
-    overall, _, _ = evaluate(y, proba, classes)
-    predicted = np.asarray(classes)[proba.argmax(axis=1)]
-    assert overall["macro_f1"] == pytest.approx(f1_score(y, predicted, average="macro"))
-    assert overall["classes_present"] == 3
-
-
 # ------------------------------------------------------------------ item 9: fractions, seeds
 
 
@@ -334,20 +320,10 @@ def test_damaged_parquet_is_a_one_line_error_in_fit_and_info(tmp_path, where):
 def test_predict_on_a_one_class_folder_scores_the_class_present(tmp_path, random_weights):
     """A one-class folder printed "macro-F1 0.3333" (the absent classes as F1 0) and a raw
     scikit-learn warning."""
-    from sklearn.linear_model import LogisticRegression
+    from test_predict import tinted_folder, tinted_predictor
 
-    from cellembed import embedding_matrix, extract
-    from cellclf.predictor import Predictor
-    from conftest import held_by_another_process, SMALL
-    from test_predict import tinted_folder
-
-    train = tinted_folder(tmp_path / "train", {"red": 6, "blue": 6, "green": 6})
-    result = extract(train, tmp_path / "train.parquet", weights=random_weights, input_size=SMALL, progress=False)
-    frame, spec = load_embeddings(result.out)
-    X, labels = embedding_matrix(frame, spec)
-    classes = sorted(set(labels))
-    model = LogisticRegression(C=1.0, max_iter=2000).fit(X, [classes.index(label) for label in labels])
-    model_file = Predictor(model, classes, spec, family="lr").save_safe(tmp_path / "model.skops")
+    predictor, _, _ = tinted_predictor(tmp_path, {"red": 6, "blue": 6, "green": 6}, random_weights)
+    model_file = predictor.save_safe(tmp_path / "model.skops")
     only_red = tinted_folder(tmp_path / "new", {"red": 4}, seed=1)
     predicted = CliRunner().invoke(
         main, ["predict", str(model_file), str(only_red), "-o", str(tmp_path / "p.csv"), "--weights", str(random_weights), "-q"],

@@ -24,7 +24,7 @@ from cellclf import Predictor, PredictorLoadError
 from cellclf.families.lr import fit_lr
 from cellclf.families.xgb import fit_xgb
 from cellclf.predictor import load_predictor
-from test_clf_support import write_synthetic
+from test_clf_support import labelled_arrays, write_synthetic
 
 
 class EvilPickle:
@@ -55,12 +55,7 @@ def write_evil_joblib(path: Path, marker: Path, real: Path | None = None) -> Pat
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("safety")
-    path = write_synthetic(root / "emb.parquet", counts={"a": 30, "b": 30, "c": 30}, separation=0.5)
-    frame, spec = load_embeddings(path)
-    X = np.stack(frame["embedding"].to_numpy())
-    classes = sorted(frame["label"].unique())
-    y = np.array([classes.index(v) for v in frame["label"]])
-    return X, y, classes, spec
+    return labelled_arrays(write_synthetic(root / "emb.parquet", counts={"a": 30, "b": 30, "c": 30}, separation=0.5))
 
 
 def make_predictor(data, family: str, n_classes: int = 3) -> Predictor:
