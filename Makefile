@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(BIN)/cellembed extract data/sample -o $(DEMO)/embeddings.parquet
 	$(BIN)/cellembed info $(DEMO)/embeddings.parquet
 	$(BIN)/cellclf fit $(DEMO)/embeddings.parquet -o $(DEMO)/run --cv 3 --xgb-trials 1 --overwrite
-	$(BIN)/cellclf predict $(DEMO)/run/model.joblib data/sample -o $(DEMO)/predictions.csv \
+	$(BIN)/cellclf predict $(DEMO)/run data/sample -o $(DEMO)/predictions.csv \
 		--cache $(DEMO)/embeddings.parquet --report $(DEMO)/predictions.html
 	@echo "report: $(abspath $(DEMO)/run/report.html)"
 

@@ -51,7 +51,7 @@ def main() -> None:
     """Classify blood cells from cached Xception embeddings (made by `cellembed extract`).
 
     Typical use: `cellclf fit embeddings.parquet -o run/`, then open run/report.html,
-    and classify new images with `cellclf predict run/model.joblib new_images/ -o predictions.csv`.
+    and classify new images with `cellclf predict run/ new_images/ -o predictions.csv`.
     """
 
 
