@@ -116,9 +116,7 @@ def _remove_work(plan: Plan, results: Sequence[ShardResult], rows: list, failed:
     folder (an interrupted run on it) is kept for that run, and a file someone else put
     there is never deleted."""
     done = {sha for *_, sha in rows} | failed
-    for path in plan.finished:
-        with pq.ParquetFile(path) as parquet:
-            held = set(parquet.read(columns=["sha256"]).column("sha256").to_pylist())
+    for path, held in zip(plan.finished, plan.finished_images):
         if held <= done:
             Path(path).unlink(missing_ok=True)
     for result in results:

@@ -61,7 +61,7 @@ class Plan:
         out_index: OUT's rows when they are reused (None: no OUT, or ``overwrite``).
         finished: shard files of earlier interrupted runs with this spec (in the work
             folder, or set aside for this spec), reused as they are.
-        finished_sha256s: the images those hold (or failed to decode).
+        finished_images: per finished shard, the images it holds (or that failed to decode in it).
         set_aside: (shard file, folder) pairs: shards in the work folder made with another
             spec, to move to that spec's set-aside folder.
         prune: drop OUT's rows of images no longer in the folder (False: an add-only cache,
@@ -79,7 +79,7 @@ class Plan:
     errors: tuple[dict, ...]
     out_index: OutIndex | None
     finished: tuple[Path, ...]
-    finished_sha256s: frozenset[str]
+    finished_images: tuple[frozenset[str], ...]
     set_aside: tuple[tuple[Path, Path], ...]
     shards: tuple[Shard, ...]
     prune: bool = True
@@ -88,6 +88,11 @@ class Plan:
     @property
     def to_embed(self) -> int:
         return sum(len(shard) for shard in self.shards)
+
+    @property
+    def finished_sha256s(self) -> frozenset[str]:
+        """The images the finished shards hold (or failed to decode)."""
+        return frozenset().union(*self.finished_images)
 
     @property
     def cached(self) -> set[str]:
@@ -152,14 +157,16 @@ def plan(
 
     out_index = _read_index(out) if out.exists() and not overwrite else None
     known_bad = {e["sha256"]: e["reason"] for e in (out_index.errors if out_index else ()) if e.get("sha256")}
-    finished_shas: set[str] = set()
+    finished_images: list[frozenset[str]] = []
     for path in finished:
         with pq.ParquetFile(path) as parquet:
-            finished_shas.update(parquet.read(columns=["sha256"]).column("sha256").to_pylist())
+            held = set(parquet.read(columns=["sha256"]).column("sha256").to_pylist())
         for error in read_errors(path):
             if error.get("sha256") and not error.get("retry"):  # unreadable files are tried again
                 known_bad[error["sha256"]] = error["reason"]
-                finished_shas.add(error["sha256"])
+                held.add(error["sha256"])
+        finished_images.append(frozenset(held))
+    finished_shas = frozenset().union(*finished_images)
 
     sha256s, errors = _hash_files(files)
     errors += scan.errors
@@ -179,7 +186,7 @@ def plan(
     return Plan(
         images=images, out=out, work_dir=work_dir, spec=spec, files=tuple(files), sha256s=tuple(sha256s),
         errors=tuple(sorted(errors, key=lambda e: e["path"])), out_index=out_index,
-        finished=tuple(finished), finished_sha256s=frozenset(finished_shas), set_aside=tuple(set_aside),
+        finished=tuple(finished), finished_images=tuple(finished_images), set_aside=tuple(set_aside),
         shards=shards, prune=prune, warnings=tuple(scan.warnings),
     )
 
