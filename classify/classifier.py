@@ -142,7 +142,7 @@ class ImageClassifier:
         prepare_resize()  # TensorFlow (the resizer) starts here, quietly, not in a decode thread
         vectors = np.zeros((len(sources), embedder.spec.dim), np.float32)
         errors: dict[int, str] = {}
-        for batch in decoded_batches(sources, embedder.spec.input_size, self.batch_size):
+        for batch in decoded_batches(sources, embedder.spec, self.batch_size):
             if batch.decoded:
                 vectors[[i for i, _ in batch.decoded]] = embedder.embed(batch.pixels)
             errors.update(batch.failed)

@@ -8,6 +8,10 @@ from pathlib import Path
 import click
 
 from cellembed.backbones import DEFAULT_BACKBONE, backbone_names
+from cellembed.cellcrop import CROPS
+from cellembed.presets import DEFAULT_PRESET, PRESETS, preset_text
+from cellembed.stain import STAINS
+from cellembed.views import VIEW_COUNTS
 from cellembed.cli_support import BadInput, engine_option, exit_if_skipped, max_pixels_option, user_errors
 from cellembed.distributors import DEFAULT_DISTRIBUTOR, DISTRIBUTORS, distributor_options
 
@@ -66,6 +70,27 @@ def main() -> None:
     "2,048), or a comma-separated list of layer names.",
 )
 @click.option(
+    "--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET,
+    help="Named settings for --layers, --views, --crop and --stain (each option given wins): "
+    + "; ".join(f"{name}: {preset_text(name)}" for name in PRESETS) + ".",
+)
+@click.option(
+    "--views", type=click.Choice([str(n) for n in VIEW_COUNTS]), default=None,
+    help="Test-time views: embed each image as the mean over 1, 2, 4 or 8 flips/rotations "
+    "(one network pass each). Default: the preset's.",
+)
+@click.option(
+    "--crop", type=click.Choice(list(CROPS)), default=None,
+    help="Frame each image around its white cell first (found by its stained nucleus): cell = "
+    "a square twice the nucleus size; centre = centred, apparent size kept; none = whole image. "
+    "Default: the preset's.",
+)
+@click.option(
+    "--stain", type=click.Choice(list(STAINS)), default=None,
+    help="Colour normalisation: reinhard = move each image's L*a*b* colour statistics to a PBC "
+    "reference (other labs' stains look alike); none = colours as decoded. Default: the preset's.",
+)
+@click.option(
     "--weights", default=None, metavar="PATH|imagenet",
     help="ImageNet weights file of the backbone, no top (.weights.h5 or .h5). Default for xception: "
     "$CELLEMBED_WEIGHTS if set, else 'imagenet' (Keras downloads them; needs internet).",
@@ -94,7 +119,8 @@ def main() -> None:
 @click.option("--allow-skips", is_flag=True, help="Exit 0 even when some files could not be read.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")
 def extract(
-    images: Path, out: Path, backbone: str, layers: str | None, weights: str | None, input_size: int | None,
+    images: Path, out: Path, backbone: str, layers: str | None, preset: str, views: str | None, crop: str | None,
+    stain: str | None, weights: str | None, input_size: int | None,
     batch_size: int, engine: str, checkpoint_every: int, distributed: str, max_pixels: int, overwrite: bool,
     allow_skips: bool, quiet: bool, **distributor_values: object,
 ) -> None:
@@ -121,6 +147,7 @@ def extract(
     with user_errors():
         result = run_extract(
             images, out, backbone=backbone, layers=layers, weights=weights, input_size=input_size,
+            preset=preset, views=None if views is None else int(views), crop=crop, stain=stain,
             batch_size=batch_size, engine=engine, overwrite=overwrite, checkpoint_every=checkpoint_every,
             distributed=distributed, distributor_options=options,
             progress=not quiet, log=log, max_pixels=max_pixels,

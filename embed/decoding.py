@@ -33,7 +33,7 @@ import io
 import os
 import stat
 from dataclasses import dataclass
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -259,10 +259,17 @@ class DecodedImage:
     height: int = 0
     error: str | None = None
     transient: bool = False
+    cell_found: bool | None = None  # whether the spec's crop found the cell (None: no crop)
 
 
-def load_for_network(source: ImageSource, size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode and resize one image; never raises for a bad input (the error is returned).
+def load_for_network(
+    source: ImageSource,
+    size: int,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    prepare: "Callable[[np.ndarray], tuple[np.ndarray, bool | None]] | None" = None,
+) -> DecodedImage:
+    """Decode, prepare (``cellembed.preparation``: colour normalisation, cell crop) and
+    resize one image; never raises for a bad input (the error is returned).
 
     An image over ``max_pixels`` is an error marked ``transient``: a later run, perhaps
     with a larger cap, tries it again.
@@ -275,4 +282,7 @@ def load_for_network(source: ImageSource, size: int, max_pixels: int | None = DE
         return DecodedImage(None, error=str(exc))
     except OSError as exc:  # e.g. permission denied, file vanished
         return DecodedImage(None, error=f"cannot read file: {exc.strerror or exc}", transient=True)
-    return DecodedImage(resize_bilinear(rgb, size), width=width, height=height)
+    cell_found = None
+    if prepare is not None:
+        rgb, cell_found = prepare(rgb)
+    return DecodedImage(resize_bilinear(rgb, size), width=width, height=height, cell_found=cell_found)

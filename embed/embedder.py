@@ -9,6 +9,7 @@ added later is threaded into the network here, once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable, Sequence
 
@@ -22,7 +23,10 @@ from cellembed.backbones import (
 )
 from cellembed.engines import DEFAULT_ENGINE, Embedder, build_embedder, check_engine, engine_libraries, prepare_engine
 from cellembed.errors import InputError
-from cellembed.spec import EmbeddingSpec
+from cellembed.preparation import check_preparation
+from cellembed.presets import DEFAULT_PRESET, PRESETS, preset_settings
+from cellembed.spec import LATER_FIELDS, EmbeddingSpec
+from cellembed.views import ViewMeanEmbedder, check_views
 from cellembed.versions import library_versions
 from cellembed.weights import WeightsFile, check_weights, resolve_weights
 
@@ -33,9 +37,15 @@ def planned_spec(
     tap_names: Sequence[str],
     engine: str = DEFAULT_ENGINE,
     widths: Sequence[int] | None = None,
+    *,
+    views: int = 1,
+    crop: str = "none",
+    stain: str = "none",
 ) -> EmbeddingSpec:
     """The spec a run with these settings produces; tap widths are 0 unless given (they
     are known once the network is built, or from a file made with the same taps)."""
+    check_views(views)
+    check_preparation(stain, crop)
     return EmbeddingSpec.from_widths(
         zip(tap_names, widths if widths is not None else [0] * len(tap_names)),
         backbone=backbone.spec_name,
@@ -44,6 +54,9 @@ def planned_spec(
         input_size=input_size,
         preprocessing=backbone.preprocessing,
         resize=backbone.resize,
+        views=views,
+        crop=crop,
+        stain=stain,
         versions=library_versions(("cellembed", *backbone.libraries, *engine_libraries(engine))),
     )
 
@@ -55,16 +68,29 @@ def spec_for_settings(
     weights: "str | os.PathLike | WeightsFile | None" = None,
     input_size: int | None = None,
     engine: str = DEFAULT_ENGINE,
+    views: int | None = None,
+    crop: str | None = None,
+    stain: str | None = None,
+    preset: str = DEFAULT_PRESET,
 ) -> tuple[EmbeddingSpec, WeightsFile]:
-    """The planned spec of command-line style settings (None: the backbone's defaults),
-    and the resolved weights. Checks everything that can be checked without a network."""
+    """The planned spec of command-line style settings (None: the ``preset``'s, see
+    :mod:`cellembed.presets`, or the backbone's input size), and the resolved weights.
+    Checks everything that can be checked without a network."""
     check_engine(engine)
+    settings = preset_settings(preset, layers=layers, views=views, crop=crop, stain=stain)
+    views, crop, stain = settings["views"], settings["crop"], settings["stain"]
+    check_views(views)
+    check_preparation(stain, crop)
     chosen = get_backbone(backbone)
+    layers = settings["layers"]
+    if isinstance(layers, str) and layers == PRESETS[preset].layers and layers not in chosen.tap_presets:
+        layers = None  # a tap preset this backbone does not have: its own default taps
     tap_names = parse_layers(chosen, layers)
     size = chosen.default_input_size if input_size is None else input_size
     check_input_size(chosen, size)
     weights_file = resolve_weights(weights, chosen)
-    return planned_spec(chosen, weights_file, size, tap_names, engine), weights_file
+    spec = planned_spec(chosen, weights_file, size, tap_names, engine, views=views, crop=crop, stain=stain)
+    return spec, weights_file
 
 
 def embedder_from_spec(
@@ -91,7 +117,9 @@ def embedder_from_spec(
             reproduce (another preprocessing, resize, colour or pooling).
     """
     backbone, weights_file, rebuilt = _rebuild(spec, weights, engine)
-    embedder = build_embedder(engine, backbone, weights_file, rebuilt, log=log, threads=threads)
+    network = build_embedder(engine, backbone, weights_file, network_spec(rebuilt), log=log, threads=threads)
+    embedder = ViewMeanEmbedder(network, rebuilt.views) if rebuilt.views > 1 else network
+    embedder.spec = dataclasses.replace(rebuilt, taps=network.spec.taps)
     if spec.widths_known and [t.width for t in embedder.spec.taps] != [t.width for t in spec.taps]:
         raise InputError(
             f"the rebuilt {backbone.title} gives other tap widths than the spec "
@@ -110,7 +138,13 @@ def prepare_embedder(
     """Check ``spec`` can be rebuilt and make ready what its engine needs once (the ONNX
     conversion), here, before many worker processes build the embedder at once."""
     backbone, weights_file, rebuilt = _rebuild(spec, weights, engine)
-    prepare_engine(engine, backbone, weights_file, rebuilt, log=log)
+    prepare_engine(engine, backbone, weights_file, network_spec(rebuilt), log=log)
+
+
+def network_spec(spec: EmbeddingSpec) -> EmbeddingSpec:
+    """``spec`` without what happens outside the network (image preparation, views): what
+    an engine builds and caches. The views are averaged around it (ViewMeanEmbedder)."""
+    return dataclasses.replace(spec, **LATER_FIELDS)
 
 
 def _rebuild(spec: EmbeddingSpec, weights: "str | os.PathLike | WeightsFile | None", engine: str):
@@ -120,7 +154,10 @@ def _rebuild(spec: EmbeddingSpec, weights: "str | os.PathLike | WeightsFile | No
     check_input_size(backbone, spec.input_size)
     weights_file = resolve_weights(weights, backbone)
     check_weights(weights_file, spec.weights_sha256, spec.weights_source, "these embeddings were made with", backbone)
-    rebuilt = planned_spec(backbone, weights_file, spec.input_size, spec.tap_names, engine)
+    rebuilt = planned_spec(
+        backbone, weights_file, spec.input_size, spec.tap_names, engine,
+        views=spec.views, crop=spec.crop, stain=spec.stain,
+    )
     differences = rebuilt.differences(spec)
     if differences:
         raise InputError(
@@ -138,6 +175,10 @@ def load_embedder(
     log: Callable[[str], None] | None = None,
     *,
     backbone: str = DEFAULT_BACKBONE,
+    views: int | None = None,
+    crop: str | None = None,
+    stain: str | None = None,
+    preset: str = DEFAULT_PRESET,
 ) -> Embedder:
     """Build a backbone (default Xception) with its weights and the requested taps.
 
@@ -146,6 +187,7 @@ def load_embedder(
     backbone's (299 for Xception).
     """
     spec, weights_file = spec_for_settings(
-        backbone=backbone, layers=layers, weights=weights, input_size=input_size, engine=engine
+        backbone=backbone, layers=layers, weights=weights, input_size=input_size, engine=engine,
+        views=views, crop=crop, stain=stain, preset=preset,
     )
     return embedder_from_spec(spec, weights_file, engine, log=log)

@@ -27,6 +27,7 @@ from cellembed.atomic import output_lock, prepare_output
 from cellembed.errors import InputError, Interrupted
 from cellembed.merge import merge
 from cellembed.plan import DEFAULT_SHARD_SIZE, Plan, plan as make_plan
+from cellembed.presets import DEFAULT_PRESET
 from cellembed.shards import ShardJob, ShardResult
 from cellembed.spec import EmbeddingSpec
 from cellembed.weights import WeightsFile, check_weights, resolve_weights
@@ -81,6 +82,10 @@ def extract(
     weights: str | os.PathLike | WeightsFile | None = None,
     input_size: int | None = None,
     backbone: str = DEFAULT_BACKBONE,
+    views: int | None = None,
+    crop: str | None = None,
+    stain: str | None = None,
+    preset: str = DEFAULT_PRESET,
     spec: EmbeddingSpec | None = None,
     batch_size: int = 32,
     engine: str = DEFAULT_ENGINE,
@@ -111,8 +116,16 @@ def extract(
         weights: weights file, ``"imagenet"``, or None for ``$CELLEMBED_WEIGHTS`` / imagenet.
         input_size: side of the square network input, in pixels (default 299).
         backbone: the network (``cellembed.backbones``; default ``"xception"``).
+        views: test-time views: each embedding is the mean over the first 1, 2, 4 or 8
+            views of the dihedral group (:mod:`cellembed.views`); one forward pass each.
+        crop: ``"none"`` (the whole image), ``"cell"`` or ``"centre"``: frame the image
+            around its white cell first (:mod:`cellembed.cellcrop`).
+        stain: ``"none"`` or ``"reinhard"``: colour normalisation (:mod:`cellembed.stain`).
+        preset: named settings (:mod:`cellembed.presets`: ``"default"``, ``"best"``,
+            ``"v1"``) filling ``layers``, ``views``, ``crop`` and ``stain`` left None.
         spec: embed exactly as this spec (of a file or a predictor) instead of ``layers``,
-            ``input_size`` and ``backbone``; ``weights`` must be the spec's.
+            ``input_size``, ``backbone``, ``views``, ``crop`` and ``stain``; ``weights``
+            must be the spec's.
         batch_size: images decoded (and run together by the TensorFlow engine) per step.
         engine: ``"onnxruntime"`` (default, faster on CPU) or ``"tensorflow"``; same
             embeddings within 1e-4 and the same spec, so caches are shared.
@@ -150,7 +163,10 @@ def extract(
         raise InputError("a prebuilt embedder runs only with the sequential distributor")
     # The spec and every refusal come before any TensorFlow: a rerun with nothing new
     # to embed costs only hashing and reading OUT's index.
-    planned, weights_file = _planned(embedder, spec, weights, backbone, layers, input_size, engine)
+    settings = dict(
+        backbone=backbone, layers=layers, input_size=input_size, views=views, crop=crop, stain=stain, preset=preset
+    )
+    planned, weights_file = _planned(embedder, spec, weights, settings, engine)
     out = prepare_output(out)
     with output_lock(out):  # a second run writing the same OUT is refused, not mixed in
         try:
@@ -230,14 +246,13 @@ def _set_aside(work: Plan, say: Callable[[str], None]) -> None:
 
 
 def _planned(
-    embedder: Embedder | None, spec: EmbeddingSpec | None, weights: Any, backbone: str,
-    layers: Any, input_size: int | None, engine: str,
+    embedder: Embedder | None, spec: EmbeddingSpec | None, weights: Any, settings: dict[str, Any], engine: str,
 ) -> tuple[EmbeddingSpec, WeightsFile | None]:
     """The planned spec and the resolved weights (None with a prebuilt embedder)."""
     if embedder is not None:
         return embedder.spec, None
     if spec is None:
-        return spec_for_settings(backbone=backbone, layers=layers, weights=weights, input_size=input_size, engine=engine)
+        return spec_for_settings(weights=weights, engine=engine, **settings)
     spec_backbone = backbone_for_spec(spec)
     weights_file = resolve_weights(weights, spec_backbone)
     check_weights(weights_file, spec.weights_sha256, spec.weights_source, "these embeddings are made with", spec_backbone)

@@ -28,7 +28,7 @@ from cellembed.errors import DiskFull, OutputConflict, RunFailed
 from cellembed.plan import Plan
 from cellembed.shards import ShardResult
 from cellembed.spec import EmbeddingSpec
-from cellembed.store import errors_csv_path, make_table, table_matrix, write_table
+from cellembed.store import CELL_FOUND, errors_csv_path, make_table, table_matrix, write_table
 
 _READ_BATCH = 2048
 
@@ -66,10 +66,11 @@ def merge(plan: Plan, results: Sequence[ShardResult], spec: EmbeddingSpec | None
         _remove_work(plan, results, rows, failed)
         return Merged(spec, len(rows), errors, failed, kept)
 
-    matrix, widths, heights = _gather(plan, results, [sha for *_, sha in rows], spec.dim)
+    matrix, columns = _gather(plan, results, [sha for *_, sha in rows], spec)
     table = make_table(
         spec, [path for path, _, _ in rows], [label for _, label, _ in rows], [sha for *_, sha in rows],
-        widths, heights, matrix, file_errors, images_root=images_root,
+        columns["width"], columns["height"], matrix, file_errors, images_root=images_root,
+        cell_found=columns.get(CELL_FOUND),
     )
     try:
         write_table(table, plan.out)
@@ -154,22 +155,24 @@ def _unchanged(plan: Plan, rows: list, errors: list[dict[str, str]], images_root
 
 
 def _gather(
-    plan: Plan, results: Sequence[ShardResult], sha256s: list[str], dim: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fill the (rows, dim) matrix and the sizes from every source, a batch at a time."""
+    plan: Plan, results: Sequence[ShardResult], sha256s: list[str], spec: EmbeddingSpec
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Fill the (rows, dim) matrix and the per-image columns (sizes; whether the cell was
+    found, when the spec crops) from every source, a batch at a time."""
     positions: dict[str, list[int]] = {}
     for row, sha in enumerate(sha256s):
         positions.setdefault(sha, []).append(row)
-    matrix = np.empty((len(sha256s), dim), np.float32)
-    widths = np.zeros(len(sha256s), np.int32)
-    heights = np.zeros(len(sha256s), np.int32)
+    matrix = np.empty((len(sha256s), spec.dim), np.float32)
+    columns = {"width": np.zeros(len(sha256s), np.int32), "height": np.zeros(len(sha256s), np.int32)}
+    if spec.crop != "none":
+        columns[CELL_FOUND] = np.zeros(len(sha256s), bool)
     missing = set(positions)
     sources = ([plan.out] if plan.out_index is not None else []) + list(plan.finished) + [r.path for r in results]
     for source in sources:
         if not missing:
             break
         try:
-            _fill(source, missing, positions, matrix, widths, heights)
+            _fill(source, missing, positions, matrix, columns)
         except (OSError, pa.ArrowException) as exc:
             if source == plan.out:  # the work of this run is in the shards, kept
                 raise OutputConflict(f"{source} is damaged ({exc}); the images embedded now are kept in {plan.work_dir}") from None
@@ -179,26 +182,27 @@ def _gather(
             f"{len(missing)} embeddings are in no source (e.g. {sorted(missing)[0]}); "
             f"nothing was replaced and finished shards are kept: run the same command again"
         )
-    return matrix, widths, heights
+    return matrix, columns
 
 
 def _fill(
     source: Path, missing: set[str], positions: dict[str, list[int]],
-    matrix: np.ndarray, widths: np.ndarray, heights: np.ndarray,
+    matrix: np.ndarray, columns: dict[str, np.ndarray],
 ) -> None:
     """Copy the rows of ``source`` that are still ``missing`` into place."""
+    names = list(columns)
     with pq.ParquetFile(source, page_checksum_verification=True) as parquet:
-        for batch in parquet.iter_batches(batch_size=_READ_BATCH, columns=["sha256", "width", "height", "embedding"]):
+        for batch in parquet.iter_batches(batch_size=_READ_BATCH, columns=["sha256", *names, "embedding"]):
             found = [(j, sha) for j, sha in enumerate(batch.column(0).to_pylist()) if sha in missing]
             if not found:
                 continue
             vectors = table_matrix(batch)
-            batch_widths, batch_heights = batch.column(1).to_numpy(), batch.column(2).to_numpy()
+            values = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in names}
             for j, sha in found:
                 if sha in missing:
                     matrix[positions[sha]] = vectors[j]
-                    widths[positions[sha]] = batch_widths[j]
-                    heights[positions[sha]] = batch_heights[j]
+                    for name in names:
+                        columns[name][positions[sha]] = values[name][j]
                     missing.discard(sha)
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from cellembed.decoding import DEFAULT_MAX_PIXELS, DecodedImage, load_for_network
+from cellembed.decoding import DEFAULT_MAX_PIXELS, DecodedImage, ImageSource, load_for_network
+from cellembed.preparation import preparation_for
+from cellembed.spec import EmbeddingSpec
 
 
 @dataclass
@@ -35,15 +36,18 @@ class Batch:
 
 
 def decoded_batches(
-    paths: Sequence[Path],
-    size: int,
+    paths: Sequence[ImageSource],
+    spec: EmbeddingSpec,
     batch_size: int,
     workers: int = 2,
     lookahead_batches: int = 2,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Iterator[Batch]:
-    """Yield batches of decoded, resized images in input order (an image of more than
-    ``max_pixels`` pixels fails, see :func:`~cellembed.decoding.load_for_network`)."""
+    """Yield batches of images decoded, prepared as ``spec`` says (colour normalisation,
+    crop: :func:`cellembed.preparation.preparation_for`) and resized to its input size, in
+    input order (an image of more than ``max_pixels`` pixels fails, see
+    :func:`~cellembed.decoding.load_for_network`)."""
+    size, prepare = spec.input_size, preparation_for(spec)
     pending: deque[tuple[int, Future]] = deque()
     limit = batch_size * (lookahead_batches + 1)
     next_index = 0
@@ -52,7 +56,7 @@ def decoded_batches(
         def fill() -> None:
             nonlocal next_index
             while next_index < len(paths) and len(pending) < limit:
-                pending.append((next_index, pool.submit(load_for_network, paths[next_index], size, max_pixels)))
+                pending.append((next_index, pool.submit(load_for_network, paths[next_index], size, max_pixels, prepare)))
                 next_index += 1
 
         fill()

@@ -133,16 +133,18 @@ def embed_shard(
     spec = embedder.spec
     vectors = np.zeros((len(shard), spec.dim), np.float32)
     sizes = np.zeros((len(shard), 2), np.int32)
+    found = np.zeros(len(shard), bool)
     done: list[int] = []
     errors: dict[int, str] = {}
     transient: set[int] = set()
     try:
         sources = [item.absolute for item in shard.items]
-        for batch in decoded_batches(sources, spec.input_size, job.batch_size, max_pixels=job.max_pixels):
+        for batch in decoded_batches(sources, spec, job.batch_size, max_pixels=job.max_pixels):
             if batch.decoded:
                 vectors[[i for i, _ in batch.decoded]] = embedder.embed(batch.pixels)
             for index, decoded in batch.decoded:
                 sizes[index] = (decoded.width, decoded.height)
+                found[index] = bool(decoded.cell_found)
                 done.append(index)
             for index, reason in batch.failed:
                 errors[index] = reason
@@ -150,18 +152,18 @@ def embed_shard(
             transient |= batch.transient
             if on_progress is not None:
                 on_progress(len(batch.decoded) + len(batch.failed))
-        return _write(path, spec, shard.items, range(len(shard)), vectors, sizes, errors, transient)
+        return _write(path, spec, shard.items, range(len(shard)), vectors, sizes, found, errors, transient)
     except KeyboardInterrupt:
         if done:  # keep the finished images as a shard of their own (all of them: this shard)
             part = sorted(done)
             subset = Shard.of(job.spec, [shard.items[i] for i in part])
-            _write(job.shard_path(subset.id), spec, subset.items, part, vectors, sizes, errors, transient)
+            _write(job.shard_path(subset.id), spec, subset.items, part, vectors, sizes, found, errors, transient)
         raise
 
 
 def _write(
     path: Path, spec: EmbeddingSpec, items: Sequence[ShardItem], rows: Sequence[int],
-    vectors: np.ndarray, sizes: np.ndarray, errors: dict[int, str], transient: set[int],
+    vectors: np.ndarray, sizes: np.ndarray, found: np.ndarray, errors: dict[int, str], transient: set[int],
 ) -> ShardResult:
     """Write ``items`` as one shard file; ``rows[k]`` is item k's row in the arrays (and
     its key in ``errors``): decoded items become rows, failed ones errors."""
@@ -181,6 +183,7 @@ def _write(
         sizes[kept, 1],
         vectors[kept],
         failed,
+        cell_found=found[kept] if spec.crop != "none" else None,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_table(table, path)

@@ -2,7 +2,8 @@
 
 Two embeddings can be compared (and cached together, or fed to the same classifier) only
 when their specs have the same *identity*: backbone, weights, input size, taps, pooling,
-preprocessing, colour conversion and resize method. Library versions are recorded for
+preprocessing, colour conversion, resize method, colour normalisation (``stain``), framing
+(``crop``) and test-time ``views``. Library versions are recorded for
 provenance but are not part of the identity.
 
 A spec is turned back into the embedder that wrote it by
@@ -31,6 +32,8 @@ COLOR = (
     "transparency composited onto white, 16-bit samples scaled by 1/257 and rounded"
 )
 POOLING = "global_average"
+#: Identity fields added after the first format, with their "as before" defaults.
+LATER_FIELDS: dict[str, Any] = {"views": 1, "crop": "none", "stain": "none"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,13 @@ class EmbeddingSpec:
     resize: str = RESIZE
     color: str = COLOR
     weights_source: str = ""
+    #: Test-time views: the embedding is the mean over the first ``views`` transforms of
+    #: ``cellembed.views.DIHEDRAL`` (1: the image as it is).
+    views: int = 1
+    #: How the image is framed before resizing (``cellembed.cellcrop.CROPS``).
+    crop: str = "none"
+    #: Colour normalisation of the decoded image (``cellembed.stain.STAINS``).
+    stain: str = "none"
     versions: dict[str, str] = field(default_factory=dict, compare=False)
     format: int = SPEC_FORMAT
 
@@ -92,10 +102,15 @@ class EmbeddingSpec:
         return all(t.width > 0 for t in self.taps)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that must match for two embeddings to be interchangeable."""
+        """The fields that must match for two embeddings to be interchangeable. A field
+        added later is left out while it has its "as before" default, so the identity (and
+        the shard ids and caches keyed by it) of earlier files stays the same."""
         data = self.to_dict()
         for key in ("versions", "weights_source", "format"):
             data.pop(key, None)
+        for key, default in LATER_FIELDS.items():
+            if data.get(key) == default:
+                data.pop(key)
         return data
 
     def identity_key(self) -> str:
@@ -108,6 +123,9 @@ class EmbeddingSpec:
     def differences(self, other: "EmbeddingSpec") -> list[str]:
         """Human-readable list of identity fields that differ (empty when compatible)."""
         mine, theirs = self.identity(), other.identity()
+        for key, default in LATER_FIELDS.items():
+            mine.setdefault(key, default)
+            theirs.setdefault(key, default)
         # Taps read best as their names; widths follow from the names.
         mine["taps"], theirs["taps"] = ",".join(self.tap_names), ",".join(other.tap_names)
         out = []
@@ -169,6 +187,8 @@ class EmbeddingSpec:
                 f"preprocessing  {self.preprocessing}",
                 f"resize         {self.resize}",
                 f"colour         {self.color}",
+                f"image          stain {self.stain}, crop {self.crop}, "
+                f"mean of {self.views} view{'s' if self.views != 1 else ''}",
                 f"made with      {versions}",
             ]
         )

@@ -7,6 +7,7 @@ One row per image::
     sha256     string   hex SHA-256 of the file's bytes (the cache key)
     width      int32    original width in pixels
     height     int32    original height in pixels
+    cell_found bool     only when the spec crops: the cell was found (false: whole image)
     embedding  fixed_size_list<float32>[d]
 
 The key-value metadata holds the :class:`~cellembed.spec.EmbeddingSpec` as JSON under
@@ -35,6 +36,8 @@ ERRORS_METADATA_KEY = b"cellembed.errors"
 #: Absolute path of the images folder the rows' ``path`` values are relative to.
 IMAGES_METADATA_KEY = b"cellembed.images"
 META_COLUMNS = ("path", "label", "sha256", "width", "height")
+#: Column of files whose spec crops: whether the cell was found (false: whole image used).
+CELL_FOUND = "cell_found"
 
 
 def checkpoint_folder(out: Path) -> Path:
@@ -58,7 +61,10 @@ def errors_csv_path(out: Path) -> Path:
     return out.with_name(out.stem + ".errors.csv")
 
 
-def arrow_schema(dim: int) -> pa.Schema:
+def arrow_schema(dim: int, cell_found: bool = False) -> pa.Schema:
+    """The file schema; ``cell_found`` (files of a spec with a crop) adds the column saying
+    whether the crop found the cell (false: the whole image was used)."""
+    extra = [pa.field(CELL_FOUND, pa.bool_(), nullable=False)] if cell_found else []
     return pa.schema(
         [
             pa.field("path", pa.string(), nullable=False),
@@ -66,6 +72,7 @@ def arrow_schema(dim: int) -> pa.Schema:
             pa.field("sha256", pa.string(), nullable=False),
             pa.field("width", pa.int32(), nullable=False),
             pa.field("height", pa.int32(), nullable=False),
+            *extra,
             pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
         ]
     )
@@ -81,20 +88,26 @@ def make_table(
     embeddings: np.ndarray,
     errors: Sequence[dict[str, str]] = (),
     images_root: str | Path | None = None,
+    cell_found: Sequence[bool] | None = None,
 ) -> pa.Table:
-    """Assemble a table in the file schema; ``embeddings`` is (n, spec.dim) float32."""
+    """Assemble a table in the file schema; ``embeddings`` is (n, spec.dim) float32;
+    ``cell_found`` is required exactly when the spec crops (see :func:`arrow_schema`)."""
+    crops = spec.crop != "none"
+    if crops != (cell_found is not None):
+        raise ValueError(f"cell_found must be given exactly when the spec crops (crop {spec.crop!r})")
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(len(paths), spec.dim)
     metadata = {SPEC_METADATA_KEY: spec.to_json(), ERRORS_METADATA_KEY: json.dumps(list(errors))}
     if images_root is not None:
         # The folder's own bytes: a name that is not UTF-8 (a Latin-1 share) is kept exactly.
         metadata[IMAGES_METADATA_KEY] = os.fsencode(Path(images_root).resolve())
-    schema = arrow_schema(spec.dim).with_metadata(metadata)
+    schema = arrow_schema(spec.dim, crops).with_metadata(metadata)
     columns = [
         pa.array(list(paths), pa.string()),
         pa.array(list(labels), pa.string()),
         pa.array(list(sha256s), pa.string()),
         pa.array(np.asarray(widths, dtype=np.int32)),
         pa.array(np.asarray(heights, dtype=np.int32)),
+        *([pa.array(np.asarray(cell_found, dtype=bool))] if crops else []),
         # A view of the matrix, not a copy: the rows are the largest thing extract holds.
         pa.FixedSizeListArray.from_arrays(
             pa.Array.from_buffers(pa.float32(), embeddings.size, [None, pa.py_buffer(embeddings)]), spec.dim

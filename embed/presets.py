@@ -1,0 +1,65 @@
+"""Named extraction settings: ``cellembed extract --preset NAME`` (and ``extract(preset=)``).
+
+A preset fills the image settings a run does not give: the taps (``layers``), the
+test-time ``views``, the ``crop`` and the colour normalisation (``stain``); an option given
+explicitly wins over the preset. The values were chosen from ``bench/accuracy_levers.py``
+(the README's accuracy section has the measured figures):
+
+* ``default``: the most accurate setting whose extraction costs at most about 4x the
+  first version's per-image time;
+* ``best``: the most accurate setting measured, whatever its cost;
+* ``v1``: the first version's settings (multiscale taps, one view, whole image, colours
+  as decoded), to reproduce or extend files made with it.
+
+Adding a preset is one entry in :data:`PRESETS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cellembed.errors import InputError
+
+
+@dataclass(frozen=True)
+class Preset:
+    layers: str  # a tap preset of the backbone (cellembed.backbones), or layer names
+    views: int
+    crop: str
+    stain: str
+    about: str
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset("multiscale", 1, "none", "none", "the default"),
+    "best": Preset("multiscale", 1, "none", "none", "the most accurate setting measured"),
+    "v1": Preset("multiscale", 1, "none", "none", "the first version's settings"),
+}
+DEFAULT_PRESET = "default"
+
+
+def preset_text(name: str) -> str:
+    """One line for people: what the preset sets."""
+    chosen = PRESETS[name]
+    return f"{chosen.layers} taps, {chosen.views} view(s), crop {chosen.crop}, stain {chosen.stain}"
+
+
+def preset_settings(
+    preset: str = DEFAULT_PRESET,
+    *,
+    layers: Any = None,
+    views: int | None = None,
+    crop: str | None = None,
+    stain: str | None = None,
+) -> dict[str, Any]:
+    """``layers``, ``views``, ``crop`` and ``stain``: each given value, else the preset's."""
+    if preset not in PRESETS:
+        raise InputError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    chosen = PRESETS[preset]
+    return {
+        "layers": chosen.layers if layers is None else layers,
+        "views": chosen.views if views is None else views,
+        "crop": chosen.crop if crop is None else crop,
+        "stain": chosen.stain if stain is None else stain,
+    }
