@@ -58,6 +58,8 @@ SETTINGS = {
     "stain+crop-centre": {"stain": "reinhard", "crop": "centre"},
     "stain+crop-cell": {"stain": "reinhard", "crop": "cell"},
     "views4+stain+crop-centre": {"views": 4, "stain": "reinhard", "crop": "centre"},
+    "views4+crop-cell": {"views": 4, "crop": "cell"},
+    "views4+stain+crop-cell": {"views": 4, "stain": "reinhard", "crop": "cell"},
     "views8": {"views": 8},
     "input360": {"input_size": 360},
 }
@@ -159,9 +161,9 @@ LINES = [
     ("base", "base", "mid4", "vote lr+xgb"),
     *[(s, s, taps, "lr") for s in SETTINGS if s != "base" for taps in ("multiscale", "mid4")],
     *[("base", s, "mid4", "lr") for s in ("views4", "views8")],
+    ("crop-cell", "views4+crop-cell", "mid4", "lr"),
+    ("stain+crop-cell", "views4+stain+crop-cell", "mid4", "lr"),
     ("stain+crop-centre", "views4+stain+crop-centre", "mid4", "lr"),
-    ("views4+stain+crop-centre", "views4+stain+crop-centre", "mid4", "xgb pca128"),
-    ("views4+stain+crop-centre", "views4+stain+crop-centre", "mid4", "vote lr+xgb"),
     ("views4", "views4", "mid4", "lr power+l2"),
 ]
 
