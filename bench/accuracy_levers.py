@@ -159,7 +159,9 @@ LINES = [
     ("base", "base", "mid4", "lr power+l2"),
     ("base", "base", "mid4", "xgb pca128"),
     ("base", "base", "mid4", "vote lr+xgb"),
+    ("base", "base", "mid4", "lr own-scaling"),
     *[(s, s, taps, "lr") for s in SETTINGS if s != "base" for taps in ("multiscale", "mid4")],
+    *[(s, s, "mid4", "lr own-scaling") for s in SETTINGS if s != "base"],
     *[("base", s, "mid4", "lr") for s in ("views4", "views8")],
     ("crop-cell", "views4+crop-cell", "mid4", "lr"),
     ("stain+crop-cell", "views4+stain+crop-cell", "mid4", "lr"),
@@ -193,7 +195,7 @@ def make_head(head: str, n_classes: int):
         return make_pipeline(StandardScaler(), PCA(128, random_state=0),
                              make_xgb(params, n_classes=n_classes, n_estimators=300, n_jobs=2))
 
-    if head == "lr":
+    if head in ("lr", "lr own-scaling"):
         return make_lr(0.1, "balanced")
     if head.startswith("lr C="):
         return make_lr(float(head.split("=")[1]), "balanced")
@@ -205,6 +207,15 @@ def make_head(head: str, n_classes: int):
     if head == "vote lr+xgb":
         return VotingClassifier([("lr", make_lr(0.1, "balanced")), ("xgb", xgb())], voting="soft")
     raise ValueError(head)
+
+
+def own_scaled(head: str, X):
+    """``X`` standardised by its own mean and std when the head says "own-scaling" (each
+    set of images, training or new, is scaled by itself: unsupervised adaptation to a lab,
+    which needs a folder of new images with a mix of classes), else ``X`` as it is."""
+    from sklearn.preprocessing import StandardScaler
+
+    return StandardScaler().fit_transform(X) if head.endswith("own-scaling") else X
 
 
 def load(cache: Path, dataset: str, setting: str, taps: str):
@@ -240,9 +251,9 @@ def evaluate(cache: Path, train_setting: str, test_setting: str, taps: str, head
         for fit_rows, held in cv_folds(labels, sha, 5, seed=0):
             model = make_head(head, len(classes))
             start = time.perf_counter()
-            model.fit(X_train[fit_rows], y[fit_rows])
+            model.fit(own_scaled(head, X_train[fit_rows]), y[fit_rows])
             seconds.append(time.perf_counter() - start)
-            predicted = model.predict(X_test[held])
+            predicted = model.predict(own_scaled(head, X_test[held]))
             accs.append(accuracy_score(y[held], predicted))
             f1s.append(f1_score(y[held], predicted, average="macro"))
         cross = {}
@@ -252,8 +263,8 @@ def evaluate(cache: Path, train_setting: str, test_setting: str, taps: str, head
             s_keep, t_keep = np.isin(ls, SHARED_CLASSES), np.isin(lt, SHARED_CLASSES)
             codes = {c: i for i, c in enumerate(SHARED_CLASSES)}
             model = make_head(head, len(SHARED_CLASSES))
-            model.fit(Xs[s_keep], np.array([codes[c] for c in ls[s_keep]]))
-            predicted = model.predict(Xt[t_keep])
+            model.fit(own_scaled(head, Xs[s_keep]), np.array([codes[c] for c in ls[s_keep]]))
+            predicted = model.predict(own_scaled(head, Xt[t_keep]))
             cross[f"{source}_to_{target}"] = accuracy_score([codes[c] for c in lt[t_keep]], predicted)
     return {
         "train": train_setting, "test": test_setting, "taps": taps, "head": head,
