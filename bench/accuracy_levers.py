@@ -47,6 +47,7 @@ TAP_SETS = {
     "mid4": ("add_2", "add_6", "add_10", "add_11"),
     "adds10": ALL_TAPS[:10],
     "all11": ALL_TAPS,
+    "add_6": ("add_6",),
 }
 #: Extraction settings: name -> cellembed.extract keyword arguments.
 SETTINGS = {
@@ -159,6 +160,9 @@ LINES = [
     ("base", "base", "mid4", "lr power+l2"),
     ("base", "base", "mid4", "xgb pca128"),
     ("base", "base", "mid4", "vote lr+xgb"),
+    ("base", "base", "add_6", "lr"),
+    ("base", "base", "add_6", "xgb"),
+    ("base", "base", "mid4", "xgb"),
     ("base", "base", "mid4", "lr own-scaling"),
     *[(s, s, taps, "lr") for s in SETTINGS if s != "base" for taps in ("multiscale", "mid4")],
     *[(s, s, "mid4", "lr own-scaling") for s in SETTINGS if s != "base"],
@@ -189,11 +193,11 @@ def make_head(head: str, n_classes: int):
     from cellclf.families.lr import make_lr
     from cellclf.families.xgb import make_xgb
 
-    def xgb():
+    def xgb(pca: bool = True):
         params = {"max_depth": 4, "learning_rate": 0.15, "min_child_weight": 1.0, "subsample": 0.8,
-                  "colsample_bytree": 0.5}
-        return make_pipeline(StandardScaler(), PCA(128, random_state=0),
-                             make_xgb(params, n_classes=n_classes, n_estimators=300, n_jobs=2))
+                  "colsample_bytree": 0.5 if pca else 0.3}
+        booster = make_xgb(params, n_classes=n_classes, n_estimators=300, n_jobs=2)
+        return make_pipeline(StandardScaler(), PCA(128, random_state=0), booster) if pca else booster
 
     if head in ("lr", "lr own-scaling"):
         return make_lr(0.1, "balanced")
@@ -204,6 +208,8 @@ def make_head(head: str, n_classes: int):
         return make_pipeline(signed_sqrt, Normalizer(), make_lr(0.1, "balanced"))
     if head == "xgb pca128":
         return xgb()
+    if head == "xgb":
+        return xgb(pca=False)
     if head == "vote lr+xgb":
         return VotingClassifier([("lr", make_lr(0.1, "balanced")), ("xgb", xgb())], voting="soft")
     raise ValueError(head)
