@@ -49,7 +49,8 @@ TAP_SETS = {
     "all11": ALL_TAPS,
     "add_6": ("add_6",),
 }
-#: Extraction settings: name -> cellembed.extract keyword arguments.
+#: Extraction settings: name -> cellembed.extract keyword arguments, on top of the first
+#: version's settings (preset v1: one view, whole image, colours as decoded).
 SETTINGS = {
     "base": {},
     "stain": {"stain": "reinhard"},
@@ -80,7 +81,7 @@ def ensure_extracted(cache: Path, folders: dict[str, Path], setting: str, weight
     for dataset, folder in folders.items():
         out = extraction_path(cache, dataset, setting)
         start = time.perf_counter()
-        result = extract(folder, out, layers=",".join(ALL_TAPS), weights=weights, progress=False,
+        result = extract(folder, out, layers=",".join(ALL_TAPS), weights=weights, progress=False, preset="v1",
                          log=lambda line: print(f"  [{setting} {dataset}] {line}", flush=True),
                          **SETTINGS[setting])
         print(f"extract {setting} {dataset}: {result.rows} rows ({result.embedded} embedded now) "
@@ -96,7 +97,7 @@ def timing(cache: Path, folder: Path, setting: str, weights: str) -> float:
     from cellembed.embedder import embedder_from_spec, spec_for_settings
 
     settings = dict(SETTINGS[setting])
-    spec, weights_file = spec_for_settings(layers=",".join(ALL_TAPS), weights=weights, **settings)
+    spec, weights_file = spec_for_settings(layers=",".join(ALL_TAPS), weights=weights, preset="v1", **settings)
     embedder = embedder_from_spec(spec, weights_file)
     classes = sorted(p for p in folder.iterdir() if p.is_dir())
     per_class = TIMING_IMAGES // len(classes)

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from cellembed.discovery import ImageFile, scan_images
 from cellembed.errors import InputError, OutputConflict
 from cellembed.hashing import sha256_file
+from cellembed.presets import matching_preset
 from cellembed.shards import SHARD_GLOBS, Shard, ShardItem
 from cellembed.spec import EmbeddingSpec
 from cellembed.store import (
@@ -200,9 +201,11 @@ def _check_reference(path: Path, spec: EmbeddingSpec) -> EmbeddingSpec:
         raise OutputConflict(f"{exc}; refusing to replace it") from None
     differences = spec.differences(found)
     if differences:
+        made_with = matching_preset(found)
         raise OutputConflict(
             f"{path} was made with another embedding spec ({'; '.join(differences)}; "
             "requested vs existing) and specs never mix in one file"
+            + (f"; it has the settings of --preset {made_with} (give that option to extend it)" if made_with else "")
         )
     return spec if spec.widths_known else spec.with_tap_widths([t.width for t in found.taps])
 

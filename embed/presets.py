@@ -17,9 +17,12 @@ Adding a preset is one entry in :data:`PRESETS`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cellembed.errors import InputError
+
+if TYPE_CHECKING:
+    from cellembed.spec import EmbeddingSpec
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,8 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "default": Preset("multiscale", 1, "none", "none", "the default"),
-    "best": Preset("multiscale", 1, "none", "none", "the most accurate setting measured"),
+    "default": Preset("mid", 4, "cell", "none", "the default"),
+    "best": Preset("mid", 8, "cell", "reinhard", "the most accurate setting measured"),
     "v1": Preset("multiscale", 1, "none", "none", "the first version's settings"),
 }
 DEFAULT_PRESET = "default"
@@ -43,6 +46,23 @@ def preset_text(name: str) -> str:
     """One line for people: what the preset sets."""
     chosen = PRESETS[name]
     return f"{chosen.layers} taps, {chosen.views} view(s), crop {chosen.crop}, stain {chosen.stain}"
+
+
+def matching_preset(spec: "EmbeddingSpec") -> str | None:
+    """The preset whose taps, views, crop and stain ``spec`` has (None when none has)."""
+    from cellembed.backbones import backbone_for_spec, parse_layers
+
+    try:
+        backbone = backbone_for_spec(spec)
+    except InputError:
+        return None
+    for name, preset in PRESETS.items():
+        if preset.layers not in backbone.tap_presets:
+            continue
+        taps = parse_layers(backbone, preset.layers)
+        if (taps, preset.views, preset.crop, preset.stain) == (spec.tap_names, spec.views, spec.crop, spec.stain):
+            return name
+    return None
 
 
 def preset_settings(

@@ -11,6 +11,7 @@ from PIL import Image
 
 from cellembed import InputError, embedder_from_spec, load_embeddings, read_spec
 from cellembed.decoding import load_for_network
+from cellembed.pipeline import decoded_batches
 from cellclf import ImageClassifier
 from cellclf.errors import ClassifierInputError
 from conftest import SMALL
@@ -122,7 +123,7 @@ def test_embedder_from_spec_rebuilds_the_embedder_that_wrote_a_file(trained, ran
     embedder = embedder_from_spec(spec, random_weights, engine)
     assert embedder.spec.identity() == spec.identity()
     images = root / "images"
-    pixels = np.stack([load_for_network(images / p, SMALL).pixels for p in frame["path"]])
+    pixels = next(decoded_batches([images / p for p in frame["path"]], spec, len(frame))).pixels
     np.testing.assert_allclose(embedder.embed(pixels), np.stack(frame["embedding"]), atol=1e-4)
 
 

@@ -16,6 +16,7 @@ import pytest
 from cellembed import embedding_matrix, extract, load_embedder, load_embeddings, read_images_root, read_spec
 from cellembed.errors import InputError, Interrupted
 from cellembed.hashing import sha256_file
+from cellembed.presets import PRESETS
 from conftest import SMALL, make_folder, noise_image
 
 
@@ -23,8 +24,8 @@ pytestmark = pytest.mark.slow  # every test here builds a network (see pyproject
 
 @pytest.fixture(scope="module")
 def embedder(random_weights):
-    """One small multiscale embedder shared by the cache tests (building one takes seconds)."""
-    return load_embedder(random_weights, SMALL, "multiscale")
+    """One small embedder of the default settings shared by the cache tests (building one takes seconds)."""
+    return load_embedder(random_weights, SMALL)
 
 
 def test_parquet_schema_and_spec_metadata(labelled_folder, tmp_path, random_weights):
@@ -38,13 +39,13 @@ def test_parquet_schema_and_spec_metadata(labelled_folder, tmp_path, random_weig
     assert schema.field("path").type == pa.string() and schema.field("label").type == pa.string()
     assert schema.field("sha256").type == pa.string()
     assert schema.field("width").type == pa.int32() and schema.field("height").type == pa.int32()
-    assert schema.field("embedding").type == pa.list_(pa.float32(), 5256)
+    assert schema.field("embedding").type == pa.list_(pa.float32(), 3208)
     spec = json.loads(schema.metadata[b"cellembed.spec"])
     assert spec["input_size"] == SMALL and spec["weights_sha256"] == sha256_file(random_weights)
     assert [(t["name"], t["offset"], t["width"]) for t in spec["taps"]] == [
-        ("add_2", 0, 728), ("add_6", 728, 728), ("add_10", 1456, 728),
-        ("add_11", 2184, 1024), ("block14_sepconv2_act", 3208, 2048),
+        ("add_2", 0, 728), ("add_6", 728, 728), ("add_10", 1456, 728), ("add_11", 2184, 1024),
     ]
+    assert (spec["views"], spec["crop"], spec["stain"]) == (PRESETS["default"].views, PRESETS["default"].crop, PRESETS["default"].stain)
     for key in ("backbone", "pooling", "preprocessing", "resize", "color"):
         assert spec[key]
     assert set(spec["versions"]) == {"cellembed", "keras", "tensorflow", "onnxruntime"}  # the default engine
@@ -63,12 +64,12 @@ def test_readable_with_pandas_and_duckdb_and_the_api(labelled_folder, tmp_path, 
     out = tmp_path / "emb.parquet"
     extract(labelled_folder, out, embedder=embedder, progress=False)
     plain = pd.read_parquet(out)
-    assert len(plain) == 12 and len(plain["embedding"].iloc[0]) == 5256
+    assert len(plain) == 12 and len(plain["embedding"].iloc[0]) == 3208
     [(count, dim)] = duckdb.sql(f"select count(*), max(len(embedding)) from '{out}' where label = 'beta'").fetchall()
-    assert (count, dim) == (5, 5256)
+    assert (count, dim) == (5, 3208)
     frame, spec = load_embeddings(out)
     X, labels = embedding_matrix(frame, spec)
-    assert X.shape == (12, 5256) and X.dtype == np.float32
+    assert X.shape == (12, 3208) and X.dtype == np.float32
     assert sorted(set(labels) - {None}) == ["alpha", "beta"] and list(labels).count(None) == 2
     mid, _ = embedding_matrix(frame, spec, taps=["add_6", "add_2"])
     np.testing.assert_array_equal(mid, np.concatenate([X[:, 728:1456], X[:, 0:728]], axis=1))
@@ -197,7 +198,7 @@ def test_overwrite_keeps_finished_shards_of_its_spec_and_checks_inputs_first(lab
     shutil.copy(final, other)  # a finished shard of another spec ("final") in the work folder
     said = []
     result = extract(labelled_folder, out, embedder=embedder, progress=False, log=said.append)
-    assert (result.resumed, result.embedded, result.rows, result.spec.dim) == (5, 7, 12, 5256)
+    assert (result.resumed, result.embedded, result.rows, result.spec.dim) == (5, 7, 12, 3208)
     aside = set_aside_folder(out, read_spec(final))
     assert (aside / "shard-other.parquet").is_file() and not (tmp_path / "emb.checkpoint").exists()
     assert any(f"set aside 1 finished shard(s) of an interrupted run with another embedding spec in {aside.absolute()}" in m

@@ -165,6 +165,20 @@ def test_presets_fill_the_settings_not_given(random_weights):
     assert (v1.views, v1.crop, v1.stain, v1.tap_names[-1]) == (1, "none", "none", "block14_sepconv2_act")
 
 
+def test_a_file_of_the_first_version_names_the_preset_that_extends_it(tmp_path, random_weights):
+    folder = make_folder(tmp_path / "images", {"a": 2})
+    out = tmp_path / "e.parquet"
+    args = ["extract", str(folder), "-o", str(out), "--weights", str(random_weights), "--input-size", str(SMALL), "-q"]
+    assert CliRunner().invoke(cellembed_main, [*args, "--preset", "v1"]).exit_code == 0
+    make_folder(tmp_path / "images", {"b": 1}, start_seed=9)
+    refused = CliRunner().invoke(cellembed_main, args)
+    assert refused.exit_code == 2
+    assert "views: 4 vs 1" in refused.output and "--preset v1 (give that option to extend it)" in refused.output
+    extended = CliRunner().invoke(cellembed_main, [*args, "--preset", "v1"])
+    assert extended.exit_code == 0 and read_spec(out).views == 1
+    assert pq.read_table(out).num_rows == 3
+
+
 def test_cli_refuses_a_view_count_outside_the_group(tmp_path):
     folder = make_folder(tmp_path / "images", {"a": 1})
     result = CliRunner().invoke(cellembed_main, ["extract", str(folder), "-o", str(tmp_path / "e.parquet"), "--views", "3"])

@@ -49,7 +49,7 @@ def _independent_tap_outputs(weights, size, pixels):
 @pytest.mark.parametrize("engine", ENGINES)
 def test_multiscale_taps_equal_the_pooled_layer_outputs(random_weights, tmp_path, engine):
     pixels = _pixels(make_folder(tmp_path, {"a": 3}), SMALL)
-    embedder = load_embedder(random_weights, SMALL, "multiscale", engine)
+    embedder = load_embedder(random_weights, SMALL, "multiscale", engine, preset="v1")
     spec = embedder.spec
     assert spec.tap_names == list(TAP_PRESETS["multiscale"])
     assert [t.width for t in spec.taps] == [728, 728, 728, 1024, 2048]
@@ -64,7 +64,7 @@ def test_final_tap_equals_keras_xception_avg_pooling(random_weights, tmp_path, e
     import keras
 
     pixels = _pixels(make_folder(tmp_path, {"a": 4}), SMALL)
-    embedder = load_embedder(random_weights, SMALL, "final", engine)
+    embedder = load_embedder(random_weights, SMALL, "final", engine, preset="v1")
     assert embedder.spec.dim == 2048
     reference = _plain_xception(random_weights, SMALL, pooling="avg")
     expected = reference.predict(keras.applications.xception.preprocess_input(pixels.copy()), verbose=0)
@@ -75,8 +75,8 @@ def test_taps_resolve_by_position_when_keras_renamed_the_layers(random_weights):
     import keras
 
     # Every Xception built earlier in this process shifted Keras' automatic names.
-    first = load_embedder(random_weights, SMALL, "add_6", "tensorflow")
-    second = load_embedder(random_weights, SMALL, "add_6", "tensorflow")
+    first = load_embedder(random_weights, SMALL, "add_6", "tensorflow", preset="v1")
+    second = load_embedder(random_weights, SMALL, "add_6", "tensorflow", preset="v1")
     live_names = [l.name for l in second.model.layers if isinstance(l, keras.layers.Add)]
     assert "add_6" not in live_names or live_names.index("add_6") == 6
     x = np.random.default_rng(0).uniform(0, 255, (2, SMALL, SMALL, 3)).astype(np.float32)
@@ -86,7 +86,7 @@ def test_taps_resolve_by_position_when_keras_renamed_the_layers(random_weights):
 
 def test_unknown_layer_is_an_input_error_listing_valid_names(random_weights):
     with pytest.raises(InputError) as info:
-        load_embedder(random_weights, SMALL, "add_6,block99_nothing")
+        load_embedder(random_weights, SMALL, "add_6,block99_nothing", preset="v1")
     message = str(info.value)
     assert "block99_nothing" in message and "add_11" in message and "block14_sepconv2_act" in message
     assert "\n" not in message
@@ -103,15 +103,15 @@ def test_weights_errors_name_the_file(tmp_path, random_weights):
     small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     small.save_weights(wrong)
     with pytest.raises(InputError, match="dense.weights.h5 does not fit Xception"):
-        load_embedder(wrong, SMALL, "final")
+        load_embedder(wrong, SMALL, "final", preset="v1")
     # A file holding only the first blocks of Xception must not load "partly".
     full = keras.applications.Xception(include_top=False, weights=None, input_shape=(SMALL, SMALL, 3))
     partial = tmp_path / "partial.weights.h5"
     keras.Model(full.input, full.get_layer("block3_pool").output).save_weights(partial)
     with pytest.raises(InputError, match="partial.weights.h5 does not fit Xception"):
-        load_embedder(partial, SMALL, "final")
+        load_embedder(partial, SMALL, "final", preset="v1")
     with pytest.raises(InputError, match="too small"):
-        load_embedder(random_weights, 32, "final")
+        load_embedder(random_weights, 32, "final", preset="v1")
 
 
 def test_weights_come_from_the_environment_variable(monkeypatch, random_weights):
@@ -127,7 +127,7 @@ def test_real_weights_final_tap_matches_keras_on_sample_images(real_weights, sam
     import keras
 
     pixels = _pixels(sample_subset, 299)[:6]
-    embedder = load_embedder(real_weights, 299, "multiscale", engine)
+    embedder = load_embedder(real_weights, 299, "multiscale", engine, preset="v1")
     embedding = embedder.embed(pixels)
     final = embedder.spec.tap_slices(["block14_sepconv2_act"])[0]
     reference = _plain_xception(real_weights, 299, pooling="avg")

@@ -27,7 +27,7 @@ def _cache_file(weights, taps):
 
 
 def test_conversion_is_cached_and_reused_without_tensorflow_model(random_weights, monkeypatch, tmp_path):
-    first = load_embedder(random_weights, SMALL, "final")
+    first = load_embedder(random_weights, SMALL, "final", preset="v1")
     path = _cache_file(random_weights, ["block14_sepconv2_act"])
     assert path.is_file() and path.parent == onnx_engine.cache_dir()
     assert "onnxruntime" in first.spec.versions
@@ -38,7 +38,7 @@ def test_conversion_is_cached_and_reused_without_tensorflow_model(random_weights
     monkeypatch.setattr(onnx_engine, "converted", no_conversion)
     renamed = tmp_path / "same-weights-renamed.weights.h5"  # same bytes: same SHA-256
     shutil.copy(random_weights, renamed)
-    second = load_embedder(renamed, SMALL, "final")
+    second = load_embedder(renamed, SMALL, "final", preset="v1")
     assert second.spec.identity() == first.spec.identity() and second.spec.versions == first.spec.versions
     # The provenance is this run's, not the one recorded when the model was converted.
     assert (first.spec.weights_source, second.spec.weights_source) == (random_weights.name, renamed.name)
@@ -51,14 +51,14 @@ def test_damaged_cache_file_is_converted_again_in_a_child_process(random_weights
     import subprocess
     import tempfile
 
-    reference = load_embedder(random_weights, SMALL, "add_6", "tensorflow")
+    reference = load_embedder(random_weights, SMALL, "add_6", "tensorflow", preset="v1")
     path = _cache_file(random_weights, ["add_6"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not an onnx model")
     calls, real_run = [], subprocess.run
     monkeypatch.setattr(subprocess, "run", lambda command, **kw: calls.append((command, kw["env"])) or real_run(command, **kw))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the child's files go
-    embedder = load_embedder(random_weights, SMALL, "add_6")
+    embedder = load_embedder(random_weights, SMALL, "add_6", preset="v1")
     np.testing.assert_allclose(embedder.embed(_pixels(2)), reference.embed(_pixels(2)), atol=1e-4)
     assert path.read_bytes() != b"not an onnx model"
     [(command, env)] = calls
@@ -71,11 +71,11 @@ def test_damaged_cache_file_is_converted_again_in_a_child_process(random_weights
 def test_a_cached_model_of_other_taps_is_not_trusted(random_weights):
     from cellembed.embedder import spec_for_settings
 
-    load_embedder(random_weights, SMALL, "final")
+    load_embedder(random_weights, SMALL, "final", preset="v1")
     final_model = _cache_file(random_weights, ["block14_sepconv2_act"])
-    add_6, _ = spec_for_settings(weights=random_weights, input_size=SMALL, layers="add_6")
+    add_6, _ = spec_for_settings(weights=random_weights, input_size=SMALL, layers="add_6", preset="v1")
     assert onnx_engine._open_cached(final_model, add_6, None) is None
-    final, _ = spec_for_settings(weights=random_weights, input_size=SMALL, layers="final")
+    final, _ = spec_for_settings(weights=random_weights, input_size=SMALL, layers="final", preset="v1")
     assert onnx_engine._open_cached(final_model, final, None).spec.tap_names == ["block14_sepconv2_act"]
 
 
@@ -86,9 +86,9 @@ def test_unwritable_cache_folder_only_warns(random_weights, tmp_path, monkeypatc
 
     from cellembed.engines.onnx_conversion import probe_pixels
 
-    load_embedder(random_weights, SMALL, "final")  # converted once per session
+    load_embedder(random_weights, SMALL, "final", preset="v1")  # converted once per session
     model = _cache_file(random_weights, ["block14_sepconv2_act"])
-    probe_output = load_embedder(random_weights, SMALL, "final", "tensorflow").embed(probe_pixels(SMALL))
+    probe_output = load_embedder(random_weights, SMALL, "final", "tensorflow", preset="v1").embed(probe_pixels(SMALL))
 
     @contextmanager
     def already_converted(backbone, weights, spec):
@@ -99,15 +99,15 @@ def test_unwritable_cache_folder_only_warns(random_weights, tmp_path, monkeypatc
     blocker.write_text("x")
     monkeypatch.setenv("CELLEMBED_CACHE_DIR", str(blocker / "cache"))
     with pytest.warns(UserWarning, match="could not cache the converted model.*CELLEMBED_CACHE_DIR"):
-        embedder = load_embedder(random_weights, SMALL, "final")
+        embedder = load_embedder(random_weights, SMALL, "final", preset="v1")
     assert embedder.embed(_pixels(1)).shape == (1, 2048)
 
 
 def test_a_conversion_that_differs_from_tensorflow_is_refused(random_weights):
     from cellembed.engines.onnx_conversion import probe_pixels
 
-    embedder = load_embedder(random_weights, SMALL, "final")
-    reference = load_embedder(random_weights, SMALL, "final", "tensorflow").embed(probe_pixels(SMALL))
+    embedder = load_embedder(random_weights, SMALL, "final", preset="v1")
+    reference = load_embedder(random_weights, SMALL, "final", "tensorflow", preset="v1").embed(probe_pixels(SMALL))
     onnx_engine.check_same_output(embedder, reference)
     with pytest.raises(InputError, match="differs from TensorFlow by 0.01.*--engine tensorflow"):
         onnx_engine.check_same_output(embedder, reference + 0.01)
@@ -124,7 +124,7 @@ def test_engines_share_one_embeddings_file(random_weights, labelled_folder, tmp_
     assert (second.embedded, second.reused, second.rows) == (1, 12, 13)
     frame, _ = load_embeddings(out)
     new = frame.set_index("path").loc["beta/img_050.png", "embedding"]
-    keras_embedder = load_embedder(random_weights, SMALL, "final", "tensorflow")
+    keras_embedder = load_embedder(random_weights, SMALL, "final", "tensorflow", preset="v1")
     expected = keras_embedder.embed(load_for_network(labelled_folder / "beta" / "img_050.png", SMALL).pixels[None])
     np.testing.assert_allclose(np.asarray(new)[None], expected, atol=1e-4)
     with pytest.raises(InputError, match="unknown --engine 'torch'"):

@@ -59,7 +59,7 @@ def save_bytes_name(folder: Path, name: bytes, seed: int) -> None:
 
 @pytest.fixture(scope="module")
 def embedder(random_weights):
-    return load_embedder(random_weights, SMALL, "multiscale")
+    return load_embedder(random_weights, SMALL)
 
 
 # -- Item 1: file names that are not UTF-8 -------------------------------------------------

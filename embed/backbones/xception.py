@@ -50,7 +50,7 @@ class Xception:
         # blood cells (pbc-dev 5-fold CV 96.2% against 95.5%, bench/accuracy_levers.py)
         "mid": ("add_2", "add_6", "add_10", "add_11"),
     }
-    default_layers = "multiscale"
+    default_layers = "mid"
     preprocessing = "xception: x / 127.5 - 1 (keras.applications.xception.preprocess_input)"
     resize = RESIZE
     weights_env = "CELLEMBED_WEIGHTS"
