@@ -4,7 +4,9 @@ Measures, on the same images at the same input size:
   (a) the common notebook way: ImageDataGenerator.flow_from_directory (Xception
       preprocessing) + model.predict of an Xception(include_top=False, pooling="avg"),
       batch 32 (ImageDataGenerator lives in keras.src.legacy in Keras 3);
-  (b) cellembed.extract with the default (multiscale) taps into a new Parquet file, with the
+  (b) cellembed.extract with the first version's settings (``--preset v1``: multiscale taps,
+      one forward pass per image, like the notebook; the default preset's 4 views cost 4
+      passes, see bench/accuracy_levers.py) into a new Parquet file, with the
       default engine (ONNX Runtime, its one-time conversion of Xception already cached) and,
       for reference, with --engine tensorflow; the one-time conversion is timed on its own;
   (c) cellembed.extract again on the unchanged folder (the cache), in-process, and the same
@@ -73,7 +75,8 @@ def cellembed_way(folder: Path, out: Path, size: int, weights: str, engine: str)
     import cellembed
 
     start = time.perf_counter()
-    result = cellembed.extract(folder, out, weights=weights, input_size=size, engine=engine, progress=False)
+    result = cellembed.extract(folder, out, weights=weights, input_size=size, engine=engine, progress=False,
+                               preset="v1")
     seconds = time.perf_counter() - start
     assert result.embedded == result.rows and result.spec.dim == 5256, result.summary()
     return seconds
@@ -83,7 +86,7 @@ def conversion(size: int, weights: str) -> float:
     from cellembed import load_embedder
 
     start = time.perf_counter()
-    load_embedder(weights, size)
+    load_embedder(weights, size, preset="v1")
     return time.perf_counter() - start
 
 
@@ -154,13 +157,14 @@ def main() -> None:
         import cellembed
 
         start = time.perf_counter()
-        again = cellembed.extract(folder, out, weights=args.weights, input_size=args.input_size, progress=False)
+        again = cellembed.extract(folder, out, weights=args.weights, input_size=args.input_size, progress=False,
+                                  preset="v1")
         c = time.perf_counter() - start
         assert again.embedded == 0 and again.reused == n
         start = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "cellembed", "extract", str(folder), "-o", str(out), "--weights",
-             args.weights, "--input-size", str(args.input_size), "-q"],
+             args.weights, "--input-size", str(args.input_size), "--preset", "v1", "-q"],
             check=True,
         )
         c_cli = time.perf_counter() - start

@@ -1,7 +1,7 @@
 """Accuracy and cost of `cellclf fit` with its defaults on the PBC dev set.
 
-1. Extracts (or reuses, thanks to the cache) the default multiscale embeddings of all of
-   ``../shared/datasets/pbc-dev`` at 299x299 into ``/work/cache/pbc-dev.parquet``.
+1. Extracts (or reuses, thanks to the cache) the default embeddings (preset ``default``) of
+   all of ``../shared/datasets/pbc-dev`` at 299x299 into ``/work/cache/pbc-dev-default.parquet``.
 2. Runs the ``cellclf fit`` console script with the default settings in a child process.
 3. Prints per model: test accuracy, macro-F1 and fit wall time (from RUN_DIR/metrics.json),
    plus the whole fit's wall time and peak memory (largest resident set of the fit process
@@ -33,7 +33,7 @@ TIME_TARGET_S = 15 * 60
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "datasets" / "pbc-dev")
-    parser.add_argument("--embeddings", type=Path, default=Path("/work/cache/pbc-dev.parquet"))
+    parser.add_argument("--embeddings", type=Path, default=Path("/work/cache/pbc-dev-default.parquet"))
     parser.add_argument("--weights", default=os.environ.get("CELLEMBED_WEIGHTS") or str(DEFAULT_WEIGHTS))
     parser.add_argument("--run-dir", type=Path, default=Path("/tmp/cellclf-fit-bench"))
     parser.add_argument("--skip-extract", action="store_true", help="use --embeddings as it is")

@@ -182,9 +182,10 @@ def load_embedder(
 ) -> Embedder:
     """Build a backbone (default Xception) with its weights and the requested taps.
 
-    ``layers`` is a preset (``"multiscale"``, the default, or ``"final"``), a
-    comma-separated string or a sequence of layer names; ``input_size`` defaults to the
-    backbone's (299 for Xception).
+    ``layers`` is a tap preset of the backbone (Xception: ``"mid"``, ``"multiscale"``,
+    ``"final"``; None: the ``preset``'s), a comma-separated string or a sequence of layer
+    names; ``input_size`` defaults to the backbone's (299 for Xception); ``views``, ``crop``
+    and ``stain`` default to the ``preset``'s (:mod:`cellembed.presets`).
     """
     spec, weights_file = spec_for_settings(
         backbone=backbone, layers=layers, weights=weights, input_size=input_size, engine=engine,

@@ -111,8 +111,8 @@ def extract(
     Args:
         images: folder of images; first-level sub-folder names are the labels.
         out: Parquet file to create or update.
-        layers: a preset of the backbone (``"multiscale"``, the default, or ``"final"``
-            for Xception) or layer names (comma-separated string or sequence).
+        layers: a tap preset of the backbone (Xception: ``"mid"``, ``"multiscale"`` or ``"final"``;
+            None: the ``preset``'s) or layer names (comma-separated string or sequence).
         weights: weights file, ``"imagenet"``, or None for ``$CELLEMBED_WEIGHTS`` / imagenet.
         input_size: side of the square network input, in pixels (default 299).
         backbone: the network (``cellembed.backbones``; default ``"xception"``).

@@ -45,12 +45,6 @@ def view_names(views: int) -> list[str]:
     return list(DIHEDRAL)[:views]
 
 
-def view_batch(pixels: np.ndarray, views: int) -> np.ndarray:
-    """(n, H, W, C) -> (views * n, H, W, C): every image under view 0, then view 1, ..."""
-    transforms = list(DIHEDRAL.values())[:views]
-    return np.concatenate([np.ascontiguousarray(t(pixels)) for t in transforms])
-
-
 class ViewMeanEmbedder:
     """An embedder whose embedding is the mean of ``inner``'s over the first ``views``
     dihedral views (see the module docstring); ``spec`` records the views."""
@@ -64,8 +58,10 @@ class ViewMeanEmbedder:
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """(n, size, size, 3) float32 in 0..255 -> (n, spec.dim) float32."""
         pixels = np.asarray(pixels, dtype=np.float32)
-        n = len(pixels)
-        if n == 0 or self.views == 1:
+        if len(pixels) == 0 or self.views == 1:
             return self.inner.embed(pixels)
-        vectors = self.inner.embed(view_batch(pixels, self.views))
-        return vectors.reshape(self.views, n, -1).mean(axis=0, dtype=np.float64).astype(np.float32)
+        # One view of the batch at a time: memory stays at one extra copy of the pixels.
+        total = np.zeros((len(pixels), self.spec.dim), np.float64)
+        for transform in list(DIHEDRAL.values())[: self.views]:
+            total += self.inner.embed(np.ascontiguousarray(transform(pixels)))
+        return (total / self.views).astype(np.float32)
