@@ -111,12 +111,13 @@ class ImageClassifier:
             self._embedder = embedder_from_spec(self.spec, self.weights, self.engine, log=self.log)
         return self._embedder
 
-    def classify(self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None) -> pd.DataFrame:
+    def classify(self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None, *, adapt: bool = False) -> pd.DataFrame:
         """Predicted class, confidence and probabilities of embeddings (a matrix or a frame
-        from ``cellembed.load_embeddings``), one row each."""
+        from ``cellembed.load_embeddings``), one row each; ``adapt``: see
+        :meth:`cellclf.predictor.Predictor.adapted`."""
         if len(X) == 0:
             return probability_table(np.zeros((0, len(self.classes))), self.classes)
-        return probability_table(self.predictor.predict_proba(X, spec), self.classes)
+        return probability_table(self.predictor.predict_proba(X, spec, adapt=adapt), self.classes)
 
     def predict_images(self, images: Iterable[ImageSource], names: Sequence[str] | None = None) -> pd.DataFrame:
         """Classify images in memory, one row per image in input order.

@@ -173,6 +173,12 @@ def fit(
     help="Also write an HTML report of the evaluation (needs class sub-folders).",
 )
 @click.option(
+    "--adapt", is_flag=True,
+    help="Cells from another lab: move the folder's embeddings onto the training images' statistics "
+    "before classifying (each dimension re-centred and re-scaled by the folder's own mean and spread). "
+    "Needs at least 20 images with a mix of cell types; each prediction then depends on the whole folder.",
+)
+@click.option(
     "--trust-pickle", is_flag=True,
     help="Allow MODEL to be a .joblib with no model.skops beside it. Loading a .joblib runs code "
     "from the file: only for files from a source you trust.",
@@ -185,8 +191,8 @@ def fit(
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")
 def predict(
     model: Path, images: Path, out: Path, fmt: str, min_confidence: float | None, cache: Path | None,
-    weights: str | None, batch_size: int, engine: str, max_pixels: int, report_path: Path | None, trust_pickle: bool,
-    allow_skips: bool, overwrite: bool, quiet: bool,
+    weights: str | None, batch_size: int, engine: str, max_pixels: int, report_path: Path | None, adapt: bool,
+    trust_pickle: bool, allow_skips: bool, overwrite: bool, quiet: bool,
 ) -> None:
     """Classify every image under IMAGES with MODEL (a `cellclf fit` run folder, its
     model.skops or its model.joblib).
@@ -230,7 +236,7 @@ def predict(
         stack.enter_context(output_lock(out))
         run = predict_folder(
             predictor, images, outputs.cache, weights=weights, batch_size=batch_size, engine=engine,
-            min_confidence=min_confidence, max_pixels=max_pixels, progress=not quiet, log=say,
+            min_confidence=min_confidence, max_pixels=max_pixels, adapt=adapt, progress=not quiet, log=say,
         )
         write_predictions(run, out, fmt)
         classified = len(run.table) - len(run.extraction.errors)

@@ -91,13 +91,16 @@ def predict_folder(
     engine: str = DEFAULT_ENGINE,
     min_confidence: float | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    adapt: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> PredictionRun:
     """Embed (with the cache) and classify every image under ``images``.
 
     ``predictor`` may be an ImageClassifier already made (then ``weights`` and ``engine``
-    are its own). ``max_pixels``: see :func:`cellembed.extract`.
+    are its own). ``max_pixels``: see :func:`cellembed.extract`. ``adapt``: classify the
+    folder's images after moving them onto the training statistics
+    (:meth:`cellclf.predictor.Predictor.adapted`; cells from another lab).
 
     Raises:
         InputError: bad folder or cache, weights other than the model's, or a cache made
@@ -120,7 +123,7 @@ def predict_folder(
         started = time.perf_counter()
         frame, frame_spec = _folder_rows(extraction)
     classes = classifier.classes
-    predicted = classifier.classify(frame, frame_spec)
+    predicted = classifier.classify(frame, frame_spec, adapt=adapt)
     classify_seconds = time.perf_counter() - started
 
     table = _predictions_table(frame, predicted, extraction.errors, min_confidence)

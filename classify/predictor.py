@@ -54,6 +54,18 @@ TRUSTED_TYPES = frozenset({"xgboost.core.Booster", "xgboost.sklearn.XGBClassifie
 _METADATA = "cellclf_predictor"
 
 
+#: Fewest images :meth:`Predictor.adapted` re-centres: their mean and spread must stand for
+#: the lab, not for a handful of cells.
+MIN_ADAPT_IMAGES = 20
+
+
+def feature_reference(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation of a model's training matrix (what
+    :meth:`Predictor.adapted` maps new images onto)."""
+    X = np.asarray(X, dtype=np.float64)
+    return X.mean(axis=0).astype(np.float32), X.std(axis=0).astype(np.float32)
+
+
 #: Libraries a predictor depends on; their versions are recorded at training time.
 PREDICTOR_LIBRARIES = ("cellembed", "numpy", "pandas", "scikit-learn", "xgboost", "joblib", "skops")
 
@@ -66,7 +78,7 @@ def library_versions() -> dict[str, str]:
 def _brief(spec: EmbeddingSpec) -> str:
     return (
         f"{spec.backbone} {spec.input_size}x{spec.input_size}, weights {spec.weights_sha256[:12]}, "
-        f"taps {','.join(spec.tap_names)}"
+        f"taps {','.join(spec.tap_names)}, views {spec.views}, crop {spec.crop}, stain {spec.stain}"
     )
 
 
@@ -81,6 +93,9 @@ class Predictor:
             embedded with exactly this spec).
         taps: the taps of ``spec`` the model uses, in order (all taps by default).
         family: ``"lr"`` or ``"xgb"``.
+        reference: per-dimension (mean, std) of the training matrix
+            (:func:`feature_reference`), which ``adapt`` maps new images onto; None for
+            models fitted before it was recorded.
         summary: training facts (counts per class and split, params, metrics, date).
         versions: library versions at training time.
         source: the file it was loaded from (None until loaded).
@@ -97,8 +112,10 @@ class Predictor:
         *,
         family: str,
         summary: dict[str, Any] | None = None,
+        reference: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.model = model
+        self.reference = None if reference is None else tuple(np.asarray(r, dtype=np.float32) for r in reference)
         self.classes = tuple(str(c) for c in classes)
         self.spec = spec
         self.taps = tuple(spec.tap_names if taps is None else taps)
@@ -171,13 +188,46 @@ class Predictor:
             raise ClassifierInputError("some embeddings contain NaN or infinite values; re-extract them")
         return matrix
 
-    def predict_proba(self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None) -> np.ndarray:
+    def adapted(self, matrix: np.ndarray) -> np.ndarray:
+        """``matrix`` (n, n_features) moved onto the training images' statistics: each
+        dimension standardised by the mean and spread of these n images, then given the
+        training mean and spread. Unsupervised adaptation to another lab (its stain,
+        lighting, framing shift every embedding alike); it assumes the n images are many
+        cells with a mix of classes, and each image's prediction then depends on the others.
+
+        Raises:
+            ClassifierInputError: fewer than :data:`MIN_ADAPT_IMAGES` images, or a model
+                without recorded training statistics.
+        """
+        if getattr(self, "reference", None) is None:
+            raise ClassifierInputError(
+                "this model has no record of its training statistics (fitted by an earlier cellclf); "
+                "re-run cellclf fit to use --adapt"
+            )
+        if len(matrix) < MIN_ADAPT_IMAGES:
+            raise ClassifierInputError(
+                f"--adapt re-centres a folder on its own statistics and needs at least {MIN_ADAPT_IMAGES} "
+                f"images, got {len(matrix)}; classify without --adapt or with more cells from the same lab"
+            )
+        mean, std = self.reference
+        values = np.asarray(matrix, dtype=np.float64)
+        spread = values.std(axis=0)
+        spread[spread < 1e-6] = 1.0  # a constant dimension is only shifted
+        return ((values - values.mean(axis=0)) / spread * std + mean).astype(np.float32)
+
+    def predict_proba(
+        self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None, *, adapt: bool = False
+    ) -> np.ndarray:
         """(n, k) float64 class probabilities, columns in the order of ``classes``.
 
+        ``adapt``: classify the n images after :meth:`adapted` (another lab's cells).
         Rows are renormalised in float64 (XGBoost returns float32 rows whose sums are
         off by ~1e-7, which scikit-learn's log_loss would flag).
         """
-        proba = np.asarray(self.model.predict_proba(self.matrix(X, spec)), dtype=np.float64)
+        matrix = self.matrix(X, spec)
+        if adapt:
+            matrix = self.adapted(matrix)
+        proba = np.asarray(self.model.predict_proba(matrix), dtype=np.float64)
         return proba / proba.sum(axis=1, keepdims=True)
 
     def predict(self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None) -> np.ndarray:
@@ -229,6 +279,8 @@ class Predictor:
             "versions": self.versions,
         }
         document = {_METADATA: json.dumps(metadata, default=_json_value), "model": self.model}
+        if getattr(self, "reference", None) is not None:
+            document["reference"] = list(self.reference)
         data = skops.io.dumps(document)
         untrusted = sorted(set(skops.io.get_untrusted_types(data=data)) - TRUSTED_TYPES)
         if untrusted:
@@ -352,6 +404,8 @@ def _load_safe(path: Path) -> Predictor:
         predictor.summary = dict(metadata["summary"])
         predictor.versions = dict(metadata["versions"])
         predictor.format = PREDICTOR_FORMAT
+        reference = document.get("reference")
+        predictor.reference = None if reference is None else tuple(np.asarray(r, dtype=np.float32) for r in reference)
     except PredictorLoadError:
         raise
     except Exception as exc:  # ValueError, KeyError, TypeError, InputError of the spec...

@@ -24,7 +24,7 @@ from cellembed.plotting import png_bytes
 from cellclf.data import LabelledEmbeddings, SplitData, check_same_spec, load_labelled
 from cellclf.errors import ClassifierInputError
 from cellclf.families import ModelFamily, families, get_family
-from cellclf.predictor import Predictor, library_versions, safe_path
+from cellclf.predictor import Predictor, feature_reference, library_versions, safe_path
 from cellclf.rundir import (
     BEST_MODEL,
     DataFacts,
@@ -397,7 +397,8 @@ def _fit_family(
     )
     fit_seconds = time.perf_counter() - start
     summary = {"family": family.key, "params": params, "val_macro_f1": val_f1, "seed": config.seed}
-    predictor = Predictor(model, classes, data.spec, data.taps, family=family.key, summary=summary)
+    reference = feature_reference(np.concatenate([train.X, val.X]))  # what the model was refit on
+    predictor = Predictor(model, classes, data.spec, data.taps, family=family.key, summary=summary, reference=reference)
     proba = predictor.predict_proba(test.X)
     overall, per_class, confusion = evaluate(test.labels, proba, classes)
     phase(

@@ -35,7 +35,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "default": Preset("mid", 4, "cell", "none", "the default"),
+    "default": Preset("mid", 4, "cell", "reinhard", "the default"),
     "best": Preset("mid", 8, "cell", "reinhard", "the most accurate setting measured"),
     "v1": Preset("multiscale", 1, "none", "none", "the first version's settings"),
 }

@@ -210,3 +210,11 @@ def test_fit_writes_the_report_unless_told_not_to(tmp_path):
     assert not (tmp_path / "run2" / "report.html").exists()
     rerun = cli("report", tmp_path / "run2", "-o", tmp_path / "again.html")
     assert rerun.exit_code == 0 and (tmp_path / "again.html").stat().st_size > 10_000
+
+
+def test_predict_adapt_reaches_the_model_and_says_what_it_needs(tmp_path, trained, random_weights):
+    _, model_path = trained  # fitted without training statistics (as by an earlier cellclf)
+    folder = tinted_folder(tmp_path / "new", {"red": 2, "blue": 2}, seed=5)
+    result = cli("predict", model_path, folder, "-o", tmp_path / "p.csv", "--weights", random_weights, "-q", "--adapt")
+    assert result.exit_code == 2 and "re-run cellclf fit to use --adapt" in result.output, result.output
+    assert not (tmp_path / "p.csv").exists()
