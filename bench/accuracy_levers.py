@@ -12,8 +12,8 @@ For every line (an extraction setting x taps x head):
 Extraction settings are embedded once per dataset with every tap the lines use into
 ``CACHE/<dataset>-<setting>.parquet`` (cellembed's own cache: a rerun embeds nothing), so
 the bench can be rerun cheaply; each setting costs 6,000 images x its views forward
-passes the first time (about 10 min per view on 2 cores). Results are also written to
-``CACHE/levers.json``.
+passes the first time (about 10 min per view on 2 cores). Each line's result is kept in
+``CACHE/levers.json`` and reused by later runs (``--recompute`` evaluates again).
 
 Usage:
     python bench/accuracy_levers.py                       # every setting (hours the first time)
@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--weights", default=os.environ.get("CELLEMBED_WEIGHTS") or str(DEFAULT_WEIGHTS))
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated extraction settings")
     parser.add_argument("--extract-only", action="store_true", help="fill the cache, print no table")
+    parser.add_argument("--recompute", action="store_true", help="evaluate lines already in CACHE/levers.json again")
     args = parser.parse_args()
     settings = [s for s in args.settings.split(",") if s]
     unknown = [s for s in settings if s not in SETTINGS]
@@ -136,16 +137,22 @@ def main() -> None:
         print(f"timing {setting}: {timing(args.cache, args.pbc, setting, args.weights):.3f} s/image", flush=True)
     if args.extract_only:
         return
+    results = args.cache / "levers.json"  # every line measured so far, by line
+    done = {tuple(r["line"]): r for r in json.loads(results.read_text())} if results.is_file() else {}
     rows = []
     for line in LINES:
         train_setting, test_setting, taps, head = line
         if train_setting not in settings or test_setting not in settings:
             continue
-        row = evaluate(args.cache, train_setting, test_setting, taps, head)
+        row = None if args.recompute else done.get(line)
+        if row is None:
+            row = evaluate(args.cache, train_setting, test_setting, taps, head)
+            row["line"] = list(line)
+            done[line] = row
+            results.write_text(json.dumps(list(done.values()), indent=1))
         row["s_per_image"] = timing(args.cache, args.pbc, test_setting, args.weights)
         rows.append(row)
         print(format_row(row), flush=True)
-    (args.cache / "levers.json").write_text(json.dumps(rows, indent=1))
     print()
     print(HEADER)
     for row in rows:
