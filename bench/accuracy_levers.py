@@ -138,7 +138,7 @@ def main() -> None:
     if args.extract_only:
         return
     results = args.cache / "levers.json"  # every line measured so far, by line
-    done = {tuple(r["line"]): r for r in json.loads(results.read_text())} if results.is_file() else {}
+    done = {line_of(r): r for r in json.loads(results.read_text())} if results.is_file() else {}
     rows = []
     for line in LINES:
         train_setting, test_setting, taps, head = line
@@ -147,7 +147,6 @@ def main() -> None:
         row = None if args.recompute else done.get(line)
         if row is None:
             row = evaluate(args.cache, train_setting, test_setting, taps, head)
-            row["line"] = list(line)
             done[line] = row
             results.write_text(json.dumps(list(done.values()), indent=1))
         row["s_per_image"] = timing(args.cache, args.pbc, test_setting, args.weights)
@@ -183,6 +182,10 @@ LINES = [
 
 HEADER = (f"{'train rows':<26} {'test rows':<26} {'taps':<10} {'head':<12} {'pbc acc':>15} {'pbc macro-F1':>15} "
           f"{'s/img':>6} {'fit s':>6} {'pbc4->bccd':>10} {'bccd->pbc4':>10}")
+
+
+def line_of(row: dict) -> tuple[str, str, str, str]:
+    return row["train"], row["test"], row["taps"], row["head"]
 
 
 def format_row(row: dict) -> str:
