@@ -167,7 +167,6 @@ LINES = [
     ("base", "base", "mid4", "lr power+l2"),
     ("base", "base", "mid4", "xgb pca128"),
     ("base", "base", "mid4", "vote lr+xgb"),
-    ("base", "base", "add_6", "lr"),
     ("base", "base", "add_6", "xgb"),
     ("base", "base", "mid4", "lr own-scaling"),
     *[(s, s, taps, "lr") for s in SETTINGS if s != "base" for taps in ("multiscale", "mid4")],
