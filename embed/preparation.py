@@ -27,12 +27,24 @@ def check_preparation(stain: str, crop: str) -> None:
     check_crop(crop)
 
 
+def import_image_libraries() -> None:
+    """Import what the crops and stains use, here, once: scikit-image loads its submodules
+    lazily, and two decoding threads loading the same one at once can see it half
+    initialised ("partially initialized module 'skimage.morphology'")."""
+    import scipy.ndimage  # noqa: F401
+    import skimage.color  # noqa: F401
+    import skimage.filters  # noqa: F401
+    import skimage.measure  # noqa: F401
+    import skimage.morphology  # noqa: F401
+
+
 def preparation_for(spec: EmbeddingSpec) -> Preparation | None:
     """The preparation of ``spec`` (None when it leaves decoded images as they are)."""
     check_preparation(spec.stain, spec.crop)
     normalise, frame = STAINS[spec.stain], CROPS[spec.crop]
     if normalise is None and frame is None:
         return None
+    import_image_libraries()
 
     def prepare(rgb: np.ndarray) -> tuple[np.ndarray, bool | None]:
         if normalise is not None:

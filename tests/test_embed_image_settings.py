@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -152,6 +153,40 @@ def test_views_crop_and_stain_are_part_of_the_spec_and_reach_prediction(tmp_path
         extract(images, out, weights=random_weights, input_size=SMALL, layers="add_2", views=1, crop="cell",
                 stain="reinhard", progress=False)
     assert out.read_bytes() == before
+
+
+def test_a_crop_used_by_many_decoding_threads_at_once_in_a_fresh_process(tmp_path):
+    """scikit-image loads submodules lazily; decoding threads starting together once saw
+    'partially initialized module skimage.morphology' (a Ray worker's first shard)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys, threading
+        sys.path.insert(0, sys.argv[1])
+        from test_embed_image_settings import smear
+        from cellembed.spec import EmbeddingSpec
+        from cellembed.preparation import preparation_for
+        spec = EmbeddingSpec.from_widths([("t", 2)], backbone="b", weights_sha256="0", input_size=8,
+                                         crop="cell", stain="reinhard")
+        prepare = preparation_for(spec)
+        barrier, errors = threading.Barrier(8), []
+        def work():
+            barrier.wait()
+            try:
+                prepare(smear())
+            except Exception as exc:
+                errors.append(repr(exc))
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        print(len(errors), errors[:1])
+    """)
+    tests = str(Path(__file__).parent)
+    for _ in range(12):  # the race showed in about 1 fresh process in 3
+        done = subprocess.run([sys.executable, "-c", script, tests], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.startswith("0 "), done.stdout + done.stderr[-2000:]
 
 
 def test_presets_fill_the_settings_not_given(random_weights):
