@@ -77,8 +77,10 @@ def test_predict_images_agrees_with_the_cached_folder_prediction(classifier, tmp
     assert list(table.columns) == ["image", "predicted", "confidence", *(f"proba_{c}" for c in CLASSES), "error"]
     assert table["image"].tolist()[:3] == [str(p) for p in paths] and table["image"].tolist()[3:] == [f"#{i}" for i in range(3, 9)]
     proba = table[[f"proba_{c}" for c in CLASSES]].to_numpy(dtype=float)
-    np.testing.assert_allclose(proba[3:6], proba[:3], atol=1e-9)
-    np.testing.assert_allclose(proba[6:9], proba[:3], atol=1e-9)
+    # Same pixels and embeddings (exactly: test_bytes_pil_and_arrays...); the probabilities
+    # may differ in the last float32 bits, as BLAS rounds rows at different positions differently.
+    np.testing.assert_allclose(proba[3:6], proba[:3], atol=1e-6)
+    np.testing.assert_allclose(proba[6:9], proba[:3], atol=1e-6)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
     assert table["error"].isna().all()
     assert (table["predicted"] == np.asarray(CLASSES)[proba.argmax(axis=1)]).all()
