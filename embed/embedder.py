@@ -79,8 +79,6 @@ def spec_for_settings(
     check_engine(engine)
     settings = preset_settings(preset, layers=layers, views=views, crop=crop, stain=stain)
     views, crop, stain = settings["views"], settings["crop"], settings["stain"]
-    check_views(views)
-    check_preparation(stain, crop)
     chosen = get_backbone(backbone)
     layers = settings["layers"]
     if isinstance(layers, str) and layers == PRESETS[preset].layers and layers not in chosen.tap_presets:
