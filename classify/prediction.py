@@ -22,6 +22,7 @@ import pandas as pd
 from cellembed import ExtractResult, EmbeddingSpec, extract, load_embeddings
 from cellembed.csv_cells import inert_frame
 from cellembed.decoding import DEFAULT_MAX_PIXELS
+from cellembed.discovery import find_images
 from cellembed.errors import OutputConflict
 from cellembed.atomic import atomic_path, output_lock
 from cellembed.engines import DEFAULT_ENGINE
@@ -107,6 +108,9 @@ def predict_folder(
             with another spec.
         cellembed.Interrupted: Ctrl-C (finished embeddings are checkpointed).
     """
+    if adapt:  # before building the network: a folder too small for --adapt fails at once
+        model = predictor.predictor if isinstance(predictor, ImageClassifier) else predictor
+        model.check_adaptable(len(find_images(images)))
     classifier = predictor if isinstance(predictor, ImageClassifier) else ImageClassifier(
         predictor, weights=weights, engine=engine, batch_size=batch_size, log=log
     )

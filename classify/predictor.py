@@ -188,6 +188,20 @@ class Predictor:
             raise ClassifierInputError("some embeddings contain NaN or infinite values; re-extract them")
         return matrix
 
+    def check_adaptable(self, n_images: int) -> None:
+        """Raise :class:`ClassifierInputError` unless :meth:`adapted` can re-centre
+        ``n_images`` images with this model (callers check before embedding anything)."""
+        if getattr(self, "reference", None) is None:
+            raise ClassifierInputError(
+                "this model has no record of its training statistics (fitted by an earlier cellclf); "
+                "re-run cellclf fit to use --adapt"
+            )
+        if n_images < MIN_ADAPT_IMAGES:
+            raise ClassifierInputError(
+                f"--adapt re-centres a folder on its own statistics and needs at least {MIN_ADAPT_IMAGES} "
+                f"images, got {n_images}; classify without --adapt or with more cells from the same lab"
+            )
+
     def adapted(self, matrix: np.ndarray) -> np.ndarray:
         """``matrix`` (n, n_features) moved onto the training images' statistics: each
         dimension standardised by the mean and spread of these n images, then given the
@@ -199,16 +213,7 @@ class Predictor:
             ClassifierInputError: fewer than :data:`MIN_ADAPT_IMAGES` images, or a model
                 without recorded training statistics.
         """
-        if getattr(self, "reference", None) is None:
-            raise ClassifierInputError(
-                "this model has no record of its training statistics (fitted by an earlier cellclf); "
-                "re-run cellclf fit to use --adapt"
-            )
-        if len(matrix) < MIN_ADAPT_IMAGES:
-            raise ClassifierInputError(
-                f"--adapt re-centres a folder on its own statistics and needs at least {MIN_ADAPT_IMAGES} "
-                f"images, got {len(matrix)}; classify without --adapt or with more cells from the same lab"
-            )
+        self.check_adaptable(len(matrix))
         mean, std = self.reference
         values = np.asarray(matrix, dtype=np.float64)
         spread = values.std(axis=0)

@@ -58,3 +58,19 @@ def test_the_safe_file_keeps_the_training_statistics(predictor, tmp_path):
         np.testing.assert_array_equal(kept, original)
     X, _ = blobs(30, seed=4)
     np.testing.assert_allclose(loaded.predict_proba(X, adapt=True), predictor.predict_proba(X, adapt=True))
+
+
+def test_a_folder_too_small_to_adapt_is_refused_before_anything_is_embedded(predictor, tmp_path):
+    from PIL import Image
+
+    from cellclf.prediction import predict_folder
+
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i in range(MIN_ADAPT_IMAGES - 1):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(folder / f"{i}.png")
+    cache = tmp_path / "cache.parquet"
+    # the spec's backbone "b" cannot be built: reaching the network would fail otherwise
+    with pytest.raises(ClassifierInputError, match=f"got {MIN_ADAPT_IMAGES - 1};"):
+        predict_folder(predictor, folder, cache, adapt=True, progress=False)
+    assert not cache.exists()
