@@ -10,6 +10,7 @@ import click
 from cellembed.backbones import DEFAULT_BACKBONE, backbone_names
 from cellembed.cellcrop import CROPS
 from cellembed.presets import DEFAULT_PRESET, PRESETS, preset_text
+from cellembed.pooling import POOLINGS
 from cellembed.stain import STAINS
 from cellembed.views import VIEW_COUNTS
 from cellembed.cli_support import BadInput, engine_option, exit_if_skipped, max_pixels_option, user_errors
@@ -71,7 +72,7 @@ def main() -> None:
 )
 @click.option(
     "--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET,
-    help="Named settings for --layers, --views, --crop and --stain (each option given wins): "
+    help="Named settings for --layers, --views, --crop, --stain and --pooling (each option given wins): "
     + "; ".join(f"{name}: {preset_text(name)}" for name in PRESETS) + ".",
 )
 @click.option(
@@ -89,6 +90,12 @@ def main() -> None:
     "--stain", type=click.Choice(list(STAINS)), default=None,
     help="Colour normalisation: reinhard = move each image's L*a*b* colour statistics to a PBC "
     "reference (other labs' stains look alike); none = colours as decoded. Default: the preset's.",
+)
+@click.option(
+    "--pooling", type=click.Choice(list(POOLINGS)), default=None,
+    help="What each layer gives per channel: global_average = its mean over the image; "
+    "global_average+std = the mean and the standard deviation (twice the numbers, same network "
+    "pass). Default: the preset's.",
 )
 @click.option(
     "--weights", default=None, metavar="PATH|imagenet",
@@ -120,7 +127,7 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")
 def extract(
     images: Path, out: Path, backbone: str, layers: str | None, preset: str, views: str | None, crop: str | None,
-    stain: str | None, weights: str | None, input_size: int | None,
+    stain: str | None, pooling: str | None, weights: str | None, input_size: int | None,
     batch_size: int, engine: str, checkpoint_every: int, distributed: str, max_pixels: int, overwrite: bool,
     allow_skips: bool, quiet: bool, **distributor_values: object,
 ) -> None:
@@ -147,7 +154,7 @@ def extract(
     with user_errors():
         result = run_extract(
             images, out, backbone=backbone, layers=layers, weights=weights, input_size=input_size,
-            preset=preset, views=None if views is None else int(views), crop=crop, stain=stain,
+            preset=preset, views=None if views is None else int(views), crop=crop, stain=stain, pooling=pooling,
             batch_size=batch_size, engine=engine, overwrite=overwrite, checkpoint_every=checkpoint_every,
             distributed=distributed, distributor_options=options,
             progress=not quiet, log=log, max_pixels=max_pixels,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from cellembed.backbones import (
     DEFAULT_BACKBONE,
@@ -22,11 +22,11 @@ from cellembed.backbones import (
     parse_layers,
 )
 from cellembed.engines import DEFAULT_ENGINE, Embedder, build_embedder, check_engine, engine_libraries, prepare_engine
+from cellembed.choices import checked_choices, choices_of
 from cellembed.errors import InputError
-from cellembed.preparation import check_preparation
 from cellembed.presets import DEFAULT_PRESET, PRESETS, preset_settings
 from cellembed.spec import LATER_FIELDS, EmbeddingSpec
-from cellembed.views import ViewMeanEmbedder, check_views
+from cellembed.views import ViewMeanEmbedder
 from cellembed.versions import library_versions
 from cellembed.weights import WeightsFile, check_weights, resolve_weights
 
@@ -37,15 +37,12 @@ def planned_spec(
     tap_names: Sequence[str],
     engine: str = DEFAULT_ENGINE,
     widths: Sequence[int] | None = None,
-    *,
-    views: int = 1,
-    crop: str = "none",
-    stain: str = "none",
+    **choices: Any,
 ) -> EmbeddingSpec:
     """The spec a run with these settings produces; tap widths are 0 unless given (they
-    are known once the network is built, or from a file made with the same taps)."""
-    check_views(views)
-    check_preparation(stain, crop)
+    are known once the network is built, or from a file made with the same taps).
+    ``choices``: ``views``, ``crop``, ``stain``, ``pooling`` (:mod:`cellembed.choices`;
+    each left out is its "as before" default), checked here."""
     return EmbeddingSpec.from_widths(
         zip(tap_names, widths if widths is not None else [0] * len(tap_names)),
         backbone=backbone.spec_name,
@@ -54,9 +51,7 @@ def planned_spec(
         input_size=input_size,
         preprocessing=backbone.preprocessing,
         resize=backbone.resize,
-        views=views,
-        crop=crop,
-        stain=stain,
+        **checked_choices(choices),
         versions=library_versions(("cellembed", *backbone.libraries, *engine_libraries(engine))),
     )
 
@@ -68,26 +63,24 @@ def spec_for_settings(
     weights: "str | os.PathLike | WeightsFile | None" = None,
     input_size: int | None = None,
     engine: str = DEFAULT_ENGINE,
-    views: int | None = None,
-    crop: str | None = None,
-    stain: str | None = None,
     preset: str = DEFAULT_PRESET,
+    **choices: Any,
 ) -> tuple[EmbeddingSpec, WeightsFile]:
     """The planned spec of command-line style settings (None: the ``preset``'s, see
-    :mod:`cellembed.presets`, or the backbone's input size), and the resolved weights.
-    Checks everything that can be checked without a network."""
+    :mod:`cellembed.presets`, or the backbone's input size; ``choices``: ``views``,
+    ``crop``, ``stain``, ``pooling``), and the resolved weights. Checks everything that
+    can be checked without a network."""
     check_engine(engine)
-    settings = preset_settings(preset, layers=layers, views=views, crop=crop, stain=stain)
-    views, crop, stain = settings["views"], settings["crop"], settings["stain"]
+    settings = preset_settings(preset, layers=layers, **choices)
     chosen = get_backbone(backbone)
-    layers = settings["layers"]
+    layers = settings.pop("layers")
     if isinstance(layers, str) and layers == PRESETS[preset].layers and layers not in chosen.tap_presets:
         layers = None  # a tap preset this backbone does not have: its own default taps
     tap_names = parse_layers(chosen, layers)
     size = chosen.default_input_size if input_size is None else input_size
     check_input_size(chosen, size)
     weights_file = resolve_weights(weights, chosen)
-    spec = planned_spec(chosen, weights_file, size, tap_names, engine, views=views, crop=crop, stain=stain)
+    spec = planned_spec(chosen, weights_file, size, tap_names, engine, **settings)
     return spec, weights_file
 
 
@@ -154,7 +147,7 @@ def _rebuild(spec: EmbeddingSpec, weights: "str | os.PathLike | WeightsFile | No
     check_weights(weights_file, spec.weights_sha256, spec.weights_source, "these embeddings were made with", backbone)
     rebuilt = planned_spec(
         backbone, weights_file, spec.input_size, spec.tap_names, engine,
-        views=spec.views, crop=spec.crop, stain=spec.stain,
+        **choices_of(spec),
     )
     differences = rebuilt.differences(spec)
     if differences:
@@ -173,20 +166,19 @@ def load_embedder(
     log: Callable[[str], None] | None = None,
     *,
     backbone: str = DEFAULT_BACKBONE,
-    views: int | None = None,
-    crop: str | None = None,
-    stain: str | None = None,
     preset: str = DEFAULT_PRESET,
+    **choices: Any,
 ) -> Embedder:
     """Build a backbone (default Xception) with its weights and the requested taps.
 
     ``layers`` is a tap preset of the backbone (Xception: ``"mid"``, ``"multiscale"``,
     ``"final"``; None: the ``preset``'s), a comma-separated string or a sequence of layer
-    names; ``input_size`` defaults to the backbone's (299 for Xception); ``views``, ``crop``
-    and ``stain`` default to the ``preset``'s (:mod:`cellembed.presets`).
+    names; ``input_size`` defaults to the backbone's (299 for Xception); the ``choices``
+    (``views``, ``crop``, ``stain``, ``pooling``) default to the ``preset``'s
+    (:mod:`cellembed.presets`).
     """
     spec, weights_file = spec_for_settings(
         backbone=backbone, layers=layers, weights=weights, input_size=input_size, engine=engine,
-        views=views, crop=crop, stain=stain, preset=preset,
+        preset=preset, **choices,
     )
     return embedder_from_spec(spec, weights_file, engine, log=log)

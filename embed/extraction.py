@@ -85,6 +85,7 @@ def extract(
     views: int | None = None,
     crop: str | None = None,
     stain: str | None = None,
+    pooling: str | None = None,
     preset: str = DEFAULT_PRESET,
     spec: EmbeddingSpec | None = None,
     batch_size: int = 32,
@@ -121,11 +122,14 @@ def extract(
         crop: ``"none"`` (the whole image), ``"cell"`` or ``"centre"``: frame the image
             around its white cell first (:mod:`cellembed.cellcrop`).
         stain: ``"none"`` or ``"reinhard"``: colour normalisation (:mod:`cellembed.stain`).
+        pooling: ``"global_average"`` or ``"global_average+std"``: the per-channel
+            statistics of each tap (:mod:`cellembed.pooling`).
         preset: named settings (:mod:`cellembed.presets`: ``"default"``, ``"best"``,
-            ``"v1"``) filling ``layers``, ``views``, ``crop`` and ``stain`` left None.
+            ``"v1"``) filling ``layers``, ``views``, ``crop``, ``stain`` and ``pooling``
+            left None.
         spec: embed exactly as this spec (of a file or a predictor) instead of ``layers``,
-            ``input_size``, ``backbone``, ``views``, ``crop`` and ``stain``; ``weights``
-            must be the spec's.
+            ``input_size``, ``backbone``, ``views``, ``crop``, ``stain`` and ``pooling``;
+            ``weights`` must be the spec's.
         batch_size: images decoded (and run together by the TensorFlow engine) per step.
         engine: ``"onnxruntime"`` (default, faster on CPU) or ``"tensorflow"``; same
             embeddings within 1e-4 and the same spec, so caches are shared.
@@ -164,7 +168,8 @@ def extract(
     # The spec and every refusal come before any TensorFlow: a rerun with nothing new
     # to embed costs only hashing and reading OUT's index.
     settings = dict(
-        backbone=backbone, layers=layers, input_size=input_size, views=views, crop=crop, stain=stain, preset=preset
+        backbone=backbone, layers=layers, input_size=input_size, preset=preset,
+        views=views, crop=crop, stain=stain, pooling=pooling,
     )
     planned, weights_file = _planned(embedder, spec, weights, settings, engine)
     out = prepare_output(out)

@@ -1,8 +1,8 @@
 """Named extraction settings: ``cellembed extract --preset NAME`` (and ``extract(preset=)``).
 
-A preset fills the image settings a run does not give: the taps (``layers``), the
-test-time ``views``, the ``crop`` and the colour normalisation (``stain``); an option given
-explicitly wins over the preset. The values were chosen from ``bench/accuracy_levers.py``
+A preset fills the settings a run does not give: the taps (``layers``) and the choices of
+:mod:`cellembed.choices` (test-time ``views``, ``crop``, colour normalisation ``stain``,
+``pooling``); an option given explicitly wins over the preset. The values were chosen from ``bench/accuracy_levers.py``
 (the README's accuracy section has the measured figures):
 
 * ``default``: the most accurate setting whose extraction costs at most about 4x the
@@ -31,16 +31,22 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Preset:
     layers: str  # a tap preset of the backbone (cellembed.backbones), or layer names
-    views: int
-    crop: str
-    stain: str
+    choices: dict[str, Any]  # every entry of cellembed.choices.CHOICES
     about: str
 
 
 PRESETS: dict[str, Preset] = {
-    "default": Preset("mid", 4, "cell", "reinhard", "the default"),
-    "best": Preset("mid", 8, "cell", "reinhard", "the default with all 8 views"),
-    "v1": Preset("multiscale", 1, "none", "none", "the first version's settings"),
+    "default": Preset(
+        "mid", {"views": 4, "crop": "cell", "stain": "reinhard", "pooling": "global_average"}, "the default"
+    ),
+    "best": Preset(
+        "mid", {"views": 8, "crop": "cell", "stain": "reinhard", "pooling": "global_average"},
+        "the default with all 8 views",
+    ),
+    "v1": Preset(
+        "multiscale", {"views": 1, "crop": "none", "stain": "none", "pooling": "global_average"},
+        "the first version's settings",
+    ),
 }
 DEFAULT_PRESET = "default"
 
@@ -48,12 +54,15 @@ DEFAULT_PRESET = "default"
 def preset_text(name: str) -> str:
     """One line for people: what the preset sets."""
     chosen = PRESETS[name]
-    return f"{chosen.layers} taps, {chosen.views} view(s), crop {chosen.crop}, stain {chosen.stain}"
+    views = chosen.choices["views"]
+    rest = ", ".join(f"{key} {value}" for key, value in chosen.choices.items() if key != "views")
+    return f"{chosen.layers} taps, {views} view(s), {rest}"
 
 
 def matching_preset(spec: "EmbeddingSpec") -> str | None:
-    """The preset whose taps, views, crop and stain ``spec`` has (None when none has)."""
+    """The preset whose taps and choices ``spec`` has (None when none has)."""
     from cellembed.backbones import backbone_for_spec, parse_layers
+    from cellembed.choices import choices_of
 
     try:
         backbone = backbone_for_spec(spec)
@@ -62,27 +71,16 @@ def matching_preset(spec: "EmbeddingSpec") -> str | None:
     for name, preset in PRESETS.items():
         if preset.layers not in backbone.tap_presets:
             continue
-        taps = parse_layers(backbone, preset.layers)
-        if (taps, preset.views, preset.crop, preset.stain) == (spec.tap_names, spec.views, spec.crop, spec.stain):
+        if (parse_layers(backbone, preset.layers), preset.choices) == (spec.tap_names, choices_of(spec)):
             return name
     return None
 
 
-def preset_settings(
-    preset: str = DEFAULT_PRESET,
-    *,
-    layers: Any = None,
-    views: int | None = None,
-    crop: str | None = None,
-    stain: str | None = None,
-) -> dict[str, Any]:
-    """``layers``, ``views``, ``crop`` and ``stain``: each given value, else the preset's."""
+def preset_settings(preset: str = DEFAULT_PRESET, *, layers: Any = None, **choices: Any) -> dict[str, Any]:
+    """``layers`` and every choice (:mod:`cellembed.choices`): each value given (not None),
+    else the preset's."""
     if preset not in PRESETS:
         raise InputError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
     chosen = PRESETS[preset]
-    return {
-        "layers": chosen.layers if layers is None else layers,
-        "views": chosen.views if views is None else views,
-        "crop": chosen.crop if crop is None else crop,
-        "stain": chosen.stain if stain is None else stain,
-    }
+    given = {name: value for name, value in choices.items() if value is not None}
+    return {"layers": chosen.layers if layers is None else layers, **chosen.choices, **given}

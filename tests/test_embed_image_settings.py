@@ -18,6 +18,7 @@ from cellembed.cellcrop import crop_cell, crop_centre, find_nucleus
 from cellembed.cli import main as cellembed_main
 from cellembed.embedder import embedder_from_spec, spec_for_settings
 from cellembed.errors import InputError
+from cellembed.choices import choices_of
 from cellembed.presets import PRESETS
 from cellembed.spec import EmbeddingSpec
 from cellembed.stain import REFERENCE_MEAN, REFERENCE_STD, reinhard
@@ -192,9 +193,9 @@ def test_a_crop_used_by_many_decoding_threads_at_once_in_a_fresh_process(tmp_pat
 def test_presets_fill_the_settings_not_given(random_weights):
     best = PRESETS["best"]
     spec, _ = spec_for_settings(weights=random_weights, input_size=SMALL, preset="best")
-    assert (spec.views, spec.crop, spec.stain) == (best.views, best.crop, best.stain)
+    assert choices_of(spec) == best.choices
     spec, _ = spec_for_settings(weights=random_weights, input_size=SMALL, preset="best", views=1, crop="none")
-    assert (spec.views, spec.crop, spec.stain) == (1, "none", best.stain)
+    assert choices_of(spec) == {**best.choices, "views": 1, "crop": "none"}
     v1, _ = spec_for_settings(weights=random_weights, input_size=SMALL, preset="v1")
     assert (v1.views, v1.crop, v1.stain, v1.tap_names[-1]) == (1, "none", "none", "block14_sepconv2_act")
 

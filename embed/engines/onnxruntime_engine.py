@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 
 from cellembed.atomic import atomic_path
+from cellembed.pooling import DEFAULT_POOLING
 from cellembed.engines.onnx_conversion import SPEC_KEY, converted, probe_pixels
 from cellembed.errors import InputError
 from cellembed.spec import EmbeddingSpec
@@ -54,8 +55,12 @@ def cache_dir() -> Path:
     return Path(base) / "cellembed"
 
 
-def cached_model_path(backbone: str, weights_sha256: str, input_size: int, tap_names: Sequence[str]) -> Path:
-    """The cache file for one network: keyed by everything that shapes the conversion."""
+def cached_model_path(
+    backbone: str, weights_sha256: str, input_size: int, tap_names: Sequence[str], pooling: str = DEFAULT_POOLING
+) -> Path:
+    """The cache file for one network: keyed by everything that shapes the conversion
+    (the default pooling is left out of the key, so conversions cached before it was a
+    choice are still found)."""
     key = {
         "backbone": backbone,
         "weights_sha256": weights_sha256,
@@ -63,6 +68,8 @@ def cached_model_path(backbone: str, weights_sha256: str, input_size: int, tap_n
         "taps": list(tap_names),
         "versions": {package: package_version(package) for package in _CONVERTER_PACKAGES},
     }
+    if pooling != DEFAULT_POOLING:
+        key["pooling"] = pooling
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     return cache_dir() / f"{backbone}-{input_size}-{digest}.onnx"
 
@@ -114,7 +121,7 @@ def build(
     writable the conversion is used from memory (with a warning), so nothing fails for
     lack of a cache.
     """
-    path = cached_model_path(backbone.name, weights.sha256, spec.input_size, spec.tap_names)
+    path = cached_model_path(backbone.name, weights.sha256, spec.input_size, spec.tap_names, spec.pooling)
     cached = _open_cached(path, spec, threads)
     if cached is not None:
         return cached

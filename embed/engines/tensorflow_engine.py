@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from cellembed.errors import InputError
+from cellembed.pooling import pool
 from cellembed.quiet import quiet_native_logs
 from cellembed.spec import EmbeddingSpec
 from cellembed.weights import WeightsFile, load_weights
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class TensorFlowEmbedder:
-    """The frozen backbone returning its concatenated global-average-pooled taps.
+    """The frozen backbone returning its concatenated pooled taps (:mod:`cellembed.pooling`).
 
     ``embed(pixels)`` takes (n, size, size, 3) float32 RGB in 0..255 (already resized) and
     returns (n, spec.dim) float32. All taps come from one forward pass. ``forward`` is the
@@ -34,10 +35,7 @@ class TensorFlowEmbedder:
                 f"unknown {backbone.title} layer {', '.join(unknown)} in --layers; presets: "
                 f"{', '.join(backbone.tap_presets)}; valid layer names: {', '.join(available)}"
             )
-        pooled = [
-            keras.layers.GlobalAveragePooling2D(name=f"pool_{i}")(available[n].output)
-            for i, n in enumerate(spec.tap_names)
-        ]
+        pooled = [pool(available[n].output, spec.pooling, f"pool_{i}") for i, n in enumerate(spec.tap_names)]
         output = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="taps")(pooled)
         self.model = keras.Model(network.input, output, name=f"cellembed_{backbone.name}_taps")
         self.spec = spec.with_tap_widths([int(p.shape[-1]) for p in pooled])
