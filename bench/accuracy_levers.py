@@ -62,6 +62,8 @@ SETTINGS = {
     "views4+stain+crop-centre": {"views": 4, "stain": "reinhard", "crop": "centre"},
     "views4+crop-cell": {"views": 4, "crop": "cell"},
     "views4+stain+crop-cell": {"views": 4, "stain": "reinhard", "crop": "cell"},
+    "views4+stain+crop-cell+std": {"views": 4, "stain": "reinhard", "crop": "cell", "pooling": "global_average+std"},
+    "views8+stain+crop-cell+std": {"views": 8, "stain": "reinhard", "crop": "cell", "pooling": "global_average+std"},
     "views8": {"views": 8},
     "input360": {"input_size": 360},
 }
@@ -178,6 +180,10 @@ LINES = [
     ("stain+crop-cell", "views4+stain+crop-cell", "mid4", "lr"),
     ("stain+crop-centre", "views4+stain+crop-centre", "mid4", "lr"),
     ("views4", "views4", "mid4", "lr power+l2"),
+    *[("views4+stain+crop-cell", "views4+stain+crop-cell", "mid4", head)
+      for head in ("xgb pca128", "xgb pca32", "xgb kbest512", "vote lr+xgb", "mlp")],
+    *[("views4+stain+crop-cell+std", "views4+stain+crop-cell+std", "mid4", head)
+      for head in ("lr C=0.03", "xgb kbest512", "vote lr+xgb")],
 ]
 
 HEADER = (f"{'train rows':<26} {'test rows':<26} {'taps':<10} {'head':<12} {'pbc acc':>15} {'pbc macro-F1':>15} "
@@ -204,11 +210,11 @@ def make_head(head: str, n_classes: int):
     from cellclf.families.lr import make_lr
     from cellclf.families.xgb import make_xgb
 
-    def xgb(pca: bool = True):
-        params = {"max_depth": 4, "learning_rate": 0.15, "min_child_weight": 1.0, "subsample": 0.8,
+    def xgb(pca: bool = True, n_components: int = 128, depth: int = 4, trees: int = 300):
+        params = {"max_depth": depth, "learning_rate": 0.15, "min_child_weight": 1.0, "subsample": 0.8,
                   "colsample_bytree": 0.5 if pca else 0.3}
-        booster = make_xgb(params, n_classes=n_classes, n_estimators=300, n_jobs=2)
-        return make_pipeline(StandardScaler(), PCA(128, random_state=0), booster) if pca else booster
+        booster = make_xgb(params, n_classes=n_classes, n_estimators=trees, n_jobs=2)
+        return make_pipeline(StandardScaler(), PCA(n_components, random_state=0), booster) if pca else booster
 
     if head in ("lr", "lr own-scaling"):
         return make_lr(0.1, "balanced")
@@ -219,6 +225,17 @@ def make_head(head: str, n_classes: int):
         return make_pipeline(signed_sqrt, Normalizer(), make_lr(0.1, "balanced"))
     if head == "xgb pca128":
         return xgb()
+    if head == "xgb pca32":
+        return xgb(n_components=32, depth=3, trees=500)
+    if head == "xgb kbest512":  # the 512 dimensions of highest ANOVA F: TreeSHAP stays per dimension
+        from sklearn.feature_selection import SelectKBest, f_classif
+
+        return make_pipeline(SelectKBest(f_classif, k=512), xgb(pca=False, trees=500))
+    if head == "mlp":  # one hidden layer, early stopping on 10% of the fold's training rows
+        from sklearn.neural_network import MLPClassifier
+
+        return make_pipeline(StandardScaler(), MLPClassifier((512,), alpha=1e-2, early_stopping=True,
+                                                             max_iter=300, random_state=0))
     if head == "xgb":
         return xgb(pca=False)
     if head == "vote lr+xgb":
