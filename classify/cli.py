@@ -45,6 +45,19 @@ def family_options(command):
     return command
 
 
+weights_option = click.option(
+    "--weights", default=None, metavar="PATH",
+    help="The Xception weights file the model was trained with. Default: $CELLEMBED_WEIGHTS, "
+    "else Keras' download. Other weights are refused (checked by SHA-256).",
+)
+trust_pickle_option = click.option(
+    "--trust-pickle", is_flag=True,
+    help="Allow MODEL to be a .joblib with no model.skops beside it. Loading a .joblib runs code "
+    "from the file: only for files from a source you trust.",
+)
+allow_skips_option = click.option("--allow-skips", is_flag=True, help="Exit 0 even when some files could not be read.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="cellembed")
 def main() -> None:
@@ -157,11 +170,7 @@ def fit(
     "--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Embeddings cache of IMAGES. Default: <OUT name>.embeddings.parquet next to OUT.",
 )
-@click.option(
-    "--weights", default=None, metavar="PATH",
-    help="The Xception weights file the model was trained with. Default: $CELLEMBED_WEIGHTS, "
-    "else Keras' download. Other weights are refused (checked by SHA-256).",
-)
+@weights_option
 @click.option(
     "--batch-size", default=32, type=click.IntRange(min=1),
     help="Images per step (decoded together; one forward pass with --engine tensorflow).",
@@ -173,17 +182,18 @@ def fit(
     help="Also write an HTML report of the evaluation (needs class sub-folders).",
 )
 @click.option(
+    "--heatmaps", "heatmaps_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Also write a heat map of each prediction into this folder (see cellclf explain; about one "
+    "network pass per view and image more).",
+)
+@click.option(
     "--adapt", is_flag=True,
     help="Cells from another lab: move the folder's embeddings onto the training images' statistics "
     "before classifying (each dimension re-centred and re-scaled by the folder's own mean and spread). "
     "Needs at least 20 images with a mix of cell types; each prediction then depends on the whole folder.",
 )
-@click.option(
-    "--trust-pickle", is_flag=True,
-    help="Allow MODEL to be a .joblib with no model.skops beside it. Loading a .joblib runs code "
-    "from the file: only for files from a source you trust.",
-)
-@click.option("--allow-skips", is_flag=True, help="Exit 0 even when some files could not be read.")
+@trust_pickle_option
+@allow_skips_option
 @click.option(
     "--overwrite", is_flag=True,
     help="Replace -o (and its tables) or --report even when it is not a file predict wrote.",
@@ -191,8 +201,8 @@ def fit(
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")
 def predict(
     model: Path, images: Path, out: Path, fmt: str, min_confidence: float | None, cache: Path | None,
-    weights: str | None, batch_size: int, engine: str, max_pixels: int, report_path: Path | None, adapt: bool,
-    trust_pickle: bool, allow_skips: bool, overwrite: bool, quiet: bool,
+    weights: str | None, batch_size: int, engine: str, max_pixels: int, report_path: Path | None,
+    heatmaps_dir: Path | None, adapt: bool, trust_pickle: bool, allow_skips: bool, overwrite: bool, quiet: bool,
 ) -> None:
     """Classify every image under IMAGES with MODEL (a `cellclf fit` run folder, its
     model.skops or its model.joblib).
@@ -224,6 +234,12 @@ def predict(
     with ExitStack() as stack:  # user errors become one line; the lock is held to the end
         stack.enter_context(user_errors())
         outputs.check(images, overwrite, is_report)  # before anything is loaded or written
+        if heatmaps_dir is not None and adapt:
+            raise BadInput("--heatmaps explains predictions made without --adapt; leave out one of the two")
+        if heatmaps_dir is not None:
+            from cellclf.explaining import check_outputs, image_inputs
+
+            check_outputs(heatmaps_dir, image_inputs([images]), [images], overwrite)
         started = time.perf_counter()
         predictor = load_predictor(model, trust_pickle=trust_pickle)
         say(f"loaded {predictor.source} ({predictor.family}, {len(predictor.classes)} classes) in {time.perf_counter() - started:.1f} s")
@@ -276,7 +292,65 @@ def predict(
                 images_root=images, not_scored=not_scored,
             )
             click.echo(f"report: {report_path}", err=True)
+        if heatmaps_dir is not None:
+            from cellclf.explaining import explain_images
+
+            maps = explain_images(predictor, [images], heatmaps_dir, weights=weights, overwrite=overwrite,
+                                  max_pixels=max_pixels, progress=not quiet, log=say)
+            click.echo(f"heat maps: {len(maps.explained)} written to {heatmaps_dir}"
+                       + (f" ({maps.reused} already there)" if maps.reused else ""), err=True)
     exit_if_skipped(run.extraction.errors, f"listed in {out} with their reason", allow_skips)
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the heat maps: <image>.heatmap.png and <image>.heatmap.json per image.",
+)
+@weights_option
+@max_pixels_option
+@trust_pickle_option
+@allow_skips_option
+@click.option("--overwrite", is_flag=True, help="Replace files in OUT even when explain did not write them.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")
+def explain(
+    model: Path, images: tuple[Path, ...], out: Path, weights: str | None, max_pixels: int, trust_pickle: bool,
+    allow_skips: bool, overwrite: bool, quiet: bool,
+) -> None:
+    """Show where in each cell MODEL found its evidence: a heat map per image of IMAGES
+    (image files and/or folders of images).
+
+    Each <image>.heatmap.png shows the image as the network saw it (after the model's colour
+    normalisation and crop), the map of the predicted class and of the runner-up (red: the
+    location pushes towards the class, blue: away from it), the probabilities, and the
+    predicted class's map per layer. <image>.heatmap.json holds each class's logit, baseline
+    and per-layer sums. For a logistic regression the maps add up exactly to the logit; for
+    XGBoost they spread its TreeSHAP values over the image, an approximation (said on the
+    picture). About one network pass per view and image.
+
+    Files in OUT are replaced only when explain wrote them; a rerun skips images already
+    explained with the same model. Exit status: 0 all explained, 3 some files could not be
+    read (0 with --allow-skips), 2 bad input, 130 interrupted (run again to resume).
+    """
+    from cellclf.explaining import explain_images
+    from cellclf.predictor import load_predictor
+
+    say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
+    with user_errors(on_interrupt=f"interrupted; the heat maps written to {out} are kept: run the same command to finish"):
+        predictor = load_predictor(model, trust_pickle=trust_pickle)
+        run = explain_images(predictor, images, out, weights=weights, overwrite=overwrite, max_pixels=max_pixels,
+                             progress=not quiet, log=say)
+    for error in run.errors:
+        click.echo(f"skipped {error['path']}: {error['reason']}", err=True)
+    click.echo(
+        f"wrote {len(run.explained)} heat maps to {out}"
+        + (f" ({run.reused} already there)" if run.reused else "")
+        + (f" in {run.seconds:.1f} s, {run.seconds_per_image:.2f} s per image" if run.explained else ""),
+        err=True,
+    )
+    exit_if_skipped(run.errors, "each named above", allow_skips)
+
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))

@@ -7,14 +7,21 @@ chromatin), so the tap is 2C floats wide, means first. Both come from the same f
 pass. On pbc-dev the standard deviation added 0.4 points of 5-fold accuracy to the
 channel means (``bench/pooling_stats.py``; GeM and max did not pay).
 
+Explanations need each pooled float as a mean over locations: :func:`location_values`
+gives, per location, values whose spatial mean is exactly the pooled statistic (the map
+itself for a mean; for a standard deviation s, s (A - mean)^2 / variance, each location's
+share of the variance times s).
+
 Adding a pooling is one entry in :data:`POOLINGS` (the statistics, in order, that
-:func:`pool` computes).
+:func:`pool` computes and :func:`location_values` spreads).
 """
 
 from __future__ import annotations
 
 import functools
 from typing import Any
+
+import numpy as np
 
 from cellembed.errors import InputError
 
@@ -66,3 +73,20 @@ def _channel_std_layer() -> type:
 
 def ChannelStd(**kwargs: Any) -> Any:  # noqa: N802 - a layer constructor, imported lazily
     return _channel_std_layer()(**kwargs)
+
+
+def location_values(feature_map: np.ndarray, pooling: str) -> np.ndarray:
+    """(n, H, W, C) maps -> (n, H, W, C x statistics) float64 values whose mean over the
+    H x W locations is the pooled tap (laid out as :func:`pool` lays it out)."""
+    A = np.asarray(feature_map, dtype=np.float64)
+    parts = []
+    for stat in statistics(pooling):
+        if stat == "mean":
+            parts.append(A)
+        else:
+            centred = A - A.mean(axis=(1, 2), keepdims=True)
+            variance = np.mean(centred**2, axis=(1, 2), keepdims=True)
+            flat = variance <= 1e-12  # a constant channel: std 0, nothing to spread
+            share = np.where(flat, 0.0, centred**2 / np.where(flat, 1.0, variance))
+            parts.append(np.sqrt(variance) * share)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)

@@ -29,6 +29,18 @@ DIHEDRAL: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "transpose": lambda x: np.swapaxes(x, 1, 2),
     "anti-transpose": lambda x: np.rot90(x, 2, axes=(1, 2)).swapaxes(1, 2),
 }
+#: The inverse of each view, by name: brings what the network saw of a view (its feature
+#: maps) back to the orientation of the image (explanations, :mod:`cellembed.spatial`).
+INVERSE: dict[str, str] = {
+    "identity": "identity",
+    "flip left-right": "flip left-right",
+    "flip top-bottom": "flip top-bottom",
+    "rotate 90": "rotate 270",
+    "rotate 180": "rotate 180",
+    "rotate 270": "rotate 90",
+    "transpose": "transpose",
+    "anti-transpose": "anti-transpose",
+}
 #: The allowed ``--views`` values: the identity, plus a flip, plus the other flip and a
 #: quarter turn, or the whole group.
 VIEW_COUNTS = (1, 2, 4, 8)

@@ -181,6 +181,10 @@ class ShrunkLdaFamily:
         values = (lda.coef_[None, :, :] * (X - mean)[:, None, :]).astype(np.float32)
         return ShapValues(values, lda.intercept_ + lda.coef_ @ mean, X @ lda.coef_.T + lda.intercept_)
 
+    def linear_margin(self, model):  # linear in the embedding: exact heat maps
+        lda = model.named_steps["lda"]
+        return np.asarray(lda.coef_, np.float64), np.asarray(lda.intercept_, np.float64)
+
     def tuning_plot(self, tuning):
         figure = new_figure(4, 3)
         figure.subplots().plot([t.params["shrinkage"] for t in tuning.trials], [t.score for t in tuning.trials], "o-")

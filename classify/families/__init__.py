@@ -69,6 +69,12 @@ class ModelFamily(Protocol):
     def explain(self, model: Any, X: "np.ndarray", n_jobs: int) -> "ShapValues":
         """Exact SHAP values of every class margin of a model made by :meth:`refit`."""
 
+    def linear_margin(self, model: Any) -> "tuple[np.ndarray, np.ndarray] | None":
+        """(coef (k, d), intercept (k,)) when the class margins are linear in the raw
+        embedding (``X @ coef.T + intercept``): heat maps are then an exact decomposition
+        over image locations (:mod:`cellclf.heatmaps`); None for any other model, whose
+        maps spread its SHAP values (an approximation, said so where shown)."""
+
     def tuning_plot(self, tuning: "TuningResult") -> "Figure | None":
         """A figure of the score against the settings tried (None: nothing worth plotting)."""
 

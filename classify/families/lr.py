@@ -169,6 +169,20 @@ def linear_shap(model: Any, X: np.ndarray) -> ShapValues:
     return ShapValues(values, expected, margin)
 
 
+def linear_margin(model: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(coef (k, d), intercept (k,)) such that the class margins of the pipeline are
+    ``X @ coef.T + intercept`` on raw embeddings X (the scaler folded into the weights),
+    float64; two classes get the +-margin pair like :func:`linear_shap`."""
+    scaler, logreg = model.named_steps["scale"], model.named_steps["logreg"]
+    coef, intercept = logreg.coef_, logreg.intercept_
+    if coef.shape[0] == 1:
+        coef, intercept = np.vstack([-coef, coef]), np.concatenate([-intercept, intercept])
+    scale = np.asarray(scaler.scale_, dtype=np.float64)
+    mean = np.asarray(scaler.mean_, dtype=np.float64)
+    folded = coef / scale
+    return folded, intercept - folded @ mean
+
+
 def lr_tuning_plot(tuning: TuningResult) -> "Figure":
     """CV macro-F1 (± fold std) against C (log scale), one line per class weight."""
     figure = new_figure(6.0, 3.8)
@@ -230,6 +244,9 @@ class LogisticRegressionFamily:
 
     def explain(self, model: Any, X: np.ndarray, n_jobs: int) -> ShapValues:
         return linear_shap(model, X)
+
+    def linear_margin(self, model: Any) -> tuple[np.ndarray, np.ndarray]:
+        return linear_margin(model)
 
     def tuning_plot(self, tuning: TuningResult) -> "Figure":
         return lr_tuning_plot(tuning)

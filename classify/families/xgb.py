@@ -277,6 +277,9 @@ class XGBoostFamily:
     def explain(self, model: Any, X: np.ndarray, n_jobs: int) -> ShapValues:
         return tree_shap(model, X, n_jobs=n_jobs)
 
+    def linear_margin(self, model: Any) -> None:
+        return None  # trees are not linear in the embedding
+
     def tuning_plot(self, tuning: TuningResult) -> "Figure":
         return xgb_tuning_plot(tuning)
 

@@ -72,6 +72,9 @@ class Backbone(Protocol):
     def layers(self, model: Any) -> dict[str, Any]:
         """Stable layer name -> layer, for every layer of ``model`` with a 4-D output."""
 
+    def tap_role(self, name: str) -> str:
+        """What a layer sees, for readers of explanations ("early: ..."; "" when unknown)."""
+
 
 def backbone_names() -> tuple[str, ...]:
     return tuple(_MODULES)

@@ -84,6 +84,22 @@ class Xception:
 
         return keras.applications.xception.preprocess_input(pixels)
 
+    def tap_role(self, name: str) -> str:
+        """Where a layer sits in Xception, and its grid at 299 px input."""
+        match = re.fullmatch(r"add(?:_(\d+))?", name)
+        if match:
+            index = int(match.group(1) or 0)
+            if index <= 1:
+                return "early layer (entry flow, 74x74 or 37x37 grid): edges, colour, fine texture"
+            if index == 2:
+                return "early-middle layer (end of the entry flow, 19x19 grid): fine texture such as granules and chromatin"
+            if index <= 10:
+                return "middle layer (middle flow, 19x19 grid): texture and parts (granules, nucleus lobes)"
+            return "late layer (exit flow, 10x10 grid): larger parts and shapes"
+        if name.startswith("block14"):
+            return "last layer (10x10 grid): whole-object ImageNet features"
+        return ""
+
     def layers(self, model: Any) -> dict[str, Any]:
         import keras
 

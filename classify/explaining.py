@@ -1,0 +1,260 @@
+"""``cellclf explain`` (and ``cellclf predict --heatmaps``): a heat map of each prediction.
+
+For every image: ``<name>.heatmap.png`` (the image as the network saw it, the maps of the
+predicted class and of the runner-up overlaid, the probabilities, and the predicted class's
+map per tap) and ``<name>.heatmap.json`` (probabilities, baseline and logit of every class,
+each tap's share of each logit, the method and whether it is exact), where ``<name>`` is
+the image's path inside its folder (or its file name for a file given directly).
+
+The maps are computed by :mod:`cellclf.heatmaps` from the taps before pooling
+(:mod:`cellembed.spatial`): about one forward pass per view and image.
+
+Files: a PNG or JSON of that name is replaced only when it is one this command wrote (the
+PNG's text chunk and the JSON's ``cellclf_explain`` key say so), or with ``overwrite``; the
+output folder must not be inside an images folder. Each image's files are written
+atomically as it finishes; a rerun skips images whose JSON records the same image and
+model (an interrupted run resumes).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from cellclf.errors import ClassifierInputError
+from cellclf.heatmap_images import explanation_figure, figure_png, is_explanation_png, short_tap_labels
+from cellclf.heatmaps import LocationAttribution, attribute, upsample
+from cellembed.atomic import atomic_path
+from cellembed.decoding import DEFAULT_MAX_PIXELS
+from cellembed.hashing import sha256_file
+
+JSON_MARK = "cellclf_explain"
+JSON_FORMAT = 1
+PNG_SUFFIX = ".heatmap.png"
+JSON_SUFFIX = ".heatmap.json"
+BATCH = 4  # images per forward pass: the maps before pooling take ~25 MB per image
+
+
+@dataclass
+class ImageInput:
+    """One image to explain: the file and the name its outputs get."""
+
+    file: Path
+    name: str
+
+
+@dataclass
+class ExplainRun:
+    """What :func:`explain_images` did."""
+
+    explained: list[dict[str, Any]] = field(default_factory=list)  # the JSON of each image explained now
+    reused: int = 0
+    errors: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / max(len(self.explained), 1)
+
+
+def image_inputs(inputs: Sequence[str | Path]) -> list[ImageInput]:
+    """Every image of ``inputs`` (files and folders). A single folder's images are named by
+    their path inside it; with several inputs, a folder's images get the folder's name in
+    front and a file is named by its file name.
+
+    Raises:
+        ClassifierInputError: an input that does not exist, or two images with one name.
+    """
+    from cellembed.discovery import find_images
+
+    inputs = [Path(p) for p in inputs]
+    found: list[ImageInput] = []
+    for path in inputs:
+        if path.is_dir():
+            prefix = "" if len(inputs) == 1 else path.resolve().name + "/"
+            found += [ImageInput(image.absolute, prefix + image.path) for image in find_images(path)]
+        elif path.is_file():
+            found.append(ImageInput(path, path.name))
+        else:
+            raise ClassifierInputError(f"{path} does not exist; give image files or folders of images")
+    seen: dict[str, Path] = {}
+    for item in found:
+        if item.name in seen and seen[item.name] != item.file:
+            raise ClassifierInputError(
+                f"two images would be explained as {item.name} ({seen[item.name]} and {item.file}); "
+                "explain them in separate runs with different -o folders"
+            )
+        seen[item.name] = item.file
+    return list({item.name: item for item in found}.values())
+
+
+def output_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
+    return out_dir / (name + PNG_SUFFIX), out_dir / (name + JSON_SUFFIX)
+
+
+def _own_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and JSON_MARK in data else None
+
+
+def check_outputs(out_dir: Path, items: Sequence[ImageInput], inputs: Sequence[str | Path], overwrite: bool) -> None:
+    """Refuse, before any work, an output folder inside an input folder, or an existing
+    file this command did not write (unless ``overwrite``)."""
+    out = out_dir.resolve()
+    for path in inputs:
+        folder = Path(path).resolve()
+        if folder.is_dir() and out.is_relative_to(folder):
+            raise ClassifierInputError(
+                f"-o {out_dir} is inside the images folder {path}; give a folder outside it"
+            )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ClassifierInputError(f"-o {out_dir} is a file; give a folder for the heat maps")
+    if overwrite:
+        return
+    for item in items:
+        png, js = output_paths(out_dir, item.name)
+        if js.exists() and _own_json(js) is None:
+            raise ClassifierInputError(f"{js} exists and was not written by cellclf explain; give another -o or --overwrite")
+        if png.exists() and not is_explanation_png(png):
+            raise ClassifierInputError(f"{png} exists and was not written by cellclf explain; give another -o or --overwrite")
+
+
+class Explainer:
+    """A predictor with the network that gives its maps (built once)."""
+
+    def __init__(self, predictor: Any, weights: Any = None, n_jobs: int = 1):
+        from cellembed.backbones import backbone_for_spec
+        from cellembed.spatial import SpatialNetwork
+
+        self.predictor = predictor
+        self.network = SpatialNetwork(predictor.spec, weights)
+        backbone = backbone_for_spec(predictor.spec)
+        self.roles = {tap: backbone.tap_role(tap) for tap in predictor.taps}
+        self.n_jobs = n_jobs
+
+    def explain(self, pixels: np.ndarray) -> tuple[LocationAttribution, np.ndarray]:
+        """(attribution, (n, k) probabilities) of (n, S, S, 3) prepared pixels."""
+        maps = self.network.maps(pixels)
+        result = attribute(self.predictor, maps, n_jobs=self.n_jobs)
+        return result, self.predictor.predict_proba(maps.embedding().astype(np.float32))
+
+
+def explain_images(
+    predictor: Any,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    weights: Any = None,
+    overwrite: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    explainer: Explainer | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> ExplainRun:
+    """Write the heat map PNG and JSON of every image of ``inputs`` into ``out_dir``.
+
+    Raises:
+        ClassifierInputError / cellembed.InputError: a bad input, an output that is not
+            this command's, weights other than the model's (nothing written).
+        KeyboardInterrupt: the images finished so far are written and kept.
+    """
+    out_dir = Path(out_dir)
+    items = image_inputs(inputs)
+    check_outputs(out_dir, items, inputs, overwrite)
+    model_sha = sha256_file(predictor.source) if getattr(predictor, "source", None) else None
+    run = ExplainRun()
+    todo = []
+    for item in items:
+        png, js = output_paths(out_dir, item.name)
+        done = _own_json(js) if js.exists() and png.exists() else None
+        if done is not None and model_sha and done.get("model_sha256") == model_sha \
+                and done.get("image_sha256") == sha256_file(item.file):
+            run.reused += 1
+        else:
+            todo.append(item)
+    if not todo:
+        return run
+    explainer = explainer or Explainer(predictor, weights)
+    started = time.perf_counter()
+    bar = _progress_bar(len(todo), progress)
+    try:
+        for start in range(0, len(todo), BATCH):
+            batch = todo[start : start + BATCH]
+            loaded = [(item, explainer.network.load(item.file, max_pixels)) for item in batch]
+            good = [(item, image) for item, image in loaded if image.pixels is not None]
+            run.errors += [{"path": item.name, "reason": image.error} for item, image in loaded if image.pixels is None]
+            if good:
+                pixels = np.stack([image.pixels for _, image in good])
+                result, proba = explainer.explain(pixels)
+                for i, (item, _) in enumerate(good):
+                    run.explained.append(_write_one(explainer, item, pixels[i], result, proba, i, out_dir, model_sha))
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        run.seconds = time.perf_counter() - started
+    if log is not None:
+        log(f"explained {len(run.explained)} images in {run.seconds:.1f} s ({run.seconds_per_image:.2f} s per image)")
+    return run
+
+
+def image_record(explainer: Explainer, result: LocationAttribution, proba: np.ndarray, i: int) -> dict[str, Any]:
+    """The JSON facts of image ``i`` of a batch (without the file names)."""
+    classes = list(explainer.predictor.classes)
+    order = np.argsort(-proba[i], kind="stable")
+    sums = result.tap_sums()[i]  # (taps, k)
+    return {
+        JSON_MARK: JSON_FORMAT,
+        "predicted": classes[order[0]],
+        "runner_up": classes[order[1]] if len(classes) > 1 else None,
+        "probabilities": {c: round(float(p), 6) for c, p in zip(classes, proba[i])},
+        "family": explainer.predictor.family,
+        "exact": result.exact,
+        "method": result.method,
+        "baseline": {c: float(b) for c, b in zip(classes, result.baseline)},
+        "logit": {c: float(m) for c, m in zip(classes, result.margin[i])},
+        "tap_sums": {c: {t: float(sums[j, k]) for j, t in enumerate(result.taps)} for k, c in enumerate(classes)},
+        "taps": {t: explainer.roles.get(t, "") for t in result.taps},
+        "additivity_error": float(np.abs(sums.sum(axis=0) + result.baseline - result.margin[i]).max()),
+        "map_size": explainer.network.spec.input_size,
+        "maps_cover": "the network input: the image after the spec's colour normalisation "
+                      f"({explainer.network.spec.stain}) and crop ({explainer.network.spec.crop})",
+    }
+
+
+def _write_one(explainer: Explainer, item: ImageInput, pixels: np.ndarray, result: LocationAttribution,
+               proba: np.ndarray, i: int, out_dir: Path, model_sha: str | None) -> dict[str, Any]:
+    record = image_record(explainer, result, proba, i)
+    classes = list(explainer.predictor.classes)
+    shown = [record["predicted"]] + ([record["runner_up"]] if record["runner_up"] else [])
+    codes = [classes.index(c) for c in shown]
+    size = explainer.network.spec.input_size
+    maps = sum(upsample(m[i, codes], size) for m in result.tap_maps)
+    tap_maps = {t: upsample(result.tap_maps[j][i, codes[0]], size) for j, t in enumerate(result.taps)}
+    figure = explanation_figure(
+        np.clip(pixels, 0, 255).astype(np.uint8), dict(zip(shown, maps)), record["probabilities"], tap_maps,
+        short_tap_labels(result.taps, explainer.roles), title=item.name, exact=result.exact,
+    )
+    png, js = output_paths(out_dir, item.name)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(png) as tmp:
+        tmp.write_bytes(figure_png(figure))
+    record = {"image": item.name, "file": str(item.file), "image_sha256": sha256_file(item.file),
+              "model_sha256": model_sha, **record}
+    with atomic_path(js) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="explaining", disable=not enabled, leave=False,
+                bar_format="{desc}: {n}/{total} images [{elapsed}<{remaining}, {rate_fmt}]")
