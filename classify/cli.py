@@ -108,14 +108,23 @@ def main() -> None:
     "--shap-rows", default=DEFAULT_SHAP_ROWS, type=click.IntRange(min=1),
     help="Explain at most this many test images per model (a seeded random subset when there are more).",
 )
+@click.option(
+    "--no-heatmaps", is_flag=True,
+    help="Do not draw heat maps of the report's gallery images (they need the images folder and the weights).",
+)
+@click.option(
+    "--weights", default=None, metavar="PATH",
+    help="The Xception weights file of the embeddings, for the heat maps. Default: $CELLEMBED_WEIGHTS.",
+)
 @click.option("--jobs", default=2, type=click.IntRange(min=1), help="CPU cores to use.")
 @click.option("--no-report", is_flag=True, help="Do not write OUT/report.html.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines, only the final table.")
 def fit(
     embeddings: Path, run_dir: Path, test: Path | None, models: tuple[str, ...], seed: int, val_fraction: float,
-    test_fraction: float, cv: int, taps: tuple[str, ...] | None, no_shap: bool, shap_rows: int, jobs: int,
-    no_report: bool, overwrite: bool, quiet: bool, **family_settings: object,
+    test_fraction: float, cv: int, taps: tuple[str, ...] | None, no_shap: bool, shap_rows: int,
+    no_heatmaps: bool, weights: str | None, jobs: int, no_report: bool, overwrite: bool, quiet: bool,
+    **family_settings: object,
 ) -> None:
     """Train and test classifiers on the labelled images of EMBEDDINGS.
 
@@ -144,11 +153,12 @@ def fit(
 
     with user_errors(on_interrupt=f"interrupted; nothing was written to {run_dir}"):
         config = FitConfig.build(
-            models=models, seed=seed, cv=cv, taps=taps, shap=not no_shap, shap_max_rows=shap_rows, n_jobs=jobs,
+            models=models, seed=seed, cv=cv, taps=taps, shap=not no_shap, heatmaps=not no_heatmaps,
+            shap_max_rows=shap_rows, n_jobs=jobs,
             val_fraction=val_fraction, test_fraction=test_fraction, **family_settings,
         )
         result = run_fit(
-            embeddings, run_dir, test=test, config=config, overwrite=overwrite,
+            embeddings, run_dir, test=test, config=config, overwrite=overwrite, weights=weights,
             log=None if quiet else click.echo, on_complete=None if no_report else write_report,
         )
     click.echo(result.table())

@@ -68,6 +68,8 @@ class FitConfig:
     Attributes:
         models: keys of the model families to fit (default: every registered family).
         seed, cv, taps, shap, shap_max_rows, n_jobs: the settings every family shares.
+        heatmaps: explain the gallery images of the selected model with heat maps
+            (:mod:`cellclf.gallery_maps`; needs the images and the network's weights).
         val_fraction, test_fraction: shares of the labelled images held out for
             validation and test (each in (0, 1), together less than 1). With a separate
             test file no test split is made; validation then takes
@@ -86,6 +88,7 @@ class FitConfig:
     cv: int = 5
     taps: tuple[str, ...] | None = None
     shap: bool = True
+    heatmaps: bool = True
     shap_max_rows: int = DEFAULT_SHAP_ROWS
     n_jobs: int = 2
     val_fraction: float = DEFAULT_VAL_FRACTION
@@ -205,6 +208,7 @@ def fit(
     test: str | Path | None = None,
     config: FitConfig | None = None,
     overwrite: bool = False,
+    weights: Any = None,
     log: Callable[[str], None] | None = None,
     on_complete: Callable[[FitResult], None] | None = None,
 ) -> FitResult:
@@ -217,6 +221,8 @@ def fit(
         test: optional separate embeddings file used as the test set (then the input is
             split into train / validation only).
         config: tuning budget, seed, models, taps... (default: ``FitConfig()``).
+        weights: the network's weights file, for the heat maps of the gallery images
+            (None: ``$CELLEMBED_WEIGHTS``); when they cannot be made, the run says why.
         log: called with one line per phase (e.g. ``click.echo``).
         on_complete: called with the FitResult once RUN_DIR is in place (e.g. to write
             a report).
@@ -232,12 +238,12 @@ def fit(
     _check_writable(run_dir)
     with output_lock(run_dir):
         _check_run_dir(run_dir, overwrite)  # under the lock: a run that just finished counts
-        return _fit(embeddings, run_dir, test, config, log, on_complete)
+        return _fit(embeddings, run_dir, test, config, log, on_complete, weights)
 
 
 def _fit(
     embeddings: str | Path, run_dir: Path, test: str | Path | None, config: FitConfig,
-    log: Callable[[str], None] | None, on_complete: Callable[[FitResult], None] | None,
+    log: Callable[[str], None] | None, on_complete: Callable[[FitResult], None] | None, weights: Any = None,
 ) -> FitResult:
     phase = _PhaseLog(log)
 
@@ -297,10 +303,41 @@ def _fit(
     )
     write_run(run, run_dir, predictors)
     phase("write", f"{run_dir} (best: {best.key})")
+    _gallery_maps(run_dir, predictors[best.key], best.predictions, test or embeddings, config, weights, phase)
     result = FitResult(run_dir, run, predictors)
     if on_complete is not None:
         on_complete(result)
     return result
+
+
+def _gallery_maps(run_dir: Path, predictor: Predictor, predictions: Any, source: str | Path, config: FitConfig,
+                  weights: Any, phase: Callable[[str, str], None]) -> None:
+    """Heat maps of the gallery images (after the run is written: a failure here loses
+    nothing, and the run records why it has no maps)."""
+    from cellclf.gallery_maps import write_gallery_maps, write_unavailable
+    from cellembed import read_images_root
+    from cellembed.errors import InputError, Interrupted
+
+    if not config.heatmaps:
+        write_unavailable(run_dir, "the run was fitted with --no-heatmaps")
+        return
+    root = read_images_root(source)
+    if root is None or not root.is_dir():
+        reason = f"the images folder of {source} is not recorded or not here ({root})"
+        write_unavailable(run_dir, reason)
+        phase("heat maps", f"none: {reason}")
+        return
+    try:
+        write_gallery_maps(run_dir, predictor, predictions, root, weights=weights,
+                           log=lambda line: phase("heat maps", line))
+    except (InputError, ClassifierInputError) as exc:
+        write_unavailable(run_dir, f"they could not be made: {exc}")
+        phase("heat maps", f"none: {exc}")
+    except KeyboardInterrupt:
+        write_unavailable(run_dir, "drawing them was interrupted")
+        raise Interrupted(
+            f"interrupted while drawing the heat maps; the run in {run_dir} is complete without them"
+        ) from None
 
 
 def _check_writable(run_dir: Path) -> None:

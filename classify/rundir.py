@@ -49,6 +49,7 @@ import pandas as pd
 from cellembed import EmbeddingSpec, InputError
 from cellembed.atomic import install_folder, staging_folder
 from cellclf.errors import ClassifierInputError
+from cellclf.gallery_maps import read_gallery
 from cellclf.tuning import TuningResult
 
 METRICS = "metrics.json"
@@ -227,6 +228,7 @@ class RunRecord:
         best_model: key of the model saved as model.skops and model.joblib; ``best_by`` says how it won.
         split: the split.csv table (None when the file is gone).
         tuning: the tuning.csv table (None when the file is gone: ``tuning_missing`` says so).
+        gallery: see below.
     """
 
     run_dir: Path
@@ -240,6 +242,9 @@ class RunRecord:
     split: pd.DataFrame | None = None
     tuning: pd.DataFrame | None = None
     tuning_missing: str = ""
+    #: gallery/gallery.json (:func:`cellclf.gallery_maps.read_gallery`): the heat maps of
+    #: the gallery images, or why there are none; None for a run without it.
+    gallery: dict[str, Any] | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -520,6 +525,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         split=_optional_csv(run_dir, SPLIT),
         tuning=tuning,
         tuning_missing="" if tuning is not None else f"{run_dir.name}/{TUNING} is missing",
+        gallery=read_gallery(run_dir),
     )
 
 

@@ -1,9 +1,12 @@
 """The gallery of the worst misclassified images: selection, thumbnails and its markup.
 
-"Worst" means most confident mistakes first: misclassified rows sorted by the probability
-the model gave to the class it predicted (ties broken by path, so the order is stable).
+"Worst" means most confident mistakes first (:func:`cellclf.gallery_maps.worst_misclassified`).
 Thumbnails are small JPEGs inlined as ``data:`` URIs; only files inside the images folder
 are read (a ``path`` such as ``../../x`` in a predictions table is refused).
+
+A run with heat maps (``RUN_DIR/gallery/``, :mod:`cellclf.gallery_maps`) gets
+:func:`heatmap_gallery` instead: each image beside the maps of its true and its predicted
+class (its runner-up when correct), 240 px wide, shown at full size when clicked (a CSS ``:target``, no script).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from cellclf.gallery_maps import worst_misclassified
 from cellreports.figures import bytes_data_uri
 from cellreports.html import Markup, element, image, note, paragraph
 
@@ -36,31 +40,6 @@ class ImagesRoot:
 
     path: Path | None
     origin: str
-
-
-def worst_misclassified(
-    predictions: pd.DataFrame, proba: np.ndarray, classes: Sequence[str], limit: int = GALLERY_LIMIT
-) -> pd.DataFrame:
-    """The misclassified rows, most confident first, at most ``limit``.
-
-    Args:
-        predictions: ``path, label, predicted`` columns, one row per image.
-        proba: (n, k) predicted probabilities of those rows, columns in ``classes`` order.
-        classes: the model's classes.
-    Returns:
-        those rows (original columns) plus ``confidence`` (probability of the predicted
-        class) and ``proba_true`` (probability of the true class).
-    """
-    mistaken = (predictions["label"].astype(str) != predictions["predicted"].astype(str)).to_numpy()
-    wrong = predictions[mistaken].copy()
-    proba = np.asarray(proba, dtype=float)[mistaken]
-    column = {c: k for k, c in enumerate(classes)}
-    rows = np.arange(len(wrong))
-    wrong["confidence"] = proba[rows, [column[p] for p in wrong["predicted"].astype(str)]] if len(wrong) else []
-    true_columns = [column.get(t, -1) for t in wrong["label"].astype(str)]
-    wrong["proba_true"] = [proba[r, k] if k >= 0 else np.nan for r, k in zip(rows, true_columns)]
-    wrong = wrong.sort_values(["confidence", "path"], ascending=[False, True], kind="stable")
-    return wrong.head(limit).reset_index(drop=True)
 
 
 def image_file(root: Path, relative: str) -> Path | None:
@@ -139,3 +118,63 @@ def gallery(
         parts.append(note(f"{missing} of the {len(mistakes)} images were not found or could not be read under {images.path}."))
     parts.append(element("div", *tiles, class_="gallery"))
     return Markup("".join(parts))
+
+
+HEATMAP_THUMBNAIL = 240
+KINDS = {
+    "mistake": ("Worst misclassified images",
+                "The most confident mistakes on the test set, most confident first."),
+    "typical": ("Typical correct images",
+                "The most confident correct images of each class: what the model looks at when it is right."),
+}
+
+
+def heatmap_gallery(index: dict, model_title: str) -> Markup:
+    """The galleries of ``gallery.json`` (see :func:`cellclf.gallery_maps.read_gallery`)."""
+    exact = index.get("exact")
+    how = (
+        "The maps add up exactly to each class's logit (minus its value at the training mean)."
+        if exact else
+        "APPROXIMATION: the model's TreeSHAP values spread over the image in proportion to each "
+        "location's share of each embedding dimension; the maps add up to the logit, but where they put "
+        "the contribution is approximate."
+    )
+    parts = [
+        paragraph(
+            f"Where the {model_title} found its evidence. For each image: the image as the network saw it "
+            "(after colour normalisation and crop), then the heat map of the true class and of the predicted "
+            "class (of the runner-up for a correct image) on one colour scale; red pushes the logit towards the class, blue away from it, and "
+            "locations that do not matter are left clear. Click an image to see it larger. " + how
+        )
+    ]
+    if index.get("missing"):
+        parts.append(note(f"{len(index['missing'])} gallery images were not found or could not be read "
+                          f"under {index.get('images_root')}."))
+    for kind, (title, intro) in KINDS.items():
+        items = [item for item in index.get("items", []) if item.get("kind") == kind]
+        parts.append(element("h3", title))
+        if not items:
+            parts.append(paragraph("None." if kind == "mistake" else "No correct images to show."))
+            continue
+        parts.append(paragraph(intro))
+        parts.append(element("div", *(_map_card(item, f"{kind}-{i}") for i, item in enumerate(items)), class_="mapgallery"))
+    return Markup("".join(parts))
+
+
+def _map_card(item: dict, anchor: str) -> Markup:
+    right = item["label"] == item["predicted"]
+    panels = []
+    for key, label in (("image", "image"), ("true", f"map: {item['label']} (true)"),
+                       ("other", f"map: {item['other_class']} ({item['other_role']})")):
+        uri = bytes_data_uri(Path(item["files"][key]).read_bytes(), "image/jpeg")
+        picture = image(uri, f"{item['path']}: {label}", width=str(HEATMAP_THUMBNAIL), height=str(HEATMAP_THUMBNAIL))
+        panels.append(element("a", element("div", picture, element("div", label, class_="panel")), href=f"#{anchor}"))
+    caption = [
+        element("span", "true: ", element("b", item["label"])), " · ",
+        element("span", "predicted: ", element("span", item["predicted"], class_="" if right else "bad")), " · ",
+        element("span", f"confidence {item['confidence']:.3f}"),
+        *([] if right else [" · ", element("span", f"P(true) {item['proba_true']:.3f}")]),
+        element("div", item["path"], class_="path"),
+    ]
+    return element("figure", element("div", *panels, class_="panels"), element("figcaption", *caption),
+                   id=anchor, class_="mapcard")

@@ -51,6 +51,15 @@ img.plot { max-width: 100%; height: auto; border: 1px solid #eee; }
 .gallery img { display: block; margin: 0 auto 4px auto; }
 .gallery .path { word-break: break-all; font-size: 0.75em; color: #777; }
 .bad { color: #a01010; font-weight: 600; }
+.mapgallery { display: flex; flex-wrap: wrap; gap: 14px; }
+.mapcard { border: 1px solid #d5dbe3; padding: 6px; }
+.mapcard .panels { display: flex; gap: 4px; }
+.mapcard .panels a { color: inherit; text-decoration: none; }
+.mapcard .panel { font-size: 0.75em; color: #555; text-align: center; }
+.mapcard .path { word-break: break-all; font-size: 0.75em; color: #777; }
+.mapcard:target { outline: 3px solid #23395d; }
+.mapcard:target .panels { flex-wrap: wrap; }
+.mapcard:target img { width: 448px; height: 448px; }
 """
 
 

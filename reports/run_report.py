@@ -7,7 +7,7 @@ from typing import Any
 
 from cellembed import InputError, read_images_root
 from cellreports import sections
-from cellreports.gallery import GALLERY_LIMIT, ImagesRoot
+from cellreports.gallery import GALLERY_LIMIT, ImagesRoot, heatmap_gallery
 from cellreports.html import Section, page
 from cellreports.writing import write_html
 
@@ -53,10 +53,15 @@ def build_run_sections(run: Any, images_root: str | Path | None = None) -> list[
     facts = [(name, value) for name, value in facts if value is not None]
     models = model_views(run)
     best = next((m for m in models if m.best), models[0])
-    gallery = sections.gallery_section(
-        best, run.classes, find_images_root(run, images_root), GALLERY_LIMIT,
-        intro=f"Shown for the selected model, {best.title}, on the test set.",
-    )
+    maps = getattr(run, "gallery", None) or {}
+    if maps.get("items"):
+        gallery = Section("gallery", "Heat maps: mistakes and typical images", heatmap_gallery(maps, best.title))
+    else:
+        why = f" Heat maps are not shown because {maps['unavailable']}." if maps.get("unavailable") else ""
+        gallery = sections.gallery_section(
+            best, run.classes, find_images_root(run, images_root), GALLERY_LIMIT,
+            intro=f"Shown for the selected model, {best.title}, on the test set.{why}",
+        )
     return [
         sections.data_section(run.classes, data.counts, data.spec, facts, data.spec_missing),
         sections.models_section(
@@ -68,9 +73,20 @@ def build_run_sections(run: Any, images_root: str | Path | None = None) -> list[
         sections.confusion_section(models, run.classes),
         sections.roc_section(models, run.classes),
         sections.tuning_section(models, run.tuning, run.tuning_missing),
-        sections.shap_section(models, run.shap_missing),
+        sections.shap_section(models, run.shap_missing, _tap_roles(data.spec, data.taps)),
         gallery,
     ]
+
+
+def _tap_roles(spec: Any, taps: Any) -> dict[str, str]:
+    """What each tap sees (the backbone's words), or nothing when the backbone is unknown."""
+    from cellembed.backbones import backbone_for_spec
+
+    try:
+        backbone = backbone_for_spec(spec)
+    except (InputError, AttributeError, TypeError):
+        return {}
+    return {tap: backbone.tap_role(tap) for tap in (taps or [])}
 
 
 def find_images_root(run: Any, images_root: str | Path | None = None) -> ImagesRoot:

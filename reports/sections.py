@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Mapping, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -241,13 +241,15 @@ def _trials_table(tuning: pd.DataFrame) -> Markup:
                  numeric=(1, 4, 5, 6), caption="All trials (tuning.csv)", id="tuning-table")
 
 
-def shap_section(models: Sequence[ModelView], missing: str) -> Section:
-    """SHAP summary plots, facts of the computation and the top dimensions per class.
+def shap_section(models: Sequence[ModelView], missing: str, tap_roles: Mapping[str, str] | None = None) -> Section:
+    """SHAP summary plots, facts of the computation, each layer's share, and the top
+    dimensions per class.
 
     Args:
         missing: why a model has no SHAP summary at all.
+        tap_roles: what each tap (layer) sees, by name (``Backbone.tap_role``).
     """
-    parts = []
+    parts = [_layer_shares(models, tap_roles or {})]
     for model in models:
         record = model.record
         shap = record.shap
@@ -278,6 +280,23 @@ def shap_section(models: Sequence[ModelView], missing: str) -> Section:
         "the full top 20 are in shap/<model>_top20.csv."
     )
     return Section("shap", "SHAP explanations", concat([intro, *parts]))
+
+
+def _layer_shares(models: Sequence[ModelView], tap_roles: Mapping[str, str]) -> Markup:
+    """Each tap with what it sees and its share of the mean |SHAP| per model (mean over classes)."""
+    shares = {}
+    for model in models:
+        by_tap = model.record.shap.by_tap if model.record.shap is not None else None
+        if by_tap is not None and len(by_tap):
+            shares[model.title] = by_tap.groupby("tap", sort=False)["share"].mean()
+    taps = list(dict.fromkeys([*tap_roles, *(t for s in shares.values() for t in s.index)]))
+    if not taps:
+        return Markup("")
+    rows = [[tap, tap_roles.get(tap, ""), *(f"{s.get(tap, float('nan')):.2f}" for s in shares.values())] for tap in taps]
+    return table(["layer (Keras name)", "what it sees", *(f"share: {title}" for title in shares)], rows,
+                 numeric=range(2, 2 + len(shares)),
+                 caption="The layers (taps) of the embedding, from early to late, and their share of the mean |SHAP| "
+                         "(averaged over the classes)")
 
 
 def _top_dimensions(top: pd.DataFrame, key: str) -> Markup:

@@ -1,0 +1,172 @@
+"""The heat-map galleries of a fit: the worst mistakes and typical correct images, with maps.
+
+``cellclf fit`` (after the run is written) explains, with the selected model, the most
+confident mistakes on the test set and the most confident correct images of each class,
+and keeps in ``RUN_DIR/gallery/`` for each one three JPEGs: the image as the network saw
+it, and the heat map (:mod:`cellclf.heatmaps`) of the true class and of the predicted class
+(of the runner-up for a correct image, whose predicted class is the true one) overlaid on
+it, on one colour scale; ``gallery.json`` lists them with their facts, or says
+why there are no maps (no images folder, no weights, ``--no-heatmaps``). The report shows
+them (:mod:`cellreports`); nothing here needs the report.
+
+"Worst" means most confident mistakes first: misclassified rows sorted by the probability
+the model gave to the class it predicted (ties broken by path, so the order is stable).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cellembed.atomic import atomic_path
+
+GALLERY_DIR = "gallery"
+GALLERY_INDEX = "gallery.json"
+MISTAKES_LIMIT = 24
+TYPICAL_PER_CLASS = 2
+#: Side of the stored pictures (the report shows them at 240 px and this size on click).
+PICTURE_SIZE = 448
+
+
+def worst_misclassified(
+    predictions: pd.DataFrame, proba: np.ndarray, classes: Sequence[str], limit: int = MISTAKES_LIMIT
+) -> pd.DataFrame:
+    """The misclassified rows, most confident first, at most ``limit``.
+
+    Args:
+        predictions: ``path, label, predicted`` columns, one row per image.
+        proba: (n, k) predicted probabilities of those rows, columns in ``classes`` order.
+        classes: the model's classes.
+    Returns:
+        those rows (original columns) plus ``confidence`` (probability of the predicted
+        class) and ``proba_true`` (probability of the true class).
+    """
+    mistaken = (predictions["label"].astype(str) != predictions["predicted"].astype(str)).to_numpy()
+    return _ranked(predictions[mistaken], np.asarray(proba, dtype=float)[mistaken], classes).head(limit).reset_index(drop=True)
+
+
+def most_confident_correct(
+    predictions: pd.DataFrame, proba: np.ndarray, classes: Sequence[str], per_class: int = TYPICAL_PER_CLASS
+) -> pd.DataFrame:
+    """The ``per_class`` most confident correct rows of each class (classes in order)."""
+    right = (predictions["label"].astype(str) == predictions["predicted"].astype(str)).to_numpy()
+    ranked = _ranked(predictions[right], np.asarray(proba, dtype=float)[right], classes)
+    parts = [ranked[ranked["label"].astype(str) == c].head(per_class) for c in classes]
+    return pd.concat(parts, ignore_index=True) if parts else ranked.head(0)
+
+
+def _ranked(rows: pd.DataFrame, proba: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
+    rows = rows.copy()
+    column = {c: k for k, c in enumerate(classes)}
+    index = np.arange(len(rows))
+    rows["confidence"] = proba[index, [column[p] for p in rows["predicted"].astype(str)]] if len(rows) else []
+    true_columns = [column.get(t, -1) for t in rows["label"].astype(str)]
+    rows["proba_true"] = [proba[r, k] if k >= 0 else np.nan for r, k in zip(index, true_columns)]
+    return rows.sort_values(["confidence", "path"], ascending=[False, True], kind="stable")
+
+
+def write_unavailable(run_dir: Path, reason: str) -> None:
+    """Record in ``gallery.json`` why the run has no heat maps."""
+    folder = Path(run_dir) / GALLERY_DIR
+    folder.mkdir(exist_ok=True)
+    with atomic_path(folder / GALLERY_INDEX) as tmp:
+        tmp.write_text(json.dumps({"unavailable": reason}, indent=1))
+
+
+def write_gallery_maps(
+    run_dir: Path,
+    predictor: Any,
+    predictions: pd.DataFrame,
+    images_root: Path,
+    *,
+    weights: Any = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Explain the gallery images of ``predictions`` (the selected model's test rows:
+    ``path, label, predicted, proba_<class>``) and write ``RUN_DIR/gallery/``.
+
+    Returns the index written to ``gallery.json``.
+
+    Raises:
+        cellembed.InputError / ClassifierInputError: no such weights, or weights other
+            than the model's (nothing written).
+    """
+    from cellclf.explaining import Explainer
+    from cellclf.heatmap_images import colour_limit, jpeg_bytes, overlay
+    from cellclf.heatmaps import upsample
+
+    classes = list(predictor.classes)
+    proba = predictions[[f"proba_{c}" for c in classes]].to_numpy(dtype=float)
+    chosen = [("mistake", worst_misclassified(predictions, proba, classes)),
+              ("typical", most_confident_correct(predictions, proba, classes))]
+    started = time.perf_counter()
+    explainer = Explainer(predictor, weights)
+    folder = Path(run_dir) / GALLERY_DIR
+    folder.mkdir(exist_ok=True)
+    items, missing = [], []
+    for kind, rows in chosen:
+        for row in rows.itertuples(index=False):
+            source = (images_root / str(row.path)).resolve()
+            if not source.is_relative_to(images_root.resolve()) or not source.is_file():
+                missing.append(str(row.path))
+                continue
+            image = explainer.network.load(source)
+            if image.pixels is None:
+                missing.append(str(row.path))
+                continue
+            result, proba = explainer.explain(image.pixels[None])
+            true = classes.index(str(row.label))
+            other = classes.index(str(row.predicted))
+            if other == true:  # a correct image: its runner-up says more than the same map twice
+                other = int(next(k for k in np.argsort(-proba[0], kind="stable") if k != true))
+            codes = [true, other]
+            size = image.pixels.shape[0]
+            maps = sum(upsample(m[0, codes], size) for m in result.tap_maps)
+            limit = colour_limit(*maps)
+            pixels = np.clip(image.pixels, 0, 255).astype(np.uint8)
+            stem = f"{len(items):03d}"
+            files = {"image": f"{stem}-image.jpg", "true": f"{stem}-true.jpg", "other": f"{stem}-other.jpg"}
+            for name, picture in (("image", pixels), ("true", overlay(pixels, maps[0], limit)),
+                                  ("other", overlay(pixels, maps[1], limit))):
+                with atomic_path(folder / files[name]) as tmp:
+                    tmp.write_bytes(jpeg_bytes(picture, PICTURE_SIZE))
+            items.append({
+                "kind": kind, "path": str(row.path), "label": str(row.label), "predicted": str(row.predicted),
+                "confidence": float(row.confidence), "proba_true": float(row.proba_true), "files": files,
+                "other_class": classes[other], "other_role": "predicted" if kind == "mistake" else "runner-up",
+                "map_sum_true": float(maps[0].sum()), "map_sum_other": float(maps[1].sum()),
+            })
+    index = {
+        "model": predictor.family, "exact": bool(result.exact) if items else None,
+        "method": result.method if items else None, "images_root": str(images_root),
+        "items": items, "missing": missing, "seconds": round(time.perf_counter() - started, 1),
+    }
+    with atomic_path(folder / GALLERY_INDEX) as tmp:
+        tmp.write_text(json.dumps(index, indent=1))
+    if log is not None:
+        log(f"heat maps of {len(items)} gallery images in {index['seconds']:.1f} s")
+    return index
+
+
+def read_gallery(run_dir: Path) -> dict[str, Any] | None:
+    """``gallery.json`` of a run (None when the run has none), with each item's pictures'
+    paths made absolute; pictures that are gone are dropped from ``items``."""
+    path = Path(run_dir) / GALLERY_DIR / GALLERY_INDEX
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict):
+        return None
+    kept = []
+    for item in index.get("items", []):
+        files = {k: Path(run_dir) / GALLERY_DIR / Path(v).name for k, v in item.get("files", {}).items()}
+        if files and all(f.is_file() for f in files.values()):
+            kept.append({**item, "files": files})
+    index["items"] = kept
+    return index
