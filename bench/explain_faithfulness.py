@@ -51,7 +51,6 @@ def block_order(scores: np.ndarray, block: int) -> np.ndarray:
     ids = ids.ravel()
     sums = np.bincount(ids, weights=scores.ravel())
     means = sums / np.bincount(ids)
-    rank = np.empty_like(ids)
     rank_of_block = np.argsort(np.argsort(-means, kind="stable"), kind="stable")
     rank = rank_of_block[ids]
     return np.lexsort((np.arange(ids.size), rank))

@@ -37,9 +37,17 @@ def main() -> None:
     parser.add_argument("--weights", default=os.environ.get("CELLEMBED_WEIGHTS") or str(DEFAULT_WEIGHTS))
     parser.add_argument("--run-dir", type=Path, default=Path("/tmp/cellclf-fit-bench"))
     parser.add_argument("--skip-extract", action="store_true", help="use --embeddings as it is")
+    parser.add_argument(
+        "--from-levers", type=Path, default=None,
+        help="when --embeddings does not exist, write it from this bench/accuracy_levers.py cache of the "
+        "same images and settings with more taps (same forward pass: the default's taps are copied, "
+        "not recomputed) instead of extracting",
+    )
     parser.add_argument("fit_args", nargs="*", help="extra options for cellclf fit (after --)")
     args = parser.parse_args()
 
+    if args.from_levers is not None and not args.embeddings.exists():
+        derive_default(args.from_levers, args.embeddings, args.weights)
     if not args.skip_extract:
         from cellembed import extract
 
@@ -80,6 +88,30 @@ def main() -> None:
           f"({'ok' if wall < TIME_TARGET_S else 'MISSED'}: target < {TIME_TARGET_S}s); "
           f"peak memory {peak_mb:.0f} MB (largest process)")
     print(f"best model: {metrics['best_model']}; all targets {'met' if ok else 'NOT met'}")
+
+
+def derive_default(source: Path, out: Path, weights: str) -> None:
+    """Write ``out`` with the default preset's spec from ``source`` (a cellembed file of the
+    same images whose spec differs from the default's only by having more taps)."""
+    from cellembed import embedding_matrix, load_embeddings, read_images_root
+    from cellembed.embedder import spec_for_settings
+    from cellembed.store import make_table, write_table
+
+    frame, spec = load_embeddings(source)
+    planned, _ = spec_for_settings(weights=weights)
+    X, _ = embedding_matrix(frame, spec, planned.tap_names)
+    widths = {t.name: t.width for t in spec.taps}
+    derived = planned.with_tap_widths([widths[name] for name in planned.tap_names])
+    kept = derived.differences(spec.with_tap_widths([t.width for t in spec.taps]))
+    if any(not d.startswith("taps:") for d in kept):
+        sys.exit(f"{source} differs from the default by more than its taps: {kept}")
+    table = make_table(
+        derived, frame["path"], frame["label"], frame["sha256"], frame["width"], frame["height"], X,
+        images_root=read_images_root(source),
+        cell_found=frame["cell_found"] if "cell_found" in frame else None,
+    )
+    write_table(table, out)
+    print(f"derived {out} ({len(frame)} rows, taps {','.join(derived.tap_names)}) from {source}", flush=True)
 
 
 if __name__ == "__main__":

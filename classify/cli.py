@@ -206,7 +206,7 @@ def fit(
 @allow_skips_option
 @click.option(
     "--overwrite", is_flag=True,
-    help="Replace -o (and its tables) or --report even when it is not a file predict wrote.",
+    help="Replace -o (and its tables), --report or files in --heatmaps even when predict did not write them.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")
 def predict(
@@ -249,7 +249,7 @@ def predict(
         if heatmaps_dir is not None:
             from cellclf.explaining import check_outputs, image_inputs
 
-            check_outputs(heatmaps_dir, image_inputs([images]), [images], overwrite)
+            check_outputs(heatmaps_dir, image_inputs([images]), [images], overwrite, "--heatmaps")
         started = time.perf_counter()
         predictor = load_predictor(model, trust_pickle=trust_pickle)
         say(f"loaded {predictor.source} ({predictor.family}, {len(predictor.classes)} classes) in {time.perf_counter() - started:.1f} s")
@@ -306,7 +306,7 @@ def predict(
             from cellclf.explaining import explain_images
 
             maps = explain_images(predictor, [images], heatmaps_dir, weights=weights, overwrite=overwrite,
-                                  max_pixels=max_pixels, progress=not quiet, log=say)
+                                  max_pixels=max_pixels, option="--heatmaps", progress=not quiet, log=say)
             click.echo(f"heat maps: {len(maps.explained)} written to {heatmaps_dir}"
                        + (f" ({maps.reused} already there)" if maps.reused else ""), err=True)
     exit_if_skipped(run.extraction.errors, f"listed in {out} with their reason", allow_skips)

@@ -31,6 +31,7 @@ from cellclf.heatmap_images import explanation_figure, figure_png, is_explanatio
 from cellclf.heatmaps import LocationAttribution, attribute, upsample
 from cellembed.atomic import atomic_path
 from cellembed.decoding import DEFAULT_MAX_PIXELS
+from cellembed.errors import Interrupted
 from cellembed.hashing import sha256_file
 
 JSON_MARK = "cellclf_explain"
@@ -105,26 +106,29 @@ def _own_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and JSON_MARK in data else None
 
 
-def check_outputs(out_dir: Path, items: Sequence[ImageInput], inputs: Sequence[str | Path], overwrite: bool) -> None:
-    """Refuse, before any work, an output folder inside an input folder, or an existing
-    file this command did not write (unless ``overwrite``)."""
-    out = out_dir.resolve()
+def check_outputs(
+    out_dir: Path, items: Sequence[ImageInput], inputs: Sequence[str | Path], overwrite: bool, option: str = "-o"
+) -> None:
+    """Refuse, before any work, an output folder inside an images folder or holding one, or
+    an existing file this command did not write (unless ``overwrite``); ``option`` is the
+    option that named ``out_dir``."""
+    out = Path(out_dir).resolve()
     for path in inputs:
         folder = Path(path).resolve()
-        if folder.is_dir() and out.is_relative_to(folder):
-            raise ClassifierInputError(
-                f"-o {out_dir} is inside the images folder {path}; give a folder outside it"
-            )
+        if folder.is_dir() and (out.is_relative_to(folder) or folder.is_relative_to(out)):
+            where = "inside the images folder" if out.is_relative_to(folder) else "around the images folder"
+            raise ClassifierInputError(f"{option} {out_dir} is {where} {path}; give a folder apart from the images")
     if out_dir.exists() and not out_dir.is_dir():
-        raise ClassifierInputError(f"-o {out_dir} is a file; give a folder for the heat maps")
+        raise ClassifierInputError(f"{option} {out_dir} is a file; give a folder for the heat maps")
     if overwrite:
         return
     for item in items:
         png, js = output_paths(out_dir, item.name)
-        if js.exists() and _own_json(js) is None:
-            raise ClassifierInputError(f"{js} exists and was not written by cellclf explain; give another -o or --overwrite")
-        if png.exists() and not is_explanation_png(png):
-            raise ClassifierInputError(f"{png} exists and was not written by cellclf explain; give another -o or --overwrite")
+        if (js.exists() and _own_json(js) is None) or (png.exists() and not is_explanation_png(png)):
+            theirs = js if js.exists() and _own_json(js) is None else png
+            raise ClassifierInputError(
+                f"{theirs} exists and was not written by cellclf; give another {option} folder or --overwrite"
+            )
 
 
 class Explainer:
@@ -156,6 +160,8 @@ def explain_images(
     overwrite: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     explainer: Explainer | None = None,
+    option: str = "-o",
+    n_jobs: int = 1,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> ExplainRun:
@@ -164,17 +170,18 @@ def explain_images(
     Raises:
         ClassifierInputError / cellembed.InputError: a bad input, an output that is not
             this command's, weights other than the model's (nothing written).
-        KeyboardInterrupt: the images finished so far are written and kept.
+        cellembed.Interrupted: Ctrl-C; the images finished so far are written and kept, and
+            the same call again finishes the others.
     """
     out_dir = Path(out_dir)
     items = image_inputs(inputs)
-    check_outputs(out_dir, items, inputs, overwrite)
+    check_outputs(out_dir, items, inputs, overwrite, option)
     model_sha = sha256_file(predictor.source) if getattr(predictor, "source", None) else None
     run = ExplainRun()
     todo = []
     for item in items:
         png, js = output_paths(out_dir, item.name)
-        done = _own_json(js) if js.exists() and png.exists() else None
+        done = _own_json(js) if js.exists() and is_explanation_png(png) else None
         if done is not None and model_sha and done.get("model_sha256") == model_sha \
                 and done.get("image_sha256") == sha256_file(item.file):
             run.reused += 1
@@ -182,7 +189,7 @@ def explain_images(
             todo.append(item)
     if not todo:
         return run
-    explainer = explainer or Explainer(predictor, weights)
+    explainer = explainer or Explainer(predictor, weights, n_jobs)
     started = time.perf_counter()
     bar = _progress_bar(len(todo), progress)
     try:
@@ -197,6 +204,11 @@ def explain_images(
                 for i, (item, _) in enumerate(good):
                     run.explained.append(_write_one(explainer, item, pixels[i], result, proba, i, out_dir, model_sha))
             bar.update(len(batch))
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted; the {len(run.explained)} heat maps written to {out_dir} now are kept: "
+            "run the same command again to finish"
+        ) from None
     finally:
         bar.close()
         run.seconds = time.perf_counter() - started

@@ -24,9 +24,8 @@ import numpy as np
 import pandas as pd
 
 from cellembed.atomic import atomic_path
+from cellclf.rundir import GALLERY_DIR, GALLERY_INDEX
 
-GALLERY_DIR = "gallery"
-GALLERY_INDEX = "gallery.json"
 MISTAKES_LIMIT = 24
 TYPICAL_PER_CLASS = 2
 #: Side of the stored pictures (the report shows them at 240 px and this size on click).
@@ -85,6 +84,7 @@ def write_gallery_maps(
     images_root: Path,
     *,
     weights: Any = None,
+    n_jobs: int = 1,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Explain the gallery images of ``predictions`` (the selected model's test rows:
@@ -105,12 +105,17 @@ def write_gallery_maps(
     chosen = [("mistake", worst_misclassified(predictions, proba, classes)),
               ("typical", most_confident_correct(predictions, proba, classes))]
     started = time.perf_counter()
-    explainer = Explainer(predictor, weights)
+    total = sum(len(rows) for _, rows in chosen)
+    explainer = Explainer(predictor, weights, n_jobs) if total else None
     folder = Path(run_dir) / GALLERY_DIR
     folder.mkdir(exist_ok=True)
-    items, missing = [], []
+    items, missing, result = [], [], None
     for kind, rows in chosen:
         for row in rows.itertuples(index=False):
+            if log is not None and (len(items) + len(missing)) % 10 == 0 and len(items) + len(missing):
+                elapsed = time.perf_counter() - started
+                done = len(items) + len(missing)
+                log(f"{done}/{total} images, {done / elapsed:.2f} img/s, ETA {(total - done) * elapsed / done:.0f}s")
             source = (images_root / str(row.path)).resolve()
             if not source.is_relative_to(images_root.resolve()) or not source.is_file():
                 missing.append(str(row.path))
@@ -142,31 +147,12 @@ def write_gallery_maps(
                 "map_sum_true": float(maps[0].sum()), "map_sum_other": float(maps[1].sum()),
             })
     index = {
-        "model": predictor.family, "exact": bool(result.exact) if items else None,
-        "method": result.method if items else None, "images_root": str(images_root),
+        "model": predictor.family, "exact": bool(result.exact) if result is not None else None,
+        "method": result.method if result is not None else None, "images_root": str(images_root),
         "items": items, "missing": missing, "seconds": round(time.perf_counter() - started, 1),
     }
     with atomic_path(folder / GALLERY_INDEX) as tmp:
         tmp.write_text(json.dumps(index, indent=1))
     if log is not None:
         log(f"heat maps of {len(items)} gallery images in {index['seconds']:.1f} s")
-    return index
-
-
-def read_gallery(run_dir: Path) -> dict[str, Any] | None:
-    """``gallery.json`` of a run (None when the run has none), with each item's pictures'
-    paths made absolute; pictures that are gone are dropped from ``items``."""
-    path = Path(run_dir) / GALLERY_DIR / GALLERY_INDEX
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(index, dict):
-        return None
-    kept = []
-    for item in index.get("items", []):
-        files = {k: Path(run_dir) / GALLERY_DIR / Path(v).name for k, v in item.get("files", {}).items()}
-        if files and all(f.is_file() for f in files.values()):
-            kept.append({**item, "files": files})
-    index["items"] = kept
     return index

@@ -23,6 +23,9 @@ MAX_ALPHA = 0.75
 #: The colour scale's limit is this percentile of |map| (a single extreme pixel does not
 #: wash out the rest).
 LIMIT_PERCENTILE = 99.5
+#: Titles hold file and class names: never read as matplotlib's maths markup ("$").
+TEXT = {"fontsize": 9, "parse_math": False}
+SMALL_TEXT = {"fontsize": 8, "parse_math": False}
 #: PNG text key marking files cellclf wrote (``cellclf explain`` replaces only those).
 PNG_MARK = ("Software", "cellclf explain")
 
@@ -82,13 +85,13 @@ def explanation_figure(
     axes = top_row.subplots(1, 1 + len(classes))
     axes = np.atleast_1d(axes)
     axes[0].imshow(np.asarray(pixels, dtype=np.uint8))
-    top = sorted(probabilities.items(), key=lambda item: -item[1])[:3]
-    axes[0].set_title("as the network saw it\n" + "\n".join(f"{c} {p:.3f}" for c, p in top[:2]), fontsize=9)
+    top = sorted(probabilities.items(), key=lambda item: -item[1])[:2]
+    axes[0].set_title("as the network saw it\n" + "\n".join(f"{c} {p:.3f}" for c, p in top), **TEXT)
     for i, name in enumerate(classes):
         axes[i + 1].imshow(overlay(pixels, maps[name], limit))
         role = "predicted" if i == 0 else "runner-up" if i == 1 else "class"
         axes[i + 1].set_title(
-            f"{role}: {name} ({probabilities[name]:.3f})\nmap sum {maps[name].sum():+.2f} = logit - baseline", fontsize=9
+            f"{role}: {name} ({probabilities[name]:.3f})\nmap sum {maps[name].sum():+.2f} = logit - baseline", **TEXT
         )
     bar = top_row.colorbar(ScalarMappable(Normalize(-limit, limit), colormaps[CMAP]), ax=list(axes[1:]) or list(axes),
                            shrink=0.85, pad=0.02)
@@ -98,14 +101,14 @@ def explanation_figure(
         tap_axes = np.atleast_1d(tap_row.subplots(1, n_taps))
         for ax, (tap, heat) in zip(tap_axes, tap_maps.items()):
             ax.imshow(overlay(pixels, heat, tap_limit))
-            ax.set_title(f"{classes[0]} by layer: {tap_labels.get(tap, tap)}\nsum {heat.sum():+.2f}", fontsize=8)
-        tap_row.suptitle("the predicted class's map split by layer (its own colour scale)", fontsize=9)
+            ax.set_title(f"{classes[0]} by layer: {tap_labels.get(tap, tap)}\nsum {heat.sum():+.2f}", **SMALL_TEXT)
+        tap_row.suptitle("the predicted class's map split by layer (its own colour scale)", **TEXT)
     for ax in figure.axes:
         if ax is not bar.ax:
             ax.set_xticks([])
             ax.set_yticks([])
     kind = "exact decomposition of the logit" if exact else "APPROXIMATION (TreeSHAP spread over locations)"
-    top_row.suptitle(f"{title}: {kind}", fontsize=10)
+    top_row.suptitle(f"{title}: {kind}", fontsize=10, parse_math=False)
     return figure
 
 

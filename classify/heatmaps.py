@@ -17,7 +17,7 @@ by the scaler's standard deviations (:func:`cellclf.families.lr.linear_margin`).
 **Other models** (XGBoost): trees are not additive over locations. Each dimension's SHAP
 value phi_cd (exact TreeSHAP) is spread over the locations in proportion to each
 location's share of the dimension's deviation from the training mean,
-(U_d(v,x,y) - mu_d) / (V H W (e_d - mu_d)); a dimension within 1e-3 training standard
+(U_d(v,x,y) - mu_d) / (V H W (e_d - mu_d)); a dimension within 0.1 training standard
 deviations of its mean is spread evenly. The map still sums to the margin minus the
 expected value, but where it puts the contribution is an approximation, and it is labelled
 so wherever it is shown.
@@ -42,8 +42,10 @@ if TYPE_CHECKING:
     from cellembed.spatial import TapMaps
 
 #: A dimension whose embedding is within this many training standard deviations of the
-#: training mean is spread evenly by the approximate (SHAP-spreading) maps.
-EVEN_SPREAD_BELOW = 1e-3
+#: training mean is spread evenly by the approximate (SHAP-spreading) maps: dividing by a
+#: smaller deviation would give locations weights of opposite signs many times their
+#: share, which cancel in the sum but make the map noise.
+EVEN_SPREAD_BELOW = 0.1
 EXACT_METHOD = "exact decomposition of the linear class margin over locations (training-mean baseline)"
 APPROXIMATE_METHOD = (
     "approximation: TreeSHAP per embedding dimension spread over locations in proportion to "
@@ -102,16 +104,23 @@ def attribute(predictor: "Predictor", maps: "TapMaps", n_jobs: int = 1) -> Locat
         )
     index = {tap.name: i for i, tap in enumerate(maps.spec.taps)}
     per_tap = [maps.maps[index[name]] for name in predictor.taps]  # (n, V, H, W, width) each
-    X = predictor.matrix(maps.embedding().astype(np.float32))
+    embedding = maps.embedding()  # float64: the exact mean of the location values
+    X = predictor.matrix(embedding.astype(np.float32))
+    e = np.concatenate([embedding[:, maps.spec.tap_slices([name])[0]] for name in predictor.taps], axis=1)
     mean, std = (np.asarray(r, dtype=np.float64) for r in predictor.reference)
     bounds = np.cumsum([0] + [m.shape[-1] for m in per_tap])
     family = get_family(predictor.family)
     linear = family.linear_margin(predictor.model)
     tap_maps = []
+    k = len(predictor.classes)
     if linear is not None:
-        coef, intercept = (np.asarray(a, dtype=np.float64) for a in linear)
+        coef, intercept = (np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in linear)
+        if coef.shape[0] == 1 and k == 2:  # one margin (class 1): class 0 gets its negation
+            coef, intercept = np.vstack([-coef, coef]), np.concatenate([-intercept, intercept])
+        if coef.shape != (k, X.shape[1]):
+            raise ValueError(f"linear_margin gave coefficients of shape {coef.shape}, expected {(k, X.shape[1])}")
         baseline = intercept + coef @ mean
-        margin = X.astype(np.float64) @ coef.T + intercept
+        margin = e @ coef.T + intercept
         for U, start, stop in zip(per_tap, bounds[:-1], bounds[1:]):
             n, V, H, W, _ = U.shape
             w, mu = coef[:, start:stop], mean[start:stop]
@@ -119,7 +128,6 @@ def attribute(predictor: "Predictor", maps: "TapMaps", n_jobs: int = 1) -> Locat
             tap_maps.append(contribution - (w @ mu)[None, :, None, None] / (H * W))
         return LocationAttribution(tuple(predictor.taps), tap_maps, baseline, margin, True, EXACT_METHOD)
     shap = family.explain(predictor.model, X, n_jobs)
-    e = X.astype(np.float64)
     for U, start, stop in zip(per_tap, bounds[:-1], bounds[1:]):
         n, V, H, W, _ = U.shape
         deviation = e[:, start:stop] - mean[start:stop]  # (n, d)
@@ -157,5 +165,7 @@ def upsample(values: np.ndarray, size: int) -> np.ndarray:
     """(..., H, W) -> (..., size, size), area-preserving (the sum over the last two axes
     is kept exactly, up to rounding)."""
     values = np.asarray(values, dtype=np.float64)
+    if size < max(values.shape[-2:]):
+        raise ValueError(f"upsample keeps a map's sum only when enlarging ({values.shape[-2:]} to {size})")
     rows, cols = upsample_matrix(values.shape[-2], size), upsample_matrix(values.shape[-1], size)
     return np.einsum("ih,...hw,jw->...ij", rows, values, cols, optimize=True)

@@ -26,6 +26,7 @@ from cellclf.errors import ClassifierInputError
 from cellclf.families import ModelFamily, families, get_family
 from cellclf.predictor import Predictor, feature_reference, library_versions, safe_path
 from cellclf.rundir import (
+    read_gallery,
     BEST_MODEL,
     DataFacts,
     ModelRecord,
@@ -303,41 +304,65 @@ def _fit(
     )
     write_run(run, run_dir, predictors)
     phase("write", f"{run_dir} (best: {best.key})")
-    _gallery_maps(run_dir, predictors[best.key], best.predictions, test or embeddings, config, weights, phase)
+    drawn = _gallery_maps(run_dir, predictors[best.key], best.predictions, test or embeddings, config, weights, phase)
+    run.gallery = read_gallery(run_dir)
     result = FitResult(run_dir, run, predictors)
     if on_complete is not None:
         on_complete(result)
+    if not drawn:
+        from cellembed.errors import Interrupted
+
+        raise Interrupted(
+            f"interrupted while drawing the heat maps; the run in {run_dir} is complete, its report "
+            "shows the mistakes without them"
+        )
     return result
 
 
 def _gallery_maps(run_dir: Path, predictor: Predictor, predictions: Any, source: str | Path, config: FitConfig,
-                  weights: Any, phase: Callable[[str, str], None]) -> None:
-    """Heat maps of the gallery images (after the run is written: a failure here loses
-    nothing, and the run records why it has no maps)."""
+                  weights: Any, phase: Callable[[str, str], None]) -> bool:
+    """Heat maps of the gallery images, after the run is written: whatever happens here,
+    the run stays complete and records why it has no maps. Returns False when Ctrl-C
+    stopped the drawing (the caller still writes the report, then stops)."""
+    import os
+
     from cellclf.gallery_maps import write_gallery_maps, write_unavailable
     from cellembed import read_images_root
-    from cellembed.errors import InputError, Interrupted
+    from cellembed.backbones import backbone_for_spec
+
+    def without(reason: str) -> None:
+        write_unavailable(run_dir, reason)
+        phase("heat maps", f"none: {reason}")
 
     if not config.heatmaps:
         write_unavailable(run_dir, "the run was fitted with --no-heatmaps")
-        return
-    root = read_images_root(source)
-    if root is None or not root.is_dir():
-        reason = f"the images folder of {source} is not recorded or not here ({root})"
-        write_unavailable(run_dir, reason)
-        phase("heat maps", f"none: {reason}")
-        return
+        return True
     try:
-        write_gallery_maps(run_dir, predictor, predictions, root, weights=weights,
+        root = read_images_root(source)
+    except Exception as exc:  # noqa: BLE001 - an old or foreign file: the run is complete regardless
+        without(f"the images folder could not be read from {source} ({exc})")
+        return True
+    if root is None or not root.is_dir():
+        without(f"the images folder of {source} is not recorded or not here ({root})")
+        return True
+    if weights is None:  # the environment's weights, never a download behind the user's back
+        try:
+            environment = backbone_for_spec(predictor.spec).weights_env
+        except Exception as exc:  # noqa: BLE001
+            without(f"the network of the embeddings is not known here ({exc})")
+            return True
+        if not os.environ.get(environment):
+            without(f"no weights file was given (--weights, or ${environment})")
+            return True
+    try:
+        write_gallery_maps(run_dir, predictor, predictions, root, weights=weights, n_jobs=config.n_jobs,
                            log=lambda line: phase("heat maps", line))
-    except (InputError, ClassifierInputError) as exc:
-        write_unavailable(run_dir, f"they could not be made: {exc}")
-        phase("heat maps", f"none: {exc}")
     except KeyboardInterrupt:
         write_unavailable(run_dir, "drawing them was interrupted")
-        raise Interrupted(
-            f"interrupted while drawing the heat maps; the run in {run_dir} is complete without them"
-        ) from None
+        return False
+    except Exception as exc:  # noqa: BLE001 - the fitted run must not be lost to a drawing failure
+        without(f"they could not be drawn ({type(exc).__name__}: {exc})")
+    return True
 
 
 def _check_writable(run_dir: Path) -> None:

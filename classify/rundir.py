@@ -49,7 +49,6 @@ import pandas as pd
 from cellembed import EmbeddingSpec, InputError
 from cellembed.atomic import install_folder, staging_folder
 from cellclf.errors import ClassifierInputError
-from cellclf.gallery_maps import read_gallery
 from cellclf.tuning import TuningResult
 
 METRICS = "metrics.json"
@@ -58,6 +57,9 @@ TUNING = "tuning.csv"
 PER_CLASS = "per_class.csv"
 CONFUSION = "confusion_matrix.csv"
 PREDICTIONS = "predictions_test.csv"
+#: Heat maps of the report's gallery images (cellclf.gallery_maps).
+GALLERY_DIR = "gallery"
+GALLERY_INDEX = "gallery.json"
 BEST_MODEL = "model.joblib"
 SHAP_DIR = "shap"
 SHAP_SUMMARY = f"{SHAP_DIR}/summary.json"
@@ -242,7 +244,7 @@ class RunRecord:
     split: pd.DataFrame | None = None
     tuning: pd.DataFrame | None = None
     tuning_missing: str = ""
-    #: gallery/gallery.json (:func:`cellclf.gallery_maps.read_gallery`): the heat maps of
+    #: gallery/gallery.json (:func:`read_gallery`, written by :mod:`cellclf.gallery_maps`): the heat maps of
     #: the gallery images, or why there are none; None for a run without it.
     gallery: dict[str, Any] | None = None
 
@@ -473,6 +475,25 @@ def _optional_png(run_dir: Path, name: str | None) -> bytes | None:
     path = _run_file(run_dir, name) if name else None
     data = path.read_bytes() if path is not None else b""
     return data if data.startswith(PNG_SIGNATURE) else None
+
+
+def read_gallery(run_dir: Path) -> dict[str, Any] | None:
+    """``gallery.json`` of a run (None when the run has none), with each item's pictures'
+    paths made absolute; pictures that are gone are dropped from ``items``."""
+    path = Path(run_dir) / GALLERY_DIR / GALLERY_INDEX
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict):
+        return None
+    kept = []
+    for item in index.get("items", []):
+        files = {k: Path(run_dir) / GALLERY_DIR / Path(v).name for k, v in item.get("files", {}).items()}
+        if files and all(f.is_file() for f in files.values()):
+            kept.append({**item, "files": files})
+    index["items"] = kept
+    return index
 
 
 def read_run(run_dir: str | Path) -> RunRecord:

@@ -1,6 +1,8 @@
 """The gallery of the worst misclassified images: selection, thumbnails and its markup.
 
-"Worst" means most confident mistakes first (:func:`cellclf.gallery_maps.worst_misclassified`).
+"Worst" means most confident mistakes first: misclassified rows sorted by the probability
+the model gave to the class it predicted (ties broken by path, so the order is stable; the
+fit's heat-map gallery, chosen by cellclf, uses the same order).
 Thumbnails are small JPEGs inlined as ``data:`` URIs; only files inside the images folder
 are read (a ``path`` such as ``../../x`` in a predictions table is refused).
 
@@ -19,7 +21,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from cellclf.gallery_maps import worst_misclassified
 from cellreports.figures import bytes_data_uri
 from cellreports.html import Markup, element, image, note, paragraph
 
@@ -40,6 +41,31 @@ class ImagesRoot:
 
     path: Path | None
     origin: str
+
+
+def worst_misclassified(
+    predictions: pd.DataFrame, proba: np.ndarray, classes: Sequence[str], limit: int = GALLERY_LIMIT
+) -> pd.DataFrame:
+    """The misclassified rows, most confident first, at most ``limit``.
+
+    Args:
+        predictions: ``path, label, predicted`` columns, one row per image.
+        proba: (n, k) predicted probabilities of those rows, columns in ``classes`` order.
+        classes: the model's classes.
+    Returns:
+        those rows (original columns) plus ``confidence`` (probability of the predicted
+        class) and ``proba_true`` (probability of the true class).
+    """
+    mistaken = (predictions["label"].astype(str) != predictions["predicted"].astype(str)).to_numpy()
+    wrong = predictions[mistaken].copy()
+    proba = np.asarray(proba, dtype=float)[mistaken]
+    column = {c: k for k, c in enumerate(classes)}
+    rows = np.arange(len(wrong))
+    wrong["confidence"] = proba[rows, [column[p] for p in wrong["predicted"].astype(str)]] if len(wrong) else []
+    true_columns = [column.get(t, -1) for t in wrong["label"].astype(str)]
+    wrong["proba_true"] = [proba[r, k] if k >= 0 else np.nan for r, k in zip(rows, true_columns)]
+    wrong = wrong.sort_values(["confidence", "path"], ascending=[False, True], kind="stable")
+    return wrong.head(limit).reset_index(drop=True)
 
 
 def image_file(root: Path, relative: str) -> Path | None:

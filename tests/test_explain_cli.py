@@ -41,25 +41,29 @@ def run(*args):
 
 def test_explains_a_folder_and_a_file_exactly_and_resumes(tmp_path, model_dir, random_weights):
     folder = tinted_folder(tmp_path / "new", {"red": 2, "blue": 1}, seed=3)
-    single = tmp_path / "one.png"
+    single = tmp_path / "one$_$.png"  # "$" would be maths markup in a matplotlib title
     Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(single)
     out = tmp_path / "maps"
     result = run(model_dir, folder, single, "-o", out, "--weights", random_weights, "-q")
     assert result.exit_code == 0, result.output
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.heatmap.json"))
     assert names == ["new/blue/blue_3_0.png.heatmap.json", "new/red/red_3_0.png.heatmap.json",
-                     "new/red/red_3_1.png.heatmap.json", "one.png.heatmap.json"]
-    record = json.loads((out / "one.png.heatmap.json").read_text())
+                     "new/red/red_3_1.png.heatmap.json", "one$_$.png.heatmap.json"]
+    record = json.loads((out / "one$_$.png.heatmap.json").read_text())
     assert record["exact"] is True and record["additivity_error"] < 1e-4
     assert set(record["probabilities"]) == {"blue", "green", "red"}
     assert record["predicted"] == max(record["probabilities"], key=record["probabilities"].get)
     for c in record["logit"]:  # per-tap sums + baseline = logit, for every class
         assert abs(sum(record["tap_sums"][c].values()) + record["baseline"][c] - record["logit"][c]) < 1e-4
     assert set(record["taps"]) == {"add_2", "add_6", "add_10", "add_11"} and "middle" in record["taps"]["add_6"]
-    with Image.open(out / "one.png.heatmap.png") as png:
+    with Image.open(out / "one$_$.png.heatmap.png") as png:
         assert png.size[0] > 600 and png.info.get("Software") == "cellclf explain"
     again = run(model_dir, folder, single, "-o", out, "--weights", random_weights, "-q")
     assert again.exit_code == 0 and "wrote 0 heat maps" in again.output and "(4 already there)" in again.output
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(single)  # the same name, another image
+    changed = run(model_dir, folder, single, "-o", out, "--weights", random_weights, "-q")
+    assert changed.exit_code == 0 and "wrote 1 heat maps" in changed.output and "(3 already there)" in changed.output
+    assert json.loads((out / "one$_$.png.heatmap.json").read_text())["image_sha256"] != record["image_sha256"]
 
 
 def test_bad_inputs_exit_like_predict_and_foreign_files_are_kept(tmp_path, model_dir, random_weights):
@@ -74,7 +78,7 @@ def test_bad_inputs_exit_like_predict_and_foreign_files_are_kept(tmp_path, model
     theirs.write_text("my notes")
     refused = run(model_dir, folder / "red" / "red_4_1.png", folder / "red" / "red_4_0.png", "-o", out / "red",
                   "--weights", random_weights, "-q")
-    assert refused.exit_code == 2 and "was not written by cellclf explain" in refused.output, refused.output
+    assert refused.exit_code == 2 and "was not written by cellclf; give another -o folder or --overwrite" in refused.output, refused.output
     assert theirs.read_text() == "my notes"
     inside = run(model_dir, folder, "-o", folder / "maps", "--weights", random_weights, "-q")
     assert inside.exit_code == 2 and "inside the images folder" in inside.output and not (folder / "maps").exists()

@@ -64,12 +64,64 @@ def test_maps_add_up_to_every_class_margin(family):
     result = attribute(predictor, test)
     assert [m.shape for m in result.tap_maps] == [(12, 3, 4, 4), (12, 3, 2, 2)]
     assert result.exact is (family == "lr") and result.method == (EXACT_METHOD if family == "lr" else APPROXIMATE_METHOD)
-    expected_margin = (predictor.model.decision_function(predictor.matrix(test.embedding().astype(np.float32)))
-                       if family == "lr" else result.margin)
-    np.testing.assert_allclose(result.margin, expected_margin, rtol=1e-6, atol=1e-6)
+    X = predictor.matrix(test.embedding().astype(np.float32))
+    if family == "lr":
+        expected_margin = predictor.model.decision_function(X)
+    else:
+        import xgboost
+
+        booster = predictor.model.named_steps["xgb"].get_booster()
+        expected_margin = booster.predict(xgboost.DMatrix(X), output_margin=True)
+    np.testing.assert_allclose(result.margin, expected_margin, rtol=1e-5, atol=1e-5)
     assert result.additivity_error < 1e-4
     images = result.image_maps(16)
     np.testing.assert_allclose(images.sum(axis=(2, 3)) + result.baseline, result.margin, atol=1e-4)
+
+
+def test_two_classes_and_a_model_on_some_taps_in_another_order():
+    train, y = synthetic_maps(90, seed=4)
+    keep = y < 2
+    train = TapMaps([m[keep] for m in train.maps], SPEC)
+    X = np.concatenate([train.embedding()[:, 4:7], train.embedding()[:, 0:4]], axis=1).astype(np.float32)
+    model = make_lr(1.0).fit(X, y[keep])  # two classes: one coefficient row
+    predictor = Predictor(model, ["x", "y"], SPEC, taps=("b", "a"), family="lr", reference=feature_reference(X))
+    test, _ = synthetic_maps(6, seed=5)
+    result = attribute(predictor, test)
+    assert result.taps == ("b", "a") and [m.shape[2:] for m in result.tap_maps] == [(2, 2), (4, 4)]
+    margin = model.decision_function(predictor.matrix(test.embedding().astype(np.float32)))
+    np.testing.assert_allclose(result.margin, np.stack([-margin, margin], axis=1), atol=1e-6)
+    assert result.additivity_error < 1e-6
+
+
+def test_each_view_is_turned_back_to_the_image_orientation():
+    """With a 'network' that averages 4x4 blocks of the pixels (exactly equivariant under the
+    square's symmetries), the maps of all 8 views, turned back, are the identity view's
+    map: the inverses are right."""
+    import dataclasses
+
+    from cellembed.spatial import SpatialNetwork
+
+    class Output:
+        def __init__(self, array):
+            self.array = array
+
+        def numpy(self):
+            return self.array
+
+    network = object.__new__(SpatialNetwork)
+    network.spec = dataclasses.replace(
+        EmbeddingSpec.from_widths([("t", 1)], backbone="b", weights_sha256="0", input_size=16), views=8
+    )
+    def blocks(pixels):
+        return np.asarray(pixels)[..., :1].reshape(-1, 4, 4, 4, 4, 1).mean(axis=(2, 4))
+
+    network._forward = lambda pixels: [Output(blocks(pixels))]
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
+    maps = network.maps(pixels).maps[0]  # (2, 8, 4, 4, 1)
+    for view in range(8):
+        np.testing.assert_allclose(maps[:, view], maps[:, 0], rtol=1e-6, err_msg=f"view {view}")
+    np.testing.assert_allclose(maps[:, 0], blocks(pixels), rtol=1e-6)
+    assert not np.allclose(maps[:, 0], maps[:, 0, ::-1])  # a map that flips would be seen
 
 
 def test_the_linear_map_puts_the_evidence_where_the_spot_is():
