@@ -67,8 +67,9 @@ def main() -> None:
 @click.option(
     "--layers", default=None,
     help="Which layers to pool into the embedding: a preset of the backbone (xception: mid = "
-    "add_2,add_6,add_10,add_11, 3,208 numbers; multiscale = mid + last layer, 5,256; final = last "
-    "layer only, 2,048), or a comma-separated list of layer names. Default: the --preset's.",
+    "add_2,add_6,add_10,add_11, 3,208 channels; multiscale = mid + last layer, 5,256; final = last "
+    "layer only, 2,048; --pooling global_average+std doubles them), or a comma-separated list of "
+    "layer names. Default: the --preset's.",
 )
 @click.option(
     "--preset", type=click.Choice(list(PRESETS)), default=DEFAULT_PRESET,

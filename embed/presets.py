@@ -6,11 +6,10 @@ A preset fills the settings a run does not give: the taps (``layers``) and the c
 (the README's accuracy section has the measured figures):
 
 * ``default``: the most accurate setting whose extraction costs at most about 4x the
-  first version's per-image time: mid taps, 4 views, cell crop, Reinhard (pbc-dev 5-fold
-  CV 97.1%, 0.372 s per image against 0.090 on 2 cores);
+  first version's per-image time: mid taps, 4 views, cell crop, Reinhard, channel means and
+  standard deviations (pbc-dev 5-fold CV 97.55%, against 95.45% for ``v1``);
 * ``best``: the default with all 8 views (twice its network time), for the most accurate
-  embedding whatever its cost; its accuracy is not measured yet (the 4-view default gained
-  0.6 points over 1 view);
+  embedding whatever its cost (figures in the README's accuracy section);
 * ``v1``: the first version's settings (multiscale taps, one view, whole image, colours
   as decoded), to reproduce or extend files made with it.
 
@@ -37,10 +36,10 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "default": Preset(
-        "mid", {"views": 4, "crop": "cell", "stain": "reinhard", "pooling": "global_average"}, "the default"
+        "mid", {"views": 4, "crop": "cell", "stain": "reinhard", "pooling": "global_average+std"}, "the default"
     ),
     "best": Preset(
-        "mid", {"views": 8, "crop": "cell", "stain": "reinhard", "pooling": "global_average"},
+        "mid", {"views": 8, "crop": "cell", "stain": "reinhard", "pooling": "global_average+std"},
         "the default with all 8 views",
     ),
     "v1": Preset(

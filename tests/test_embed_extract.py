@@ -39,12 +39,12 @@ def test_parquet_schema_and_spec_metadata(labelled_folder, tmp_path, random_weig
     assert schema.field("path").type == pa.string() and schema.field("label").type == pa.string()
     assert schema.field("sha256").type == pa.string()
     assert schema.field("width").type == pa.int32() and schema.field("height").type == pa.int32()
-    assert schema.field("embedding").type == pa.list_(pa.float32(), 3208)
+    assert schema.field("embedding").type == pa.list_(pa.float32(), 6416)
     spec = json.loads(schema.metadata[b"cellembed.spec"])
     assert spec["input_size"] == SMALL and spec["weights_sha256"] == sha256_file(random_weights)
     assert [(t["name"], t["offset"], t["width"]) for t in spec["taps"]] == [
-        ("add_2", 0, 728), ("add_6", 728, 728), ("add_10", 1456, 728), ("add_11", 2184, 1024),
-    ]
+        ("add_2", 0, 1456), ("add_6", 1456, 1456), ("add_10", 2912, 1456), ("add_11", 4368, 2048),
+    ]  # each tap: its channel means, then their standard deviations
     assert {key: spec[key] for key in PRESETS["default"].choices} == PRESETS["default"].choices
     for key in ("backbone", "pooling", "preprocessing", "resize", "color"):
         assert spec[key]
@@ -64,15 +64,15 @@ def test_readable_with_pandas_and_duckdb_and_the_api(labelled_folder, tmp_path, 
     out = tmp_path / "emb.parquet"
     extract(labelled_folder, out, embedder=embedder, progress=False)
     plain = pd.read_parquet(out)
-    assert len(plain) == 12 and len(plain["embedding"].iloc[0]) == 3208
+    assert len(plain) == 12 and len(plain["embedding"].iloc[0]) == 6416
     [(count, dim)] = duckdb.sql(f"select count(*), max(len(embedding)) from '{out}' where label = 'beta'").fetchall()
-    assert (count, dim) == (5, 3208)
+    assert (count, dim) == (5, 6416)
     frame, spec = load_embeddings(out)
     X, labels = embedding_matrix(frame, spec)
-    assert X.shape == (12, 3208) and X.dtype == np.float32
+    assert X.shape == (12, 6416) and X.dtype == np.float32
     assert sorted(set(labels) - {None}) == ["alpha", "beta"] and list(labels).count(None) == 2
     mid, _ = embedding_matrix(frame, spec, taps=["add_6", "add_2"])
-    np.testing.assert_array_equal(mid, np.concatenate([X[:, 728:1456], X[:, 0:728]], axis=1))
+    np.testing.assert_array_equal(mid, np.concatenate([X[:, 1456:2912], X[:, 0:1456]], axis=1))
     with pytest.raises(InputError, match="unknown tap add_99"):
         embedding_matrix(frame, spec, taps=["add_99"])
 
@@ -121,7 +121,7 @@ def test_a_different_spec_is_refused_unless_overwrite(labelled_folder, tmp_path,
     assert out.read_bytes() == original
     result = extract(labelled_folder, out, weights=random_weights, input_size=SMALL,
                      layers="final", overwrite=True, progress=False)
-    assert result.embedded == 12 and read_spec(out).dim == 2048
+    assert result.embedded == 12 and read_spec(out).dim == 4096  # the last layer's 2,048 means and stds
 
 
 def test_a_file_not_written_by_cellembed_is_not_replaced(labelled_folder, tmp_path, embedder):
@@ -198,7 +198,7 @@ def test_overwrite_keeps_finished_shards_of_its_spec_and_checks_inputs_first(lab
     shutil.copy(final, other)  # a finished shard of another spec ("final") in the work folder
     said = []
     result = extract(labelled_folder, out, embedder=embedder, progress=False, log=said.append)
-    assert (result.resumed, result.embedded, result.rows, result.spec.dim) == (5, 7, 12, 3208)
+    assert (result.resumed, result.embedded, result.rows, result.spec.dim) == (5, 7, 12, 6416)
     aside = set_aside_folder(out, read_spec(final))
     assert (aside / "shard-other.parquet").is_file() and not (tmp_path / "emb.checkpoint").exists()
     assert any(f"set aside 1 finished shard(s) of an interrupted run with another embedding spec in {aside.absolute()}" in m
@@ -206,7 +206,7 @@ def test_overwrite_keeps_finished_shards_of_its_spec_and_checks_inputs_first(lab
 
     result = extract(labelled_folder, out, weights=random_weights, input_size=SMALL, layers="final",
                      overwrite=True, progress=False)
-    assert (result.resumed, result.embedded, result.rows, result.spec.dim) == (12, 0, 12, 2048)
+    assert (result.resumed, result.embedded, result.rows, result.spec.dim) == (12, 0, 12, 4096)
     assert not aside.exists()
 
 

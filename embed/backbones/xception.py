@@ -46,7 +46,7 @@ class Xception:
         "final": ("block14_sepconv2_act",),
         # three middle-flow residual sums, the exit-flow sum and the last activation: 5256 floats
         "multiscale": ("add_2", "add_6", "add_10", "add_11", "block14_sepconv2_act"),
-        # the same four residual sums without the last layer: 3208 floats, more accurate on
+        # the same four residual sums without the last layer: 3208 channels, more accurate on
         # blood cells (pbc-dev 5-fold CV 96.2% against 95.5%, bench/accuracy_levers.py)
         "mid": ("add_2", "add_6", "add_10", "add_11"),
     }
