@@ -70,7 +70,7 @@ def test_skipped_files_exit_3_unless_allowed(tmp_path, random_weights):
     assert info.exit_code == 0
     assert "images         2" in info.output and "per label      a 2" in info.output
     assert "errors         1 file(s)" in info.output and "a/broken.jpg" in info.output
-    assert f"input {SMALL}x{SMALL}" in info.output and "add_6[728:1456]" in info.output
+    assert f"input {SMALL}x{SMALL}" in info.output and "add_6[1456:2912]" in info.output
 
 
 def test_info_refuses_files_that_are_not_embeddings(tmp_path):
