@@ -276,7 +276,8 @@ def test_a_real_full_disk_keeps_the_shards_and_the_rerun_finishes(tmp_path, smal
 
     images = tinted_folder(tmp_path / "images", {"red": 11, "blue": 11})
     out = small_disk / "emb.parquet"
-    args = ("extract", images, "-o", out, "--weights", random_weights, "--input-size", SMALL, "--layers", "final")
+    args = ("extract", images, "-o", out, "--weights", random_weights, "--input-size", SMALL, "--layers", "final",
+            "--pooling", "global_average")  # 2,048 floats per image: the sizes above
     error = one_line_error(run(cellembed_main, *args), 1)
     assert f"the disk is full while writing {out}" in error and f"are free in {small_disk}" in error
     assert sorted(p.name for p in small_disk.iterdir()) == ["emb.checkpoint"]  # no OUT, no temporary file
