@@ -9,8 +9,7 @@ it, on one colour scale; ``gallery.json`` lists them with their facts, or says
 why there are no maps (no images folder, no weights, ``--no-heatmaps``). The report shows
 them (:mod:`cellreports`); nothing here needs the report.
 
-"Worst" means most confident mistakes first: misclassified rows sorted by the probability
-the model gave to the class it predicted (ties broken by path, so the order is stable).
+"Worst" means most confident mistakes first (:func:`cellclf.rundir.worst_misclassified`).
 """
 
 from __future__ import annotations
@@ -18,55 +17,18 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from cellembed.atomic import atomic_path
-from cellclf.rundir import GALLERY_DIR, GALLERY_INDEX
+from cellclf.rundir import GALLERY_DIR, GALLERY_INDEX, most_confident_correct, worst_misclassified
 
 MISTAKES_LIMIT = 24
 TYPICAL_PER_CLASS = 2
 #: Side of the stored pictures (the report shows them at 240 px and this size on click).
 PICTURE_SIZE = 448
-
-
-def worst_misclassified(
-    predictions: pd.DataFrame, proba: np.ndarray, classes: Sequence[str], limit: int = MISTAKES_LIMIT
-) -> pd.DataFrame:
-    """The misclassified rows, most confident first, at most ``limit``.
-
-    Args:
-        predictions: ``path, label, predicted`` columns, one row per image.
-        proba: (n, k) predicted probabilities of those rows, columns in ``classes`` order.
-        classes: the model's classes.
-    Returns:
-        those rows (original columns) plus ``confidence`` (probability of the predicted
-        class) and ``proba_true`` (probability of the true class).
-    """
-    mistaken = (predictions["label"].astype(str) != predictions["predicted"].astype(str)).to_numpy()
-    return _ranked(predictions[mistaken], np.asarray(proba, dtype=float)[mistaken], classes).head(limit).reset_index(drop=True)
-
-
-def most_confident_correct(
-    predictions: pd.DataFrame, proba: np.ndarray, classes: Sequence[str], per_class: int = TYPICAL_PER_CLASS
-) -> pd.DataFrame:
-    """The ``per_class`` most confident correct rows of each class (classes in order)."""
-    right = (predictions["label"].astype(str) == predictions["predicted"].astype(str)).to_numpy()
-    ranked = _ranked(predictions[right], np.asarray(proba, dtype=float)[right], classes)
-    parts = [ranked[ranked["label"].astype(str) == c].head(per_class) for c in classes]
-    return pd.concat(parts, ignore_index=True) if parts else ranked.head(0)
-
-
-def _ranked(rows: pd.DataFrame, proba: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
-    rows = rows.copy()
-    column = {c: k for k, c in enumerate(classes)}
-    index = np.arange(len(rows))
-    rows["confidence"] = proba[index, [column[p] for p in rows["predicted"].astype(str)]] if len(rows) else []
-    true_columns = [column.get(t, -1) for t in rows["label"].astype(str)]
-    rows["proba_true"] = [proba[r, k] if k >= 0 else np.nan for r, k in zip(index, true_columns)]
-    return rows.sort_values(["confidence", "path"], ascending=[False, True], kind="stable")
 
 
 def write_unavailable(run_dir: Path, reason: str) -> None:
@@ -102,8 +64,8 @@ def write_gallery_maps(
 
     classes = list(predictor.classes)
     proba = predictions[[f"proba_{c}" for c in classes]].to_numpy(dtype=float)
-    chosen = [("mistake", worst_misclassified(predictions, proba, classes)),
-              ("typical", most_confident_correct(predictions, proba, classes))]
+    chosen = [("mistake", worst_misclassified(predictions, proba, classes, MISTAKES_LIMIT)),
+              ("typical", most_confident_correct(predictions, proba, classes, TYPICAL_PER_CLASS))]
     started = time.perf_counter()
     total = sum(len(rows) for _, rows in chosen)
     explainer = Explainer(predictor, weights, n_jobs) if total else None

@@ -1,8 +1,7 @@
 """The gallery of the worst misclassified images: selection, thumbnails and its markup.
 
-"Worst" means most confident mistakes first: misclassified rows sorted by the probability
-the model gave to the class it predicted (ties broken by path, so the order is stable; the
-fit's heat-map gallery, chosen by cellclf, uses the same order).
+"Worst" means most confident mistakes first: the model record ranks them
+(``record.worst_misclassified``, the same order as the fit's heat-map gallery).
 Thumbnails are small JPEGs inlined as ``data:`` URIs; only files inside the images folder
 are read (a ``path`` such as ``../../x`` in a predictions table is refused).
 
@@ -18,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import pandas as pd
 
 from cellreports.figures import bytes_data_uri
 from cellreports.html import Markup, element, image, note, paragraph
@@ -41,31 +38,6 @@ class ImagesRoot:
 
     path: Path | None
     origin: str
-
-
-def worst_misclassified(
-    predictions: pd.DataFrame, proba: np.ndarray, classes: Sequence[str], limit: int = GALLERY_LIMIT
-) -> pd.DataFrame:
-    """The misclassified rows, most confident first, at most ``limit``.
-
-    Args:
-        predictions: ``path, label, predicted`` columns, one row per image.
-        proba: (n, k) predicted probabilities of those rows, columns in ``classes`` order.
-        classes: the model's classes.
-    Returns:
-        those rows (original columns) plus ``confidence`` (probability of the predicted
-        class) and ``proba_true`` (probability of the true class).
-    """
-    mistaken = (predictions["label"].astype(str) != predictions["predicted"].astype(str)).to_numpy()
-    wrong = predictions[mistaken].copy()
-    proba = np.asarray(proba, dtype=float)[mistaken]
-    column = {c: k for k, c in enumerate(classes)}
-    rows = np.arange(len(wrong))
-    wrong["confidence"] = proba[rows, [column[p] for p in wrong["predicted"].astype(str)]] if len(wrong) else []
-    true_columns = [column.get(t, -1) for t in wrong["label"].astype(str)]
-    wrong["proba_true"] = [proba[r, k] if k >= 0 else np.nan for r, k in zip(rows, true_columns)]
-    wrong = wrong.sort_values(["confidence", "path"], ascending=[False, True], kind="stable")
-    return wrong.head(limit).reset_index(drop=True)
 
 
 def image_file(root: Path, relative: str) -> Path | None:
@@ -98,18 +70,20 @@ def thumbnail_data_uri(path: Path, size: int = THUMBNAIL_SIZE) -> str | None:
 
 
 def gallery(
-    predictions: pd.DataFrame,
-    proba: np.ndarray,
+    record: object,
     classes: Sequence[str],
     images: ImagesRoot,
     model_title: str,
     limit: int = GALLERY_LIMIT,
 ) -> Markup:
-    """The gallery markup: an introduction and one captioned thumbnail per mistake.
+    """The gallery markup: an introduction and one captioned thumbnail per mistake of
+    ``record`` (a ``cellclf.rundir.ModelRecord``: its ``predictions`` and its ranking
+    ``worst_misclassified(classes, limit)``).
 
     When the images are not reachable, a note says why instead.
     """
-    mistakes = worst_misclassified(predictions, proba, classes, limit)
+    predictions = record.predictions
+    mistakes = record.worst_misclassified(classes, limit)
     n_wrong = int((predictions["label"].astype(str) != predictions["predicted"].astype(str)).sum())
     if n_wrong == 0:
         return paragraph(f"The {model_title} classified all {len(predictions)} test images correctly: no mistakes to show.")

@@ -316,5 +316,5 @@ def gallery_section(
     intro: str | None = None,
 ) -> Section:
     """Thumbnails of the most confident mistakes of ``model`` (or why there are none)."""
-    body = gallery(model.predictions, model.proba, classes, images, model.title, limit)
+    body = gallery(model.record, classes, images, model.title, limit)
     return Section("gallery", "Worst misclassified images", concat([paragraph(intro), body] if intro else [body]))
