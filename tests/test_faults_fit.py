@@ -248,7 +248,7 @@ def test_ctrl_c_during_training_exits_130_and_leaves_nothing(tmp_path):
     )
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
-        [str(BIN / "cellclf"), "fit", str(data), "-o", str(run_dir), "--models", "xgb", "--xgb-trials", "3",
+        [str(BIN / "cellclf"), "fit", str(data), "-o", str(run_dir), "--models", "xgb", "--xgb-trials", "40",
          "--no-shap", "--no-report"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
