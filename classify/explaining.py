@@ -124,8 +124,8 @@ def check_outputs(
         return
     for item in items:
         png, js = output_paths(out_dir, item.name)
-        if (js.exists() and _own_json(js) is None) or (png.exists() and not is_explanation_png(png)):
-            theirs = js if js.exists() and _own_json(js) is None else png
+        theirs = next((f for f, ours in ((js, _own_json), (png, is_explanation_png)) if f.exists() and not ours(f)), None)
+        if theirs is not None:
             raise ClassifierInputError(
                 f"{theirs} exists and was not written by cellclf; give another {option} folder or --overwrite"
             )
