@@ -100,3 +100,12 @@ def held_by_another_process(target: Path):
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a child the test interrupts: a shell's background jobs (nohup, CI
+    runners) inherit SIGINT as ignored, and Python then never raises KeyboardInterrupt; give
+    the child the default, as a terminal would."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

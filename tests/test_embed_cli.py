@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from cellembed import extract, load_embeddings
 from cellembed.cli import main
-from conftest import SMALL, make_folder
+from conftest import SMALL, interruptible, make_folder
 
 
 def run(*args: str):
@@ -85,12 +85,7 @@ def _start_extract(folder, out, weights, *extra):
         "--weights", str(weights), "--input-size", "160", "--batch-size", "4",
         "--checkpoint-every", "8", *extra,
     ]
-    # A shell's background jobs (nohup, CI runners) inherit SIGINT as ignored, and Python
-    # then never raises KeyboardInterrupt: give the child the default, as a terminal would.
-    return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
 
 
 def _wait_for_first_chunk(process, folder, timeout=240.0):

@@ -32,7 +32,7 @@ from cellclf.cli import main
 from cellclf.errors import ClassifierInputError
 from cellclf.metrics import evaluate
 from cellclf.run import FitConfig, fit
-from conftest import held_by_another_process
+from conftest import held_by_another_process, interruptible
 from test_clf_support import make_spec, write_synthetic
 
 FAST = ["--cv", "3", "--lr-c", "0.1", "--xgb-trials", "1", "--xgb-max-trees", "10", "--no-shap", "--jobs", "1"]
@@ -250,7 +250,7 @@ def test_ctrl_c_during_training_exits_130_and_leaves_nothing(tmp_path):
     process = subprocess.Popen(
         [str(BIN / "cellclf"), "fit", str(data), "-o", str(run_dir), "--models", "xgb", "--xgb-trials", "40",
          "--no-shap", "--no-report"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=interruptible,
     )
     try:
         progress = []
