@@ -98,6 +98,11 @@ def main() -> None:
     "with --val-fraction, less than 1). Not with --test, which gives the test set.",
 )
 @click.option("--cv", default=5, type=click.IntRange(min=2), help="Cross-validation folds for tuning the logistic regression.")
+@click.option(
+    "--alpha", default=0.05, type=click.FloatRange(0, 1, min_open=True, max_open=True), show_default=True,
+    help="Prediction sets: each holds the true class with probability at least 1 - ALPHA (split conformal, "
+    "fitted on the validation images with the calibrated probabilities).",
+)
 @family_options
 @click.option(
     "--taps", default="all", callback=_name_list,
@@ -122,7 +127,7 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines, only the final table.")
 def fit(
     embeddings: Path, run_dir: Path, test: Path | None, models: tuple[str, ...], seed: int, val_fraction: float,
-    test_fraction: float, cv: int, taps: tuple[str, ...] | None, no_shap: bool, shap_rows: int,
+    test_fraction: float, cv: int, alpha: float, taps: tuple[str, ...] | None, no_shap: bool, shap_rows: int,
     no_heatmaps: bool, weights: str | None, jobs: int, no_report: bool, overwrite: bool, quiet: bool,
     **family_settings: object,
 ) -> None:
@@ -154,7 +159,7 @@ def fit(
     with user_errors(on_interrupt=f"interrupted; nothing was written to {run_dir}"):
         config = FitConfig.build(
             models=models, seed=seed, cv=cv, taps=taps, shap=not no_shap, heatmaps=not no_heatmaps,
-            shap_max_rows=shap_rows, n_jobs=jobs,
+            shap_max_rows=shap_rows, n_jobs=jobs, alpha=alpha,
             val_fraction=val_fraction, test_fraction=test_fraction, **family_settings,
         )
         result = run_fit(

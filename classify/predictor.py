@@ -35,6 +35,7 @@ from cellembed import EmbeddingSpec, embedding_matrix
 from cellembed.hashing import sha256_file
 from cellembed.atomic import atomic_path
 from cellembed.versions import library_versions as _library_versions
+from cellclf.calibration import Calibration
 from cellclf.errors import ClassifierInputError, PredictorLoadError
 from cellclf.rundir import BEST_MODEL
 
@@ -96,12 +97,17 @@ class Predictor:
         reference: per-dimension (mean, std) of the training matrix
             (:func:`feature_reference`), which ``adapt`` maps new images onto; None for
             models fitted before it was recorded.
+        calibration: the temperature and conformal threshold fitted on the validation
+            split (:class:`cellclf.calibration.Calibration`); :meth:`predict_proba` applies
+            it and :meth:`prediction_sets` uses it. None for models fitted before it was
+            recorded (their probabilities are the model's own, their sets the top class).
         summary: training facts (counts per class and split, params, metrics, date).
         versions: library versions at training time.
         source: the file it was loaded from (None until loaded).
     """
 
     source: Path | None = None
+    calibration: Calibration | None = None
 
     def __init__(
         self,
@@ -113,8 +119,10 @@ class Predictor:
         family: str,
         summary: dict[str, Any] | None = None,
         reference: tuple[np.ndarray, np.ndarray] | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         self.model = model
+        self.calibration = calibration
         self.reference = None if reference is None else tuple(np.asarray(r, dtype=np.float32) for r in reference)
         self.classes = tuple(str(c) for c in classes)
         self.spec = spec
@@ -221,11 +229,14 @@ class Predictor:
         return ((values - values.mean(axis=0)) / spread * std + mean).astype(np.float32)
 
     def predict_proba(
-        self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None, *, adapt: bool = False
+        self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None, *, adapt: bool = False,
+        calibrated: bool = True,
     ) -> np.ndarray:
         """(n, k) float64 class probabilities, columns in the order of ``classes``.
 
         ``adapt``: classify the n images after :meth:`adapted` (another lab's cells).
+        ``calibrated``: apply the model's :attr:`calibration` (when it has one); False
+        gives the fitted pipeline's own probabilities.
         Rows are renormalised in float64 (XGBoost returns float32 rows whose sums are
         off by ~1e-7, which scikit-learn's log_loss would flag).
         """
@@ -233,7 +244,21 @@ class Predictor:
         if adapt:
             matrix = self.adapted(matrix)
         proba = np.asarray(self.model.predict_proba(matrix), dtype=np.float64)
-        return proba / proba.sum(axis=1, keepdims=True)
+        proba /= proba.sum(axis=1, keepdims=True)
+        calibration = getattr(self, "calibration", None)
+        return calibration.apply(proba) if calibrated and calibration is not None else proba
+
+    def prediction_sets(self, proba: np.ndarray) -> np.ndarray:
+        """(n, k) bool conformal prediction sets of calibrated ``proba`` (from
+        :meth:`predict_proba`): the classes that together hold the true class with
+        probability >= 1 - alpha. A model without calibration gives the top class only."""
+        calibration = getattr(self, "calibration", None)
+        if calibration is None:
+            proba = np.asarray(proba)
+            members = np.zeros(proba.shape, dtype=bool)
+            members[np.arange(len(proba)), proba.argmax(axis=1)] = True
+            return members
+        return calibration.sets(proba)
 
     def predict(self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None) -> np.ndarray:
         """(n,) object array of predicted class names (the most probable class)."""
@@ -282,6 +307,7 @@ class Predictor:
             "taps": list(self.taps),
             "summary": self.summary,
             "versions": self.versions,
+            "calibration": None if getattr(self, "calibration", None) is None else self.calibration.to_dict(),
         }
         document = {_METADATA: json.dumps(metadata, default=_json_value), "model": self.model}
         if getattr(self, "reference", None) is not None:
@@ -409,6 +435,8 @@ def _load_safe(path: Path) -> Predictor:
         predictor.summary = dict(metadata["summary"])
         predictor.versions = dict(metadata["versions"])
         predictor.format = PREDICTOR_FORMAT
+        calibration = metadata.get("calibration")
+        predictor.calibration = None if calibration is None else Calibration.from_dict(calibration)
         reference = document.get("reference")
         predictor.reference = None if reference is None else tuple(np.asarray(r, dtype=np.float32) for r in reference)
     except PredictorLoadError:

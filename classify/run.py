@@ -21,8 +21,10 @@ import pandas as pd
 
 from cellembed.atomic import output_lock
 from cellembed.plotting import png_bytes
+from cellclf.calibration import DEFAULT_ALPHA, Calibration, calibration_facts, check_alpha
 from cellclf.data import LabelledEmbeddings, SplitData, check_same_spec, load_labelled
 from cellclf.errors import ClassifierInputError
+from cellclf.metrics import FEW_IMAGES, few_images
 from cellclf.families import ModelFamily, families, get_family
 from cellclf.predictor import Predictor, feature_reference, library_versions, safe_path
 from cellclf.rundir import (
@@ -71,6 +73,8 @@ class FitConfig:
         seed, cv, taps, shap, shap_max_rows, n_jobs: the settings every family shares.
         heatmaps: explain the gallery images of the selected model with heat maps
             (:mod:`cellclf.gallery_maps`; needs the images and the network's weights).
+        alpha: miscoverage level of the saved models' conformal prediction sets (each set
+            holds the true class with probability >= 1 - alpha; :mod:`cellclf.calibration`).
         val_fraction, test_fraction: shares of the labelled images held out for
             validation and test (each in (0, 1), together less than 1). With a separate
             test file no test split is made; validation then takes
@@ -94,6 +98,7 @@ class FitConfig:
     n_jobs: int = 2
     val_fraction: float = DEFAULT_VAL_FRACTION
     test_fraction: float = DEFAULT_TEST_FRACTION
+    alpha: float = DEFAULT_ALPHA
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -107,6 +112,10 @@ class FitConfig:
         if not 0 <= self.seed <= MAX_SEED:
             raise ClassifierInputError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         check_fraction_ranges(self.val_fraction, self.test_fraction)  # the sum is checked with the data
+        try:
+            check_alpha(self.alpha)
+        except ValueError as exc:
+            raise ClassifierInputError(str(exc)) from None
         strange = sorted(set(self.options) - set(known))
         if strange:
             raise ClassifierInputError(f"options for unknown model {', '.join(strange)}; choose from {', '.join(known)}")
@@ -175,18 +184,28 @@ class FitResult:
     def table(self) -> str:
         """A small text table of validation and test scores per model."""
         width = max(6, *(len(m.key) + 1 for m in self.record.models))
-        lines = [f"{'model':<{width}} {'val macro-F1':>12} {'test accuracy':>13} {'test macro-F1':>13} {'fit s':>7}"]
+        lines = [f"{'model':<{width}} {'val macro-F1':>12} {'test accuracy (95% CI)':>24} "
+                 f"{'test macro-F1 (95% CI)':>24} {'fit s':>7}"]
         for model in self.record.models:
             star = "*" if model.best else " "
             lines.append(
-                f"{model.key + star:<{width}} {model.val_macro_f1:>12.4f} {model.overall['accuracy']:>13.4f} "
-                f"{model.overall['macro_f1']:>13.4f} {model.fit_seconds:>7.1f}"
+                f"{model.key + star:<{width}} {model.val_macro_f1:>12.4f} {_with_ci(model.overall, 'accuracy'):>24} "
+                f"{_with_ci(model.overall, 'macro_f1'):>24} {model.fit_seconds:>7.1f}"
             )
+        few = {m.key: few_images(m.per_class) for m in self.record.models}
+        for key, listed in few.items():
+            if listed:
+                lines.append(f"{key}: fewer than {FEW_IMAGES} test images of {', '.join(listed)}: too few to judge those classes")
         lines.append(
             f"* best validation macro-F1, saved as {safe_path(self.run_dir / BEST_MODEL)} "
             f"(and {BEST_MODEL}, a pickle; see cellclf predict --help)"
         )
         return "\n".join(lines)
+
+
+def _with_ci(overall: Mapping[str, Any], key: str) -> str:
+    interval = overall.get(f"{key}_ci")
+    return f"{overall[key]:.4f}" + (f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
 
 
 class _PhaseLog:
@@ -441,7 +460,7 @@ def _fit_family(
 ) -> tuple[ModelRecord, Predictor, TuningResult]:
     """Tune on train (+ validation), score on validation, refit on train + validation, test,
     and draw the tuning plot."""
-    from cellclf.metrics import evaluate
+    from cellclf.metrics import accuracy_text, evaluate
 
     train, val, test = parts["train"], parts["validation"], parts["test"]
     options = config.options[family.key]
@@ -452,7 +471,11 @@ def _fit_family(
         f"tune {family.key}",
         f"{len(tuning.trials)} settings, best {_params_text(params)}, {family.selection} {tuning.best_trial.score:.4f}",
     )
-    val_f1 = float(family.validation_score(tuning, train, val, options, seed=config.seed, n_jobs=config.n_jobs))
+    val_proba = np.asarray(family.validation_proba(tuning, train, val, options, seed=config.seed, n_jobs=config.n_jobs),
+                           dtype=np.float64)
+    val_proba /= val_proba.sum(axis=1, keepdims=True)
+    val_f1 = _macro_f1(val.y, val_proba.argmax(axis=1), len(classes))
+    calibration = Calibration.fit(val_proba, val.y, config.alpha)
     model = family.refit(
         np.concatenate([train.X, val.X]), np.concatenate([train.y, val.y]), params, options,
         seed=config.seed, n_jobs=config.n_jobs,
@@ -460,12 +483,22 @@ def _fit_family(
     fit_seconds = time.perf_counter() - start
     summary = {"family": family.key, "params": params, "val_macro_f1": val_f1, "seed": config.seed}
     reference = feature_reference(np.concatenate([train.X, val.X]))  # what the model was refit on
-    predictor = Predictor(model, classes, data.spec, data.taps, family=family.key, summary=summary, reference=reference)
-    proba = predictor.predict_proba(test.X)
+    predictor = Predictor(model, classes, data.spec, data.taps, family=family.key, summary=summary, reference=reference,
+                          calibration=calibration)
+    raw_test = predictor.predict_proba(test.X, calibrated=False)
+    proba = calibration.apply(raw_test)
     overall, per_class, confusion = evaluate(test.labels, proba, classes)
+    calibrated = calibration_facts(calibration, val_proba, val.y, raw_test, test.y)
+    covered = next(row for row in calibrated["coverage_test"] if row["alpha"] == config.alpha)
     phase(
         f"refit+test {family.key}",
-        f"val macro-F1 {val_f1:.4f}; test accuracy {overall['accuracy']:.4f}, macro-F1 {overall['macro_f1']:.4f}",
+        f"val macro-F1 {val_f1:.4f}; test {accuracy_text(overall)}, macro-F1 {overall['macro_f1']:.4f}",
+    )
+    phase(
+        f"calibrate {family.key}",
+        f"temperature {calibration.temperature:.3f}: test ECE {calibrated['test']['ece_before']:.4f} -> "
+        f"{calibrated['test']['ece_after']:.4f}; sets at alpha {config.alpha:g}: test coverage "
+        f"{covered['coverage']:.3f}, mean size {covered['mean_set_size']:.2f}",
     )
     predictor.summary.update(
         {
@@ -481,7 +514,7 @@ def _fit_family(
         overall=json_safe(overall),
         per_class=per_class,
         confusion=confusion,
-        predictions=predictions_table(test.meta, test.labels, proba, classes),
+        predictions=predictions_table(test.meta, test.labels, proba, classes, sets=calibration.sets(proba)),
         params=json_safe(params),
         val_macro_f1=val_f1,
         fit_seconds=round(fit_seconds, 3),
@@ -489,11 +522,18 @@ def _fit_family(
         trials=len(tuning.trials),
         selection=family.selection,
         tuning_note=family.tuning_note(tuning),
+        calibration=calibrated,
     )
     figure = family.tuning_plot(tuning)
     if figure is not None:
         record.tuning_plot, record.tuning_plot_file = png_bytes(figure, TUNING_PLOT_DPI), tuning_plot_file(family.key)
     return record, predictor, tuning
+
+
+def _macro_f1(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y, predicted, average="macro", labels=np.arange(n_classes), zero_division=0))
 
 
 def _params_text(params: dict[str, Any]) -> str:

@@ -48,6 +48,7 @@ import pandas as pd
 
 from cellembed import EmbeddingSpec, InputError
 from cellembed.atomic import install_folder, staging_folder
+from cellclf.calibration import set_texts
 from cellclf.errors import ClassifierInputError
 from cellclf.tuning import TuningResult
 
@@ -72,7 +73,7 @@ MODEL = "model"
 PROBA_PREFIX = "proba_"
 #: Columns holding names (class names, paths): read as text, so a class called "NA" stays "NA".
 TEXT_COLUMNS = ("model", "class", "true", "predicted", "label", "path", "sha256", "split", "feature", "tap",
-                "score_name", "params")
+                "score_name", "params", "set")
 
 
 def model_file(key: str) -> str:
@@ -137,6 +138,9 @@ class ModelRecord:
             gone or not a PNG).
         tuning_note: the family's sentence about its tuning (None: nothing to add).
         best: whether this is the selected model.
+        calibration: the family's calibration facts (metrics.json ``calibration``,
+            :func:`cellclf.calibration.calibration_facts`; None for a predict evaluation or a
+            run of an earlier cellclf).
     """
 
     key: str
@@ -156,6 +160,7 @@ class ModelRecord:
     tuning_plot_file: str | None = None
     tuning_note: str | None = None
     best: bool = False
+    calibration: dict[str, Any] | None = None
 
     def probabilities(self, classes: Sequence[str]) -> np.ndarray:
         """(n, k) float64 predicted probabilities of ``predictions``' rows, columns in ``classes`` order."""
@@ -313,8 +318,11 @@ class RunRecord:
 # ----------------------------------------------------------------------------- tables
 
 
-def predictions_table(meta: pd.DataFrame, labels: Sequence[str], proba: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
-    """``path, sha256, label, predicted, proba_<class>...`` of one model's test predictions."""
+def predictions_table(
+    meta: pd.DataFrame, labels: Sequence[str], proba: np.ndarray, classes: Sequence[str], sets: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """``path, sha256, label, predicted, proba_<class>...`` of one model's test predictions,
+    then ``set`` and ``set_size`` when the (n, k) bool prediction ``sets`` are given."""
     frame = pd.DataFrame(
         {
             "path": meta["path"].to_numpy(),
@@ -325,6 +333,9 @@ def predictions_table(meta: pd.DataFrame, labels: Sequence[str], proba: np.ndarr
     )
     for k, name in enumerate(classes):
         frame[PROBA_PREFIX + name] = proba[:, k]
+    if sets is not None:
+        frame["set"] = set_texts(sets, proba, classes)
+        frame["set_size"] = sets.sum(axis=1).astype(int)
     return frame
 
 
@@ -393,6 +404,7 @@ def metrics_document(record: RunRecord) -> dict[str, Any]:
             "shap": model.shap.facts if model.shap is not None else None,
             "tuning_plot": model.tuning_plot_file,
             "tuning_note": model.tuning_note,
+            "calibration": model.calibration,
         }
     return json_safe(
         {
@@ -649,6 +661,7 @@ def _model_record(
         tuning_plot_file=plot_file,
         tuning_note=doc.get("tuning_note"),
         best=best,
+        calibration=doc.get("calibration"),
     )
 
 

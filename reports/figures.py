@@ -116,3 +116,33 @@ def roc_curves(panels: Sequence[tuple[str, Sequence[str], np.ndarray, Sequence[f
 
 def _auc_text(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{value:.3f}"
+
+
+def reliability_diagram(panels: Sequence[tuple[str, Sequence[dict], Sequence[dict]]]) -> str:
+    """Reliability diagrams, one panel per model: the test images binned by their top
+    probability, each bin's accuracy against its mean confidence, before and after
+    calibration (marker area ~ images in the bin); the diagonal is perfect calibration.
+
+    Args:
+        panels: ``(title, before, after)`` per model; ``before``/``after`` are the bins of
+            ``cellclf.calibration.reliability`` (dicts with ``confidence, accuracy, n``).
+    """
+    figure = new_figure(4.4 * len(panels), 4.4)
+    axes_list = np.atleast_1d(figure.subplots(1, len(panels), squeeze=False)[0])
+    for axes, (title, before, after) in zip(axes_list, panels):
+        axes.plot([0, 1], [0, 1], color="#999", lw=0.8, ls="--", label="perfectly calibrated")
+        for bins, colour, name in ((before, "#c0504d", "model's own"), (after, "#3a6ea5", "calibrated")):
+            if not bins:
+                continue
+            total = sum(b["n"] for b in bins)
+            axes.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "-", color=colour, lw=1.0)
+            axes.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins], color=colour,
+                         s=[12 + 300 * b["n"] / total for b in bins], alpha=0.75, label=name)
+        axes.set_xlim(0, 1.01)
+        axes.set_ylim(0, 1.01)
+        axes.set_xlabel("confidence (top probability)")
+        axes.set_ylabel("accuracy")
+        axes.set_title(plain(title))
+        axes.set_aspect("equal")
+        axes.legend(fontsize=7, loc="upper left")
+    return figure_data_uri(figure)

@@ -72,6 +72,7 @@ def build_run_sections(run: Any, images_root: str | Path | None = None) -> list[
         sections.per_class_section(models),
         sections.confusion_section(models, run.classes),
         sections.roc_section(models, run.classes),
+        sections.calibration_section(models),
         sections.tuning_section(models, run.tuning, run.tuning_missing),
         sections.shap_section(models, run.shap_missing, _tap_roles(data.spec, data.taps)),
         gallery,

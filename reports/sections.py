@@ -22,6 +22,8 @@ from cellreports.gallery import GALLERY_LIMIT, ImagesRoot, gallery
 from cellreports.html import Markup, Section, concat, element, figure, image, note, paragraph, preformatted, side_by_side, table
 
 SHAP_TOP_SHOWN = 5
+#: Classes with fewer scored images than this are named as too few to judge (as cellclf.metrics.FEW_IMAGES).
+FEW_IMAGES = 10
 
 
 @dataclass
@@ -131,18 +133,26 @@ def models_section(models: Sequence[ModelView], intro: str) -> Section:
             [
                 title,
                 number(model.overall.get("n")),
-                *(number(model.overall.get(key)) for key, _ in METRIC_COLUMNS),
+                *(_with_interval(model.overall, key) for key, _ in METRIC_COLUMNS),
                 *(_cell(model.extra.get(name)) for name in extra_names),
             ]
         )
     body = [
-        paragraph(intro),
+        paragraph(intro, " Accuracy and macro-F1 carry a 95% interval: Wilson's for the accuracy, a bootstrap "
+                  "over the test images for the macro-F1; with few test images they are wide."),
         table(
             columns, rows, numeric=range(1, 2 + len(METRIC_COLUMNS)), id="models-table",
             row_classes=["best" if m.best else None for m in models],
         ),
     ]
     return Section("models", "Model comparison", concat(body))
+
+
+def _with_interval(overall: dict[str, Any], key: str) -> str:
+    """``0.9683 (0.951-0.980)`` when the record holds ``<key>_ci``, else the number."""
+    interval = overall.get(f"{key}_ci")
+    text = number(overall.get(key))
+    return text if not interval else f"{text} ({interval[0]:.3f}–{interval[1]:.3f})"
 
 
 def _cell(value: Any) -> str:
@@ -162,6 +172,11 @@ def per_class_section(models: Sequence[ModelView]) -> Section:
             for r in model.per_class.to_dict("records")
         ]
         parts.append(element("h3", model.title))
+        few = model.per_class[(model.per_class["support"] > 0) & (model.per_class["support"] < FEW_IMAGES)]
+        if len(few):
+            listed = ", ".join(f"{name} ({int(n)})" for name, n in zip(few["class"], few["support"]))
+            parts.append(note(f"Fewer than {FEW_IMAGES} test images: {listed}. Their precision, recall and F1 "
+                              "rest on too few cells to judge; a single image moves them by 10 points or more."))
         parts.append(
             table(["class", "precision", "recall", "F1", "support", "ROC-AUC"], rows, numeric=range(1, 6),
                   id=f"per-class-{model.key}")
@@ -318,3 +333,43 @@ def gallery_section(
     """Thumbnails of the most confident mistakes of ``model`` (or why there are none)."""
     body = gallery(model.record, classes, images, model.title, limit)
     return Section("gallery", "Worst misclassified images", concat([paragraph(intro), body] if intro else [body]))
+
+
+def calibration_section(models: Sequence[ModelView]) -> Section:
+    """Calibration (temperature, log loss and ECE before / after, reliability diagrams) and
+    the conformal prediction sets' coverage on the test split, per model."""
+    calibrated = [m for m in models if getattr(m.record, "calibration", None)]
+    if not calibrated:
+        return Section("calibration", "Calibration and prediction sets", note(
+            "Not available because this run was made by a cellclf that did not calibrate its models; re-run cellclf fit."))
+    first = calibrated[0].record.calibration
+    parts = [paragraph(
+        f"Probabilities are calibrated by {first['method']}: the model's log-probabilities are divided by one "
+        "number, the temperature, chosen to minimise the validation images' log loss; this never changes the "
+        "predicted class. The expected calibration error (ECE) is the average gap between confidence and "
+        "accuracy over confidence bins (0 is perfect). Prediction sets: "
+        f"{first['sets']}, fitted on the same {first['validation_images']} validation images; the test images "
+        "measure them."
+    )]
+    rows = []
+    for m in calibrated:
+        c = m.record.calibration
+        for split in ("validation", "test"):
+            f = c[split]
+            rows.append([m.title, split, number(c["temperature"], 3), number(f["log_loss_before"]), number(f["log_loss_after"]),
+                         number(f["ece_before"]), number(f["ece_after"]), number(f["n"])])
+    parts.append(table(["model", "split", "temperature", "log loss before", "log loss after", "ECE before", "ECE after",
+                        "images"], rows, numeric=range(2, 8), caption="Calibration", id="calibration-table"))
+    rows = []
+    for m in calibrated:
+        for row in m.record.calibration["coverage_test"]:
+            rows.append([m.title, number(row["alpha"], 2), f"{100 * row['target']:.0f}%", f"{100 * row['coverage']:.1f}%",
+                         number(row["mean_set_size"], 2), number(row["n"])])
+    parts.append(table(["model", "alpha", "target coverage", "test coverage", "mean set size", "test images"], rows,
+                       numeric=range(1, 6), caption="Prediction sets on the test split", id="coverage-table"))
+    uri = figures.reliability_diagram([(m.title, m.record.calibration["reliability_test"]["before"],
+                                        m.record.calibration["reliability_test"]["after"]) for m in calibrated])
+    parts.append(figure(image(uri, "reliability diagrams of the test split", class_="plot"),
+                        "Reliability of the test split: each dot is a confidence bin (its area ~ its images); "
+                        "on the dashed line the confidence equals the accuracy."))
+    return Section("calibration", "Calibration and prediction sets", concat(parts))

@@ -163,8 +163,9 @@ class ShrunkLdaFamily:
         best = max(range(len(trials)), key=lambda i: (trials[i].score, -i))
         return TuningResult(self.key, trials, best, 0.02)
 
-    def validation_score(self, tuning, train, validation, options, *, seed, n_jobs):
-        return tuning.best_trial.score
+    def validation_proba(self, tuning, train, validation, options, *, seed, n_jobs):
+        shrinkage = tuning.best_params["shrinkage"]
+        return self.refit(train.X, train.y, {"shrinkage": shrinkage}, options, seed=seed, n_jobs=n_jobs).predict_proba(validation.X)
 
     def refit(self, X, y, params, options, *, seed, n_jobs):
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis

@@ -30,7 +30,7 @@ from cellclf.rundir import NotARunError, read_run
 EVIL_CLASS = "<script>alert(1)</script>"
 EVIL_NAME = "<b>&\"'"
 CLASSES = ("alpha", EVIL_CLASS, "beta")
-SECTION_IDS = ("data", "models", "per-class", "confusion", "roc", "tuning", "shap", "gallery")
+SECTION_IDS = ("data", "models", "per-class", "confusion", "roc", "calibration", "tuning", "shap", "gallery")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -176,7 +176,11 @@ def test_run_report_tables_match_the_run(run_dir, report):
         assert ("selected" in row[0]) == (key == metrics["best_model"])
         assert int(row[header.index("test images")]) == doc["test"]["n"]
         for label, name in columns.items():
-            assert float(row[header.index(label)]) == pytest.approx(doc["test"][name], abs=5e-5)
+            cell = row[header.index(label)]
+            assert float(cell.split(" (")[0]) == pytest.approx(doc["test"][name], abs=5e-5)
+            if f"{name}_ci" in doc["test"]:  # accuracy and macro-F1 carry their 95% interval
+                low, high = doc["test"][f"{name}_ci"]
+                assert cell.endswith(f"({low:.3f}–{high:.3f})"), cell
         assert float(row[header.index("validation macro-F1")]) == pytest.approx(doc["val_macro_f1"], abs=5e-5)
         assert float(row[header.index("fit time (s)")]) == pytest.approx(doc["fit_seconds"], abs=0.05)
 
@@ -319,7 +323,7 @@ def test_evaluation_report(run_dir, tmp_path):
     images = run_dir.parent / "images"
     classes = metrics["data"]["classes"]
     overall, per_class, confusion = evaluate(scored["label"].tolist(), scored[[f"proba_{c}" for c in classes]].to_numpy(), classes)
-    overall["macro_f1"] = 0.1234  # the report shows the record's numbers, it computes none
+    overall["macro_f1"], overall["macro_f1_ci"] = 0.1234, [0.1, 0.2]  # the report shows the record's numbers, it computes none
     model = evaluation_record(SimpleNamespace(overall=overall, per_class=per_class, confusion=confusion, scored=scored),
                               f"model {EVIL_NAME}.joblib")
 
@@ -330,8 +334,8 @@ def test_evaluation_report(run_dir, tmp_path):
     assert tuple(page.sections) == ("data", "models", "per-class", "confusion", "roc", "gallery")
     assert EVIL_CLASS not in document and EVIL_NAME not in document
     header, row = page.tables["models-table"]
-    assert row[header.index("macro-F1")] == "0.1234"
-    assert float(row[header.index("accuracy")]) == pytest.approx(overall["accuracy"], abs=5e-5)
+    assert row[header.index("macro-F1")] == "0.1234 (0.100–0.200)"
+    assert float(row[header.index("accuracy")].split(" (")[0]) == pytest.approx(overall["accuracy"], abs=5e-5)
     assert int(row[header.index("test images")]) == len(scored)
     per_class_rows = page.tables["per-class-model"][1:]
     assert [float(r[3]) for r in per_class_rows] == pytest.approx(per_class["f1"].tolist(), abs=5e-5)

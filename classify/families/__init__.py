@@ -54,11 +54,13 @@ class ModelFamily(Protocol):
     ) -> "TuningResult":
         """Try settings on train (and validation); one Trial per setting, the best marked."""
 
-    def validation_score(
+    def validation_proba(
         self, tuning: "TuningResult", train: "SplitData", validation: "SplitData", options: Mapping[str, Any],
         *, seed: int, n_jobs: int,
-    ) -> float:
-        """Macro-F1 on the validation split of the selected setting (used to pick the best family)."""
+    ) -> "np.ndarray":
+        """(n_validation, k) class probabilities of the selected setting trained on the
+        training split only: its validation macro-F1 picks the best family, and they
+        calibrate its probabilities and prediction sets (:mod:`cellclf.calibration`)."""
 
     def refit(
         self, X: "np.ndarray", y: "np.ndarray", params: Mapping[str, Any], options: Mapping[str, Any],

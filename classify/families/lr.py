@@ -229,14 +229,10 @@ class LogisticRegressionFamily:
         return tune_lr(train.X, train.y, train.groups, Cs=options["Cs"], class_weights=options["class_weights"],
                        cv=cv, seed=seed, n_jobs=n_jobs)
 
-    def validation_score(self, tuning: TuningResult, train: "SplitData", validation: "SplitData",
-                         options: Mapping[str, Any], *, seed: int, n_jobs: int) -> float:
-        """Macro-F1 on validation of the selected setting refitted on the whole training split."""
-        from sklearn.metrics import f1_score
-
-        n_classes = int(max(train.y.max(), validation.y.max())) + 1
-        predicted = tuning.model.predict(validation.X)
-        return float(f1_score(validation.y, predicted, average="macro", labels=np.arange(n_classes), zero_division=0))
+    def validation_proba(self, tuning: TuningResult, train: "SplitData", validation: "SplitData",
+                         options: Mapping[str, Any], *, seed: int, n_jobs: int) -> np.ndarray:
+        """The selected setting refitted on the whole training split (GridSearchCV's refit)."""
+        return tuning.model.predict_proba(validation.X)
 
     def refit(self, X: np.ndarray, y: np.ndarray, params: Mapping[str, Any], options: Mapping[str, Any], *, seed: int,
               n_jobs: int) -> "Pipeline":

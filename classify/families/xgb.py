@@ -153,7 +153,7 @@ def tune_xgb(
 
     start = time.perf_counter()
     n_classes = int(max(y_train.max(), y_val.max())) + 1
-    results = []
+    results, best_model, best_key = [], None, None
     for number, params in enumerate(sample_params(trials, seed)):
         t0 = time.perf_counter()
         model = make_xgb(
@@ -177,8 +177,11 @@ def tune_xgb(
                 },
             )
         )
-    best = max(range(len(results)), key=lambda i: (results[i].score, -results[i].extra["val_logloss"], -i))
-    return TuningResult("xgb", results, best, time.perf_counter() - start)
+        key = (results[-1].score, -results[-1].extra["val_logloss"], -number)
+        if best_key is None or key > best_key:  # only the best trial's model is kept
+            best_key, best_model = key, model
+    best = -best_key[2]
+    return TuningResult("xgb", results, best, time.perf_counter() - start, model=best_model)
 
 
 def tree_shap(model: Any, X: np.ndarray, n_jobs: int = 1) -> ShapValues:
@@ -262,10 +265,10 @@ class XGBoostFamily:
             max_trees=options["max_trees"], early_stopping_rounds=options["early_stopping"], max_bin=options["max_bin"],
         )
 
-    def validation_score(self, tuning: TuningResult, train: "SplitData", validation: "SplitData",
-                         options: Mapping[str, Any], *, seed: int, n_jobs: int) -> float:
-        """The selected trial's validation macro-F1 (it was trained on train, stopped on validation)."""
-        return tuning.best_trial.score
+    def validation_proba(self, tuning: TuningResult, train: "SplitData", validation: "SplitData",
+                         options: Mapping[str, Any], *, seed: int, n_jobs: int) -> np.ndarray:
+        """The selected trial's model (trained on train, stopped early on validation) at its best round."""
+        return tuning.model.predict_proba(validation.X)
 
     def refit(self, X: np.ndarray, y: np.ndarray, params: Mapping[str, Any], options: Mapping[str, Any], *, seed: int,
               n_jobs: int) -> "Pipeline":
