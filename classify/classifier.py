@@ -43,8 +43,12 @@ def matching_weights(predictor: Predictor, weights: str | os.PathLike | WeightsF
     return found
 
 
-def probability_table(proba: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
-    """``predicted``, ``confidence`` and one ``proba_<class>`` column per class."""
+def probability_table(proba: np.ndarray, classes: Sequence[str], sets: np.ndarray | None = None) -> pd.DataFrame:
+    """``predicted``, ``confidence`` and one ``proba_<class>`` column per class, then ``set``
+    (``monocyte|lymphocyte``, most probable first) and ``set_size`` when the (n, k) bool
+    prediction ``sets`` are given."""
+    from cellclf.calibration import set_texts
+
     proba = np.asarray(proba, dtype=np.float64).reshape(len(proba), len(classes))
     table = pd.DataFrame(
         {
@@ -54,6 +58,9 @@ def probability_table(proba: np.ndarray, classes: Sequence[str]) -> pd.DataFrame
     )
     for k, name in enumerate(classes):
         table[PROBA_PREFIX + name] = proba[:, k]
+    if sets is not None:
+        table["set"] = pd.Series(set_texts(sets, proba, list(classes)), dtype=object)
+        table["set_size"] = np.asarray(sets, dtype=bool).sum(axis=1).astype(np.int64)
     return table
 
 
@@ -116,8 +123,10 @@ class ImageClassifier:
         from ``cellembed.load_embeddings``), one row each; ``adapt``: see
         :meth:`cellclf.predictor.Predictor.adapted`."""
         if len(X) == 0:
-            return probability_table(np.zeros((0, len(self.classes))), self.classes)
-        return probability_table(self.predictor.predict_proba(X, spec, adapt=adapt), self.classes)
+            empty = np.zeros((0, len(self.classes)))
+            return probability_table(empty, self.classes, empty.astype(bool))
+        proba = self.predictor.predict_proba(X, spec, adapt=adapt)
+        return probability_table(proba, self.classes, self.predictor.prediction_sets(proba))
 
     def predict_images(self, images: Iterable[ImageSource], names: Sequence[str] | None = None) -> pd.DataFrame:
         """Classify images in memory, one row per image in input order.
@@ -129,7 +138,8 @@ class ImageClassifier:
 
         Returns:
             A DataFrame with ``image``, ``predicted``, ``confidence``, one ``proba_<class>``
-            column per class, and ``error``: the reason an input could not be decoded
+            column per class, ``set`` and ``set_size`` (the conformal prediction set of the
+            model's calibration), and ``error``: the reason an input could not be decoded
             (its prediction columns are then empty), else None.
         """
         sources = list(images)
@@ -139,23 +149,37 @@ class ImageClassifier:
             raise ClassifierInputError(f"{len(names)} names for {len(sources)} images")
         if not sources:
             return self._table([], np.zeros((0, len(self.classes))), [])
+        vectors, errors = self.embed_images(sources)
+        ok = [i for i in range(len(sources)) if i not in errors]
+        proba = np.full((len(sources), len(self.classes)), np.nan)
+        if ok:
+            proba[ok] = self.predictor.predict_proba(vectors[ok], spec=self.embedder.spec)
+        return self._table(list(names), proba, [errors.get(i) for i in range(len(sources))])
+
+    def embed_images(
+        self, sources: Sequence[ImageSource], max_pixels: int | None = None, progress: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        """(n, dim) embeddings of images in memory (zeros where one failed) and the reason
+        each failed one could not be decoded, by position. ``max_pixels``: see
+        :func:`cellembed.extract`; ``progress`` is called with each batch's image count."""
         embedder = self.embedder
         prepare_resize()  # TensorFlow (the resizer) starts here, quietly, not in a decode thread
         vectors = np.zeros((len(sources), embedder.spec.dim), np.float32)
         errors: dict[int, str] = {}
-        for batch in decoded_batches(sources, embedder.spec, self.batch_size):
+        settings = {} if max_pixels is None else {"max_pixels": max_pixels}
+        for batch in decoded_batches(list(sources), embedder.spec, self.batch_size, **settings):
             if batch.decoded:
                 vectors[[i for i, _ in batch.decoded]] = embedder.embed(batch.pixels)
             errors.update(batch.failed)
-        ok = [i for i in range(len(sources)) if i not in errors]
-        proba = np.full((len(sources), len(self.classes)), np.nan)
-        if ok:
-            proba[ok] = self.predictor.predict_proba(vectors[ok], spec=embedder.spec)
-        return self._table(list(names), proba, [errors.get(i) for i in range(len(sources))])
+            if progress is not None:
+                progress(len(batch.decoded) + len(batch.failed))
+        return vectors, errors
 
     def _table(self, names: list[str], proba: np.ndarray, errors: list[str | None]) -> pd.DataFrame:
-        table = probability_table(np.nan_to_num(proba, nan=0.0), self.classes)
+        proba = np.nan_to_num(proba, nan=0.0)
         failed = np.array([e is not None for e in errors], dtype=bool)
+        table = probability_table(proba, self.classes, self.predictor.prediction_sets(proba))
+        table["set_size"] = table["set_size"].astype(object)
         table.loc[failed, :] = None
         table.insert(0, IMAGE_COLUMN, pd.Series(names, dtype=object))
         table["error"] = pd.Series(errors, dtype=object)

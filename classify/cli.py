@@ -171,19 +171,27 @@ def fit(
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.argument("images", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
-    "-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-    help="Predictions file to write (CSV, or JSON with --format json).",
+    "-o", "--out", required=True, type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Predictions file to write (CSV, or JSON with --format json); - writes them to standard output.",
 )
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", help="Output format.")
 @click.option(
     "--min-confidence", type=click.FloatRange(0, 1), default=None,
-    help="Add an 'uncertain' column: true when the top probability is below this (e.g. 0.8).",
+    help="Also call a cell uncertain when its top probability is below this (e.g. 0.8); it is always "
+    "uncertain when its prediction set holds more than one class.",
 )
 @click.option(
+    "--review", "review_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Review page to write (HTML: the differential count and every cell). Default: <OUT name>.review.html "
+    "next to OUT (none with -o - unless given).",
+)
+@click.option("--no-review", is_flag=True, help="Do not write the review page.")
+@click.option(
     "--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help="Embeddings cache of IMAGES. Default: <OUT name>.embeddings.parquet next to OUT.",
+    help="Embeddings cache of a folder of IMAGES. Default: <OUT name>.embeddings.parquet next to OUT "
+    "(none with -o - or for image files).",
 )
 @weights_option
 @click.option(
@@ -199,36 +207,39 @@ def fit(
 @click.option(
     "--heatmaps", "heatmaps_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Also write a heat map of each prediction into this folder (see cellclf explain; about one "
-    "network pass per view and image more).",
+    "network pass per view and image more); the review page shows them.",
 )
 @click.option(
     "--adapt", is_flag=True,
-    help="Cells from another lab: move the folder's embeddings onto the training images' statistics "
-    "before classifying (each dimension re-centred and re-scaled by the folder's own mean and spread). "
-    "Needs at least 20 images with a mix of cell types; each prediction then depends on the whole folder.",
+    help="Cells from another lab: move the images' embeddings onto the training images' statistics "
+    "before classifying (each dimension re-centred and re-scaled by their own mean and spread). "
+    "Needs at least 20 images with a mix of cell types; each prediction then depends on all of them.",
 )
 @trust_pickle_option
 @allow_skips_option
 @click.option(
     "--overwrite", is_flag=True,
-    help="Replace -o (and its tables), --report or files in --heatmaps even when predict did not write them.",
+    help="Replace -o (and its tables), --review, --report or files in --heatmaps even when predict did not write them.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or progress messages.")
 def predict(
-    model: Path, images: Path, out: Path, fmt: str, min_confidence: float | None, cache: Path | None,
-    weights: str | None, batch_size: int, engine: str, max_pixels: int, report_path: Path | None,
-    heatmaps_dir: Path | None, adapt: bool, trust_pickle: bool, allow_skips: bool, overwrite: bool, quiet: bool,
+    model: Path, images: tuple[Path, ...], out: Path, fmt: str, min_confidence: float | None, review_path: Path | None,
+    no_review: bool, cache: Path | None, weights: str | None, batch_size: int, engine: str, max_pixels: int,
+    report_path: Path | None, heatmaps_dir: Path | None, adapt: bool, trust_pickle: bool, allow_skips: bool,
+    overwrite: bool, quiet: bool,
 ) -> None:
-    """Classify every image under IMAGES with MODEL (a `cellclf fit` run folder, its
-    model.skops or its model.joblib).
+    """Classify IMAGES (a folder, or one or more image files) with MODEL (a `cellclf fit` run
+    folder, its model.skops or its model.joblib).
 
-    The images are embedded exactly as the model's training images were (same weights,
-    input size and layers) and cached, so running again on the same folder is quick.
-    If IMAGES has sub-folders named like the model's classes, the predictions are also
-    scored against them (accuracy, macro-F1, per-class metrics next to OUT).
+    Writes the predictions (-o: predicted class, calibrated probabilities, the prediction set
+    holding the true class with probability 1 - alpha of the fit, and whether the cell is
+    uncertain) and a review page to look at every cell (--review). The images are embedded
+    exactly as the model's training images were; a folder's embeddings are cached, so running
+    again on it is quick. If the folder has sub-folders named like the model's classes, the
+    predictions are also scored against them (accuracy, macro-F1, per-class metrics next to OUT).
 
-    Predict never writes inside IMAGES, and replaces an existing -o or --report file only
-    when it is one predict wrote (or with --overwrite). The cache only grows: images it
+    Predict never writes inside IMAGES, and replaces an existing -o, --review or --report file
+    only when it is one predict wrote (or with --overwrite). The cache only grows: images it
     lacks are added, its rows of other images are kept, so --cache may be the training
     embeddings file. A second run writing the same -o at the same time is refused.
 
@@ -239,82 +250,126 @@ def predict(
     it is refused unless --trust-pickle is given.
     """
     from cellembed.atomic import output_lock, prepare_output
-    from cellclf.prediction import check_scorable, predict_folder, write_evaluation_tables, write_predictions
+    from cellclf.prediction import check_scorable, input_images, predict_inputs, predictions_text, write_evaluation_tables, write_predictions
     from cellclf.prediction_outputs import PredictionOutputs
     from cellreports import is_report
     from cellclf.predictor import load_predictor
 
     say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
-    outputs = PredictionOutputs.of(out, cache, report_path)
+    to_stdout = str(out) == "-"
     with ExitStack() as stack:  # user errors become one line; the lock is held to the end
         stack.enter_context(user_errors())
+        found, folder = input_images(images)
+        outputs = PredictionOutputs.of(out, cache, report_path, review_path, no_review, folder=folder is not None)
         outputs.check(images, overwrite, is_report)  # before anything is loaded or written
         if heatmaps_dir is not None and adapt:
             raise BadInput("--heatmaps explains predictions made without --adapt; leave out one of the two")
+        if cache is not None and folder is None:
+            raise BadInput("--cache caches a folder's embeddings; image files are embedded without one: leave --cache out")
         if heatmaps_dir is not None:
             from cellclf.explaining import check_outputs, image_inputs
 
-            check_outputs(heatmaps_dir, image_inputs([images]), [images], overwrite, "--heatmaps")
+            check_outputs(heatmaps_dir, image_inputs(images), images, overwrite, "--heatmaps")
         started = time.perf_counter()
         predictor = load_predictor(model, trust_pickle=trust_pickle)
         say(f"loaded {predictor.source} ({predictor.family}, {len(predictor.classes)} classes) in {time.perf_counter() - started:.1f} s")
         if report_path is not None:  # before anything is written
-            check_scorable(images, list(predictor.classes))
-        for option, path, example in (("-o", out, "predictions.csv"), ("--cache", outputs.cache, "cache.parquet"),
-                                      ("--report", report_path, "report.html")):
+            if folder is None:
+                raise BadInput("--report needs a folder with class sub-folders, not image files")
+            check_scorable(folder, list(predictor.classes))
+        for option, path, example in (("-o", outputs.predictions, "predictions.csv"), ("--cache", outputs.cache, "cache.parquet"),
+                                      ("--report", report_path, "report.html"), ("--review", outputs.review, "review.html")):
             if path is not None:  # before any work: a place nothing can be written is refused now
                 prepare_output(path, option, example)
-        stack.enter_context(output_lock(out))
-        run = predict_folder(
+        if outputs.predictions is not None:
+            stack.enter_context(output_lock(outputs.predictions))
+        run = predict_inputs(
             predictor, images, outputs.cache, weights=weights, batch_size=batch_size, engine=engine,
             min_confidence=min_confidence, max_pixels=max_pixels, adapt=adapt, progress=not quiet, log=say,
         )
-        write_predictions(run, out, fmt)
-        classified = len(run.table) - len(run.extraction.errors)
+        if to_stdout:
+            click.echo(predictions_text(run, fmt), nl=False)
+        else:
+            write_predictions(run, out, fmt)
+        classified = len(run.table) - len(run.errors)
         per_image = (run.embed_seconds + run.classify_seconds) / max(classified, 1)
+        uncertain = int(run.table["uncertain"].sum())
         click.echo(
-            f"wrote {out}: {classified} images classified ({run.extraction.embedded} embedded now, "
-            f"{run.extraction.reused} from the cache) in {run.embed_seconds + run.classify_seconds:.1f} s, "
-            f"{1000 * per_image:.0f} ms per image after loading the model",
+            f"{'wrote ' + str(out) if not to_stdout else 'predictions written to standard output'}: {classified} "
+            f"images classified ({run.embedded} embedded now, {run.reused} from the cache) in "
+            f"{run.embed_seconds + run.classify_seconds:.1f} s, {1000 * per_image:.0f} ms per image after loading "
+            f"the model; {uncertain} uncertain",
             err=True,
         )
         if run.unknown_folders:
             listed = ", ".join(f"{name} ({n})" for name, n in run.unknown_folders.items())
             click.echo(f"not scored: sub-folders that are not classes of the model: {listed}", err=True)
         if run.evaluation is not None:
-            from cellclf.metrics import macro_f1_text
+            from cellclf.metrics import accuracy_text, macro_f1_text
 
             overall = run.evaluation.overall
-            written = write_evaluation_tables(run.evaluation, out)
+            where = ""
+            if outputs.per_class is not None:
+                written = write_evaluation_tables(run.evaluation, out)
+                where = f"; per-class metrics in {written[0]}"
             click.echo(
-                f"against the sub-folders ({overall['n']} images): accuracy {overall['accuracy']:.4f}, "
-                f"{macro_f1_text(overall, len(predictor.classes))}; per-class metrics in {written[0]}",
+                f"against the sub-folders ({overall['n']} images): {accuracy_text(overall)}, "
+                f"{macro_f1_text(overall, len(predictor.classes))}{where}",
                 err=True,
             )
+        not_scored = _not_scored(run)
         if report_path is not None:
             if run.evaluation is None:
                 raise BadInput("--report needs images in sub-folders named like the model's classes")
             from cellclf.rundir import evaluation_record
             from cellreports import write_evaluation_report
 
-            unknown = sum(run.unknown_folders.values())
-            not_scored = {
-                "folder is not a model class": unknown,
-                "no folder, or no prediction": len(run.table) - len(run.evaluation.scored) - unknown,
-            }
             write_evaluation_report(
                 evaluation_record(run.evaluation, model.name), run.classes, predictor.spec, report_path,
-                images_root=images, not_scored=not_scored,
+                images_root=folder, not_scored=not_scored,
             )
             click.echo(f"report: {report_path}", err=True)
         if heatmaps_dir is not None:
             from cellclf.explaining import explain_images
 
-            maps = explain_images(predictor, [images], heatmaps_dir, weights=weights, overwrite=overwrite,
+            maps = explain_images(predictor, images, heatmaps_dir, weights=weights, overwrite=overwrite,
                                   max_pixels=max_pixels, option="--heatmaps", progress=not quiet, log=say)
             click.echo(f"heat maps: {len(maps.explained)} written to {heatmaps_dir}"
                        + (f" ({maps.reused} already there)" if maps.reused else ""), err=True)
-    exit_if_skipped(run.extraction.errors, f"listed in {out} with their reason", allow_skips)
+        if outputs.review is not None:
+            page = _write_review(run, predictor, model, images, outputs.review, heatmaps_dir, min_confidence, not_scored)
+            click.echo(f"review page: {outputs.review} ({page.stat().st_size / 1e6:.1f} MB)", err=True)
+    exit_if_skipped(run.errors, "listed in the predictions with their reason", allow_skips)
+
+
+def _not_scored(run) -> dict[str, int]:
+    if run.evaluation is None:
+        return {}
+    unknown = sum(run.unknown_folders.values())
+    return {"folder is not a model class": unknown,
+            "no folder, or no prediction": len(run.table) - len(run.evaluation.scored) - unknown}
+
+
+def _write_review(run, predictor, model: Path, images: tuple[Path, ...], out: Path, heatmaps_dir: Path | None,
+                  min_confidence: float | None, not_scored: dict[str, int]) -> Path:
+    """The review page of a predict run (cellreports.review; cellclf itself imports no cellreports)."""
+    from cellclf.explaining import output_paths
+    from cellclf.rundir import evaluation_record
+    from cellreports.review import ReviewInput, write_review
+
+    def heatmap(path: str) -> Path | None:
+        png = output_paths(heatmaps_dir, path)[0] if heatmaps_dir is not None else None
+        return png if png is not None and png.is_file() else None
+
+    calibration = getattr(predictor, "calibration", None)
+    source = str(images[0]) if len(images) == 1 else f"{len(images)} image files"
+    review = ReviewInput(
+        table=run.table, classes=run.classes, image_file=run.files.get, model=model.name, source=source,
+        heatmap_file=heatmap, alpha=None if calibration is None else calibration.alpha, min_confidence=min_confidence,
+        evaluation=None if run.evaluation is None else evaluation_record(run.evaluation, model.name),
+        spec=predictor.spec, not_scored=not_scored,
+    )
+    return write_review(review, out)
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))

@@ -118,7 +118,8 @@ def macro_f1_interval(
     y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], confidence: float = 0.95, seed: int = 0,
 ) -> list[float] | None:
     """Percentile bootstrap interval of the macro-F1 over ``classes`` (scipy.stats.bootstrap,
-    the images resampled with their predictions), or None for fewer than 2 images."""
+    the images resampled with their predictions), or None for fewer than 2 images or when
+    every prediction is right (every resample then scores 1, which would claim certainty)."""
     from scipy.stats import bootstrap
 
     if len(y_true) < 2 or not len(classes):
@@ -138,8 +139,8 @@ def macro_f1_interval(
                                     where=denominator > 0))
         return np.mean(scores, axis=0)
 
-    if np.all(true == pred):  # every resample scores 1: scipy would warn about a degenerate interval
-        return [1.0, 1.0]
+    if np.all(true == pred):  # every resample scores 1: the bootstrap says nothing (see macro_f1_text)
+        return None
     result = bootstrap((true, pred), macro_f1, paired=True, vectorized=True, n_resamples=BOOTSTRAP_RESAMPLES,
                        confidence_level=confidence, method="percentile", random_state=np.random.default_rng(seed))
     return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
@@ -165,6 +166,8 @@ def macro_f1_text(overall: dict[str, Any], n_classes: int) -> str:
     """``macro-F1 0.9512 (95% CI ...)`` as the commands print it, saying over which classes it
     is averaged when some of the model's ``n_classes`` are absent from the scored images."""
     text = f"macro-F1 {overall['macro_f1']:.4f}{interval_text(overall.get('macro_f1_ci'))}"
+    if overall.get("macro_f1_ci") is None and overall.get("accuracy") == 1.0:
+        text += " (no bootstrap interval: no mistake to resample; the accuracy's interval shows the uncertainty)"
     present = overall.get("classes_present", n_classes)
     if present < n_classes:
         text += f" over the {present} class{'' if present == 1 else 'es'} present (of the model's {n_classes})"

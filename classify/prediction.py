@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,11 +56,26 @@ class PredictionRun:
 
     table: pd.DataFrame
     classes: list[str]
-    extraction: ExtractResult
+    extraction: ExtractResult | None  # None: embedded in memory (image files, or no cache)
     embed_seconds: float
     classify_seconds: float
     evaluation: Evaluation | None = None
     unknown_folders: dict[str, int] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)  # the image file of each table ``path``
+    memory_errors: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        """The files that could not be read: ``path`` and ``reason``."""
+        return self.extraction.errors if self.extraction is not None else self.memory_errors
+
+    @property
+    def embedded(self) -> int:
+        return self.extraction.embedded if self.extraction is not None else len(self.table) - len(self.memory_errors)
+
+    @property
+    def reused(self) -> int:
+        return self.extraction.reused if self.extraction is not None else 0
 
 
 def default_cache_path(out: Path) -> Path:
@@ -133,7 +148,107 @@ def predict_folder(
     table = _predictions_table(frame, predicted, extraction.errors, min_confidence)
     proba = predicted[[PROBA_PREFIX + name for name in classes]].to_numpy(dtype=np.float64)
     evaluation, unknown = _evaluate_folders(table, proba, frame, classes)
-    return PredictionRun(table, classes, extraction, embed_seconds, classify_seconds, evaluation, unknown)
+    root = Path(images)
+    files = {path: root / path for path in frame["path"]}
+    files.update({e["path"]: root / e["path"] for e in extraction.errors})
+    return PredictionRun(table, classes, extraction, embed_seconds, classify_seconds, evaluation, unknown, files)
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """One image to classify: its name in the predictions, its file and its class folder."""
+
+    name: str
+    file: Path
+    label: str | None = None
+
+
+def input_images(inputs: Sequence[str | Path]) -> tuple[list[InputImage], Path | None]:
+    """The images of ``inputs`` (one folder, or image files) and the folder (None for files).
+
+    A folder's images are named by their path inside it and labelled by their first-level
+    sub-folder; files are named by their file name.
+
+    Raises:
+        ClassifierInputError: nothing given, a missing path, several folders or a folder
+            with files, two files of one name.
+        cellembed.InputError: a folder that cannot be listed or holds no image.
+    """
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise ClassifierInputError("give a folder of images or one or more image files")
+    for path in paths:
+        if not path.exists():
+            raise ClassifierInputError(f"{path} does not exist; give a folder of images or image files")
+    folders = [p for p in paths if p.is_dir()]
+    if folders and len(paths) > 1:
+        raise ClassifierInputError(
+            f"give one folder, or image files, not both or several folders ({folders[0]} with {len(paths) - 1} more); "
+            "classify each folder in its own run"
+        )
+    if folders:
+        return [InputImage(i.path, Path(i.absolute), i.label) for i in find_images(folders[0])], folders[0]
+    images, seen = [], {}
+    for path in paths:
+        if path.name in seen and seen[path.name] != path.resolve():
+            raise ClassifierInputError(
+                f"two files are named {path.name} ({seen[path.name]} and {path}); classify them in separate runs"
+            )
+        if path.name not in seen:
+            seen[path.name] = path.resolve()
+            images.append(InputImage(path.name, path))
+    return images, None
+
+
+def predict_inputs(
+    predictor: Predictor | ImageClassifier,
+    inputs: Sequence[str | Path],
+    cache: str | Path | None,
+    *,
+    weights: str | Path | None = None,
+    batch_size: int = 32,
+    engine: str = DEFAULT_ENGINE,
+    min_confidence: float | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    adapt: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> PredictionRun:
+    """Classify one folder (embedded through the Parquet ``cache`` when one is given, see
+    :func:`predict_folder`) or image files (embedded in memory, no cache).
+
+    Raises:
+        as :func:`predict_folder` and :func:`input_images`.
+    """
+    images, folder = input_images(inputs)
+    if folder is not None and cache is not None:
+        return predict_folder(predictor, folder, cache, weights=weights, batch_size=batch_size, engine=engine,
+                              min_confidence=min_confidence, max_pixels=max_pixels, adapt=adapt, progress=progress,
+                              log=log)
+    model = predictor.predictor if isinstance(predictor, ImageClassifier) else predictor
+    if adapt:
+        model.check_adaptable(len(images))
+    classifier = predictor if isinstance(predictor, ImageClassifier) else ImageClassifier(
+        predictor, weights=weights, engine=engine, batch_size=batch_size, log=log
+    )
+    started = time.perf_counter()
+    names = [image.name for image in images]
+    from tqdm import tqdm
+
+    with tqdm(total=len(images), unit="img", desc="embedding", disable=not progress, leave=False) as bar:
+        vectors, reasons = classifier.embed_images([image.file for image in images], max_pixels, bar.update)
+    ok = [i for i in range(len(images)) if i not in reasons]
+    predicted = classifier.classify(vectors[ok], classifier.embedder.spec, adapt=adapt)
+    embed_seconds = time.perf_counter() - started
+    frame = pd.DataFrame({"path": pd.Series([names[i] for i in ok], dtype=object),
+                          "label": pd.Series([images[i].label for i in ok], dtype=object)})
+    errors = [{"path": names[i], "reason": reasons[i]} for i in sorted(reasons)]
+    table = _predictions_table(frame, predicted.reset_index(drop=True), errors, min_confidence,
+                               labelled=any(image.label is not None for image in images))
+    proba = predicted[[PROBA_PREFIX + name for name in classifier.classes]].to_numpy(dtype=np.float64)
+    evaluation, unknown = _evaluate_folders(table, proba, frame, classifier.classes)
+    files = {image.name: image.file for image in images}
+    return PredictionRun(table, classifier.classes, None, embed_seconds, 0.0, evaluation, unknown, files, errors)
 
 
 def _folder_rows(extraction: ExtractResult) -> tuple[pd.DataFrame, EmbeddingSpec]:
@@ -154,14 +269,21 @@ def _predictions_table(
     predicted: pd.DataFrame,
     errors: list[dict[str, str]],
     min_confidence: float | None,
+    labelled: bool | None = None,
 ) -> pd.DataFrame:
-    labelled = frame["label"].notna().any() or any("/" in e["path"] for e in errors)
+    """One row per image: path, label (with class folders), predicted, confidence,
+    proba_<class>..., set, set_size, uncertain (set of more than one class, or confidence
+    under ``min_confidence``), and error for the files that could not be read."""
+    if labelled is None:
+        labelled = frame["label"].notna().any() or any("/" in e["path"] for e in errors)
     table = pd.DataFrame({"path": frame["path"].astype(object)})
     if labelled:
         table["label"] = frame["label"].astype(object).where(frame["label"].notna(), None)
     table = pd.concat([table, predicted], axis=1)
+    uncertain = table["set_size"].astype(float) > 1 if "set_size" in table else pd.Series(False, index=table.index)
     if min_confidence is not None:
-        table["uncertain"] = table["confidence"] < min_confidence
+        uncertain |= table["confidence"].astype(float) < min_confidence
+    table["uncertain"] = uncertain.astype(bool)
     if errors:
         table["error"] = None
         failed = pd.DataFrame({"path": [e["path"] for e in errors], "error": [e["reason"] for e in errors]})
@@ -184,20 +306,36 @@ def _evaluate_folders(
     return Evaluation(overall, per_class, confusion, scored), {str(k): int(v) for k, v in unknown.items()}
 
 
-def write_predictions(run: PredictionRun, out: str | Path, fmt: str = "csv") -> Path:
-    """Write the predictions table as CSV, or as JSON ``{path: {"predictions": {...}, "label": ...}}``.
+#: Decimals of the probabilities written (CSV, JSON).
+DECIMALS = 6
+
+
+def predictions_text(run: PredictionRun, fmt: str = "csv") -> str:
+    """The predictions table as CSV text, or as JSON ``{path: {"predictions": {class: p},
+    "predicted": ..., "confidence": ..., "set": [...], "uncertain": ..., "label": folder}}``.
+    Probabilities are rounded to :data:`DECIMALS` decimals.
 
     In the CSV, text cells a spreadsheet would run as a formula get a leading apostrophe
     (:mod:`cellembed.csv_cells`); the JSON keeps every name as it is.
     """
+    if fmt == "csv":
+        rounded = run.table.copy()
+        numbers = ["confidence", *(PROBA_PREFIX + name for name in run.classes)]
+        rounded[numbers] = rounded[numbers].astype(float).round(DECIMALS)
+        if "set_size" in rounded:
+            rounded["set_size"] = rounded["set_size"].astype("Int64")
+        return inert_frame(rounded).to_csv(index=False)
+    if fmt == "json":
+        return json.dumps(_json_document(run), indent=2) + "\n"
+    raise ClassifierInputError(f"--format {fmt!r} is not csv or json")
+
+
+def write_predictions(run: PredictionRun, out: str | Path, fmt: str = "csv") -> Path:
+    """Write :func:`predictions_text` to ``out`` atomically."""
     out = Path(out)
+    text = predictions_text(run, fmt)
     with atomic_path(out) as tmp:
-        if fmt == "csv":
-            inert_frame(run.table).to_csv(tmp, index=False)
-        elif fmt == "json":
-            tmp.write_text(json.dumps(_json_document(run), indent=2) + "\n", encoding="utf-8")
-        else:
-            raise ClassifierInputError(f"--format {fmt!r} is not csv or json")
+        tmp.write_text(text, encoding="utf-8")
     return out
 
 
@@ -208,14 +346,15 @@ def _json_document(run: PredictionRun) -> dict[str, Any]:
             document[row["path"]] = {"error": row["error"]}
             continue
         entry: dict[str, Any] = {
-            "predictions": {name: float(row[PROBA_PREFIX + name]) for name in run.classes},
-            "label": row["predicted"],
-            "confidence": float(row["confidence"]),
+            "predictions": {name: round(float(row[PROBA_PREFIX + name]), DECIMALS) for name in run.classes},
+            "predicted": row["predicted"],
+            "confidence": round(float(row["confidence"]), DECIMALS),
         }
-        if "uncertain" in row:
-            entry["uncertain"] = bool(row["uncertain"])
+        if isinstance(row.get("set"), str):
+            entry["set"] = row["set"].split("|")
+        entry["uncertain"] = bool(row.get("uncertain", False))
         if isinstance(row.get("label"), str):
-            entry["folder"] = row["label"]
+            entry["label"] = row["label"]
         document[row["path"]] = entry
     return document
 

@@ -1,8 +1,10 @@
 """The files ``cellclf predict`` writes, checked before any work.
 
-``predict`` writes the predictions file (``-o``), the per-class metrics and confusion
-matrix next to it (when the folder is scored), the HTML report (``--report``) and the
-embeddings cache (``--cache``). It never writes inside the images folder, and it replaces
+``predict`` writes the predictions file (``-o``; ``-o -`` is standard output), the
+per-class metrics and confusion matrix next to it (when the folder is scored), the review
+page (``--review``, by default ``<OUT name>.review.html`` next to OUT), the HTML report
+(``--report``) and the embeddings cache (``--cache``; by default next to OUT, none for
+``-o -`` or image files). It never writes inside the images folder, and it replaces
 a file only when it is one that ``predict`` wrote (a predictions CSV or JSON, its tables,
 a cellreports page), or with ``--overwrite``. The cache is add-only and its own checks
 are :func:`cellembed.extract`'s (a cellembed file of the model's spec, or nothing).
@@ -18,6 +20,8 @@ from typing import Callable
 
 from cellclf.errors import ClassifierInputError
 
+#: ``-o -``: the predictions go to standard output.
+STDOUT = "-"
 #: Columns every predictions CSV has (the first one is ``path``).
 PREDICTIONS_COLUMNS = ("path", "predicted", "confidence")
 PER_CLASS_COLUMNS = ("class", "precision", "recall")
@@ -28,22 +32,33 @@ CONFUSION_COLUMNS = ("true", "predicted", "count")
 class PredictionOutputs:
     """Every path one ``predict`` run may write."""
 
-    predictions: Path
-    cache: Path
-    per_class: Path
-    confusion: Path
+    predictions: Path | None  # None: standard output
+    cache: Path | None
+    per_class: Path | None
+    confusion: Path | None
     report: Path | None = None
+    review: Path | None = None
 
     @classmethod
-    def of(cls, out: str | Path, cache: str | Path | None = None, report: str | Path | None = None) -> "PredictionOutputs":
-        """The outputs of ``-o out``; the cache defaults to ``<out stem>.embeddings.parquet``."""
+    def of(
+        cls, out: str | Path, cache: str | Path | None = None, report: str | Path | None = None,
+        review: str | Path | None = None, no_review: bool = False, folder: bool = True,
+    ) -> "PredictionOutputs":
+        """The outputs of ``-o out`` (``-`` = standard output). Next to a file OUT: the
+        cache ``<OUT stem>.embeddings.parquet`` (for a ``folder`` of images), the tables and
+        the review page ``<OUT stem>.review.html`` (unless ``no_review``)."""
+        if str(out) == STDOUT:
+            return cls(None, Path(cache) if cache is not None else None, None, None,
+                       Path(report) if report is not None else None, None if no_review or review is None else Path(review))
         out = Path(out)
+        default_cache = out.with_name(out.stem + ".embeddings.parquet") if folder else None
         return cls(
             predictions=out,
-            cache=Path(cache) if cache is not None else out.with_name(out.stem + ".embeddings.parquet"),
+            cache=Path(cache) if cache is not None else default_cache,
             per_class=out.with_name(out.stem + ".per_class.csv"),
             confusion=out.with_name(out.stem + ".confusion_matrix.csv"),
             report=Path(report) if report is not None else None,
+            review=None if no_review else Path(review) if review is not None else out.with_name(out.stem + ".review.html"),
         )
 
     def check(
@@ -56,10 +71,10 @@ class PredictionOutputs:
         Raises:
             ClassifierInputError: naming the file and the option to change.
         """
-        images = Path(images).resolve()
-        named = [("-o", self.predictions), ("--cache", self.cache), ("-o", self.per_class), ("-o", self.confusion)]
-        if self.report is not None:
-            named.append(("--report", self.report))
+        folders = [Path(p).resolve() for p in ([images] if isinstance(images, (str, Path)) else images) if Path(p).is_dir()]
+        named = [(option, path) for option, path in (
+            ("-o", self.predictions), ("--cache", self.cache), ("-o", self.per_class), ("-o", self.confusion),
+            ("--report", self.report), ("--review", self.review)) if path is not None]
         resolved = [(option, path, path.resolve()) for option, path in named]
         for i, (option, path, where) in enumerate(resolved):
             for other_option, other, other_where in resolved[:i]:
@@ -67,7 +82,7 @@ class PredictionOutputs:
                     raise ClassifierInputError(
                         f"{option} {path} and {other_option} {other} are the same file; give each its own path"
                     )
-        for option, path in named:
+        for (option, path), images in ((pair, folder) for pair in named for folder in folders):
             if path.resolve().is_relative_to(images):
                 raise ClassifierInputError(
                     f"{option} {path} is inside the images folder {images}; predict never writes there: "
@@ -80,6 +95,7 @@ class PredictionOutputs:
             ("-o", self.per_class, lambda p: _csv_has(p, PER_CLASS_COLUMNS)),
             ("-o", self.confusion, lambda p: _csv_has(p, CONFUSION_COLUMNS)),
             ("--report", self.report, lambda path: path.is_file() and is_report(path)),
+            ("--review", self.review, lambda path: path.is_file() and is_report(path)),
         ):
             if path is not None and (path.exists() or path.is_symlink()) and not ours(path):
                 raise ClassifierInputError(

@@ -49,7 +49,7 @@ def image_file(root: Path, relative: str) -> Path | None:
     return candidate
 
 
-def thumbnail_data_uri(path: Path, size: int = THUMBNAIL_SIZE) -> str | None:
+def thumbnail_data_uri(path: Path, size: int = THUMBNAIL_SIZE, quality: int = JPEG_QUALITY) -> str | None:
     """A JPEG thumbnail (longest side ``size`` px) as a data URI; None if unreadable."""
     from PIL import Image, ImageOps
 
@@ -63,7 +63,7 @@ def thumbnail_data_uri(path: Path, size: int = THUMBNAIL_SIZE) -> str | None:
             picture = picture.convert("RGB")
             picture.thumbnail((size, size), Image.Resampling.LANCZOS)
             buffer = io.BytesIO()
-            picture.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+            picture.save(buffer, format="JPEG", quality=quality, optimize=True)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
     return bytes_data_uri(buffer.getvalue(), "image/jpeg")

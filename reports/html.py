@@ -60,6 +60,14 @@ img.plot { max-width: 100%; height: auto; border: 1px solid #eee; }
 .mapcard:target { outline: 3px solid #23395d; }
 .mapcard:target .panels { flex-wrap: wrap; }
 .mapcard:target img { width: 448px; height: 448px; }
+.cards { display: flex; flex-wrap: wrap; gap: 10px; }
+.card { border: 1px solid #d5dbe3; padding: 6px; width: 176px; font-size: 0.8em;
+  content-visibility: auto; contain-intrinsic-size: 176px 300px; }
+.card.uncertain { border: 2px solid #e0b000; background: #fffbeb; }
+.card img { display: block; width: 160px; height: 160px; object-fit: contain; margin: 0 auto 4px auto; }
+.card .path { word-break: break-all; color: #777; }
+.card details img { width: 100%; height: auto; }
+.badge { display: inline-block; background: #e0b000; color: #231a00; border-radius: 3px; padding: 0 4px; font-weight: 600; }
 """
 
 

@@ -96,6 +96,12 @@ def test_wilson_and_bootstrap_intervals():
     assert macro_f1_interval(y, predicted, ["a", "b", "c"]) == interval
     small = macro_f1_interval(y[:30], predicted[:30], ["a", "b", "c"])
     assert small[1] - small[0] > interval[1] - interval[0]
+    # no mistake: every resample scores 1, an interval that would claim certainty is not given
+    assert macro_f1_interval(y, y, ["a", "b", "c"]) is None
+    from cellclf.metrics import macro_f1_text
+
+    perfect, _, _ = evaluate(y[:40], np.eye(3)[["abc".index(v) for v in y[:40]]], ["a", "b", "c"])
+    assert "no bootstrap interval" in macro_f1_text(perfect, 3) and perfect["accuracy_ci"][0] < 0.95
 
 
 def test_fit_calibrates_the_saved_model_and_records_coverage(tmp_path):

@@ -71,13 +71,15 @@ def test_predicts_every_image_and_scores_known_folders(tmp_path, trained, random
     table = run.table
     assert len(table) == 13 and table["path"].is_monotonic_increasing
     assert list(table.columns) == ["path", "label", "predicted", "confidence",
-                                   "proba_blue", "proba_green", "proba_red", "uncertain", "error"]
+                                   "proba_blue", "proba_green", "proba_red", "set", "set_size", "uncertain", "error"]
     ok = table[table["error"].isna()]
     proba = ok[["proba_blue", "proba_green", "proba_red"]].to_numpy()
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
     assert (ok["predicted"] == np.array(["blue", "green", "red"])[proba.argmax(axis=1)]).all()
     np.testing.assert_allclose(ok["confidence"], proba.max(axis=1))
     assert (ok["uncertain"] == (ok["confidence"] < 0.9)).all()
+    # an uncalibrated model (fitted without cellclf fit) has no conformal sets: the top class
+    assert (ok["set"] == ok["predicted"]).all() and (ok["set_size"] == 1).all()
     broken = table.set_index("path").loc["red/broken.png"]
     assert broken["error"].startswith("not an image") and pd.isna(broken["predicted"])
 
@@ -107,7 +109,8 @@ def test_json_format_and_unlabelled_folder(tmp_path, trained, random_weights):
     assert sorted(document) == sorted(run.table["path"])
     entry = document[run.table["path"][0]]
     assert set(entry["predictions"]) == {"blue", "green", "red"}
-    assert entry["label"] == max(entry["predictions"], key=entry["predictions"].get)
+    assert entry["predicted"] == max(entry["predictions"], key=entry["predictions"].get)
+    assert "label" not in entry and entry["set"] == [entry["predicted"]] and entry["uncertain"] is False
     assert sum(entry["predictions"].values()) == pytest.approx(1.0)
 
 
@@ -155,7 +158,7 @@ def test_predict_command_writes_outputs_and_exit_statuses(tmp_path, trained, ran
     assert facts["scored (label is a model class)"] == "6"
     assert facts["not scored: folder is not a model class"] == "1"  # the mystery folder
     assert facts["images in the predictions table"] == "7"
-    printed = re.search(r"accuracy ([0-9.]+), macro-F1 ([0-9.]+)", result.output)
+    printed = re.search(r"accuracy ([0-9.]+) \(95% CI [0-9.]+-[0-9.]+\), macro-F1 ([0-9.]+) \((95% CI|no bootstrap)", result.output)
     assert f"accuracy {printed[1]}, macro-F1 {printed[2]}" in html  # the scores predict printed
 
     (folder / "red" / "zero.png").write_bytes(b"")
