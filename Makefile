@@ -16,7 +16,7 @@ export CELLEMBED_WEIGHTS
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[test,ray,serve]'
 	touch $(STAMP)
 
 install: $(STAMP)

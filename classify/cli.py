@@ -423,6 +423,53 @@ def explain(
 
 
 @main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Keep 127.0.0.1 unless a reverse proxy with authentication is in front "
+              "(see the README).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Largest image file accepted (413 above).")
+@click.option("--max-batch", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Most images in one request (413 above).")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
+              help="Also call a cell uncertain when its top probability is below this.")
+@click.option("--no-heatmaps", is_flag=True,
+              help="Do not load the heat-map network (saves memory; the upload page then shows no maps).")
+@weights_option
+@engine_option
+@max_pixels_option
+@trust_pickle_option
+def serve(model: Path, host: str, port: int, max_upload_mb: float, max_batch: int, min_confidence: float | None,
+          no_heatmaps: bool, weights: str | None, engine: str, max_pixels: int, trust_pickle: bool) -> None:
+    """Serve MODEL over HTTP: POST /predict (images in, calibrated probabilities, prediction
+    sets and an uncertain flag out, as JSON), an upload page at /, GET /health, GET /model
+    and the OpenAPI docs at /docs.
+
+    Needs the serve extra (pip install 'cellembed[serve]'). The model and its networks load
+    once at start-up; bad uploads get a 4xx with a one-line reason. Stop with Ctrl-C.
+    """
+    from cellclf.predictor import load_predictor
+    from cellclf.serve import ServeSettings, Service, check_port, create_app, import_server
+
+    with user_errors(on_interrupt="interrupted while loading the model; nothing was served"):
+        _, uvicorn = import_server()
+        check_port(host, port)  # before the model is loaded
+        predictor = load_predictor(model, trust_pickle=trust_pickle)
+        settings = ServeSettings(max_upload_mb=max_upload_mb, max_batch=max_batch, max_pixels=max_pixels,
+                                 min_confidence=min_confidence, heatmaps=not no_heatmaps)
+        started = time.perf_counter()
+        service = Service(predictor, weights, settings, engine, log=lambda message: click.echo(message, err=True))
+        click.echo(f"loaded {predictor.source} ({predictor.family}, {len(predictor.classes)} classes) and its "
+                   f"network{'s' if settings.heatmaps else ''} in {time.perf_counter() - started:.1f} s; "
+                   f"serving on http://{host}:{port}/ (docs: /docs)", err=True)
+    try:
+        uvicorn.run(create_app(service), host=host, port=port, log_level="warning", workers=1)
+    finally:
+        service.close()
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option(
     "-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -241,8 +241,10 @@ def image_record(explainer: Explainer, result: LocationAttribution, proba: np.nd
     }
 
 
-def _write_one(explainer: Explainer, item: ImageInput, pixels: np.ndarray, result: LocationAttribution,
-               proba: np.ndarray, i: int, out_dir: Path, model_sha: str | None) -> dict[str, Any]:
+def explanation_png(explainer: Explainer, name: str, pixels: np.ndarray, result: LocationAttribution,
+                    proba: np.ndarray, i: int) -> tuple[bytes, dict[str, Any]]:
+    """The heat-map PNG of image ``i`` of a batch (``pixels``: that image's prepared pixels)
+    and its JSON facts (:func:`image_record`)."""
     record = image_record(explainer, result, proba, i)
     classes = list(explainer.predictor.classes)
     shown = [record["predicted"]] + ([record["runner_up"]] if record["runner_up"] else [])
@@ -252,12 +254,18 @@ def _write_one(explainer: Explainer, item: ImageInput, pixels: np.ndarray, resul
     tap_maps = {t: upsample(result.tap_maps[j][i, codes[0]], size) for j, t in enumerate(result.taps)}
     figure = explanation_figure(
         np.clip(pixels, 0, 255).astype(np.uint8), dict(zip(shown, maps)), record["probabilities"], tap_maps,
-        short_tap_labels(result.taps, explainer.roles), title=item.name, exact=result.exact,
+        short_tap_labels(result.taps, explainer.roles), title=name, exact=result.exact,
     )
+    return figure_png(figure), record
+
+
+def _write_one(explainer: Explainer, item: ImageInput, pixels: np.ndarray, result: LocationAttribution,
+               proba: np.ndarray, i: int, out_dir: Path, model_sha: str | None) -> dict[str, Any]:
+    picture, record = explanation_png(explainer, item.name, pixels, result, proba, i)
     png, js = output_paths(out_dir, item.name)
     png.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(png) as tmp:
-        tmp.write_bytes(figure_png(figure))
+        tmp.write_bytes(picture)
     record = {"image": item.name, "file": str(item.file), "image_sha256": sha256_file(item.file),
               "model_sha256": model_sha, **record}
     with atomic_path(js) as tmp:

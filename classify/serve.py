@@ -1,0 +1,383 @@
+"""``cellclf serve``: a model over HTTP, for other programs (a LIMS, a script) and people.
+
+FastAPI and uvicorn (the ``serve`` extra: ``pip install 'cellembed[serve]'``), imported only
+here. The model, its embedding network and (unless ``heatmaps=False``) the network of its
+heat maps are loaded once, when the app is made. The event loop never runs a network:
+uploads are decoded and prepared in a pool of threads (one per core) and the network runs in
+one worker thread fed by a small batcher, which stacks the images of requests that arrive
+together into one forward pass; so ``/health`` answers while the network is busy.
+
+Endpoints:
+
+- ``POST /predict``: one or more images as a multipart upload (any field name), or one image
+  as the raw body (``Content-Type: image/...``). One image in the raw body gets one result;
+  a multipart upload gets ``{"results": [...]}``, one per file in order. A result is the
+  field's Lambda shape, extended: ``{"image", "predictions": {class: probability},
+  "predicted", "confidence", "set": [...], "uncertain"}`` (calibrated probabilities; the
+  conformal prediction set; uncertain = a set of more than one class, or a confidence under
+  ``--min-confidence``).
+- ``GET /``: an upload page (an HTML form, no script); ``POST /`` shows the results with
+  the heat map of each image.
+- ``GET /health``, ``GET /model`` (classes, spec, calibration, test metrics), and FastAPI's
+  ``/docs`` and ``/openapi.json``.
+
+Bad input is a 4xx with a one-line ``detail`` and never stops the server: an empty body or no
+file (400), a body that is not an upload or an image (415), a file over ``max_upload_mb`` or a
+request over the batch limit (413), a file that does not decode or is a decompression bomb
+(422, naming the file).
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations
+# (``Request``, imported inside create_app), which must be real objects, not strings.
+import asyncio
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from cellclf.errors import ClassifierInputError
+from cellembed.decoding import DEFAULT_MAX_PIXELS
+
+INSTALL_HINT = "pip install 'cellembed[serve]' (in a checkout: pip install -e '.[serve]')"
+#: Images one forward pass of the batcher takes at most.
+NETWORK_BATCH = 8
+#: Bytes a multipart request may hold beyond its files (boundaries, headers, form fields).
+MULTIPART_SLACK = 64 * 1024
+
+
+def import_server() -> tuple[Any, Any]:
+    """(fastapi, uvicorn), or a one-line error naming the extra to install."""
+    try:
+        import fastapi
+        import uvicorn
+
+        try:  # FastAPI reads uploads with python-multipart (named python_multipart since 0.0.13)
+            import python_multipart  # noqa: F401
+        except ImportError:
+            import multipart  # noqa: F401
+    except ImportError as exc:
+        raise ClassifierInputError(
+            f"cellclf serve needs FastAPI, uvicorn and python-multipart ({exc.name} is not installed): {INSTALL_HINT}"
+        ) from None
+    return fastapi, uvicorn
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The limits and choices of a server (the ``cellclf serve`` options)."""
+
+    max_upload_mb: float = 20.0
+    max_batch: int = 16
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_confidence: float | None = None
+    heatmaps: bool = True
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+class BadUpload(Exception):
+    """A request the server refuses: its HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class Batcher:
+    """Runs ``run`` on the stacked images of the requests waiting, one batch at a time, in
+    ``executor`` (one thread: the network already uses every core)."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], executor: ThreadPoolExecutor, limit: int) -> None:
+        self.run, self.executor, self.limit = run, executor, limit
+        self.queue: asyncio.Queue | None = None
+        self.busy = 0
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._work())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def submit(self, pixels: np.ndarray) -> np.ndarray:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((pixels, future))
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            while not self.queue.empty() and sum(len(p) for p, _ in items) < self.limit:
+                items.append(self.queue.get_nowait())
+            self.busy = sum(len(p) for p, _ in items)
+            try:
+                out = await loop.run_in_executor(self.executor, self.run, np.concatenate([p for p, _ in items]))
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                start = 0
+                for pixels, future in items:
+                    if not future.done():
+                        future.set_result(out[start : start + len(pixels)])
+                    start += len(pixels)
+            finally:
+                self.busy = 0
+
+
+class Service:
+    """The loaded model, its networks and pools (made once, at start-up)."""
+
+    def __init__(self, predictor: Any, weights: Any = None, settings: ServeSettings | None = None,
+                 engine: str | None = None, log: Callable[[str], None] | None = None) -> None:
+        from cellclf.classifier import ImageClassifier
+        from cellembed.engines import DEFAULT_ENGINE
+        from cellembed.preparation import preparation_for
+
+        self.settings = settings or ServeSettings()
+        self.predictor = predictor
+        self.classifier = ImageClassifier(predictor, weights=weights, engine=engine or DEFAULT_ENGINE, log=log)
+        self.embedder = self.classifier.embedder  # built now, not at the first request
+        self.prepare = preparation_for(predictor.spec)
+        self.explainer, self.heatmaps_missing = None, None
+        if not self.settings.heatmaps:
+            self.heatmaps_missing = "the server was started with --no-heatmaps"
+        elif getattr(predictor, "reference", None) is None:
+            self.heatmaps_missing = "this model has no record of its training statistics (re-run cellclf fit)"
+        else:
+            from cellclf.explaining import Explainer
+
+            self.explainer = Explainer(predictor, self.classifier.weights)
+        self.decoders = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="decode")
+        self.network = ThreadPoolExecutor(1, thread_name_prefix="network")
+        self.batcher = Batcher(self._proba, self.network, NETWORK_BATCH)
+        self.started = time.time()
+        self.served = 0
+
+    def _proba(self, pixels: np.ndarray) -> np.ndarray:
+        return self.predictor.predict_proba(self.embedder.embed(pixels), spec=self.embedder.spec)
+
+    def _decode(self, name: str, data: bytes) -> np.ndarray:
+        from cellembed.decoding import load_for_network
+
+        image = load_for_network(data, self.predictor.spec.input_size, self.settings.max_pixels, self.prepare)
+        if image.pixels is None:
+            raise BadUpload(422, f"{name}: {image.error}")
+        return image.pixels
+
+    async def decode(self, named: list[tuple[str, bytes]]) -> np.ndarray:
+        """(n, S, S, 3) prepared pixels of the uploads, decoded in the pool.
+
+        Raises:
+            BadUpload: 422 naming the first file that is not a readable image.
+        """
+        loop = asyncio.get_running_loop()
+        return np.stack(await asyncio.gather(*(loop.run_in_executor(self.decoders, self._decode, n, d) for n, d in named)))
+
+    def results(self, names: list[str], proba: np.ndarray) -> list[dict[str, Any]]:
+        """The JSON result of each image (see the module docstring)."""
+        classes = list(self.predictor.classes)
+        members = self.predictor.prediction_sets(proba)
+        out = []
+        for name, row, chosen in zip(names, proba, members):
+            order = np.argsort(-row, kind="stable")
+            confidence = float(row[order[0]])
+            uncertain = bool(chosen.sum() > 1) or (
+                self.settings.min_confidence is not None and confidence < self.settings.min_confidence)
+            out.append({
+                "image": name,
+                "predictions": {c: round(float(p), 6) for c, p in zip(classes, row)},
+                "predicted": classes[order[0]],
+                "confidence": round(confidence, 6),
+                "set": [classes[i] for i in order if chosen[i]],
+                "uncertain": uncertain,
+            })
+        self.served += len(out)
+        return out
+
+    async def classify(self, named: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+        pixels = await self.decode(named)
+        return self.results([n for n, _ in named], await self.batcher.submit(pixels))
+
+    async def explain(self, named: list[tuple[str, bytes]]) -> list[tuple[dict[str, Any], bytes | None]]:
+        """Results with the heat-map PNG of each image (None without the heat-map network)."""
+        if self.explainer is None:
+            return [(result, None) for result in await self.classify(named)]
+        from cellclf.explaining import explanation_png
+
+        pixels = await self.decode(named)
+
+        def run() -> list[tuple[np.ndarray, bytes]]:
+            done = []
+            for (name, _), image in zip(named, pixels):
+                result, proba = self.explainer.explain(image[None])
+                done.append((proba[0], explanation_png(self.explainer, name, image, result, proba, 0)[0]))
+            return done
+
+        done = await asyncio.get_running_loop().run_in_executor(self.network, run)
+        results = self.results([n for n, _ in named], np.stack([p for p, _ in done]))
+        return list(zip(results, [png for _, png in done]))
+
+    def model_facts(self) -> dict[str, Any]:
+        predictor = self.predictor
+        calibration = getattr(predictor, "calibration", None)
+        test = predictor.summary.get("test") or {}
+        return {
+            "classes": list(predictor.classes),
+            "family": predictor.family,
+            "source": str(predictor.source) if predictor.source else None,
+            "spec": predictor.spec.to_dict(),
+            "calibration": None if calibration is None else {
+                "method": calibration.method, "temperature": calibration.temperature, "alpha": calibration.alpha},
+            "test": {k: test.get(k) for k in ("n", "accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci") if k in test},
+            "limits": {"max_upload_mb": self.settings.max_upload_mb, "max_batch": self.settings.max_batch,
+                       "max_pixels": self.settings.max_pixels},
+            "heatmaps": self.explainer is not None,
+            "heatmaps_missing": self.heatmaps_missing,
+        }
+
+    def close(self) -> None:
+        self.decoders.shutdown(wait=False, cancel_futures=True)
+        self.network.shutdown(wait=False, cancel_futures=True)
+
+
+async def read_uploads(request: Any, settings: ServeSettings) -> list[tuple[str, bytes]]:
+    """The (name, bytes) of a request's images: every file of a multipart form, or the raw
+    ``image/*`` body (named ``image``).
+
+    Raises:
+        BadUpload: see the module docstring.
+    """
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    limit = settings.max_upload_bytes
+    length = request.headers.get("content-length")
+    if kind == "multipart/form-data":
+        if length is None:
+            raise BadUpload(411, "a multipart upload needs a Content-Length header")
+        if int(length) > settings.max_batch * limit + MULTIPART_SLACK:
+            raise BadUpload(413, f"the upload is {int(length) / 1e6:.1f} MB, more than --max-batch "
+                                 f"{settings.max_batch} images of --max-upload-mb {settings.max_upload_mb:g}")
+        try:
+            form = await request.form(max_files=settings.max_batch + 1, max_fields=100)
+        except Exception as exc:  # noqa: BLE001 - Starlette's parser errors: a malformed upload
+            raise BadUpload(400, f"the multipart upload could not be read ({' '.join(str(exc).split())[:120]})") from None
+        files = [value for _, value in form.multi_items() if hasattr(value, "read") and hasattr(value, "filename")]
+        if not files:
+            raise BadUpload(400, "the upload holds no file; send images as multipart files (or one image as the body)")
+        if len(files) > settings.max_batch:
+            raise BadUpload(413, f"{len(files)} images in one request, more than --max-batch {settings.max_batch}")
+        named = []
+        for position, upload in enumerate(files):
+            data = await upload.read(limit + 1)
+            name = upload.filename or f"#{position}"
+            if len(data) > limit:
+                raise BadUpload(413, f"{name}: more than --max-upload-mb {settings.max_upload_mb:g} MB")
+            if not data:
+                raise BadUpload(400, f"{name}: the file is empty")
+            named.append((name, data))
+        return named
+    if kind.startswith("image/") or kind == "application/octet-stream":
+        if length is not None and int(length) > limit:
+            raise BadUpload(413, f"the image is {int(length) / 1e6:.1f} MB, more than --max-upload-mb {settings.max_upload_mb:g}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadUpload(413, f"the image is more than --max-upload-mb {settings.max_upload_mb:g} MB")
+            chunks.append(chunk)
+        if not size:
+            raise BadUpload(400, "the body is empty; send an image")
+        return [("image", b"".join(chunks))]
+    if not kind:
+        raise BadUpload(400, "no Content-Type; send images as multipart/form-data, or one image with Content-Type image/...")
+    raise BadUpload(415, f"Content-Type {kind} is not an upload; send multipart/form-data, or one image as image/...")
+
+
+def create_app(service: Service) -> Any:
+    """The FastAPI application of a loaded :class:`Service`."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    from cellreports.upload_page import result_page, upload_page
+
+    @asynccontextmanager
+    async def lifespan(app: Any):
+        service.batcher.start()
+        yield
+        await service.batcher.stop()
+
+    app = FastAPI(
+        title="cellclf", lifespan=lifespan,
+        description=f"Blood-cell image classification ({service.predictor.family}, classes: "
+                    f"{', '.join(service.predictor.classes)}). See POST /predict.",
+    )
+
+    @app.exception_handler(BadUpload)
+    async def refused(request: Request, exc: BadUpload) -> Any:
+        if request.url.path == "/":
+            return HTMLResponse(upload_page(service.model_facts(), error=exc.detail), status_code=exc.status)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Answers at once, also while the network is busy."""
+        queue = service.batcher.queue.qsize() if service.batcher.queue is not None else 0
+        return {"status": "ok", "busy_images": service.batcher.busy, "queued_requests": queue,
+                "served_images": service.served, "uptime_s": round(time.time() - service.started, 1)}
+
+    @app.get("/model")
+    async def model() -> dict[str, Any]:
+        """The classes, embedding spec, calibration, test metrics and limits of the model."""
+        return service.model_facts()
+
+    upload_body = {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    }}}
+
+    @app.post("/predict", openapi_extra=upload_body)
+    async def predict(request: Request) -> Any:
+        """Classify images: multipart files (``{"results": [...]}``, one per file) or one image
+        as the raw body (one result). Each result: predictions (calibrated probability per
+        class), predicted, confidence, set (the conformal prediction set) and uncertain."""
+        named = await read_uploads(request, service.settings)
+        results = await service.classify(named)
+        multipart = request.headers.get("content-type", "").lower().startswith("multipart/")
+        return {"results": results} if multipart else results[0]
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return upload_page(service.model_facts())
+
+    @app.post("/", response_class=HTMLResponse, openapi_extra=upload_body)
+    async def page_results(request: Request) -> str:
+        named = await read_uploads(request, service.settings)
+        return result_page(service.model_facts(), await service.explain(named))
+
+    return app
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse, before the model is loaded, an address that cannot be bound."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise ClassifierInputError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); give another --port or --host"
+        ) from None
