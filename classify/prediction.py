@@ -97,43 +97,21 @@ def check_scorable(images: str | Path, classes: list[str]) -> None:
         )
 
 
-def predict_folder(
-    predictor: Predictor | ImageClassifier,
-    images: str | Path,
-    cache: str | Path,
-    *,
-    weights: str | Path | None = None,
-    batch_size: int = 32,
-    engine: str = DEFAULT_ENGINE,
-    min_confidence: float | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    adapt: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> PredictionRun:
-    """Embed (with the cache) and classify every image under ``images``.
+def predict_folder(predictor: Predictor | ImageClassifier, images: str | Path, cache: str | Path,
+                   **options: Any) -> PredictionRun:
+    """Embed (with the add-only Parquet ``cache``) and classify every image under the folder
+    ``images``: :func:`predict_inputs` of one folder, same options."""
+    return predict_inputs(predictor, [images], cache, **options)
 
-    ``predictor`` may be an ImageClassifier already made (then ``weights`` and ``engine``
-    are its own). ``max_pixels``: see :func:`cellembed.extract`. ``adapt``: classify the
-    folder's images after moving them onto the training statistics
-    (:meth:`cellclf.predictor.Predictor.adapted`; cells from another lab).
 
-    Raises:
-        InputError: bad folder or cache, weights other than the model's, or a cache made
-            with another spec.
-        cellembed.Interrupted: Ctrl-C (finished embeddings are checkpointed).
-    """
-    if adapt:  # before building the network: a folder too small for --adapt fails at once
-        model = predictor.predictor if isinstance(predictor, ImageClassifier) else predictor
-        model.check_adaptable(len(find_images(images)))
-    classifier = predictor if isinstance(predictor, ImageClassifier) else ImageClassifier(
-        predictor, weights=weights, engine=engine, batch_size=batch_size, log=log
-    )
+def _cached_folder(classifier: ImageClassifier, images: Path, cache: str | Path, min_confidence: float | None,
+                   max_pixels: int, adapt: bool, progress: bool, log: Callable[[str], None] | None) -> PredictionRun:
+    """A folder embedded through the add-only ``cache`` (rows of other images are kept)."""
     started = time.perf_counter()
     with output_lock(cache):  # held until the rows are read: no other run changes them meanwhile
         try:
             extraction = extract(
-                images, cache, spec=classifier.spec, weights=classifier.weights, batch_size=batch_size,
+                images, cache, spec=classifier.spec, weights=classifier.weights, batch_size=classifier.batch_size,
                 engine=classifier.engine, add_only=True, max_pixels=max_pixels, progress=progress, log=log,
             )
         except OutputConflict as exc:
@@ -148,9 +126,8 @@ def predict_folder(
     table = _predictions_table(frame, predicted, extraction.errors, min_confidence)
     proba = predicted[[PROBA_PREFIX + name for name in classes]].to_numpy(dtype=np.float64)
     evaluation, unknown = _evaluate_folders(table, proba, frame, classes)
-    root = Path(images)
-    files = {path: root / path for path in frame["path"]}
-    files.update({e["path"]: root / e["path"] for e in extraction.errors})
+    files = {path: images / path for path in frame["path"]}
+    files.update({e["path"]: images / e["path"] for e in extraction.errors})
     return PredictionRun(table, classes, extraction, embed_seconds, classify_seconds, evaluation, unknown, files)
 
 
@@ -214,23 +191,29 @@ def predict_inputs(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> PredictionRun:
-    """Classify one folder (embedded through the Parquet ``cache`` when one is given, see
-    :func:`predict_folder`) or image files (embedded in memory, no cache).
+    """Classify one folder or image files with ``predictor``.
+
+    A folder is embedded through the add-only Parquet ``cache`` when one is given (a second
+    run embeds nothing; the cache's rows of other images are kept); image files, or a folder
+    without a cache, are embedded in memory. ``predictor`` may be an ImageClassifier already
+    made (then ``weights``, ``engine`` and ``batch_size`` are its own). ``max_pixels``: see
+    :func:`cellembed.extract`. ``adapt``: classify the images after moving them onto the
+    training statistics (:meth:`cellclf.predictor.Predictor.adapted`; cells from another lab).
 
     Raises:
-        as :func:`predict_folder` and :func:`input_images`.
+        ClassifierInputError / cellembed.InputError: bad inputs (:func:`input_images`) or
+            cache, weights other than the model's, a cache made with another spec.
+        cellembed.Interrupted: Ctrl-C (finished embeddings are checkpointed in the cache).
     """
     images, folder = input_images(inputs)
-    if folder is not None and cache is not None:
-        return predict_folder(predictor, folder, cache, weights=weights, batch_size=batch_size, engine=engine,
-                              min_confidence=min_confidence, max_pixels=max_pixels, adapt=adapt, progress=progress,
-                              log=log)
-    model = predictor.predictor if isinstance(predictor, ImageClassifier) else predictor
-    if adapt:
+    if adapt:  # before building the network: too few images for --adapt fail at once
+        model = predictor.predictor if isinstance(predictor, ImageClassifier) else predictor
         model.check_adaptable(len(images))
     classifier = predictor if isinstance(predictor, ImageClassifier) else ImageClassifier(
         predictor, weights=weights, engine=engine, batch_size=batch_size, log=log
     )
+    if folder is not None and cache is not None:
+        return _cached_folder(classifier, folder, cache, min_confidence, max_pixels, adapt, progress, log)
     started = time.perf_counter()
     names = [image.name for image in images]
     from tqdm import tqdm

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from cellclf.calibration import Calibration
-from test_predict import cli, tinted_folder, trained  # noqa: F401 - the fixture is shared
+from test_explain_cli import model_dir  # noqa: F401 - the fixture is shared
+from test_predict import cli, trained  # noqa: F401 - the fixture is shared
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 
@@ -31,26 +32,17 @@ def png_bytes(colour=(200, 40, 40), size=(40, 36), seed=0) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def served_model(tmp_path_factory, random_weights):
-    """A predictor made as cellclf fit makes one (its LR pipeline, training statistics) on
-    tinted images, with a calibration whose sets hold the classes of probability >= 0.1;
-    ``(predictor, saved model.joblib)``."""
-    from cellclf.families.lr import fit_lr
-    from cellclf.predictor import Predictor, feature_reference, load_predictor
-    from cellembed import embedding_matrix, extract, load_embeddings
-    from conftest import SMALL
+def served_model(model_dir, tmp_path_factory):
+    """test_explain_cli's model (an LR with training statistics, which the heat maps need)
+    with a calibration whose sets hold the classes of probability >= 0.1; ``(predictor,
+    saved model.joblib)``."""
+    from cellclf.predictor import load_predictor
 
-    root = tmp_path_factory.mktemp("served")
-    folder = tinted_folder(root / "images", {"red": 8, "blue": 8, "green": 8})
-    extract(folder, root / "train.parquet", weights=random_weights, input_size=SMALL, progress=False)
-    frame, spec = load_embeddings(root / "train.parquet")
-    X, labels = embedding_matrix(frame, spec)
-    classes = sorted(set(labels))
-    model = fit_lr(X, np.array([classes.index(v) for v in labels]), {"C": 0.1, "class_weight": None})
-    predictor = Predictor(model, classes, spec, family="lr", reference=feature_reference(X),
-                          calibration=Calibration(temperature=1.0, alpha=0.1, threshold=0.9))
-    predictor.save(root / "model.joblib")
-    return load_predictor(root), root / "model.joblib"
+    predictor = load_predictor(model_dir)
+    predictor.calibration = Calibration(temperature=1.0, alpha=0.1, threshold=0.9)
+    path = tmp_path_factory.mktemp("served") / "model.joblib"
+    predictor.save(path)
+    return load_predictor(path), path
 
 
 def bomb_png() -> bytes:
