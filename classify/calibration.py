@@ -165,8 +165,9 @@ class Calibration:
 
 
 def alpha_key(alpha: float) -> str:
-    """``0.05`` -> ``"0.05"`` (the JSON key of a level)."""
-    return f"{alpha:g}"
+    """``0.05`` -> ``"0.05"`` (the JSON key of a level: the float's shortest exact text, so
+    two levels never share a key)."""
+    return repr(float(alpha))
 
 
 def check_alpha(alpha: float) -> None:

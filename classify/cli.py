@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -100,8 +102,9 @@ def main() -> None:
 @click.option("--cv", default=5, type=click.IntRange(min=2), help="Cross-validation folds for tuning the logistic regression.")
 @click.option(
     "--alpha", default=0.05, type=click.FloatRange(0, 1, min_open=True, max_open=True), show_default=True,
-    help="Prediction sets: each holds the true class with probability at least 1 - ALPHA (split conformal, "
-    "fitted on the validation images with the calibrated probabilities).",
+    help="Prediction sets are made to hold the true class for a share 1 - ALPHA of cells like the validation "
+    "images (split conformal on the calibrated validation probabilities; the report gives the coverage "
+    "measured on the test images).",
 )
 @family_options
 @click.option(
@@ -232,8 +235,8 @@ def predict(
     folder, its model.skops or its model.joblib).
 
     Writes the predictions (-o: predicted class, calibrated probabilities, the prediction set
-    holding the true class with probability 1 - alpha of the fit, and whether the cell is
-    uncertain) and a review page to look at every cell (--review). The images are embedded
+    made to hold the true class for a share 1 - alpha of cells (alpha: cellclf fit --alpha),
+    and whether the cell is uncertain) and a review page to look at every cell (--review). The images are embedded
     exactly as the model's training images were; a folder's embeddings are cached, so running
     again on it is quick. If the folder has sub-folders named like the model's classes, the
     predictions are also scored against them (accuracy, macro-F1, per-class metrics next to OUT).
@@ -259,6 +262,11 @@ def predict(
     to_stdout = str(out) == "-"
     with ExitStack() as stack:  # user errors become one line; the lock is held to the end
         stack.enter_context(user_errors())
+        if review_path is not None and no_review:
+            raise BadInput("--review and --no-review contradict each other; give one of them")
+        predictions_out = sys.stdout
+        if to_stdout:  # standard output carries the predictions only: anything else printed goes to stderr
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
         found, folder = input_images(images)
         outputs = PredictionOutputs.of(out, cache, report_path, review_path, no_review, folder=folder is not None)
         outputs.check(images, overwrite, is_report)  # before anything is loaded or written
@@ -288,7 +296,7 @@ def predict(
             min_confidence=min_confidence, max_pixels=max_pixels, adapt=adapt, progress=not quiet, log=say,
         )
         if to_stdout:
-            click.echo(predictions_text(run, fmt), nl=False)
+            click.echo(predictions_text(run, fmt), nl=False, file=predictions_out)
         else:
             write_predictions(run, out, fmt)
         classified = len(run.table) - len(run.errors)

@@ -130,14 +130,17 @@ def macro_f1_interval(
     pred = np.array([code.get(v, k) for v in y_pred])
 
     def macro_f1(t: np.ndarray, p: np.ndarray, axis: int = -1) -> np.ndarray:
-        # vectorised over resamples: t, p are (..., n); F1 per class = 2 TP / (2 TP + FP + FN)
-        scores = []
+        # vectorised over resamples: t, p are (..., n); F1 per class = 2 TP / (2 TP + FP + FN),
+        # averaged over the classes present in the resample's truth (as evaluate() does)
+        total, present = 0.0, 0
         for c in range(k):
             tp = ((t == c) & (p == c)).sum(axis=axis)
-            denominator = (t == c).sum(axis=axis) + (p == c).sum(axis=axis)
-            scores.append(np.divide(2 * tp, denominator, out=np.zeros(np.shape(tp), dtype=float),
-                                    where=denominator > 0))
-        return np.mean(scores, axis=0)
+            support = (t == c).sum(axis=axis)
+            denominator = support + (p == c).sum(axis=axis)
+            score = np.divide(2 * tp, denominator, out=np.zeros(np.shape(tp), dtype=float), where=denominator > 0)
+            total = total + np.where(support > 0, score, 0.0)
+            present = present + (support > 0)
+        return total / np.maximum(present, 1)
 
     if np.all(true == pred):  # every resample scores 1: the bootstrap says nothing (see macro_f1_text)
         return None

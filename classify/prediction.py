@@ -333,8 +333,11 @@ def _json_document(run: PredictionRun) -> dict[str, Any]:
             "predicted": row["predicted"],
             "confidence": round(float(row["confidence"]), DECIMALS),
         }
-        if isinstance(row.get("set"), str):
-            entry["set"] = row["set"].split("|")
+        if row.get("set_size") is not None and not pd.isna(row["set_size"]):
+            # the set_size most probable classes (the set is every class above a threshold):
+            # exact even for a class name holding the text column's separator "|"
+            ranked = sorted(run.classes, key=lambda c: -float(row[PROBA_PREFIX + c]))
+            entry["set"] = ranked[: int(row["set_size"])]
         entry["uncertain"] = bool(row.get("uncertain", False))
         if isinstance(row.get("label"), str):
             entry["label"] = row["label"]

@@ -9,6 +9,7 @@ run's model.joblib. The RUN_DIR layout, its records and the atomic write are in
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field, fields
@@ -489,7 +490,7 @@ def _fit_family(
     proba = calibration.apply(raw_test)
     overall, per_class, confusion = evaluate(test.labels, proba, classes)
     calibrated = calibration_facts(calibration, val_proba, val.y, raw_test, test.y)
-    covered = next(row for row in calibrated["coverage_test"] if row["alpha"] == config.alpha)
+    covered = next(row for row in calibrated["coverage_test"] if math.isclose(row["alpha"], config.alpha))
     phase(
         f"refit+test {family.key}",
         f"val macro-F1 {val_f1:.4f}; test {accuracy_text(overall)}, macro-F1 {overall['macro_f1']:.4f}",

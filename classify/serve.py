@@ -46,6 +46,9 @@ INSTALL_HINT = "pip install 'cellembed[serve]' (in a checkout: pip install -e '.
 NETWORK_BATCH = 8
 #: Bytes a multipart request may hold beyond its files (boundaries, headers, form fields).
 MULTIPART_SLACK = 64 * 1024
+#: Plain (non-file) form fields a request may hold, and the bytes of each.
+FORM_FIELDS = 10
+FORM_FIELD_BYTES = 4 * 1024
 
 
 def import_server() -> tuple[Any, Any]:
@@ -101,10 +104,19 @@ class Batcher:
     def start(self) -> None:
         self.queue = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._work())
+        self._task.add_done_callback(lambda task: self._fail_waiting("the network worker stopped"))
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        self._fail_waiting("the server is stopping")
+
+    def _fail_waiting(self, why: str) -> None:
+        """Answer every queued request (none may wait forever on a worker that is gone)."""
+        while self.queue is not None and not self.queue.empty():
+            _, future = self.queue.get_nowait()
+            if not future.done():
+                future.set_exception(RuntimeError(why))
 
     async def submit(self, pixels: np.ndarray) -> np.ndarray:
         future = asyncio.get_running_loop().create_future()
@@ -261,20 +273,23 @@ async def read_uploads(request: Any, settings: ServeSettings) -> list[tuple[str,
     limit = settings.max_upload_bytes
     length = request.headers.get("content-length")
     if kind == "multipart/form-data":
-        if length is None:
-            raise BadUpload(411, "a multipart upload needs a Content-Length header")
+        # the body's real size must be known before it is parsed (Starlette spools file parts
+        # to disk without a limit): a Content-Length, and no chunked transfer (which overrides it)
+        if length is None or "transfer-encoding" in request.headers:
+            raise BadUpload(411, "a multipart upload needs a Content-Length header and no Transfer-Encoding")
         if int(length) > settings.max_batch * limit + MULTIPART_SLACK:
             raise BadUpload(413, f"the upload is {int(length) / 1e6:.1f} MB, more than --max-batch "
                                  f"{settings.max_batch} images of --max-upload-mb {settings.max_upload_mb:g}")
         try:
-            form = await request.form(max_files=settings.max_batch + 1, max_fields=100)
+            form = await request.form(max_files=settings.max_batch, max_fields=FORM_FIELDS, max_part_size=FORM_FIELD_BYTES)
         except Exception as exc:  # noqa: BLE001 - Starlette's parser errors: a malformed upload
-            raise BadUpload(400, f"the multipart upload could not be read ({' '.join(str(exc).split())[:120]})") from None
+            reason = " ".join(str(getattr(exc, "message", exc)).split())[:120]
+            if "too many files" in reason.lower():
+                raise BadUpload(413, f"more than --max-batch {settings.max_batch} images in one request") from None
+            raise BadUpload(400, f"the multipart upload could not be read ({reason})") from None
         files = [value for _, value in form.multi_items() if hasattr(value, "read") and hasattr(value, "filename")]
         if not files:
             raise BadUpload(400, "the upload holds no file; send images as multipart files (or one image as the body)")
-        if len(files) > settings.max_batch:
-            raise BadUpload(413, f"{len(files)} images in one request, more than --max-batch {settings.max_batch}")
         named = []
         for position, upload in enumerate(files):
             data = await upload.read(limit + 1)

@@ -100,8 +100,8 @@ def write_review(review: ReviewInput, out_path: str | Path) -> Path:
 def _uncertain_rule(review: ReviewInput) -> str:
     rules = []
     if review.alpha is not None:
-        rules.append(f"its prediction set holds more than one class (the set holds the true class with "
-                     f"probability at least {1 - review.alpha:.0%})")
+        rules.append(f"its prediction set holds more than one class (sets are made to hold the true class for "
+                     f"{1 - review.alpha:.0%} of cells like the model's validation images)")
     if review.min_confidence is not None:
         rules.append(f"its probability is under {review.min_confidence:g} (--min-confidence)")
     return " or ".join(rules) if rules else "never (this model has no prediction sets and no --min-confidence was given)"
@@ -113,10 +113,10 @@ def _summary(review: ReviewInput, done: pd.DataFrame, n_failed: int) -> Section:
     counts = done["predicted"].astype(str).value_counts()
     unsure = done[done["uncertain"].astype(bool)]["predicted"].astype(str).value_counts() if "uncertain" in done else pd.Series(dtype=int)
     rows = []
-    for name in classes:
+    for position, name in enumerate(classes):
         c = int(counts.get(name, 0))
         u = int(unsure.get(name, 0))
-        link = element("a", name, href=f"#class-{_slug(name)}") if c else name
+        link = element("a", name, href=f"#class-{position}") if c else name
         rows.append([link, c, f"{100 * c / n:.1f}%" if n else "n/a", u])
     rows.append([Markup("<b>total</b>"), n, "100%" if n else "n/a", int(unsure.sum())])
     parts = [
@@ -133,32 +133,38 @@ def _summary(review: ReviewInput, done: pd.DataFrame, n_failed: int) -> Section:
     return Section("summary", "Summary", concat(parts))
 
 
-def _slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in name)
-
-
 def _cards(review: ReviewInput, done: pd.DataFrame, classes: list[str]) -> Section:
     parts = []
     missing = 0
     order = done.assign(_u=~done["uncertain"].astype(bool) if "uncertain" in done else True)
-    for name in classes:
+    for number, name in enumerate(classes):
         group = order[order["predicted"].astype(str) == name].sort_values(["_u", "confidence", "path"], kind="stable")
         if group.empty:
             continue
         cards = []
         for position, row in enumerate(group.to_dict("records")):
-            card, found = _card(review, row, classes, f"{_slug(name)}-{position}")
+            card, found = _card(review, row, classes, f"card-{number}-{position}")
             cards.append(card)
             missing += not found
         uncertain = int((~group["_u"]).sum())
         parts.append(element("h3", f"{name}: {len(group)} cell{'' if len(group) == 1 else 's'}"
-                             + (f", {uncertain} uncertain" if uncertain else ""), id=f"class-{_slug(name)}"))
+                             + (f", {uncertain} uncertain" if uncertain else ""), id=f"class-{number}"))
         parts.append(element("div", *cards, class_="cards"))
     intro = [paragraph("Every classified image, grouped by predicted class; within a class the uncertain ones "
                        "come first, then by increasing probability.")]
     if missing:
         intro.append(note(f"{missing} image{'' if missing == 1 else 's'} could not be shown (not found or unreadable)."))
     return Section("cells", "Cells", concat(intro + parts))
+
+
+def set_members(row: Mapping[str, Any], classes: Sequence[str]) -> list[str]:
+    """A row's prediction set as a list: its ``set_size`` most probable classes (a conformal
+    set is every class above a probability threshold), so a class name holding ``|`` is safe."""
+    size = row.get("set_size")
+    if size is None or pd.isna(size):
+        return []
+    ranked = sorted(classes, key=lambda c: -float(row[PROBA_PREFIX + c]))
+    return ranked[: int(size)]
 
 
 def _card(review: ReviewInput, row: Mapping[str, Any], classes: list[str], anchor: str) -> tuple[Markup, bool]:
@@ -172,8 +178,9 @@ def _card(review: ReviewInput, row: Mapping[str, Any], classes: list[str], ancho
         element("div", element("b", row["predicted"]), f" {float(row['confidence']):.3f}",
                 *([" ", element("span", "uncertain", class_="badge")] if uncertain else [])),
     ]
-    if isinstance(row.get("set"), str) and row["set"]:
-        lines.append(element("div", "set: ", " | ".join(row["set"].split("|"))))
+    members = set_members(row, classes)
+    if members:
+        lines.append(element("div", "set: ", " | ".join(members)))
     runner = sorted(((float(row[PROBA_PREFIX + c]), c) for c in classes if c != row["predicted"]), reverse=True)[:1]
     if runner:
         lines.append(element("div", f"next: {runner[0][1]} {runner[0][0]:.3f}"))

@@ -363,7 +363,7 @@ def calibration_section(models: Sequence[ModelView]) -> Section:
     rows = []
     for m in calibrated:
         for row in m.record.calibration["coverage_test"]:
-            rows.append([m.title, number(row["alpha"], 2), f"{100 * row['target']:.0f}%", f"{100 * row['coverage']:.1f}%",
+            rows.append([m.title, f"{row['alpha']:g}", f"{100 * row['target']:g}%", f"{100 * row['coverage']:.1f}%",
                          number(row["mean_set_size"], 2), number(row["n"])])
     parts.append(table(["model", "alpha", "target coverage", "test coverage", "mean set size", "test images"], rows,
                        numeric=range(1, 6), caption="Prediction sets on the test split", id="coverage-table"))

@@ -35,7 +35,8 @@ def _model_paragraph(facts: dict[str, Any]) -> Markup:
         accuracy = f" Test accuracy {test['accuracy']:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "") + \
             f" on {test.get('n', '?')} held-out images."
     calibration = facts.get("calibration")
-    sets = (f" Prediction sets hold the true class with probability at least {1 - calibration['alpha']:.0%}."
+    sets = (f" Prediction sets are made to hold the true class for {1 - calibration['alpha']:.0%} of cells like "
+            "the model's validation images."
             if calibration else " This model has no calibration or prediction sets (fitted by an earlier cellclf).")
     return paragraph(f"Model: {facts.get('family')} on {len(facts.get('classes', []))} classes "
                      f"({', '.join(facts.get('classes', []))}).{accuracy}{sets}")

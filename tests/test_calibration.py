@@ -60,6 +60,22 @@ def test_split_conformal_sets_cover_one_minus_alpha(alpha):
     assert conformal_threshold(model[calibration], y[calibration], alpha / 2) >= threshold
 
 
+def test_the_threshold_is_the_exact_finite_sample_rank():
+    # scores 1 - p(true): 0.0, 0.1, ..., 0.9 (n = 10); rank ceil(11 * (1 - alpha))
+    proba = np.stack([np.linspace(1.0, 0.1, 10), 1 - np.linspace(1.0, 0.1, 10)], axis=1)
+    y = np.zeros(10, dtype=int)
+    assert conformal_threshold(proba, y, 0.2) == pytest.approx(0.8)  # ceil(8.8) = 9th smallest
+    assert conformal_threshold(proba, y, 0.5) == pytest.approx(0.5)  # ceil(5.5) = 6th
+    assert conformal_threshold(proba, y, 0.09) == 1.0  # ceil(10.01) = 11 > n
+
+
+def test_levels_with_many_digits_keep_their_own_threshold():
+    model, _, y = _overconfident(400, seed=3)
+    calibration = Calibration.fit(model, y, alpha=0.1000001)
+    assert set(calibration.thresholds) == {"0.1", "0.05", "0.01", "0.1000001"}
+    assert calibration.threshold == calibration.thresholds["0.1000001"]
+
+
 def test_sets_hold_the_top_class_and_every_class_when_too_few_images():
     proba = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.34, 0.33, 0.33]])
     members = prediction_sets(proba, 0.6)  # classes with p >= 0.4, and the top one
@@ -91,6 +107,12 @@ def test_wilson_and_bootstrap_intervals():
     proba = np.eye(3)[[ "abc".index(v) for v in predicted]] * 0.9 + 0.1 / 3
     overall, _, _ = evaluate(y, proba, ["a", "b", "c"])
     assert interval[0] < overall["macro_f1"] < interval[1] and interval[1] - interval[0] < 0.15
+    # a rare class absent from a resample does not count as F1 = 0 there (a biased-low interval)
+    rare = np.array(["a"] * 20 + ["b"] * 19 + ["c"])
+    guessed = rare.copy()
+    guessed[[0, 21]] = ["b", "a"]
+    low, high = macro_f1_interval(rare, guessed, ["a", "b", "c"])
+    assert 0.8 < low < evaluate(rare, np.eye(3)[["abc".index(v) for v in guessed]], ["a", "b", "c"])[0]["macro_f1"] <= high
     assert overall["macro_f1_ci"] == interval and overall["accuracy_ci"] == wilson_interval(int((y == predicted).sum()), 300)
     # the same data and seed give the same interval; fewer images give a wider one
     assert macro_f1_interval(y, predicted, ["a", "b", "c"]) == interval

@@ -74,6 +74,18 @@ def test_single_files_and_standard_output(tmp_path, trained, random_weights, unl
     pd.testing.assert_frame_equal(printed, pd.read_csv(out))
 
 
+def test_sets_survive_class_names_with_the_separator_and_html():
+    from cellreports.review import ReviewInput, render_review
+
+    classes = ["a|b", "<b>x</b>", "a b"]
+    table = pd.DataFrame({"path": ["one.png", "two.png"], "predicted": ["a|b", "<b>x</b>"], "confidence": [0.6, 0.9],
+                          "proba_a|b": [0.6, 0.05], "proba_<b>x</b>": [0.3, 0.9], "proba_a b": [0.1, 0.05],
+                          "set": ["a|b|<b>x</b>", "<b>x</b>"], "set_size": [2, 1], "uncertain": [True, False]})
+    page = render_review(ReviewInput(table, classes, lambda path: None, "model.skops", "cells", alpha=0.05))
+    assert "<b>x</b>" not in page and "set: a|b | &lt;b&gt;x&lt;/b&gt;" in page
+    assert len(set(re.findall(r'id="(class-[^"]+)"', page))) == len(re.findall(r'id="class-', page)) == 2
+
+
 def test_inputs_predict_refuses(tmp_path, trained, random_weights, unlabelled):
     _, model_path = trained
     other = tinted_folder(tmp_path / "other", {"": 1}, seed=5)
@@ -81,6 +93,7 @@ def test_inputs_predict_refuses(tmp_path, trained, random_weights, unlabelled):
         ((unlabelled, other), "give one folder, or image files"),
         ((tmp_path / "nope.png",), "nope.png does not exist"),
         ((next(unlabelled.glob("*.png")), "--cache", tmp_path / "c.parquet"), "--cache caches a folder's embeddings"),
+        ((unlabelled, "--review", tmp_path / "r.html", "--no-review"), "--review and --no-review contradict"),
     ]:
         result = cli("predict", model_path, *args, "-o", tmp_path / "p.csv", "--weights", random_weights, "-q")
         assert result.exit_code == 2 and message in result.output, result.output

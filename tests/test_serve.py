@@ -101,10 +101,12 @@ def test_predict_multipart_and_raw_body(client, service):
     ({"content": b"", "headers": {"Content-Type": "image/png"}}, 400, "the body is empty"),
     ({"content": b"x" * 60_000, "headers": {"Content-Type": "image/jpeg"}}, 413, "more than --max-upload-mb 0.05"),
     ({"files": [("files", (f"{i}.png", png_bytes(seed=i), "image/png")) for i in range(4)]}, 413,
-     "4 images in one request, more than --max-batch 3"),
+     "more than --max-batch 3 images in one request"),
     ({"content": b"{}", "headers": {"Content-Type": "application/json"}}, 415, "is not an upload"),
     ({"files": [("files", ("bomb.png", bomb_png(), "image/png"))]}, 422, "bomb.png:"),  # few kB, 4 Mpixels
-    ({"data": {"note": "no file"}, "files": [("other", ("", b"", "application/octet-stream"))]}, 400, ""),
+    ({"data": {"note": "no file"}, "files": [("other", ("empty.png", b"", "image/png"))]}, 400,
+     "empty.png: the file is empty"),
+    ({"data": {"note": "a form with no file"}}, 415, "application/x-www-form-urlencoded is not an upload"),
 ])
 def test_bad_uploads_are_refused_in_one_line_and_the_server_stays_up(client, request_args, status, message):
     response = client.post("/predict", **request_args)
@@ -112,6 +114,17 @@ def test_bad_uploads_are_refused_in_one_line_and_the_server_stays_up(client, req
     detail = response.json()["detail"]
     assert isinstance(detail, str) and "\n" not in detail and message in detail
     assert client.get("/health").json()["status"] == "ok"
+
+
+def test_a_chunked_multipart_upload_is_refused_before_it_is_read(client):
+    # Starlette spools file parts to disk without a limit: the size must be known first
+    def chunks():
+        yield b"--b\r\nContent-Disposition: form-data; name=files; filename=x.png\r\n\r\n"
+        yield b"0" * 100_000
+        yield b"\r\n--b--\r\n"
+
+    response = client.post("/predict", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert response.status_code == 411 and "Content-Length" in response.json()["detail"]
 
 
 def test_health_model_docs_and_upload_page(client, service):
