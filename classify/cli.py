@@ -142,6 +142,9 @@ def fit(
     refitted on both and scored once on the test set. The model with the best validation macro-F1 is saved as
     OUT/model.skops (the safe format: loading it cannot run code) and OUT/model.joblib (a
     pickle, which runs code when loaded; its model.joblib.sha256 detects damage, not a swap).
+    Each model's probabilities are calibrated on the validation images (temperature scaling)
+    and its prediction sets fitted there (--alpha); the report shows both, measured on the
+    test images, and the scores' 95% intervals.
     """
     from cellclf.run import FitConfig, fit as run_fit  # noqa: I001 - keeps --help fast
 
