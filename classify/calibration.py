@@ -153,6 +153,13 @@ class Calibration:
         """(n, k) bool prediction sets of already calibrated probabilities."""
         return prediction_sets(calibrated, self.threshold)
 
+    def uncertain(self, calibrated: np.ndarray) -> np.ndarray:
+        """(n,) bool: the set holds more than one class, or no class reaches the set's
+        threshold (the set then holds the top class only because a set is never empty: the
+        conformal method says no class is plausible enough)."""
+        calibrated = np.asarray(calibrated, dtype=np.float64)
+        return (self.sets(calibrated).sum(axis=1) > 1) | (calibrated.max(axis=1) < 1.0 - self.threshold - 1e-12)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

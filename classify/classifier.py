@@ -43,10 +43,11 @@ def matching_weights(predictor: Predictor, weights: str | os.PathLike | WeightsF
     return found
 
 
-def probability_table(proba: np.ndarray, classes: Sequence[str], sets: np.ndarray | None = None) -> pd.DataFrame:
+def probability_table(proba: np.ndarray, classes: Sequence[str], sets: np.ndarray | None = None,
+                      uncertain: np.ndarray | None = None) -> pd.DataFrame:
     """``predicted``, ``confidence`` and one ``proba_<class>`` column per class, then ``set``
     (``monocyte|lymphocyte``, most probable first) and ``set_size`` when the (n, k) bool
-    prediction ``sets`` are given."""
+    prediction ``sets`` are given, and ``uncertain`` when given."""
     from cellclf.calibration import set_texts
 
     proba = np.asarray(proba, dtype=np.float64).reshape(len(proba), len(classes))
@@ -61,6 +62,8 @@ def probability_table(proba: np.ndarray, classes: Sequence[str], sets: np.ndarra
     if sets is not None:
         table["set"] = pd.Series(set_texts(sets, proba, list(classes)), dtype=object)
         table["set_size"] = np.asarray(sets, dtype=bool).sum(axis=1).astype(np.int64)
+    if uncertain is not None:
+        table["uncertain"] = np.asarray(uncertain, dtype=bool)
     return table
 
 
@@ -124,9 +127,10 @@ class ImageClassifier:
         :meth:`cellclf.predictor.Predictor.adapted`."""
         if len(X) == 0:
             empty = np.zeros((0, len(self.classes)))
-            return probability_table(empty, self.classes, empty.astype(bool))
+            return probability_table(empty, self.classes, empty.astype(bool), np.zeros(0, dtype=bool))
         proba = self.predictor.predict_proba(X, spec, adapt=adapt)
-        return probability_table(proba, self.classes, self.predictor.prediction_sets(proba))
+        return probability_table(proba, self.classes, self.predictor.prediction_sets(proba),
+                                 self.predictor.uncertain(proba))
 
     def predict_images(self, images: Iterable[ImageSource], names: Sequence[str] | None = None) -> pd.DataFrame:
         """Classify images in memory, one row per image in input order.
@@ -139,7 +143,7 @@ class ImageClassifier:
         Returns:
             A DataFrame with ``image``, ``predicted``, ``confidence``, one ``proba_<class>``
             column per class, ``set`` and ``set_size`` (the conformal prediction set of the
-            model's calibration), and ``error``: the reason an input could not be decoded
+            model's calibration), ``uncertain`` (:meth:`Predictor.uncertain`), and ``error``: the reason an input could not be decoded
             (its prediction columns are then empty), else None.
         """
         sources = list(images)
@@ -178,8 +182,9 @@ class ImageClassifier:
     def _table(self, names: list[str], proba: np.ndarray, errors: list[str | None]) -> pd.DataFrame:
         proba = np.nan_to_num(proba, nan=0.0)
         failed = np.array([e is not None for e in errors], dtype=bool)
-        table = probability_table(proba, self.classes, self.predictor.prediction_sets(proba))
-        table["set_size"] = table["set_size"].astype(object)
+        table = probability_table(proba, self.classes, self.predictor.prediction_sets(proba),
+                                  self.predictor.uncertain(proba))
+        table[["set_size", "uncertain"]] = table[["set_size", "uncertain"]].astype(object)
         table.loc[failed, :] = None
         table.insert(0, IMAGE_COLUMN, pd.Series(names, dtype=object))
         table["error"] = pd.Series(errors, dtype=object)

@@ -186,7 +186,7 @@ def fit(
 @click.option(
     "--min-confidence", type=click.FloatRange(0, 1), default=None,
     help="Also call a cell uncertain when its top probability is below this (e.g. 0.8); it is always "
-    "uncertain when its prediction set holds more than one class.",
+    "uncertain when its prediction set holds more than one class or no class reaches the set's threshold.",
 )
 @click.option(
     "--review", "review_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

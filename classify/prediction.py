@@ -255,15 +255,16 @@ def _predictions_table(
     labelled: bool | None = None,
 ) -> pd.DataFrame:
     """One row per image: path, label (with class folders), predicted, confidence,
-    proba_<class>..., set, set_size, uncertain (set of more than one class, or confidence
-    under ``min_confidence``), and error for the files that could not be read."""
+    proba_<class>..., set, set_size, uncertain (the model's: a set of more than one class, or
+    no class reaching the set's threshold; or a confidence under ``min_confidence``), and
+    error for the files that could not be read."""
     if labelled is None:
         labelled = frame["label"].notna().any() or any("/" in e["path"] for e in errors)
     table = pd.DataFrame({"path": frame["path"].astype(object)})
     if labelled:
         table["label"] = frame["label"].astype(object).where(frame["label"].notna(), None)
     table = pd.concat([table, predicted], axis=1)
-    uncertain = table["set_size"].astype(float) > 1 if "set_size" in table else pd.Series(False, index=table.index)
+    uncertain = table["uncertain"].fillna(False).astype(bool) if "uncertain" in table else pd.Series(False, index=table.index)
     if min_confidence is not None:
         uncertain |= table["confidence"].astype(float) < min_confidence
     table["uncertain"] = uncertain.astype(bool)

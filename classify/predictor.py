@@ -260,6 +260,12 @@ class Predictor:
             return members
         return calibration.sets(proba)
 
+    def uncertain(self, proba: np.ndarray) -> np.ndarray:
+        """(n,) bool of calibrated ``proba``: :meth:`cellclf.calibration.Calibration.uncertain`
+        (never, for a model without calibration)."""
+        calibration = getattr(self, "calibration", None)
+        return np.zeros(len(proba), dtype=bool) if calibration is None else calibration.uncertain(proba)
+
     def predict(self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None) -> np.ndarray:
         """(n,) object array of predicted class names (the most probable class)."""
         proba = self.predict_proba(X, spec)

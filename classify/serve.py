@@ -14,8 +14,8 @@ Endpoints:
   a multipart upload gets ``{"results": [...]}``, one per file in order. A result is the
   field's Lambda shape, extended: ``{"image", "predictions": {class: probability},
   "predicted", "confidence", "set": [...], "uncertain"}`` (calibrated probabilities; the
-  conformal prediction set; uncertain = a set of more than one class, or a confidence under
-  ``--min-confidence``).
+  conformal prediction set; uncertain = a set of more than one class, no class reaching the
+  set's threshold, or a confidence under ``--min-confidence``).
 - ``GET /``: an upload page (an HTML form, no script); ``POST /`` shows the results with
   the heat map of each image.
 - ``GET /health``, ``GET /model`` (classes, spec, calibration, test metrics), and FastAPI's
@@ -199,11 +199,12 @@ class Service:
         """The JSON result of each image (see the module docstring)."""
         classes = list(self.predictor.classes)
         members = self.predictor.prediction_sets(proba)
+        unsure = self.predictor.uncertain(proba)
         out = []
-        for name, row, chosen in zip(names, proba, members):
+        for name, row, chosen, doubt in zip(names, proba, members, unsure):
             order = np.argsort(-row, kind="stable")
             confidence = float(row[order[0]])
-            uncertain = bool(chosen.sum() > 1) or (
+            uncertain = bool(doubt) or (
                 self.settings.min_confidence is not None and confidence < self.settings.min_confidence)
             out.append({
                 "image": name,

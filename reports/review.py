@@ -100,8 +100,9 @@ def write_review(review: ReviewInput, out_path: str | Path) -> Path:
 def _uncertain_rule(review: ReviewInput) -> str:
     rules = []
     if review.alpha is not None:
-        rules.append(f"its prediction set holds more than one class (sets are made to hold the true class for "
-                     f"{1 - review.alpha:.0%} of cells like the model's validation images)")
+        rules.append(f"its prediction set holds more than one class, or no class reaches the set's threshold "
+                     f"(sets are made to hold the true class for {1 - review.alpha:.0%} of cells like the model's "
+                     "validation images; a set is never empty, so it then holds the top class alone)")
     if review.min_confidence is not None:
         rules.append(f"its probability is under {review.min_confidence:g} (--min-confidence)")
     return " or ".join(rules) if rules else "never (this model has no prediction sets and no --min-confidence was given)"

@@ -71,7 +71,7 @@ def result_page(facts: dict[str, Any], results: Sequence[tuple[dict[str, Any], b
         blocks.append(element("div", *parts, class_="result", id=f"result-{position}"))
     intro = paragraph(
         "Red on a map pushes towards the class, blue away from it. The probabilities are calibrated; a cell is "
-        "uncertain when its prediction set holds more than one class."
+        "uncertain when its prediction set holds more than one class or no class reaches the set's threshold."
     )
     sections = [
         Section("results", f"Results ({len(results)} image{'' if len(results) == 1 else 's'})",

@@ -84,6 +84,10 @@ def test_sets_hold_the_top_class_and_every_class_when_too_few_images():
     # (n + 1)(1 - alpha) > n: no finite threshold has the guarantee, so every class is in
     assert conformal_threshold(proba, np.array([0, 2, 1]), 0.05) == 1.0
     assert prediction_sets(proba, 1.0).all()
+    # uncertain: a set of several classes, or no class reaching 1 - q (the set then holds the top class alone)
+    calibration = Calibration(temperature=1.0, alpha=0.1, threshold=0.45)  # sets: p >= 0.55
+    assert calibration.uncertain(proba).tolist() == [True, False, True]
+    assert calibration.sets(proba).sum(axis=1).tolist() == [1, 1, 1]
 
 
 def test_calibration_round_trips_and_applies():

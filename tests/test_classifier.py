@@ -74,7 +74,8 @@ def test_predict_images_agrees_with_the_cached_folder_prediction(classifier, tmp
     paths = awkward_images(tmp_path / "images")
     data = [p.read_bytes() for p in paths]
     table = classifier.predict_images([*paths, *data, *(Image.open(io.BytesIO(d)) for d in data)])
-    assert list(table.columns) == ["image", "predicted", "confidence", *(f"proba_{c}" for c in CLASSES), "set", "set_size", "error"]
+    assert list(table.columns) == ["image", "predicted", "confidence", *(f"proba_{c}" for c in CLASSES), "set", "set_size",
+                                   "uncertain", "error"]
     assert table["image"].tolist()[:3] == [str(p) for p in paths] and table["image"].tolist()[3:] == [f"#{i}" for i in range(3, 9)]
     proba = table[[f"proba_{c}" for c in CLASSES]].to_numpy(dtype=float)
     # Same pixels and embeddings (exactly: test_bytes_pil_and_arrays...); the probabilities
