@@ -349,7 +349,9 @@ def calibration_section(models: Sequence[ModelView]) -> Section:
         "predicted class. The expected calibration error (ECE) is the average gap between confidence and "
         "accuracy over confidence bins (0 is perfect). Prediction sets: "
         f"{first['sets']}, fitted on the same {first['validation_images']} validation images; the test images "
-        "measure them."
+        "measure them. A set is never empty, so its coverage is at least the accuracy: where the model is right "
+        "more often than the target, the sets are single classes and the coverage is above the target. Bins "
+        "with few images make the diagram jagged below the top bin."
     )]
     rows = []
     for m in calibrated:
