@@ -22,7 +22,7 @@ def _form(facts: dict[str, Any]) -> Markup:
         element("p", element("label", "Cell images (JPEG, PNG, TIFF...): ",
                              Markup('<input type="file" name="files" accept="image/*" multiple required>'))),
         element("p", Markup('<button type="submit">Classify</button>'),
-                f" up to {limits.get('max_batch', '?')} images of at most {limits.get('max_upload_mb', '?')} MB each"),
+                f" up to {limits.get('max_batch', '?')} images of at most {limits.get('max_upload_mb', 0):g} MB each"),
         method="post", action="/", enctype="multipart/form-data", id="upload-form",
     )
 
