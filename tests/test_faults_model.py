@@ -20,6 +20,7 @@ import pytest
 
 from cellembed import load_embeddings
 from cellembed.hashing import sha256_file
+from conftest import noise_image
 from cellclf import Predictor, PredictorLoadError
 from cellclf.families.lr import fit_lr
 from cellclf.families.xgb import fit_xgb
@@ -100,6 +101,7 @@ def test_a_malicious_pickle_with_a_recomputed_checksum_is_refused_without_runnin
 
     images = tmp_path / "images"
     images.mkdir()
+    noise_image(1).save(images / "cell.png")  # a usable folder: the refusal is the model's
     result = CliRunner().invoke(main, ["predict", str(evil), str(images), "-o", str(tmp_path / "p.csv")])
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
