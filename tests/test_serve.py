@@ -200,6 +200,11 @@ def test_a_real_server_and_its_upload_page_in_a_browser(tmp_path, served_model, 
         assert driver.title == "cellclf — classify blood-cell images"
         driver.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(image))
         driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        # the first post builds the heat-map network's graph: allow for a busy machine
+        WebDriverWait(driver, 180).until(lambda d: d.find_elements(By.ID, "result-0") or d.title != "cellclf — classify blood-cell images",
+                                         message="no result page after the upload")
         result = driver.find_element(By.ID, "result-0")
         assert driver.title == "cellclf — results" and "red cell.png" in result.text
         heatmap = result.find_element(By.TAG_NAME, "img")
