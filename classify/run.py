@@ -495,11 +495,16 @@ def _fit_family(
         f"refit+test {family.key}",
         f"val macro-F1 {val_f1:.4f}; test {accuracy_text(overall)}, macro-F1 {overall['macro_f1']:.4f}",
     )
+    too_few = ""
+    if calibration.threshold >= 1.0:  # (n + 1)(1 - alpha) > n: no finite threshold has the guarantee
+        too_few = (f" (only {calibration.n} validation images: sets at alpha {config.alpha:g} need at least "
+                   f"{math.ceil(1 / config.alpha) - 1}, so every class is in every set and every cell is uncertain; "
+                   "give more images, a larger --val-fraction or a larger --alpha)")
     phase(
         f"calibrate {family.key}",
         f"temperature {calibration.temperature:.3f}: test ECE {calibrated['test']['ece_before']:.4f} -> "
         f"{calibrated['test']['ece_after']:.4f}; sets at alpha {config.alpha:g}: test coverage "
-        f"{covered['coverage']:.3f}, mean size {covered['mean_set_size']:.2f}",
+        f"{covered['coverage']:.3f}, mean size {covered['mean_set_size']:.2f}{too_few}",
     )
     predictor.summary.update(
         {

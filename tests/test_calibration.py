@@ -147,6 +147,11 @@ def test_fit_calibrates_the_saved_model_and_records_coverage(tmp_path):
     assert facts["test"]["ece_after"] >= 0 and facts["temperature"] > 0
     assert set(metrics["models"]["lr"]["test"]["accuracy_ci"]) and len(metrics["models"]["lr"]["test"]["macro_f1_ci"]) == 2
 
+    # too few validation images for alpha 0.01: the fit says so (every class would be in every set)
+    lines = []
+    fit(data, tmp_path / "run01", config=FitConfig.build(models=("lr",), shap=False, heatmaps=False, cv=3, alpha=0.01),
+        log=lines.append)
+    assert any("validation images: sets at alpha 0.01 need at least 99" in line for line in lines), lines
     predictor = load_predictor(tmp_path / "run")  # the safe file keeps the calibration
     assert predictor.calibration.temperature == pytest.approx(facts["temperature"], rel=1e-5)
     assert predictor.calibration.threshold == facts["threshold"]
