@@ -1,5 +1,6 @@
 # Two entry points: `make demo` and `make test`. Both create .venv and install the project
-# with its test and ray extras (the Ray distributor's tests run in every `make test`).
+# with its test, ray and serve extras (the Ray distributor's and the server's tests run in
+# every `make test`).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -270,7 +270,7 @@ def predict(
         predictions_out = sys.stdout
         if to_stdout:  # standard output carries the predictions only: anything else printed goes to stderr
             stack.enter_context(contextlib.redirect_stdout(sys.stderr))
-        found, folder = input_images(images)
+        _, folder = input_images(images)
         outputs = PredictionOutputs.of(out, cache, report_path, review_path, no_review, folder=folder is not None)
         outputs.check(images, overwrite, is_report)  # before anything is loaded or written
         if heatmaps_dir is not None and adapt:

@@ -35,7 +35,7 @@ from cellembed import EmbeddingSpec, embedding_matrix
 from cellembed.hashing import sha256_file
 from cellembed.atomic import atomic_path
 from cellembed.versions import library_versions as _library_versions
-from cellclf.calibration import Calibration
+from cellclf.calibration import Calibration, prediction_sets
 from cellclf.errors import ClassifierInputError, PredictorLoadError
 from cellclf.rundir import BEST_MODEL
 
@@ -253,11 +253,8 @@ class Predictor:
         :meth:`predict_proba`): the classes that together hold the true class with
         probability >= 1 - alpha. A model without calibration gives the top class only."""
         calibration = getattr(self, "calibration", None)
-        if calibration is None:
-            proba = np.asarray(proba)
-            members = np.zeros(proba.shape, dtype=bool)
-            members[np.arange(len(proba)), proba.argmax(axis=1)] = True
-            return members
+        if calibration is None:  # threshold 0: the top class alone
+            return prediction_sets(proba, 0.0)
         return calibration.sets(proba)
 
     def uncertain(self, proba: np.ndarray) -> np.ndarray:
