@@ -89,6 +89,7 @@ def main() -> None:
     per_class = max(1, args.n // table["label"].nunique())
     chosen = (table.groupby("label", group_keys=False)
               .apply(lambda g: g.sample(min(per_class, len(g)), random_state=args.seed)))
+    label_of = dict(zip(table["path"], table["label"]))
     split = pd.read_csv(args.run / "split.csv")
     training = split[split["split"] != "test"]
     training = training.sample(min(200, len(training)), random_state=args.seed)["path"]
@@ -102,7 +103,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     kinds = ("map", "random", "contrast")
     drops = {(kind, f): [] for kind in kinds for f in FRACTIONS}
-    explain_seconds, before = [], []
+    explain_seconds, before, labels = [], [], []
     started = time.perf_counter()
     for number, row in enumerate(chosen.itertuples(index=False), 1):
         pixels = explainer.network.load(args.images / row.path).pixels
@@ -112,6 +113,7 @@ def main() -> None:
         heat, runner_heat = result.image_maps(pixels.shape[0], [code, runner_up])[0]
         explain_seconds.append(time.perf_counter() - tick)
         before.append(float(proba[0, code]))
+        labels.append(label_of[row.path])
         fill = mean_colour if args.mask == "mean" else gaussian_filter(pixels, sigma=(8, 8, 0))
         orders = (block_order(heat, args.block), block_order(rng.random(heat.shape), args.block),
                   block_order(heat - runner_heat, args.block))
@@ -139,6 +141,13 @@ def main() -> None:
         m, r, c = (float(np.mean(drops[(kind, f)])) for kind in kinds)
         print(f"{f:>8.0%} {m:>8.4f}+-{sem(drops[('map', f)]):.3f} {r:>8.4f}+-{sem(drops[('random', f)]):.3f} "
               f"{ratio(m, r):>6}   {c:>13.4f}+-{sem(drops[('contrast', f)]):.3f} {ratio(c, r):>6}")
+    print(f"\nper class (predicted class's probability before; map vs random drop at 10% and 20%):")
+    for label in sorted(set(labels)):
+        mine = [i for i, name in enumerate(labels) if name == label]
+        cells = "   ".join(
+            f"{f:.0%}: {np.mean([drops[('map', f)][i] for i in mine]):.3f} vs {np.mean([drops[('random', f)][i] for i in mine]):.3f}"
+            for f in (0.10, 0.20))
+        print(f"  {label:<22} n={len(mine):<3} before {np.mean([before[i] for i in mine]):.3f}   {cells}")
     ok = all(np.mean(drops[("map", f)]) >= 2 * np.mean(drops[("random", f)]) for f in (0.10, 0.20))
     print(f"explain time: {np.mean(explain_seconds):.2f} s per image (median {np.median(explain_seconds):.2f})")
     print(f"target map drop >= 2x random at 10% and 20%: {'met' if ok else 'NOT met'}")
