@@ -256,7 +256,8 @@ def predict(
     it is refused unless --trust-pickle is given.
     """
     from cellembed.atomic import output_lock, prepare_output
-    from cellclf.prediction import check_scorable, input_images, predict_inputs, predictions_text, write_evaluation_tables, write_predictions
+    from cellclf.inputs import input_images
+    from cellclf.prediction import check_scorable, predict_inputs, predictions_text, write_evaluation_tables, write_predictions
     from cellclf.prediction_outputs import PredictionOutputs
     from cellreports import is_report
     from cellclf.predictor import load_predictor
@@ -270,7 +271,7 @@ def predict(
         predictions_out = sys.stdout
         if to_stdout:  # standard output carries the predictions only: anything else printed goes to stderr
             stack.enter_context(contextlib.redirect_stdout(sys.stderr))
-        _, folder = input_images(images)
+        found, folder = input_images(images)
         outputs = PredictionOutputs.of(out, cache, report_path, review_path, no_review, folder=folder is not None)
         outputs.check(images, overwrite, is_report)  # before anything is loaded or written
         if heatmaps_dir is not None and adapt:
@@ -278,9 +279,9 @@ def predict(
         if cache is not None and folder is None:
             raise BadInput("--cache caches a folder's embeddings; image files are embedded without one: leave --cache out")
         if heatmaps_dir is not None:
-            from cellclf.explaining import check_outputs, image_inputs
+            from cellclf.explaining import check_outputs
 
-            check_outputs(heatmaps_dir, image_inputs(images), images, overwrite, "--heatmaps")
+            check_outputs(heatmaps_dir, found, images, overwrite, "--heatmaps")
         started = time.perf_counter()
         predictor = load_predictor(model, trust_pickle=trust_pickle)
         say(f"loaded {predictor.source} ({predictor.family}, {len(predictor.classes)} classes) in {time.perf_counter() - started:.1f} s")

@@ -29,6 +29,7 @@ import numpy as np
 from cellclf.errors import ClassifierInputError
 from cellclf.heatmap_images import explanation_figure, figure_png, is_explanation_png, short_tap_labels
 from cellclf.heatmaps import LocationAttribution, attribute, upsample
+from cellclf.inputs import InputImage, input_images
 from cellembed.atomic import atomic_path
 from cellembed.decoding import DEFAULT_MAX_PIXELS
 from cellembed.errors import Interrupted
@@ -39,14 +40,6 @@ JSON_FORMAT = 1
 PNG_SUFFIX = ".heatmap.png"
 JSON_SUFFIX = ".heatmap.json"
 BATCH = 4  # images per forward pass: the maps before pooling take ~25 MB per image
-
-
-@dataclass
-class ImageInput:
-    """One image to explain: the file and the name its outputs get."""
-
-    file: Path
-    name: str
 
 
 @dataclass
@@ -63,37 +56,6 @@ class ExplainRun:
         return self.seconds / max(len(self.explained), 1)
 
 
-def image_inputs(inputs: Sequence[str | Path]) -> list[ImageInput]:
-    """Every image of ``inputs`` (files and folders). A single folder's images are named by
-    their path inside it; with several inputs, a folder's images get the folder's name in
-    front and a file is named by its file name.
-
-    Raises:
-        ClassifierInputError: an input that does not exist, or two images with one name.
-    """
-    from cellembed.discovery import find_images
-
-    inputs = [Path(p) for p in inputs]
-    found: list[ImageInput] = []
-    for path in inputs:
-        if path.is_dir():
-            prefix = "" if len(inputs) == 1 else path.resolve().name + "/"
-            found += [ImageInput(image.absolute, prefix + image.path) for image in find_images(path)]
-        elif path.is_file():
-            found.append(ImageInput(path, path.name))
-        else:
-            raise ClassifierInputError(f"{path} does not exist; give image files or folders of images")
-    seen: dict[str, Path] = {}
-    for item in found:
-        if item.name in seen and seen[item.name] != item.file:
-            raise ClassifierInputError(
-                f"two images would be explained as {item.name} ({seen[item.name]} and {item.file}); "
-                "explain them in separate runs with different -o folders"
-            )
-        seen[item.name] = item.file
-    return list({item.name: item for item in found}.values())
-
-
 def output_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
     return out_dir / (name + PNG_SUFFIX), out_dir / (name + JSON_SUFFIX)
 
@@ -107,7 +69,7 @@ def _own_json(path: Path) -> dict[str, Any] | None:
 
 
 def check_outputs(
-    out_dir: Path, items: Sequence[ImageInput], inputs: Sequence[str | Path], overwrite: bool, option: str = "-o"
+    out_dir: Path, items: Sequence[InputImage], inputs: Sequence[str | Path], overwrite: bool, option: str = "-o"
 ) -> None:
     """Refuse, before any work, an output folder inside an images folder or holding one, or
     an existing file this command did not write (unless ``overwrite``); ``option`` is the
@@ -174,7 +136,7 @@ def explain_images(
             the same call again finishes the others.
     """
     out_dir = Path(out_dir)
-    items = image_inputs(inputs)
+    items, _ = input_images(inputs, several_folders=True, verb="explain")
     check_outputs(out_dir, items, inputs, overwrite, option)
     model_sha = sha256_file(predictor.source) if getattr(predictor, "source", None) else None
     run = ExplainRun()
@@ -259,7 +221,7 @@ def explanation_png(explainer: Explainer, name: str, pixels: np.ndarray, result:
     return figure_png(figure), record
 
 
-def _write_one(explainer: Explainer, item: ImageInput, pixels: np.ndarray, result: LocationAttribution,
+def _write_one(explainer: Explainer, item: InputImage, pixels: np.ndarray, result: LocationAttribution,
                proba: np.ndarray, i: int, out_dir: Path, model_sha: str | None) -> dict[str, Any]:
     picture, record = explanation_png(explainer, item.name, pixels, result, proba, i)
     png, js = output_paths(out_dir, item.name)

@@ -22,12 +22,12 @@ import pandas as pd
 from cellembed import ExtractResult, EmbeddingSpec, extract, load_embeddings
 from cellembed.csv_cells import inert_frame
 from cellembed.decoding import DEFAULT_MAX_PIXELS
-from cellembed.discovery import find_images
 from cellembed.errors import OutputConflict
 from cellembed.atomic import atomic_path, output_lock
 from cellembed.engines import DEFAULT_ENGINE
 from cellclf.classifier import ImageClassifier
 from cellclf.errors import ClassifierInputError
+from cellclf.inputs import input_images
 from cellclf.metrics import evaluate
 from cellclf.prediction_outputs import PredictionOutputs
 from cellclf.predictor import Predictor
@@ -131,52 +131,6 @@ def _cached_folder(classifier: ImageClassifier, images: Path, cache: str | Path,
     return PredictionRun(table, classes, extraction, embed_seconds, classify_seconds, evaluation, unknown, files)
 
 
-@dataclass(frozen=True)
-class InputImage:
-    """One image to classify: its name in the predictions, its file and its class folder."""
-
-    name: str
-    file: Path
-    label: str | None = None
-
-
-def input_images(inputs: Sequence[str | Path]) -> tuple[list[InputImage], Path | None]:
-    """The images of ``inputs`` (one folder, or image files) and the folder (None for files).
-
-    A folder's images are named by their path inside it and labelled by their first-level
-    sub-folder; files are named by their file name.
-
-    Raises:
-        ClassifierInputError: nothing given, a missing path, several folders or a folder
-            with files, two files of one name.
-        cellembed.InputError: a folder that cannot be listed or holds no image.
-    """
-    paths = [Path(p) for p in inputs]
-    if not paths:
-        raise ClassifierInputError("give a folder of images or one or more image files")
-    for path in paths:
-        if not path.exists():
-            raise ClassifierInputError(f"{path} does not exist; give a folder of images or image files")
-    folders = [p for p in paths if p.is_dir()]
-    if folders and len(paths) > 1:
-        raise ClassifierInputError(
-            f"give one folder, or image files, not both or several folders ({folders[0]} with {len(paths) - 1} more); "
-            "classify each folder in its own run"
-        )
-    if folders:
-        return [InputImage(i.path, Path(i.absolute), i.label) for i in find_images(folders[0])], folders[0]
-    images, seen = [], {}
-    for path in paths:
-        if path.name in seen and seen[path.name] != path.resolve():
-            raise ClassifierInputError(
-                f"two files are named {path.name} ({seen[path.name]} and {path}); classify them in separate runs"
-            )
-        if path.name not in seen:
-            seen[path.name] = path.resolve()
-            images.append(InputImage(path.name, path))
-    return images, None
-
-
 def predict_inputs(
     predictor: Predictor | ImageClassifier,
     inputs: Sequence[str | Path],
@@ -201,7 +155,7 @@ def predict_inputs(
     training statistics (:meth:`cellclf.predictor.Predictor.adapted`; cells from another lab).
 
     Raises:
-        ClassifierInputError / cellembed.InputError: bad inputs (:func:`input_images`) or
+        ClassifierInputError / cellembed.InputError: bad inputs (:func:`cellclf.inputs.input_images`) or
             cache, weights other than the model's, a cache made with another spec.
         cellembed.Interrupted: Ctrl-C (finished embeddings are checkpointed in the cache).
     """
