@@ -121,16 +121,18 @@ class ImageClassifier:
             self._embedder = embedder_from_spec(self.spec, self.weights, self.engine, log=self.log)
         return self._embedder
 
-    def classify(self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None, *, adapt: bool = False) -> pd.DataFrame:
+    def classify(self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None, *, adapt: bool = False,
+                 min_confidence: float | None = None) -> pd.DataFrame:
         """Predicted class, confidence and probabilities of embeddings (a matrix or a frame
-        from ``cellembed.load_embeddings``), one row each; ``adapt``: see
-        :meth:`cellclf.predictor.Predictor.adapted`."""
+        from ``cellembed.load_embeddings``), one row each, with the prediction sets and the
+        uncertain flag (:meth:`cellclf.predictor.Predictor.uncertain` with ``min_confidence``);
+        ``adapt``: see :meth:`cellclf.predictor.Predictor.adapted`."""
         if len(X) == 0:
             empty = np.zeros((0, len(self.classes)))
             return probability_table(empty, self.classes, empty.astype(bool), np.zeros(0, dtype=bool))
         proba = self.predictor.predict_proba(X, spec, adapt=adapt)
         return probability_table(proba, self.classes, self.predictor.prediction_sets(proba),
-                                 self.predictor.uncertain(proba))
+                                 self.predictor.uncertain(proba, min_confidence))
 
     def predict_images(self, images: Iterable[ImageSource], names: Sequence[str] | None = None) -> pd.DataFrame:
         """Classify images in memory, one row per image in input order.

@@ -120,10 +120,10 @@ def _cached_folder(classifier: ImageClassifier, images: Path, cache: str | Path,
         started = time.perf_counter()
         frame, frame_spec = _folder_rows(extraction)
     classes = classifier.classes
-    predicted = classifier.classify(frame, frame_spec, adapt=adapt)
+    predicted = classifier.classify(frame, frame_spec, adapt=adapt, min_confidence=min_confidence)
     classify_seconds = time.perf_counter() - started
 
-    table = _predictions_table(frame, predicted, extraction.errors, min_confidence)
+    table = _predictions_table(frame, predicted, extraction.errors)
     proba = predicted[[PROBA_PREFIX + name for name in classes]].to_numpy(dtype=np.float64)
     evaluation, unknown = _evaluate_folders(table, proba, frame, classes)
     files = {path: images / path for path in frame["path"]}
@@ -175,12 +175,12 @@ def predict_inputs(
     with tqdm(total=len(images), unit="img", desc="embedding", disable=not progress, leave=False) as bar:
         vectors, reasons = classifier.embed_images([image.file for image in images], max_pixels, bar.update)
     ok = [i for i in range(len(images)) if i not in reasons]
-    predicted = classifier.classify(vectors[ok], classifier.embedder.spec, adapt=adapt)
+    predicted = classifier.classify(vectors[ok], classifier.embedder.spec, adapt=adapt, min_confidence=min_confidence)
     embed_seconds = time.perf_counter() - started
     frame = pd.DataFrame({"path": pd.Series([names[i] for i in ok], dtype=object),
                           "label": pd.Series([images[i].label for i in ok], dtype=object)})
     errors = [{"path": names[i], "reason": reasons[i]} for i in sorted(reasons)]
-    table = _predictions_table(frame, predicted.reset_index(drop=True), errors, min_confidence,
+    table = _predictions_table(frame, predicted.reset_index(drop=True), errors,
                                labelled=any(image.label is not None for image in images))
     proba = predicted[[PROBA_PREFIX + name for name in classifier.classes]].to_numpy(dtype=np.float64)
     evaluation, unknown = _evaluate_folders(table, proba, frame, classifier.classes)
@@ -205,23 +205,18 @@ def _predictions_table(
     frame: pd.DataFrame,
     predicted: pd.DataFrame,
     errors: list[dict[str, str]],
-    min_confidence: float | None,
     labelled: bool | None = None,
 ) -> pd.DataFrame:
     """One row per image: path, label (with class folders), predicted, confidence,
-    proba_<class>..., set, set_size, uncertain (the model's: a set of more than one class, or
-    no class reaching the set's threshold; or a confidence under ``min_confidence``), and
-    error for the files that could not be read."""
+    proba_<class>..., set, set_size, uncertain (as ``predicted`` says; False for a file that
+    could not be read), and error for the files that could not be read."""
     if labelled is None:
         labelled = frame["label"].notna().any() or any("/" in e["path"] for e in errors)
     table = pd.DataFrame({"path": frame["path"].astype(object)})
     if labelled:
         table["label"] = frame["label"].astype(object).where(frame["label"].notna(), None)
     table = pd.concat([table, predicted], axis=1)
-    uncertain = table["uncertain"].fillna(False).astype(bool) if "uncertain" in table else pd.Series(False, index=table.index)
-    if min_confidence is not None:
-        uncertain |= table["confidence"].astype(float) < min_confidence
-    table["uncertain"] = uncertain.astype(bool)
+    table["uncertain"] = table["uncertain"].fillna(False).astype(bool)
     if errors:
         table["error"] = None
         failed = pd.DataFrame({"path": [e["path"] for e in errors], "error": [e["reason"] for e in errors]})

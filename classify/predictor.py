@@ -257,11 +257,16 @@ class Predictor:
             return prediction_sets(proba, 0.0)
         return calibration.sets(proba)
 
-    def uncertain(self, proba: np.ndarray) -> np.ndarray:
+    def uncertain(self, proba: np.ndarray, min_confidence: float | None = None) -> np.ndarray:
         """(n,) bool of calibrated ``proba``: :meth:`cellclf.calibration.Calibration.uncertain`
-        (never, for a model without calibration)."""
+        (never, for a model without calibration), or a top probability under
+        ``min_confidence`` (the user's own floor: predict and serve's --min-confidence)."""
+        proba = np.asarray(proba, dtype=np.float64)
         calibration = getattr(self, "calibration", None)
-        return np.zeros(len(proba), dtype=bool) if calibration is None else calibration.uncertain(proba)
+        unsure = np.zeros(len(proba), dtype=bool) if calibration is None else calibration.uncertain(proba)
+        if min_confidence is not None and len(proba):
+            unsure |= proba.max(axis=1) < min_confidence
+        return unsure
 
     def predict(self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None) -> np.ndarray:
         """(n,) object array of predicted class names (the most probable class)."""

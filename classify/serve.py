@@ -199,20 +199,18 @@ class Service:
         """The JSON result of each image (see the module docstring)."""
         classes = list(self.predictor.classes)
         members = self.predictor.prediction_sets(proba)
-        unsure = self.predictor.uncertain(proba)
+        unsure = self.predictor.uncertain(proba, self.settings.min_confidence)
         out = []
-        for name, row, chosen, doubt in zip(names, proba, members, unsure):
+        for name, row, chosen, uncertain in zip(names, proba, members, unsure):
             order = np.argsort(-row, kind="stable")
             confidence = float(row[order[0]])
-            uncertain = bool(doubt) or (
-                self.settings.min_confidence is not None and confidence < self.settings.min_confidence)
             out.append({
                 "image": name,
                 "predictions": {c: round(float(p), 6) for c, p in zip(classes, row)},
                 "predicted": classes[order[0]],
                 "confidence": round(confidence, 6),
                 "set": [classes[i] for i in order if chosen[i]],
-                "uncertain": uncertain,
+                "uncertain": bool(uncertain),
             })
         self.served += len(out)
         return out

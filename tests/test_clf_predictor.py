@@ -11,6 +11,7 @@ from sklearn import metrics as skm
 
 from cellembed import load_embeddings
 from cellclf import Predictor, PredictorLoadError
+from cellclf.calibration import Calibration
 from cellclf.errors import ClassifierInputError
 from cellclf.explain import summarise
 from cellclf.families.lr import fit_lr, linear_shap
@@ -160,3 +161,14 @@ def test_two_classes_work_for_both_families(trained):
         values = explain(model, Xb[:4])
         assert values.values.shape == (4, 2, Xb.shape[1]) and values.additivity_error < 1e-4
         np.testing.assert_allclose(values.values[:, 0], -values.values[:, 1])
+
+
+def test_uncertain_is_the_calibration_rule_or_a_top_probability_under_min_confidence(trained):
+    *_, classes, predictor = trained
+    proba = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.34, 0.33, 0.33]])
+    assert predictor.uncertain(proba).tolist() == [False, False, False]  # no calibration: never by itself
+    assert predictor.uncertain(proba, min_confidence=0.6).tolist() == [True, False, True]
+    calibrated = Predictor(predictor.model, classes, predictor.spec, family="lr",
+                           calibration=Calibration(temperature=1.0, alpha=0.1, threshold=0.45))
+    assert calibrated.uncertain(proba).tolist() == [True, False, True]
+    assert calibrated.uncertain(proba, min_confidence=0.85).tolist() == [True, True, True]
