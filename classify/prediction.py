@@ -115,7 +115,8 @@ def _cached_folder(classifier: ImageClassifier, images: Path, cache: str | Path,
                 engine=classifier.engine, add_only=True, max_pixels=max_pixels, progress=progress, log=log,
             )
         except OutputConflict as exc:
-            raise ClassifierInputError(f"{exc.problem}: give another --cache file, or delete that one") from None
+            advice = "give another --cache file, or delete that one" if exc.replaceable else "give another --cache file"
+            raise ClassifierInputError(f"{exc.problem}: {advice}") from None
         embed_seconds = time.perf_counter() - started
         started = time.perf_counter()
         frame, frame_spec = _folder_rows(extraction)
@@ -162,7 +163,7 @@ def predict_inputs(
     images, folder = input_images(inputs)
     if adapt:  # before building the network: too few images for --adapt fail at once
         model = predictor.predictor if isinstance(predictor, ImageClassifier) else predictor
-        model.check_adaptable(len(images))
+        model.check_adaptable(_distinct_files([image.file for image in images]), len(images))
     classifier = predictor if isinstance(predictor, ImageClassifier) else ImageClassifier(
         predictor, weights=weights, engine=engine, batch_size=batch_size, log=log
     )
@@ -186,6 +187,20 @@ def predict_inputs(
     evaluation, unknown = _evaluate_folders(table, proba, frame, classifier.classes)
     files = {image.name: image.file for image in images}
     return PredictionRun(table, classifier.classes, None, embed_seconds, 0.0, evaluation, unknown, files, errors)
+
+
+def _distinct_files(files: Sequence[Path]) -> int:
+    """How many of ``files`` differ in content (SHA-256); an unreadable file counts as
+    distinct (it is reported as an error when embedded)."""
+    from cellembed.hashing import sha256_file
+
+    seen = set()
+    for file in files:
+        try:
+            seen.add(sha256_file(file))
+        except OSError:
+            seen.add(str(file))
+    return len(seen)
 
 
 def _folder_rows(extraction: ExtractResult) -> tuple[pd.DataFrame, EmbeddingSpec]:

@@ -19,13 +19,18 @@ class OutputConflict(InputError):
     """The output (or its work folder) holds something this run must not mix with or
     replace: a file cellembed did not write, or embeddings of another spec.
 
-    ``problem`` says what; the message adds the advice of ``cellembed extract``. Other
-    commands (``cellclf predict --cache``) catch it and give their own advice.
+    ``problem`` says what; ``hint`` (optional) is advice that names ``cellembed extract``'s
+    own options (the preset the file was made with); the message adds them and the advice
+    of ``cellembed extract``: ``--overwrite`` only where the file is one cellembed wrote
+    (``replaceable``), never for a file of someone else. Other commands (``cellclf predict
+    --cache``) catch it and give their own advice after ``problem``.
     """
 
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
-        super().__init__(f"{problem}: pass --overwrite to replace it, or choose another output")
+    def __init__(self, problem: str, *, hint: str | None = None, replaceable: bool = True) -> None:
+        self.problem, self.hint, self.replaceable = problem, hint, replaceable
+        advice = ("pass --overwrite to replace it, or choose another output" if replaceable
+                  else "cellembed extract never replaces a file it did not write: choose another -o, or move that file away")
+        super().__init__(f"{problem}{f'; {hint}' if hint else ''}: {advice}")
 
 
 class RunFailed(Exception):
@@ -40,4 +45,11 @@ class OutputBusy(InputError):
 
 class DiskFull(RunFailed):
     """The disk filled up while an output was written; the output was left as it was and
-    finished work was kept. The message names the file and the free space; exit status 1."""
+    finished work was kept. The message names the file and the free space; exit status 1.
+
+    ``facts``: the message without its advice (which file, the size needed, the free
+    space), for a caller that gives its own advice."""
+
+    def __init__(self, message: str, facts: str | None = None) -> None:
+        super().__init__(message)
+        self.facts = facts or message

@@ -28,7 +28,8 @@ from cellembed.presets import matching_preset
 from cellembed.shards import SHARD_GLOBS, Shard, ShardItem
 from cellembed.spec import EmbeddingSpec
 from cellembed.store import (
-    ERRORS_METADATA_KEY, IMAGES_METADATA_KEY, checkpoint_folder, read_errors, read_spec, set_aside_folder,
+    ERRORS_METADATA_KEY, IMAGES_METADATA_KEY, SPEC_DIGEST, checkpoint_folder, mixed_rows, read_errors, read_spec,
+    set_aside_folder,
 )
 
 DEFAULT_SHARD_SIZE = 256
@@ -134,11 +135,18 @@ def plan(
     if shard_size < 1:
         raise InputError("--checkpoint-every must be at least 1")
     images, out = Path(images), Path(out)
+    if images.is_dir() and out.resolve().is_relative_to(images.resolve()):
+        raise InputError(
+            f"-o {out} is inside the images folder {images}; extract never writes there (its work folder "
+            "would be read as a class and an image could be replaced): give -o a path outside it"
+        )
     scan = scan_images(images)
     files = scan.files
     work_dir = checkpoint_folder(out).absolute()
-    if out.exists() and not overwrite:
-        spec = _check_reference(out, spec)
+    if out.exists():
+        found = _existing_spec(out)  # a file cellembed did not write is never replaced, whatever the options
+        if not overwrite:
+            spec = _check_reference(out, spec, found)
     finished, set_aside = [], []
     folders = (work_dir, set_aside_folder(out, spec).absolute())
     for path in sorted(p for folder in folders for pattern in SHARD_GLOBS for p in folder.glob(pattern)):
@@ -192,20 +200,25 @@ def plan(
     )
 
 
-def _check_reference(path: Path, spec: EmbeddingSpec) -> EmbeddingSpec:
-    """Refuse a file cellembed did not write or made with another spec; else return
-    ``spec`` with the file's tap widths (widths depend only on the tap names)."""
+def _existing_spec(path: Path) -> EmbeddingSpec:
+    """The spec of an existing OUT; a file cellembed did not write (not Parquet, or no spec
+    in it) is refused, with or without ``overwrite``."""
     try:
-        found = read_spec(path)
+        return read_spec(path)
     except InputError as exc:
-        raise OutputConflict(f"{exc}; refusing to replace it") from None
+        raise OutputConflict(f"{exc}; refusing to replace it", replaceable=False) from None
+
+
+def _check_reference(path: Path, spec: EmbeddingSpec, found: EmbeddingSpec) -> EmbeddingSpec:
+    """Refuse an OUT made with another spec (``found``); else return ``spec`` with the
+    file's tap widths (widths depend only on the tap names)."""
     differences = spec.differences(found)
     if differences:
         made_with = matching_preset(found)
         raise OutputConflict(
             f"{path} was made with another embedding spec ({'; '.join(differences)}; "
-            "requested vs existing) and specs never mix in one file"
-            + (f"; it has the settings of --preset {made_with} (give that option to extend it)" if made_with else "")
+            "requested vs existing) and specs never mix in one file",
+            hint=f"it has the settings of --preset {made_with} (give that option to extend it)" if made_with else None,
         )
     return spec if spec.widths_known else spec.with_tap_widths([t.width for t in found.taps])
 
@@ -213,10 +226,14 @@ def _check_reference(path: Path, spec: EmbeddingSpec) -> EmbeddingSpec:
 def _read_index(out: Path) -> OutIndex:
     try:
         with pq.ParquetFile(out, page_checksum_verification=True) as parquet:
-            table = parquet.read(columns=["path", "label", "sha256"])
+            digest = [SPEC_DIGEST] if SPEC_DIGEST in parquet.schema_arrow.names else []
+            table = parquet.read(columns=["path", "label", "sha256", *digest])
             metadata = parquet.schema_arrow.metadata or {}
     except (OSError, pa.ArrowException) as exc:
         raise OutputConflict(f"{out} is damaged ({exc})") from None
+    problem = mixed_rows(out, table, read_spec(out))
+    if problem:  # rows joined in from a file of another spec: never extended
+        raise OutputConflict(problem)
     return OutIndex(
         paths=tuple(table.column("path").to_pylist()),
         labels=tuple(table.column("label").to_pylist()),

@@ -120,6 +120,13 @@ class EmbeddingSpec:
         data["taps"] = self.tap_names
         return json.dumps(data, sort_keys=True)
 
+    def digest(self) -> str:
+        """16 hex digits of the SHA-256 of :meth:`identity_key`: stored on every row of an
+        embeddings file, so rows of another spec joined into it by hand are found."""
+        import hashlib
+
+        return hashlib.sha256(self.identity_key().encode()).hexdigest()[:16]
+
     def differences(self, other: "EmbeddingSpec") -> list[str]:
         """Human-readable list of identity fields that differ (empty when compatible)."""
         mine, theirs = self.identity(), other.identity()

@@ -36,6 +36,10 @@ def reinhard(rgb: np.ndarray) -> np.ndarray:
     mean, std = counted.mean(axis=0), counted.std(axis=0)
     scaled = (lab - mean) / np.maximum(std, 1e-6) * REFERENCE_STD + REFERENCE_MEAN
     scaled[..., 0] = np.clip(scaled[..., 0], 0, 100)
+    # Colours whose b* is past what XYZ holds (Z < 0: vivid yellows) are clipped here, to a
+    # hair inside the edge, rather than by lab2rgb, which clips them to the same colour but
+    # warns once per image (into extract's progress bar).
+    scaled[..., 2] = np.minimum(scaled[..., 2], 200 * (scaled[..., 0] + 16) / 116 * (1 - 1e-9))
     out = color.lab2rgb(scaled)
     return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
 

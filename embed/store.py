@@ -8,6 +8,8 @@ One row per image::
     width      int32    original width in pixels
     height     int32    original height in pixels
     cell_found bool     only when the spec crops: the cell was found (false: whole image)
+    spec_digest string  the row's spec (:meth:`EmbeddingSpec.digest`); absent in files written
+                        before it was added, whose rows are taken to be of the file's spec
     embedding  fixed_size_list<float32>[d]
 
 The key-value metadata holds the :class:`~cellembed.spec.EmbeddingSpec` as JSON under
@@ -38,6 +40,9 @@ IMAGES_METADATA_KEY = b"cellembed.images"
 META_COLUMNS = ("path", "label", "sha256", "width", "height")
 #: Column of files whose spec crops: whether the cell was found (false: whole image used).
 CELL_FOUND = "cell_found"
+#: Column naming each row's spec: the spec in the metadata is per file, and rows of two
+#: files joined by hand (pyarrow.concat_tables) would otherwise pass as the first file's.
+SPEC_DIGEST = "spec_digest"
 
 
 def checkpoint_folder(out: Path) -> Path:
@@ -50,10 +55,7 @@ def set_aside_folder(out: Path, spec: EmbeddingSpec) -> Path:
     """Where finished shards of an interrupted run with another spec are kept
     (``emb.checkpoint-<spec digest>/``), so a run with a new spec neither mixes with them
     nor deletes them, and a later run with their spec resumes from them."""
-    import hashlib
-
-    digest = hashlib.sha256(spec.identity_key().encode()).hexdigest()[:12]
-    return out.with_name(f"{out.stem}.checkpoint-{digest}")
+    return out.with_name(f"{out.stem}.checkpoint-{spec.digest()[:12]}")
 
 
 def errors_csv_path(out: Path) -> Path:
@@ -73,6 +75,7 @@ def arrow_schema(dim: int, cell_found: bool = False) -> pa.Schema:
             pa.field("width", pa.int32(), nullable=False),
             pa.field("height", pa.int32(), nullable=False),
             *extra,
+            pa.field(SPEC_DIGEST, pa.string(), nullable=False),
             pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
         ]
     )
@@ -108,6 +111,7 @@ def make_table(
         pa.array(np.asarray(widths, dtype=np.int32)),
         pa.array(np.asarray(heights, dtype=np.int32)),
         *([pa.array(np.asarray(cell_found, dtype=bool))] if crops else []),
+        pa.array([spec.digest()] * len(paths), pa.string()),  # one value: Parquet stores it once per page
         # A view of the matrix, not a copy: the rows are the largest thing extract holds.
         pa.FixedSizeListArray.from_arrays(
             pa.Array.from_buffers(pa.float32(), embeddings.size, [None, pa.py_buffer(embeddings)]), spec.dim
@@ -178,7 +182,28 @@ def read_table(path: str | Path) -> tuple[pa.Table, EmbeddingSpec]:
     embedding_type = table.schema.field("embedding").type
     if getattr(embedding_type, "list_size", None) != spec.dim:
         raise InputError(f"{path}: embedding width does not match its spec ({spec.dim} floats)")
+    problem = mixed_rows(path, table, spec)
+    if problem:
+        raise InputError(f"{problem}; re-embed the images into one file with cellembed extract")
+    if SPEC_DIGEST in table.column_names:
+        table = table.drop_columns([SPEC_DIGEST])
     return table, spec
+
+
+def mixed_rows(path: str | Path, table: pa.Table, spec: EmbeddingSpec) -> str | None:
+    """What is wrong when some rows of ``table`` (read from ``path``) name another spec
+    than the file's (rows of other files joined into it by hand); None when none does, or
+    when the table has no :data:`SPEC_DIGEST` column (a file written before it was added)."""
+    import pyarrow.compute as pc
+
+    if SPEC_DIGEST not in table.column_names or not len(table):
+        return None
+    digests = table.column(SPEC_DIGEST)
+    other = len(digests) - pc.sum(pc.equal(digests, spec.digest()).fill_null(False)).as_py()
+    if not other:
+        return None
+    return (f"{path}: {other} of its {len(digests)} rows were embedded with another spec than the file's "
+            "(rows of other files joined into it?) and specs never mix in one file")
 
 
 def table_matrix(table: pa.Table | pa.RecordBatch) -> np.ndarray:

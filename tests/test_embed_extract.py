@@ -128,9 +128,11 @@ def test_a_file_not_written_by_cellembed_is_not_replaced(labelled_folder, tmp_pa
     out = tmp_path / "other.parquet"
     pq.write_table(pa.table({"x": [1, 2]}), out)
     original = out.read_bytes()
-    with pytest.raises(InputError, match="not a cellembed embeddings file.*--overwrite"):
-        extract(labelled_folder, out, embedder=embedder, progress=False)
-    assert out.read_bytes() == original
+    for overwrite in (False, True):  # never, and no advice to: it is not a file cellembed wrote
+        with pytest.raises(InputError, match="not a cellembed embeddings file.*never replaces a file it did not write") as refused:
+            extract(labelled_folder, out, embedder=embedder, overwrite=overwrite, progress=False)
+        assert "--overwrite" not in str(refused.value)
+        assert out.read_bytes() == original
 
 
 def test_bad_files_are_skipped_recorded_and_not_retried(labelled_folder, tmp_path, embedder):
