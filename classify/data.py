@@ -63,6 +63,22 @@ class SplitData:
         return self.meta["sha256"].to_numpy()
 
 
+#: Largest magnitude an embedding value may have. Pooled activations of an ImageNet network
+#: stay far below it (Xception, default preset, data/sample: at most ~30); a larger value is
+#: a damaged or doctored file, and values past ~1e19 overflow float32 when a scaler squares them.
+MAX_EMBEDDING_VALUE = 1e6
+
+
+def bad_rows(X: np.ndarray) -> np.ndarray:
+    """(n,) bool: rows of the (n, d) matrix holding NaN, infinity or a value beyond
+    +-:data:`MAX_EMBEDDING_VALUE` (what no classifier can use)."""
+    with np.errstate(invalid="ignore"):
+        return ~(np.abs(np.asarray(X)) <= MAX_EMBEDDING_VALUE).all(axis=1)  # NaN compares False
+
+
+BAD_VALUES = f"NaN, infinite or huge (beyond +-{MAX_EMBEDDING_VALUE:g}) embedding values"
+
+
 def tap_feature_names(spec: EmbeddingSpec, taps: Sequence[str]) -> list[str]:
     """``tap:index`` names of the columns selected by ``taps`` (in that order)."""
     widths = {t.name: t.width for t in spec.taps}
@@ -78,7 +94,7 @@ def load_labelled(path: str | Path, taps: Sequence[str] | None = None) -> Labell
 
     Raises:
         cellembed.InputError: not a cellembed file, no labelled rows, unknown tap, or
-            NaN / infinite embedding values (one-line messages saying what to do).
+            NaN, infinite or huge embedding values (one-line messages saying what to do).
     """
     frame, spec = load_embeddings(path)
     tap_names = tuple(spec.tap_names if taps is None else taps)
@@ -89,12 +105,12 @@ def load_labelled(path: str | Path, taps: Sequence[str] | None = None) -> Labell
             "put the training images in one sub-folder per class and re-run cellembed extract"
         )
     X, labels = embedding_matrix(labelled, spec, taps=list(tap_names))
-    finite = np.isfinite(X).all(axis=1)
-    if not finite.all():
-        bad = labelled["path"][~finite].tolist()
+    bad = bad_rows(X)
+    if bad.any():
+        paths = labelled["path"][bad].tolist()
         raise ClassifierInputError(
-            f"{path}: {len(bad)} images have NaN or infinite embedding values "
-            f"(e.g. {bad[0]}); delete the file and re-run cellembed extract"
+            f"{path}: {len(paths)} images have {BAD_VALUES} (e.g. {paths[0]}); "
+            "delete the file and re-run cellembed extract"
         )
     meta = labelled[["path", "sha256", "label"]].astype({"label": str})
     return LabelledEmbeddings(

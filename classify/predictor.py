@@ -36,6 +36,7 @@ from cellembed.hashing import sha256_file
 from cellembed.atomic import atomic_path
 from cellembed.versions import library_versions as _library_versions
 from cellclf.calibration import Calibration, prediction_sets
+from cellclf.data import BAD_VALUES, bad_rows
 from cellclf.errors import ClassifierInputError, PredictorLoadError
 from cellclf.rundir import BEST_MODEL
 
@@ -55,9 +56,16 @@ TRUSTED_TYPES = frozenset({"xgboost.core.Booster", "xgboost.sklearn.XGBClassifie
 _METADATA = "cellclf_predictor"
 
 
-#: Fewest images :meth:`Predictor.adapted` re-centres: their mean and spread must stand for
-#: the lab, not for a handful of cells.
+#: Fewest distinct images :meth:`Predictor.adapted` re-centres: their mean and spread must
+#: stand for the lab, not for a handful of cells (copies of one image count once).
 MIN_ADAPT_IMAGES = 20
+#: Least spread, as the median over dimensions of the folder's standard deviation over the
+#: training images', that :meth:`Predictor.adapted` accepts. Measured with the default
+#: preset: 20 random pbc-dev cells 0.93-1.0, 20 BCCD smear crops (another lab) 0.6-0.7,
+#: 20 JPEG re-encodings or flips of one cell under 0.1; below it the folder is copies or
+#: near-copies of a few cells, and stretching their tiny spread to the training spread
+#: would turn noise into classes.
+MIN_ADAPT_SPREAD = 0.25
 
 
 def feature_reference(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,41 +200,55 @@ class Predictor:
                     f"for taps {','.join(self.taps)}), got {matrix.shape[1]}; embed the images with "
                     f"the model's spec ({_brief(self.spec)})"
                 )
-        if not np.isfinite(matrix).all():
-            raise ClassifierInputError("some embeddings contain NaN or infinite values; re-extract them")
+        if bad_rows(matrix).any():
+            raise ClassifierInputError(f"some embeddings contain {BAD_VALUES}; re-extract them")
         return matrix
 
-    def check_adaptable(self, n_images: int) -> None:
+    def check_adaptable(self, n_images: int, n_files: int | None = None) -> None:
         """Raise :class:`ClassifierInputError` unless :meth:`adapted` can re-centre
-        ``n_images`` images with this model (callers check before embedding anything)."""
+        ``n_images`` distinct images (of ``n_files`` files) with this model (callers check
+        before embedding anything)."""
         if getattr(self, "reference", None) is None:
             raise ClassifierInputError(
                 "this model has no record of its training statistics (fitted by an earlier cellclf); "
                 "re-run cellclf fit to use --adapt"
             )
         if n_images < MIN_ADAPT_IMAGES:
+            files = f" ({n_files} files, copies counted once)" if n_files not in (None, n_images) else ""
             raise ClassifierInputError(
                 f"--adapt re-centres a folder on its own statistics and needs at least {MIN_ADAPT_IMAGES} "
-                f"images, got {n_images}; classify without --adapt or with more cells from the same lab"
+                f"distinct images, got {n_images}{files}; classify without --adapt or with more cells from the same lab"
             )
 
     def adapted(self, matrix: np.ndarray) -> np.ndarray:
         """``matrix`` (n, n_features) moved onto the training images' statistics: each
-        dimension standardised by the mean and spread of these n images, then given the
-        training mean and spread. Unsupervised adaptation to another lab (its stain,
-        lighting, framing shift every embedding alike); it assumes the n images are many
-        cells with a mix of classes, and each image's prediction then depends on the others.
+        dimension standardised by the mean and spread of these images (each distinct
+        embedding counted once), then given the training mean and spread. Unsupervised
+        adaptation to another lab (its stain, lighting, framing shift every embedding
+        alike); it assumes the images are many cells with a mix of classes, and each
+        image's prediction then depends on the others.
 
         Raises:
-            ClassifierInputError: fewer than :data:`MIN_ADAPT_IMAGES` images, or a model
-                without recorded training statistics.
+            ClassifierInputError: fewer than :data:`MIN_ADAPT_IMAGES` distinct images, a
+                folder whose spread is degenerate (under :data:`MIN_ADAPT_SPREAD` of the
+                training spread: copies of a few cells), or a model without recorded
+                training statistics.
         """
-        self.check_adaptable(len(matrix))
-        mean, std = self.reference
         values = np.asarray(matrix, dtype=np.float64)
-        spread = values.std(axis=0)
+        distinct = np.unique(values, axis=0) if len(values) else values
+        self.check_adaptable(len(distinct), len(values))
+        mean, std = self.reference
+        spread = distinct.std(axis=0)
+        varies = std > 1e-6
+        relative = float(np.median(spread[varies] / std[varies])) if varies.any() else 1.0
+        if relative < MIN_ADAPT_SPREAD:
+            raise ClassifierInputError(
+                f"--adapt: the {len(distinct)} images are nearly alike (their spread is {relative:.2f} of the "
+                f"training images', under {MIN_ADAPT_SPREAD:g}): copies or views of a few cells cannot stand for "
+                "a lab; classify without --adapt or with a folder of many different cells"
+            )
         spread[spread < 1e-6] = 1.0  # a constant dimension is only shifted
-        return ((values - values.mean(axis=0)) / spread * std + mean).astype(np.float32)
+        return ((values - distinct.mean(axis=0)) / spread * std + mean).astype(np.float32)
 
     def predict_proba(
         self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None, *, adapt: bool = False,
@@ -285,28 +307,54 @@ class Predictor:
             the hex SHA-256 written to ``<path>.sha256``.
         """
         path = Path(path)
-        safe = safe_path(path)
+        files = self.files(path)
+        if safe_path(path) not in files:
+            safe_path(path).unlink(missing_ok=True)
+        for target, data in files.items():
+            with atomic_path(target, needs=len(data)) as tmp:
+                tmp.write_bytes(data)
+        return files[checksum_path(path)].decode().split()[0]
+
+    def files(self, path: str | Path) -> dict[Path, bytes]:
+        """The files :meth:`save` writes for ``path``, in memory and in writing order: the
+        safe file (left out, with a warning, for a model outside the allow-list), the
+        pickle and its checksum file (so a writer knows the size it needs before it writes)."""
+        import hashlib
+        import io
+
+        path = Path(path)
+        files: dict[Path, bytes] = {}
         try:
-            self.save_safe(safe)
+            files[safe_path(path)] = self.safe_bytes()
         except UntrustedModelError as exc:
-            safe.unlink(missing_ok=True)
-            warnings.warn(f"{safe.name} not written: {exc}; loading {path.name} will need --trust-pickle", stacklevel=2)
-        with atomic_path(path) as tmp:
-            joblib.dump(self, tmp)
-            digest = sha256_file(tmp)
-        with atomic_path(checksum_path(path)) as tmp:
-            tmp.write_text(f"{digest}  {path.name}\n")
-        return digest
+            warnings.warn(f"{safe_path(path).name} not written: {exc}; loading {path.name} will need --trust-pickle",
+                          stacklevel=3)
+        buffer = io.BytesIO()
+        joblib.dump(self, buffer)
+        files[path] = buffer.getvalue()
+        files[checksum_path(path)] = f"{hashlib.sha256(files[path]).hexdigest()}  {path.name}\n".encode()
+        return files
 
     def save_safe(self, path: str | Path) -> Path:
-        """Write the safe file (skops.io; the metadata as JSON text) atomically.
+        """Write the safe file (:meth:`safe_bytes`) atomically.
 
         Raises:
             UntrustedModelError: the model holds types outside the allow-list (nothing written).
         """
+        path = Path(path)
+        data = self.safe_bytes()
+        with atomic_path(path, needs=len(data)) as tmp:
+            tmp.write_bytes(data)
+        return path
+
+    def safe_bytes(self) -> bytes:
+        """The safe file's bytes (skops.io; the metadata as JSON text).
+
+        Raises:
+            UntrustedModelError: the model holds types outside the allow-list.
+        """
         import skops.io
 
-        path = Path(path)
         metadata = {
             "format": self.format,
             "family": self.family,
@@ -324,9 +372,7 @@ class Predictor:
         untrusted = sorted(set(skops.io.get_untrusted_types(data=data)) - TRUSTED_TYPES)
         if untrusted:
             raise UntrustedModelError(f"the model holds types outside cellclf's allow-list ({', '.join(untrusted)})")
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
-        return path
+        return data
 
     @classmethod
     def load(

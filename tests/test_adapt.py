@@ -44,7 +44,7 @@ def test_adapt_recovers_the_cells_of_a_lab_that_shifts_every_embedding(predictor
 
 def test_adapt_refuses_too_few_images_and_models_without_statistics(predictor):
     X, _ = blobs(3, seed=2)
-    with pytest.raises(ClassifierInputError, match=f"at least {MIN_ADAPT_IMAGES} images, got 9"):
+    with pytest.raises(ClassifierInputError, match=f"at least {MIN_ADAPT_IMAGES} distinct images, got 9"):
         predictor.predict_proba(X, adapt=True)
     old = Predictor(predictor.model, predictor.classes, SPEC, family="lr")
     with pytest.raises(ClassifierInputError, match="re-run cellclf fit to use --adapt"):
