@@ -1,6 +1,19 @@
-"""Exceptions of the cellclf modules."""
+"""Exceptions of the cellclf modules, and how their one-line messages list many names."""
+
+from typing import Sequence
 
 from cellembed.errors import InputError
+
+#: Most items a one-line message lists before it says how many more there are.
+LISTED = 8
+
+
+def first_few(items: Sequence[str], limit: int = LISTED) -> str:
+    """``a, b, c`` or, past ``limit`` items, ``a, b, ... and 112 more`` (a line stays readable
+    with 120 classes)."""
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
 
 
 class ClassifierInputError(InputError):

@@ -75,10 +75,9 @@ def summarise(
     mean_signed = shap_values.mean(axis=0, dtype=np.float64)
     taps = [name.rsplit(":", 1)[0] for name in feature_names]
     index = [int(name.rsplit(":", 1)[1]) for name in feature_names]
-    per_dim = pd.DataFrame({"feature": list(feature_names), "tap": taps, "index": index})
-    for k, name in enumerate(classes):
-        per_dim[name] = mean_abs[k]
-    per_dim["all"] = mean_abs.mean(axis=0)
+    per_dim = pd.DataFrame({"feature": list(feature_names), "tap": taps, "index": index,  # built at once: one
+                            **{name: mean_abs[k] for k, name in enumerate(classes)},    # column per class
+                            "all": mean_abs.mean(axis=0)})
 
     tap_order = list(dict.fromkeys(taps))
     rows = []
@@ -118,6 +117,11 @@ def summarise(
     return per_dim, by_tap, top
 
 
+#: Most classes the summary plot labels (legend, values in the cells); beyond, the colours
+#: and the layer shares stay, unlabelled.
+MAX_LABELLED_CLASSES = 20
+
+
 def plot_summary(per_dim: pd.DataFrame, by_tap: pd.DataFrame, classes: Sequence[str], title: str) -> "Figure":
     """The summary plot: top dimensions stacked by class, and tap x class shares."""
     classes = list(classes)
@@ -131,12 +135,15 @@ def plot_summary(per_dim: pd.DataFrame, by_tap: pd.DataFrame, classes: Sequence[
         left += top[name].to_numpy()
     bars.set_xlabel("mean |SHAP value| (contribution to the class margin)")
     bars.set_title(f"{title}: top {TOP_N} embedding dimensions")
-    bars.legend(fontsize=8, loc="lower right")
+    legible = len(classes) <= MAX_LABELLED_CLASSES  # more would squeeze the plots to nothing
+    if legible:
+        bars.legend(fontsize=8, loc="lower right")
     table = by_tap.pivot(index="tap", columns="class", values="share").loc[list(dict.fromkeys(by_tap["tap"])), classes]
     image = heat.imshow(table.to_numpy(), cmap="viridis", aspect="auto", vmin=0)
-    heat.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    heat.set_xticks(range(len(classes)), classes, rotation=45 if legible else 90, ha="right" if legible else "center",
+                    fontsize=None if legible else 4)
     heat.set_yticks(range(len(table)), table.index)
-    for (i, j), share in np.ndenumerate(table.to_numpy()):
+    for (i, j), share in np.ndenumerate(table.to_numpy() if legible else np.zeros((0, 0))):
         heat.text(j, i, f"{share:.2f}", ha="center", va="center", fontsize=7, color="white" if share < 0.5 * table.to_numpy().max() else "black")
     heat.set_title("share of mean |SHAP| by layer (tap)")
     figure.colorbar(image, ax=heat, shrink=0.8)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,7 +26,7 @@ from cellembed.atomic import output_lock
 from cellembed.plotting import png_bytes
 from cellclf.calibration import DEFAULT_ALPHA, Calibration, calibration_facts, check_alpha
 from cellclf.data import LabelledEmbeddings, SplitData, check_same_spec, load_labelled
-from cellclf.errors import ClassifierInputError
+from cellclf.errors import ClassifierInputError, first_few
 from cellclf.metrics import FEW_IMAGES, few_images
 from cellclf.families import ModelFamily, families, get_family
 from cellclf.predictor import Predictor, feature_reference, library_versions, safe_path
@@ -52,7 +54,7 @@ from cellclf.split import (
     split_rows,
     split_table,
 )
-from cellclf.tuning import TuningResult
+from cellclf.tuning import TuningResult, showing_progress
 
 DEFAULT_SHAP_ROWS = 1000
 #: Largest seed: scikit-learn and XGBoost take seeds from 0 to 2**32 - 1.
@@ -196,7 +198,7 @@ class FitResult:
         few = {m.key: few_images(m.per_class) for m in self.record.models}
         for key, listed in few.items():
             if listed:
-                lines.append(f"{key}: fewer than {FEW_IMAGES} test images of {', '.join(listed)}: too few to judge those classes")
+                lines.append(f"{key}: fewer than {FEW_IMAGES} test images of {first_few(listed)}: too few to judge those classes")
         lines.append(
             f"* best validation macro-F1, saved as {safe_path(self.run_dir / BEST_MODEL)} "
             f"(and {BEST_MODEL}, a pickle; see cellclf predict --help)"
@@ -210,15 +212,61 @@ def _with_ci(overall: Mapping[str, Any], key: str) -> str:
 
 
 class _PhaseLog:
-    """Prints one line per phase with its wall time."""
+    """Prints one line per phase with its wall time; :meth:`bars` shows the progress of
+    the searches inside a phase (when there is a log to print to)."""
 
     def __init__(self, log: Callable[[str], None] | None) -> None:
         self.log = log or (lambda message: None)
+        self.shown = log is not None
         self.start = time.perf_counter()
+        self.caught: list[warnings.WarningMessage] | None = None
+        self.said: set[tuple[str, str]] = set()
+
+    @contextmanager
+    def warnings_as_lines(self) -> Iterator[None]:
+        """Inside, each distinct warning of the libraries (or of the fit itself) becomes one
+        line after the phase line that follows it, instead of a multi-line report on stderr;
+        without a log, warnings go their usual way."""
+        if not self.shown:
+            yield
+            return
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            self.caught = caught
+            try:
+                yield
+            finally:
+                self.flush()
+                self.caught = None
+
+    def flush(self) -> None:
+        """Say the warnings caught since the last phase line, each distinct one once."""
+        for caught in self.caught or ():
+            key = (caught.category.__name__, " ".join(str(caught.message).split()))
+            if key not in self.said:
+                self.said.add(key)
+                self.log(f"{'warning':<18} {'':>7}   {key[0]}: {key[1]}")
+        if self.caught:
+            self.caught.clear()
+
+    def bars(self, phase: str) -> Any:
+        """A context showing each search run inside it as a bar on stderr named ``phase``
+        (steps done / total, rate, ETA)."""
+        import contextlib
+        import sys
+
+        if not self.shown:
+            return contextlib.nullcontext()
+        from tqdm import tqdm
+
+        return showing_progress(lambda total, unit: tqdm(
+            total=total, unit=unit, desc=phase, file=sys.stderr, leave=False, dynamic_ncols=True, smoothing=0.1,
+        ))
 
     def __call__(self, phase: str, message: str) -> None:
         now = time.perf_counter()
         self.log(f"{phase:<18} {now - self.start:7.1f}s  {message}")
+        self.flush()
         self.start = now
 
 
@@ -259,15 +307,59 @@ def fit(
     _check_writable(run_dir)
     with output_lock(run_dir):
         _check_run_dir(run_dir, overwrite)  # under the lock: a run that just finished counts
-        return _fit(embeddings, run_dir, test, config, log, on_complete, weights)
+        phase = _PhaseLog(log)
+        with phase.warnings_as_lines():
+            return _fit(embeddings, run_dir, test, config, phase, on_complete, weights)
 
 
 def _fit(
     embeddings: str | Path, run_dir: Path, test: str | Path | None, config: FitConfig,
-    log: Callable[[str], None] | None, on_complete: Callable[[FitResult], None] | None, weights: Any = None,
+    phase: _PhaseLog, on_complete: Callable[[FitResult], None] | None, weights: Any = None,
 ) -> FitResult:
-    phase = _PhaseLog(log)
+    from cellclf import checkpoint
 
+    kept = checkpoint.checkpoint_path(embeddings, test, config.to_dict(), library_versions())
+    state = checkpoint.load(kept)
+    if state is not None:
+        run, predictors = state["run"], state["predictors"]
+        phase("resume", f"the models an earlier run of this command trained and tested, kept in {kept}")
+    else:
+        run, predictors = _train(embeddings, test, config, phase)
+        checkpoint.save(kept, {"run": run, "predictors": predictors}, lambda line: phase("checkpoint", line))
+    run.run_dir = run_dir
+    for predictor in predictors.values():
+        predictor.summary["run_dir"] = str(run_dir)
+    keep_note = f"; the trained models are kept in {kept}" if kept.is_file() else ""
+    try:
+        write_run(run, run_dir, predictors, keep_note=keep_note)
+    except KeyboardInterrupt:
+        from cellembed.errors import Interrupted
+
+        raise Interrupted(f"interrupted; nothing was written to {run_dir}{keep_note}"
+                          + (": run the same command again to finish" if keep_note else "")) from None
+    checkpoint.discard(kept)  # the run holds them now
+    best = run.best
+    phase("write", f"{run_dir} (best: {best.key})")
+    drawn = _gallery_maps(run_dir, predictors[best.key], best.predictions, test or embeddings, config, weights, phase)
+    run.gallery = read_gallery(run_dir)
+    result = FitResult(run_dir, run, predictors)
+    if on_complete is not None:
+        on_complete(result)
+    if not drawn:
+        from cellembed.errors import Interrupted
+
+        raise Interrupted(
+            f"interrupted while drawing the heat maps; the run in {run_dir} is complete, its report "
+            "shows the mistakes without them"
+        )
+    return result
+
+
+def _train(
+    embeddings: str | Path, test: str | Path | None, config: FitConfig, phase: "_PhaseLog",
+) -> tuple[RunRecord, dict[str, Predictor]]:
+    """Load, split, tune, calibrate, refit, test and explain every configured family: the
+    run's record (without its folder) and the fitted predictors."""
     data = load_labelled(embeddings, config.taps)
     test_data = load_labelled(test, config.taps) if test is not None else None
     if test_data is not None:
@@ -309,10 +401,8 @@ def _fit(
                 f"additivity error {facts['max_additivity_error']:.1e}",
             )
 
-    for predictor in predictors.values():
-        predictor.summary["run_dir"] = str(run_dir)
     run = RunRecord(
-        run_dir=run_dir,
+        run_dir=Path(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         data=_data_facts(data, test_data, classes, counts, config),
         config=config.to_dict(),
@@ -322,21 +412,7 @@ def _fit(
         split=_split_table(data, test_data, splits),
         tuning=tuning_table(list(tunings.values())),
     )
-    write_run(run, run_dir, predictors)
-    phase("write", f"{run_dir} (best: {best.key})")
-    drawn = _gallery_maps(run_dir, predictors[best.key], best.predictions, test or embeddings, config, weights, phase)
-    run.gallery = read_gallery(run_dir)
-    result = FitResult(run_dir, run, predictors)
-    if on_complete is not None:
-        on_complete(result)
-    if not drawn:
-        from cellembed.errors import Interrupted
-
-        raise Interrupted(
-            f"interrupted while drawing the heat maps; the run in {run_dir} is complete, its report "
-            "shows the mistakes without them"
-        )
-    return result
+    return run, predictors
 
 
 def _gallery_maps(run_dir: Path, predictor: Predictor, predictions: Any, source: str | Path, config: FitConfig,
@@ -351,7 +427,10 @@ def _gallery_maps(run_dir: Path, predictor: Predictor, predictions: Any, source:
     from cellembed.backbones import backbone_for_spec
 
     def without(reason: str) -> None:
-        write_unavailable(run_dir, reason)
+        try:
+            write_unavailable(run_dir, reason)
+        except OSError as exc:  # a full disk: the run is complete and its report says no maps
+            reason += f"; and {' '.join(str(exc).split())}"
         phase("heat maps", f"none: {reason}")
 
     if not config.heatmaps:
@@ -466,7 +545,8 @@ def _fit_family(
     train, val, test = parts["train"], parts["validation"], parts["test"]
     options = config.options[family.key]
     start = time.perf_counter()
-    tuning = family.tune(train, val, options, cv=config.cv, seed=config.seed, n_jobs=config.n_jobs)
+    with phase.bars(f"tune {family.key}"):
+        tuning = family.tune(train, val, options, cv=config.cv, seed=config.seed, n_jobs=config.n_jobs)
     params = tuning.best_params
     phase(
         f"tune {family.key}",

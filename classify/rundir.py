@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,8 @@ import numpy as np
 import pandas as pd
 
 from cellembed import EmbeddingSpec, InputError
-from cellembed.atomic import install_folder, staging_folder
+from cellembed.atomic import install_folder, is_disk_full, staging_folder
+from cellembed.errors import DiskFull
 from cellclf.calibration import set_texts
 from cellclf.errors import ClassifierInputError
 from cellclf.tuning import TuningResult
@@ -323,20 +325,17 @@ def predictions_table(
 ) -> pd.DataFrame:
     """``path, sha256, label, predicted, proba_<class>...`` of one model's test predictions,
     then ``set`` and ``set_size`` when the (n, k) bool prediction ``sets`` are given."""
-    frame = pd.DataFrame(
-        {
-            "path": meta["path"].to_numpy(),
-            "sha256": meta["sha256"].to_numpy(),
-            "label": np.asarray(labels, dtype=object),
-            "predicted": np.asarray(classes, dtype=object)[proba.argmax(axis=1)],
-        }
-    )
-    for k, name in enumerate(classes):
-        frame[PROBA_PREFIX + name] = proba[:, k]
+    columns = {
+        "path": meta["path"].to_numpy(),
+        "sha256": meta["sha256"].to_numpy(),
+        "label": np.asarray(labels, dtype=object),
+        "predicted": np.asarray(classes, dtype=object)[proba.argmax(axis=1)],
+        **{PROBA_PREFIX + name: proba[:, k] for k, name in enumerate(classes)},
+    }
     if sets is not None:
-        frame["set"] = set_texts(sets, proba, classes)
-        frame["set_size"] = sets.sum(axis=1).astype(int)
-    return frame
+        columns["set"] = set_texts(sets, proba, classes)
+        columns["set_size"] = sets.sum(axis=1).astype(int)
+    return pd.DataFrame(columns)  # built at once: one column per class
 
 
 def tuning_table(results: Sequence[TuningResult]) -> pd.DataFrame:
@@ -448,63 +447,102 @@ def json_safe(value: Any) -> Any:
 # ----------------------------------------------------------------------------- write
 
 
-def write_run(record: RunRecord, run_dir: str | Path, predictors: Mapping[str, Any]) -> Path:
+def write_run(record: RunRecord, run_dir: str | Path, predictors: Mapping[str, Any], keep_note: str = "") -> Path:
     """Write a complete RUN_DIR atomically (see the module docstring).
+
+    Every file is rendered in memory first, so the size the run needs is known before a
+    byte is written; a disk without that much free space, or one that fills up meanwhile,
+    is a :class:`~cellembed.errors.DiskFull` naming the file, the size needed and the free
+    space, and RUN_DIR is left as it was.
 
     Args:
         record: the run; ``record.run_dir`` is recorded in metrics.json.
         run_dir: the folder to create or replace.
-        predictors: per model key, its fitted ``cellclf.Predictor`` (saved by
-            ``Predictor.save``: the safe ``.skops`` file and the ``.joblib`` with its checksum).
+        predictors: per model key, its fitted ``cellclf.Predictor`` (saved as
+            ``Predictor.save`` does: the safe ``.skops`` file and the ``.joblib`` with its checksum).
+        keep_note: added to a DiskFull message (where the caller kept the trained models).
     Returns:
         ``run_dir`` as a Path.
     """
     run_dir = Path(run_dir)
+    files = _run_files(record)
+    files.update({str(p): data for model in record.models
+                  for p, data in predictors[model.key].files(Path(model_file(model.key))).items()})
+    files.update({p.name: data for p, data in predictors[record.best_model].files(Path(BEST_MODEL)).items()})  # last
+    needed = sum(len(data) for data in files.values())
+    free = _free_bytes(run_dir.parent)
+    if free is not None and free < needed:
+        raise _run_disk_full(run_dir, run_dir, needed, keep_note)
     staging = staging_folder(run_dir)
+    name = ""
     try:
-        _write_files(record, staging)
-        (staging / "models").mkdir()
-        for model in record.models:
-            predictors[model.key].save(staging / model_file(model.key))
-        predictors[record.best_model].save(staging / BEST_MODEL)  # last: the run is complete
+        for name, data in files.items():
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
         install_folder(staging, run_dir)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not is_disk_full(exc):
+            raise
+        raise _run_disk_full(run_dir, run_dir / name, needed, keep_note) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return run_dir
 
 
-def _write_files(record: RunRecord, folder: Path) -> None:
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _run_disk_full(run_dir: Path, target: Path, needed: int, keep_note: str) -> DiskFull:
+    free = _free_bytes(run_dir.parent) or 0
+    facts = (f"the disk is full while writing {target} (the run needs {needed / 1e6:.1f} MB; {free / 1e6:.1f} MB "
+             f"are free in {run_dir.parent})")
+    return DiskFull(f"{facts}; {run_dir} was left as it was{keep_note}: free space there and run the same command again",
+                    facts)
+
+
+def _run_files(record: RunRecord) -> dict[str, bytes]:
+    """Every file of the run but the models, by path inside RUN_DIR, as bytes."""
+    files: dict[str, bytes] = {}
+
+    def csv(name: str, frame: pd.DataFrame) -> None:
+        files[name] = frame.to_csv(index=False).encode("utf-8")
+
     if record.split is not None:
-        record.split.to_csv(folder / SPLIT, index=False)
+        csv(SPLIT, record.split)
     if record.tuning is not None:
-        record.tuning.to_csv(folder / TUNING, index=False)
-    _stacked(record.models, "per_class").to_csv(folder / PER_CLASS, index=False)
-    _stacked(record.models, "confusion").to_csv(folder / CONFUSION, index=False)
-    _stacked(record.models, "predictions").to_csv(folder / PREDICTIONS, index=False)
+        csv(TUNING, record.tuning)
+    csv(PER_CLASS, _stacked(record.models, "per_class"))
+    csv(CONFUSION, _stacked(record.models, "confusion"))
+    csv(PREDICTIONS, _stacked(record.models, "predictions"))
     for model in record.models:
         if model.tuning_plot is not None and model.tuning_plot_file is not None:
-            (folder / model.tuning_plot_file).write_bytes(model.tuning_plot)
+            files[model.tuning_plot_file] = model.tuning_plot
         if model.shap is not None:
-            _write_shap(model.key, model.shap, folder)
+            for part, table in (("mean_abs.csv", model.shap.mean_abs), ("by_tap.csv", model.shap.by_tap),
+                                ("top20.csv", model.shap.top)):
+                if table is not None:
+                    csv(shap_file(model.key, part), table)
+            if model.shap.plot is not None:
+                files[shap_file(model.key, "summary.png")] = model.shap.plot
     explained = {m.key: m.shap.facts for m in record.models if m.shap is not None}
     if explained:
-        _write_json(folder / SHAP_SUMMARY, explained)
-    _write_json(folder / METRICS, metrics_document(record))
+        files[SHAP_SUMMARY] = _json_bytes(explained)
+    files[METRICS] = _json_bytes(metrics_document(record))
+    return files
 
 
-def _write_shap(key: str, shap: ShapSummary, folder: Path) -> None:
-    (folder / SHAP_DIR).mkdir(exist_ok=True)
-    for part, table in (("mean_abs.csv", shap.mean_abs), ("by_tap.csv", shap.by_tap), ("top20.csv", shap.top)):
-        if table is not None:
-            table.to_csv(folder / shap_file(key, part), index=False)
-    if shap.plot is not None:
-        (folder / shap_file(key, "summary.png")).write_bytes(shap.plot)
-
-
-def _write_json(path: Path, document: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(document), indent=2) + "\n", encoding="utf-8")
+def _json_bytes(document: Any) -> bytes:
+    return (json.dumps(json_safe(document), indent=2) + "\n").encode("utf-8")
 
 
 # ----------------------------------------------------------------------------- read

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from cellclf.errors import ClassifierInputError
+from cellclf.errors import ClassifierInputError, first_few
 
 SPLIT_NAMES = ("train", "validation", "test")
 DEFAULT_VAL_FRACTION = 0.15
@@ -98,7 +98,7 @@ def check_classes(
     need = min_images_per_class(cv, train_fraction, held_out)
     small = counts[counts < need]
     if len(small):
-        listed = ", ".join(f"'{name}' has {count}" for name, count in small.items())
+        listed = first_few([f"'{name}' has {count}" for name, count in small.items()])
         raise ClassifierInputError(
             f"too few images per class: {listed}; {cv}-fold cross-validation needs at least {need} distinct "
             f"images per class ({cv} in the training split) with {options}: add images, lower --cv or "
@@ -192,9 +192,7 @@ def check_training_split(meta: pd.DataFrame, splits: np.ndarray, cv: int) -> Non
     totals = meta.drop_duplicates("sha256")["label"].value_counts()
     small = counts[counts < cv]
     if len(small):
-        listed = ", ".join(
-            f"'{name}' has {totals[name]} ({count} in the training split)" for name, count in small.items()
-        )
+        listed = first_few([f"'{name}' has {totals[name]} ({count} in the training split)" for name, count in small.items()])
         raise ClassifierInputError(
             f"too few images per class: {listed}; {cv}-fold cross-validation needs {cv} per "
             "class in the training split: add images, lower --cv, or leave the class out"

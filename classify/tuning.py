@@ -1,9 +1,57 @@
-"""Records of hyper-parameter trials, shared by the model families (tuning.csv: cellclf.rundir)."""
+"""Records of hyper-parameter trials, shared by the model families (tuning.csv: cellclf.rundir),
+and the progress a family's search reports while it runs.
+
+A family reports through :func:`progress` (``with progress(total, "fit") as bar: ...
+bar.update(1)``) without knowing who shows it; ``cellclf fit`` shows it as a progress bar
+on stderr (steps done / total, rate, ETA) through :func:`showing_progress`. Outside such a
+block (a family called from a script) nothing is shown.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
+
+#: Makes the bar of the search running now: ``factory(total, unit)`` -> a tqdm-like object.
+_SHOWN: ContextVar[Callable[[int, str], Any] | None] = ContextVar("cellclf_tuning_progress", default=None)
+
+
+class _Unshown:
+    """The bar of a search nobody watches."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@contextmanager
+def showing_progress(factory: Callable[[int, str], Any]) -> Iterator[None]:
+    """Show the searches run inside the block with ``factory(total, unit)`` (a tqdm bar)."""
+    token = _SHOWN.set(factory)
+    try:
+        yield
+    finally:
+        _SHOWN.reset(token)
+
+
+@contextmanager
+def progress(total: int, unit: str) -> Iterator[Any]:
+    """The progress of a search of ``total`` steps (``unit``: "fit", "trial"): an object
+    with ``update(n)`` and ``set_postfix_str(text)``, shown when a caller asked
+    (:func:`showing_progress`), else silent."""
+    factory = _SHOWN.get()
+    bar = factory(total, unit) if factory is not None else _Unshown()
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 @dataclass

@@ -42,7 +42,7 @@ def atomic_path(target: str | Path, needs: int | None = None) -> Iterator[Path]:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
-        raise _disk_full(exc, target, 0, needs) if _is_disk_full(exc) else exc
+        raise _disk_full(exc, target, 0, needs) if is_disk_full(exc) else exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -52,7 +52,7 @@ def atomic_path(target: str | Path, needs: int | None = None) -> Iterator[Path]:
         os.chmod(tmp_path, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~current_umask())
         os.replace(tmp_path, target)
     except OSError as exc:
-        if not _is_disk_full(exc):
+        if not is_disk_full(exc):
             raise
         written = tmp_path.stat().st_size if tmp_path.exists() else 0
         tmp_path.unlink(missing_ok=True)
@@ -62,7 +62,7 @@ def atomic_path(target: str | Path, needs: int | None = None) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def _is_disk_full(exc: OSError) -> bool:
+def is_disk_full(exc: OSError) -> bool:
     # Arrow's writers raise OSError without errno, naming the cause in the message.
     return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc)
 
@@ -70,10 +70,8 @@ def _is_disk_full(exc: OSError) -> bool:
 def _disk_full(exc: OSError, target: Path, written: int, needs: int | None) -> DiskFull:
     free = shutil.disk_usage(target.parent).free / 1e6
     size = f"it needs at least {needs / 1e6:.1f} MB" if needs else f"it needs more than the {written / 1e6:.1f} MB written"
-    return DiskFull(
-        f"the disk is full while writing {target} ({size}; {free:.1f} MB are free in {target.parent}); "
-        f"{target} was left as it was: free space there and run the same command again"
-    )
+    facts = f"the disk is full while writing {target} ({size}; {free:.1f} MB are free in {target.parent})"
+    return DiskFull(f"{facts}; {target} was left as it was: free space there and run the same command again", facts)
 
 
 def write_text(target: str | Path, text: str) -> Path:

@@ -75,7 +75,7 @@ def merge(plan: Plan, results: Sequence[ShardResult], spec: EmbeddingSpec | None
     try:
         write_table(table, plan.out)
     except DiskFull as exc:
-        raise DiskFull(f"{exc}; the embeddings computed so far are kept in {plan.work_dir}") from None
+        raise DiskFull(f"{exc}; the embeddings computed so far are kept in {plan.work_dir}", exc.facts) from None
     _write_errors_csv(errors_csv_path(plan.out), file_errors)
     _remove_work(plan, results, rows, failed)
     return Merged(spec, len(rows), errors, failed, kept)

@@ -49,6 +49,14 @@ def onnx_cache(tmp_path_factory) -> Path:
         os.environ["CELLEMBED_CACHE_DIR"] = saved
 
 
+@pytest.fixture(autouse=True)
+def no_fit_checkpoints_between_tests(onnx_cache):
+    """The trained models a test's fit kept (cellclf.checkpoint, in the session's cache
+    folder) never let a later test's fit with the same inputs skip its training."""
+    yield
+    shutil.rmtree(onnx_cache / "fit-checkpoints", ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def random_weights(tmp_path_factory) -> Path:
     """A `.weights.h5` file of a randomly initialised Xception(include_top=False)."""
@@ -109,3 +117,22 @@ def interruptible() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def options_named_in_code(package) -> set[tuple[str, str]]:
+    """``(file name, --flag)`` of every ``--option`` named in a string of ``package``'s code
+    (messages, help), docstrings left out."""
+    import ast
+    import re
+
+    named = set()
+    for path in Path(package.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node) is not None
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                named |= {(path.name, flag) for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", node.value)}
+    return named

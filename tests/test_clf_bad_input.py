@@ -9,7 +9,6 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from cellclf.cli import main
-from cellclf.predictor import Predictor
 from test_clf_support import make_spec, write_synthetic
 
 FAST = ["--cv", "3", "--lr-c", "0.1", "--xgb-trials", "1", "--xgb-max-trees", "10", "--no-shap", "--jobs", "1"]
@@ -61,7 +60,7 @@ def test_mixed_specs(tmp_path):
 
 def test_nan_embeddings(tmp_path):
     data = write_synthetic(tmp_path / "e.parquet", counts={"a": 30, "b": 30}, nan_rows=2)
-    assert "2 images have NaN or infinite embedding values (e.g. a/img_0000.png)" in _fails(tmp_path, data)
+    assert "2 images have NaN, infinite or huge (beyond +-1e+06) embedding values (e.g. a/img_0000.png)" in _fails(tmp_path, data)
 
 
 def test_test_file_with_unknown_class(tmp_path):
@@ -86,23 +85,33 @@ def test_existing_run_dir_is_kept(tmp_path):
 
 
 def test_interrupted_fit_leaves_no_partial_run(tmp_path, monkeypatch):
-    """Ctrl-C while writing (after metrics.json, before the models): exit 130, one line,
-    and neither RUN_DIR nor a staging folder left."""
-    data = write_synthetic(tmp_path / "e.parquet", counts={"a": 30, "b": 30})
-    saved = []
+    """Ctrl-C while writing (the staging folder filled, before it becomes RUN_DIR): exit 130,
+    one line, neither RUN_DIR nor a staging folder left; the trained models are kept and the
+    same command finishes without training again."""
+    import cellclf.rundir
 
-    def interrupted_save(self, path):
-        saved.append(path)
-        assert (path.parent.parent / "metrics.json").is_file()  # the staging folder was being filled
+    data = write_synthetic(tmp_path / "e.parquet", counts={"a": 30, "b": 30})
+    staged = []
+
+    def interrupted_install(staging, target):
+        staged.append(sorted(p.name for p in staging.iterdir()))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Predictor, "save", interrupted_save)
+    monkeypatch.setattr(cellclf.rundir, "install_folder", interrupted_install)
     run_dir = tmp_path / "run"
-    result = CliRunner().invoke(main, ["fit", str(data), "-o", str(run_dir), *FAST, "--models", "lr"])
+    args = ["fit", str(data), "-o", str(run_dir), *FAST, "--models", "lr"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 130, result.output
-    assert result.stderr.strip().splitlines() == [f"Error: interrupted; nothing was written to {run_dir}"]
-    assert len(saved) == 1
+    [line] = [line for line in result.stderr.splitlines() if "Error" in line]  # besides the tuning's progress bar
+    assert line.startswith(f"Error: interrupted; nothing was written to {run_dir}; the trained models are kept in ")
+    assert line.endswith(": run the same command again to finish")
+    assert "metrics.json" in staged[0] and "model.skops" in staged[0]  # the staging folder was filled
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet"]
+    monkeypatch.undo()
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert "resume" in again.output and "tune lr" not in again.output
+    assert (run_dir / "model.skops").is_file()
 
 
 def test_overwrite_replaces_a_previous_run(tmp_path):

@@ -61,7 +61,7 @@ def test_run_dir_layout_and_console(runs):
     os.umask(umask)
     assert run_dir.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
     for phase in ("load", "split", "tune lr", "refit+test lr", "tune xgb", "refit+test xgb", "shap lr", "shap xgb", "write"):
-        assert any(line.startswith(phase + " ") and "s  " in line for line in output.splitlines()), phase
+        assert any(line.lstrip().startswith(phase + " ") and "s  " in line for line in output.splitlines()), phase
     assert "test accuracy" in output and "test macro-F1" in output
 
 

@@ -1,10 +1,11 @@
 """Logistic regression: StandardScaler + multinomial LogisticRegression, tuned by CV.
 
 The grid is C (inverse L2 strength, on a log scale) x class_weight (None / "balanced"),
-searched by scikit-learn's GridSearchCV and scored by macro-F1 over stratified k-fold CV
+searched as scikit-learn's GridSearchCV would and scored by macro-F1 over stratified k-fold CV
 on the training split; the folds keep identical images together (StratifiedGroupKFold
 on the SHA-256, see :func:`cellclf.split.cv_splitter`). Folds of all settings run in
-parallel (``n_jobs`` processes), each fit on one BLAS thread.
+parallel (``n_jobs`` processes), each fit on one BLAS thread, each finished fold shown in the
+tuning progress.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from cellclf.explain import ShapValues
 from cellclf.families.options import FamilyOption, choices, positive_numbers
 from cellclf.split import cv_splitter
-from cellclf.tuning import Trial, TuningResult
+from cellclf.tuning import Trial, TuningResult, progress
 from cellembed.plotting import new_figure
 
 if TYPE_CHECKING:
@@ -60,15 +61,24 @@ def one_blas_thread() -> Iterator[None]:
     recorded in tuning.csv (``max_iter_used``), not printed per fold.
     """
     from joblib import parallel_config
-    from sklearn.exceptions import ConvergenceWarning
     from threadpoolctl import threadpool_limits
 
     with ExitStack() as stack:
         stack.enter_context(warnings.catch_warnings())
-        warnings.simplefilter("ignore", ConvergenceWarning)
+        quiet_expected_warnings()
         stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
         stack.enter_context(parallel_config(backend="loky", inner_max_num_threads=1))
         yield
+
+
+def quiet_expected_warnings() -> None:
+    """Ignore the warnings a fit expects (inside a ``warnings.catch_warnings`` block):
+    non-convergence (recorded in tuning.csv) and scikit-learn's guess that many classes of
+    few images "could represent a regression problem" (they are cell types)."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%", category=UserWarning)
 
 
 def fit_lr(X: np.ndarray, y: np.ndarray, params: Mapping[str, Any], *, seed: int = 0) -> "Pipeline":
@@ -77,11 +87,6 @@ def fit_lr(X: np.ndarray, y: np.ndarray, params: Mapping[str, Any], *, seed: int
     with one_blas_thread():
         model.fit(X, y)
     return model
-
-
-def lbfgs_iterations(estimator: "Pipeline", X: np.ndarray, y: np.ndarray) -> int:
-    """A 'scorer' that reports the lbfgs iterations of a fitted fold model (for tuning.csv)."""
-    return int(np.max(estimator[-1].n_iter_))
 
 
 def tune_lr(
@@ -97,6 +102,10 @@ def tune_lr(
 ) -> TuningResult:
     """Grid-search C x class_weight by ``cv``-fold CV macro-F1 on the training split.
 
+    What scikit-learn's GridSearchCV does (same folds, fits, scores, selection and refit),
+    written out so that each finished fold advances the tuning progress
+    (:func:`cellclf.tuning.progress`): the folds of all settings run in ``n_jobs`` processes.
+
     Args:
         X: (n, d) float32 training embeddings.
         y: (n,) integer class codes 0..k-1.
@@ -104,45 +113,63 @@ def tune_lr(
     Returns:
         a TuningResult with one Trial per setting, C-major (each C with every class
         weight); the best has the highest mean CV macro-F1, ties going to the earlier
-        setting (the smaller C): GridSearchCV's ``best_index_``.
+        setting (the smaller C), and its ``model`` is that setting refitted on all of X.
     """
-    from sklearn.metrics import f1_score, make_scorer
-    from sklearn.model_selection import GridSearchCV
+    from sklearn.utils.parallel import Parallel, delayed
 
     start = time.perf_counter()
     n_classes = int(y.max()) + 1
-    macro_f1 = make_scorer(f1_score, average="macro", labels=np.arange(n_classes), zero_division=0)
-    search = GridSearchCV(
-        make_lr(seed=seed),
-        # ParameterGrid varies the last of the sorted keys fastest: logreg__C is the outer loop.
-        {"logreg__C": [float(C) for C in Cs], "logreg__class_weight": list(class_weights)},
-        scoring={"macro_f1": macro_f1, "iterations": lbfgs_iterations},
-        refit="macro_f1",
-        cv=cv_splitter(cv, seed),
-        n_jobs=n_jobs,
-        error_score="raise",
-    )
-    with one_blas_thread():
-        search.fit(X, y, groups=groups)
-    results = search.cv_results_
-    trials = []
-    for s, grid_params in enumerate(results["params"]):
-        fold_scores = [float(results[f"split{f}_test_macro_f1"][s]) for f in range(cv)]
-        trials.append(
-            Trial(
-                number=s,
-                params={"C": grid_params["logreg__C"], "class_weight": grid_params["logreg__class_weight"]},
-                score=float(results["mean_test_macro_f1"][s]),
-                score_std=float(results["std_test_macro_f1"][s]),
-                score_name=SCORE_NAME,
-                seconds=float(cv * (results["mean_fit_time"][s] + results["mean_score_time"][s])),
-                extra={
-                    "fold_scores": [round(v, 6) for v in fold_scores],
-                    "max_iter_used": max(int(results[f"split{f}_test_iterations"][s]) for f in range(cv)),
-                },
-            )
+    settings = [{"C": float(C), "class_weight": weight} for C in Cs for weight in class_weights]
+    folds = list(cv_splitter(cv, seed).split(X, y, groups))
+    tasks = [(s, f) for s in range(len(settings)) for f in range(len(folds))]
+    scores = np.zeros((len(settings), len(folds)))
+    iterations = np.zeros((len(settings), len(folds)), dtype=np.int64)
+    seconds = np.zeros(len(settings))
+    with one_blas_thread(), progress(len(tasks), "fit") as bar:
+        runs = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+            delayed(_fold)(s, f, settings[s], X, y, folds[f], n_classes, seed) for s, f in tasks
         )
-    return TuningResult("lr", trials, int(search.best_index_), time.perf_counter() - start, model=search.best_estimator_)
+        for s, f, score, used, took, caught in runs:
+            scores[s, f], iterations[s, f] = score, used
+            seconds[s] += took
+            for category, message in caught:  # a worker's warnings, raised here where the fit collects them
+                warnings.warn(message, category, stacklevel=1)
+            bar.update(1)
+        best = int(np.argmax(scores.mean(axis=1)))  # the first of equal means: the smaller C
+        bar.set_postfix_str(f"refit C={settings[best]['C']:g}")
+        model = make_lr(settings[best]["C"], settings[best]["class_weight"], seed=seed).fit(X, y)
+    trials = [
+        Trial(
+            number=s,
+            params=dict(setting),
+            score=float(scores[s].mean()),
+            score_std=float(scores[s].std()),
+            score_name=SCORE_NAME,
+            seconds=float(seconds[s]),
+            extra={"fold_scores": [round(float(v), 6) for v in scores[s]], "max_iter_used": int(iterations[s].max())},
+        )
+        for s, setting in enumerate(settings)
+    ]
+    return TuningResult("lr", trials, best, time.perf_counter() - start, model=model)
+
+
+def _fold(setting_index: int, fold_index: int, setting: Mapping[str, Any], X: np.ndarray, y: np.ndarray,
+          fold: tuple[np.ndarray, np.ndarray], n_classes: int, seed: int) -> tuple[Any, ...]:
+    """Fit one setting on one fold's training rows and score its held-out rows: (setting,
+    fold, macro-F1, lbfgs iterations, seconds, the unexpected warnings as (category,
+    message) pairs, which a worker process would otherwise print on its own stderr)."""
+    from sklearn.metrics import f1_score
+
+    started = time.perf_counter()
+    fit_rows, held_out = fold
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        quiet_expected_warnings()
+        model = make_lr(setting["C"], setting["class_weight"], seed=seed).fit(X[fit_rows], y[fit_rows])
+        score = f1_score(y[held_out], model.predict(X[held_out]), average="macro", labels=np.arange(n_classes),
+                         zero_division=0)
+    return (setting_index, fold_index, float(score), int(np.max(model[-1].n_iter_)), time.perf_counter() - started,
+            [(w.category, str(w.message)) for w in caught])
 
 
 def linear_shap(model: Any, X: np.ndarray) -> ShapValues:

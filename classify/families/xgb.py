@@ -17,7 +17,7 @@ import numpy as np
 
 from cellclf.explain import ShapValues
 from cellclf.families.options import FamilyOption, whole_number
-from cellclf.tuning import Trial, TuningResult
+from cellclf.tuning import Trial, TuningResult, progress
 from cellembed.plotting import new_figure
 
 if TYPE_CHECKING:
@@ -88,6 +88,7 @@ def make_xgb(
     n_jobs: int = 1,
     max_bin: int = DEFAULT_MAX_BIN,
     early_stopping_rounds: int | None = None,
+    callbacks: list[Any] | None = None,
 ) -> Any:
     """An unfitted XGBClassifier (hist) with explicit seed and threads.
 
@@ -106,6 +107,7 @@ def make_xgb(
         early_stopping_rounds=early_stopping_rounds,
         random_state=seed,
         n_jobs=n_jobs,
+        callbacks=callbacks,
         **params,
     )
 
@@ -149,39 +151,65 @@ def tune_xgb(
         best round + 1), and the best has the highest validation macro-F1 (ties: lower
         validation log loss, then the earlier trial).
     """
-    from sklearn.metrics import f1_score
-
     start = time.perf_counter()
     n_classes = int(max(y_train.max(), y_val.max())) + 1
     results, best_model, best_key = [], None, None
-    for number, params in enumerate(sample_params(trials, seed)):
-        t0 = time.perf_counter()
-        model = make_xgb(
-            params, n_classes=n_classes, n_estimators=max_trees, seed=seed, n_jobs=n_jobs, max_bin=max_bin,
-            early_stopping_rounds=early_stopping_rounds,
-        )
-        model.fit(X_train, y_train, eval_set=[(X_val, y_val)], verbose=False)
-        n_trees = int(model.best_iteration) + 1
-        predicted = model.predict(X_val)  # uses the best round
-        score = f1_score(y_val, predicted, average="macro", labels=np.arange(n_classes), zero_division=0)
-        results.append(
-            Trial(
-                number=number,
-                params={**params, "n_estimators": n_trees},
-                score=float(score),
-                score_name=SCORE_NAME,
-                seconds=time.perf_counter() - t0,
-                extra={
-                    "val_logloss": round(float(model.best_score), 6),
-                    "rounds_run": int(model.get_booster().num_boosted_rounds()),
-                },
-            )
-        )
-        key = (results[-1].score, -results[-1].extra["val_logloss"], -number)
-        if best_key is None or key > best_key:  # only the best trial's model is kept
-            best_key, best_model = key, model
+    settings = sample_params(trials, seed)
+    with progress(len(settings), "trial") as bar:
+        for number, params in enumerate(settings):
+            model, trial = _trial(number, params, X_train, y_train, X_val, y_val, n_classes, bar, seed=seed,
+                                  n_jobs=n_jobs, max_trees=max_trees, early_stopping_rounds=early_stopping_rounds,
+                                  max_bin=max_bin)
+            results.append(trial)
+            key = (trial.score, -trial.extra["val_logloss"], -number)
+            if best_key is None or key > best_key:  # only the best trial's model is kept
+                best_key, best_model = key, model
+            bar.update(1)
     best = -best_key[2]
     return TuningResult("xgb", results, best, time.perf_counter() - start, model=best_model)
+
+
+def _trial(number: int, params: Mapping[str, Any], X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
+           y_val: np.ndarray, n_classes: int, bar: Any, *, seed: int, n_jobs: int, max_trees: int,
+           early_stopping_rounds: int, max_bin: int) -> tuple[Any, Trial]:
+    """One setting trained with early stopping on validation (its rounds shown on ``bar``):
+    the model and its Trial."""
+    from sklearn.metrics import f1_score
+    from xgboost.callback import TrainingCallback
+
+    def report(round_: int) -> None:
+        bar.set_postfix_str(f"trial {number + 1}: round {round_ + 1}", refresh=False)
+
+    class Rounds(TrainingCallback):  # XGBoost may deep-copy callbacks: a function stays itself
+        def __init__(self) -> None:
+            super().__init__()
+            self.report = report
+
+        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+            self.report(epoch)
+            return False
+
+    started = time.perf_counter()
+    model = make_xgb(
+        params, n_classes=n_classes, n_estimators=max_trees, seed=seed, n_jobs=n_jobs, max_bin=max_bin,
+        early_stopping_rounds=early_stopping_rounds, callbacks=[Rounds()],
+    )
+    model.fit(X_train, y_train, eval_set=[(X_val, y_val)], verbose=False)
+    n_trees = int(model.best_iteration) + 1
+    predicted = model.predict(X_val)  # uses the best round
+    score = f1_score(y_val, predicted, average="macro", labels=np.arange(n_classes), zero_division=0)
+    trial = Trial(
+        number=number,
+        params={**params, "n_estimators": n_trees},
+        score=float(score),
+        score_name=SCORE_NAME,
+        seconds=time.perf_counter() - started,
+        extra={
+            "val_logloss": round(float(model.best_score), 6),
+            "rounds_run": int(model.get_booster().num_boosted_rounds()),
+        },
+    )
+    return model, trial
 
 
 def tree_shap(model: Any, X: np.ndarray, n_jobs: int = 1) -> ShapValues:

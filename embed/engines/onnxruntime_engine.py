@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 
 from cellembed.atomic import atomic_path
+from cellembed.cache import CACHE_ENV, cache_dir  # noqa: F401 - CACHE_ENV is part of this module's interface
 from cellembed.pooling import DEFAULT_POOLING
 from cellembed.engines.onnx_conversion import SPEC_KEY, converted, probe_pixels
 from cellembed.errors import InputError
@@ -39,20 +40,10 @@ from cellembed.weights import WeightsFile
 if TYPE_CHECKING:
     from cellembed.backbones import Backbone
 
-CACHE_ENV = "CELLEMBED_CACHE_DIR"
 # The largest |ONNX - TensorFlow| difference accepted on the probe images; outputs agree
 # to about 1e-5 in practice (float32 sums taken in another order).
 MAX_ENGINE_DIFFERENCE = 1e-4
 _CONVERTER_PACKAGES = ("cellembed", "tensorflow", "keras", "tf2onnx", "onnx")
-
-
-def cache_dir() -> Path:
-    """Where converted models are kept: ``$CELLEMBED_CACHE_DIR``, else ``~/.cache/cellembed``."""
-    configured = os.environ.get(CACHE_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cellembed"
 
 
 def cached_model_path(
