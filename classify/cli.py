@@ -156,9 +156,14 @@ def fit(
         from cellreports import write_run_report
 
         started = time.perf_counter()
-        with user_errors(on_interrupt=f"interrupted while writing the report; the run in {result.run_dir} is "
-                         f"complete: write the report with cellclf report {result.run_dir}"):
-            path = write_run_report(read_run(result.run_dir), result.run_dir / REPORT)
+        from cellembed.errors import DiskFull
+
+        complete = f"the run in {result.run_dir} is complete: write the report with cellclf report {result.run_dir}"
+        with user_errors(on_interrupt=f"interrupted while writing the report; {complete}"):
+            try:
+                path = write_run_report(read_run(result.run_dir), result.run_dir / REPORT)
+            except DiskFull as exc:
+                raise click.ClickException(f"{exc.facts}; {complete} once space is freed") from None
         if not quiet:
             click.echo(f"{'report':<18} {time.perf_counter() - started:7.1f}s  {path}")
 
@@ -444,6 +449,9 @@ def explain(
               help="Largest image file accepted (413 above).")
 @click.option("--max-batch", default=16, show_default=True, type=click.IntRange(min=1),
               help="Most images in one request (413 above).")
+@click.option("--max-inflight-mb", default=100.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Most upload megabytes held by all requests being served at once: a request that does not fit "
+              "beside the others gets 503 with Retry-After, one larger than this 413.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
               help="Also call a cell uncertain when its top probability is below this.")
 @click.option("--no-heatmaps", is_flag=True,
@@ -452,8 +460,9 @@ def explain(
 @engine_option
 @max_pixels_option
 @trust_pickle_option
-def serve(model: Path, host: str, port: int, max_upload_mb: float, max_batch: int, min_confidence: float | None,
-          no_heatmaps: bool, weights: str | None, engine: str, max_pixels: int, trust_pickle: bool) -> None:
+def serve(model: Path, host: str, port: int, max_upload_mb: float, max_batch: int, max_inflight_mb: float,
+          min_confidence: float | None, no_heatmaps: bool, weights: str | None, engine: str, max_pixels: int,
+          trust_pickle: bool) -> None:
     """Serve MODEL over HTTP: POST /predict (images in, calibrated probabilities, prediction
     sets and an uncertain flag out, as JSON), an upload page at /, GET /health, GET /model
     and the OpenAPI docs at /docs.
@@ -466,10 +475,10 @@ def serve(model: Path, host: str, port: int, max_upload_mb: float, max_batch: in
 
     with user_errors(on_interrupt="interrupted while loading the model; nothing was served"):
         _, uvicorn = import_server()
+        settings = ServeSettings(max_upload_mb=max_upload_mb, max_batch=max_batch, max_pixels=max_pixels,
+                                 min_confidence=min_confidence, heatmaps=not no_heatmaps, max_inflight_mb=max_inflight_mb)
         check_port(host, port)  # before the model is loaded
         predictor = load_predictor(model, trust_pickle=trust_pickle)
-        settings = ServeSettings(max_upload_mb=max_upload_mb, max_batch=max_batch, max_pixels=max_pixels,
-                                 min_confidence=min_confidence, heatmaps=not no_heatmaps)
         started = time.perf_counter()
         service = Service(predictor, weights, settings, engine, log=lambda message: click.echo(message, err=True))
         click.echo(f"loaded {predictor.source} ({predictor.family}, {len(predictor.classes)} classes) and its "

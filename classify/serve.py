@@ -25,6 +25,12 @@ Bad input is a 4xx with a one-line ``detail`` and never stops the server: an emp
 file (400), a body that is not an upload or an image (415), a file over ``max_upload_mb`` or a
 request over the batch limit (413), a file that does not decode or is a decompression bomb
 (422, naming the file).
+
+Memory: the uploads of all requests being served together hold at most ``max_inflight_mb``
+(each request counts its Content-Length from before its body is read until it is answered):
+a request that does not fit beside the others gets 503 with ``Retry-After``, one larger than
+the whole budget 413. The decoded images of a forward pass are bounded by the batcher's
+``NETWORK_BATCH``.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations
@@ -68,27 +74,88 @@ def import_server() -> tuple[Any, Any]:
     return fastapi, uvicorn
 
 
+#: Seconds a client refused for a full upload budget (503) is asked to wait (Retry-After).
+RETRY_AFTER_S = 2
+
+
 @dataclass(frozen=True)
 class ServeSettings:
-    """The limits and choices of a server (the ``cellclf serve`` options)."""
+    """The limits and choices of a server (the ``cellclf serve`` options).
+
+    ``max_inflight_mb``: the upload bytes all requests being served may hold at once (each
+    request counts its declared size from the moment its body is read until it is answered);
+    a request that does not fit now gets 503 with Retry-After, one larger than the whole
+    budget 413.
+    """
 
     max_upload_mb: float = 20.0
     max_batch: int = 16
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_confidence: float | None = None
     heatmaps: bool = True
+    max_inflight_mb: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.max_inflight_mb < self.max_upload_mb:
+            raise ClassifierInputError(
+                f"--max-inflight-mb {self.max_inflight_mb:g} is less than --max-upload-mb {self.max_upload_mb:g}: "
+                "one largest image would never fit; raise --max-inflight-mb or lower --max-upload-mb"
+            )
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
 
-class BadUpload(Exception):
-    """A request the server refuses: its HTTP status and a one-line reason."""
 
-    def __init__(self, status: int, detail: str) -> None:
+class BadUpload(Exception):
+    """A request the server refuses: its HTTP status, a one-line reason and extra headers."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+class UploadBudget:
+    """The upload bytes held by the requests being served, bounded by ``limit``. A request
+    reserves its declared size before its body is read and releases it when answered;
+    everything runs on the event loop, so no lock is needed."""
+
+    def __init__(self, limit_mb: float) -> None:
+        self.limit_mb, self.limit = limit_mb, int(limit_mb * 1024 * 1024)
+        self.held = self.requests = 0
+
+    def reserve(self, size: int) -> None:
+        """Count ``size`` bytes as held.
+
+        Raises:
+            BadUpload: 413 when ``size`` exceeds the whole budget, 503 (Retry-After) when it
+                does not fit beside the requests being served now.
+        """
+        mb = self.limit_mb
+        if size > self.limit:
+            raise BadUpload(413, f"the upload is {size / 1e6:.1f} MB, more than the server holds at once "
+                                 f"(--max-inflight-mb {mb:g}); send fewer or smaller images per request")
+        if self.held + size > self.limit:
+            raise BadUpload(503, f"the server is holding {self.held / 1e6:.1f} MB of uploads from {self.requests} "
+                                 f"request(s) (--max-inflight-mb {mb:g}); retry in {RETRY_AFTER_S} s",
+                            {"Retry-After": str(RETRY_AFTER_S)})
+        self.held += size
+        self.requests += 1
+
+    def release(self, size: int) -> None:
+        self.held -= size
+        self.requests -= 1
+
+
+def declared_size(request: Any, settings: ServeSettings) -> int:
+    """The bytes a request's body may hold: its Content-Length, or the largest image for a
+    raw body sent without one (its stream is cut at that size)."""
+    length = request.headers.get("content-length")
+    try:
+        return max(0, int(length)) if length is not None else settings.max_upload_bytes
+    except ValueError:
+        raise BadUpload(400, "the Content-Length header is not a number") from None
 
 
 class Batcher:
@@ -172,6 +239,7 @@ class Service:
         self.decoders = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="decode")
         self.network = ThreadPoolExecutor(1, thread_name_prefix="network")
         self.batcher = Batcher(self._proba, self.network, NETWORK_BATCH)
+        self.budget = UploadBudget(self.settings.max_inflight_mb)
         self.started = time.time()
         self.served = 0
 
@@ -251,7 +319,7 @@ class Service:
                 "method": calibration.method, "temperature": calibration.temperature, "alpha": calibration.alpha},
             "test": {k: test.get(k) for k in ("n", "accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci") if k in test},
             "limits": {"max_upload_mb": self.settings.max_upload_mb, "max_batch": self.settings.max_batch,
-                       "max_pixels": self.settings.max_pixels},
+                       "max_pixels": self.settings.max_pixels, "max_inflight_mb": self.settings.max_inflight_mb},
             "heatmaps": self.explainer is not None,
             "heatmaps_missing": self.heatmaps_missing,
         }
@@ -340,14 +408,26 @@ def create_app(service: Service) -> Any:
     @app.exception_handler(BadUpload)
     async def refused(request: Request, exc: BadUpload) -> Any:
         if request.url.path == "/":
-            return HTMLResponse(upload_page(service.model_facts(), error=exc.detail), status_code=exc.status)
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+            return HTMLResponse(upload_page(service.model_facts(), error=exc.detail), status_code=exc.status,
+                                headers=exc.headers)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @asynccontextmanager
+    async def holding(request: Request):
+        """The request's upload counted in the server's budget until it is answered."""
+        size = declared_size(request, service.settings)
+        service.budget.reserve(size)
+        try:
+            yield await read_uploads(request, service.settings)
+        finally:
+            service.budget.release(size)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         """Answers at once, also while the network is busy."""
         queue = service.batcher.queue.qsize() if service.batcher.queue is not None else 0
         return {"status": "ok", "busy_images": service.batcher.busy, "queued_requests": queue,
+                "inflight_upload_mb": round(service.budget.held / 1024 / 1024, 3),
                 "served_images": service.served, "uptime_s": round(time.time() - service.started, 1)}
 
     @app.get("/model")
@@ -366,8 +446,8 @@ def create_app(service: Service) -> Any:
         """Classify images: multipart files (``{"results": [...]}``, one per file) or one image
         as the raw body (one result). Each result: predictions (calibrated probability per
         class), predicted, confidence, set (the conformal prediction set) and uncertain."""
-        named = await read_uploads(request, service.settings)
-        results = await service.classify(named)
+        async with holding(request) as named:
+            results = await service.classify(named)
         multipart = request.headers.get("content-type", "").lower().startswith("multipart/")
         return {"results": results} if multipart else results[0]
 
@@ -377,8 +457,8 @@ def create_app(service: Service) -> Any:
 
     @app.post("/", response_class=HTMLResponse, openapi_extra=upload_body)
     async def page_results(request: Request) -> str:
-        named = await read_uploads(request, service.settings)
-        return result_page(service.model_facts(), await service.explain(named))
+        async with holding(request) as named:
+            return result_page(service.model_facts(), await service.explain(named))
 
     return app
 
