@@ -13,9 +13,14 @@ failure), the slowest /health answer, the server's peak RSS (VmHWM of its proces
 ratio of its images/s to extract's. Targets (issue 12): 0 errors; images/s >= 70% of
 extract's; /health within 1 s throughout. Bounded: at most 16 clients and 600 s, 127.0.0.1 only.
 
+With ``--big-uploads N``, afterwards N (at most 4) concurrent multipart requests of 16 images
+padded to ``--big-mb`` in all: the server's memory before, during and after, and its answers
+(the upload budget, ``--max-inflight-mb``: 200, 503 with Retry-After, or 413).
+
 Usage:
     python bench/serve_load.py --model RUN_DIR [--images ../shared/datasets/pbc-dev]
-        [--clients 4] [--seconds 60] [--extract-images 160]
+        [--clients 4] [--seconds 60] [--extract-images 160] [--big-uploads 2 --big-mb 90]
+        [--serve-options '--max-inflight-mb 100']
 """
 
 from __future__ import annotations
@@ -55,11 +60,64 @@ def request(port: int, method: str, path: str, body: bytes | None = None, timeou
         connection.close()
 
 
-def peak_rss_mb(pid: int) -> float:
+def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def multipart(parts: list[bytes]) -> tuple[bytes, str]:
+    boundary = "cellclf-bench-boundary"
+    chunks = []
+    for i, data in enumerate(parts):
+        chunks.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{i}.jpg\"\r\n"
+                      "Content-Type: image/jpeg\r\n\r\n".encode())
+        chunks += [data, b"\r\n"]
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def big_uploads(port: int, pid: int, count: int, megabytes: float, image: bytes) -> None:
+    """``count`` concurrent multipart requests of 16 images padded to ``megabytes`` in all
+    (a JPEG with trailing bytes still decodes): the server's memory before, during and after,
+    and the answers (the upload budget: 200, 503 or 413)."""
+    per_image = int(megabytes * 1e6 / 16)
+    body, kind = multipart([image + bytes(max(0, per_image - len(image)))] * 16)
+    before = peak_rss_mb(pid, "VmRSS")
+    peak, answers, done = [before], [], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak.append(peak_rss_mb(pid, "VmRSS"))
+            time.sleep(0.05)
+
+    def post() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        try:
+            connection.request("POST", "/predict", body=body, headers={"Content-Type": kind})
+            answer = connection.getresponse()
+            answers.append(f"{answer.status} {answer.read()[:90].decode(errors='replace')}")
+        except OSError as exc:
+            answers.append(f"connection: {exc}")
+        finally:
+            connection.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    senders = [threading.Thread(target=post) for _ in range(count)]
+    for thread in senders:
+        thread.start()
+    for thread in senders:
+        thread.join()
+    time.sleep(1.0)
+    done.set()
+    watcher.join()
+    after = peak_rss_mb(pid, "VmRSS")
+    print(f"\n{count} concurrent multipart uploads of 16 images, {len(body) / 1e6:.0f} MB each:")
+    for answer in answers:
+        print(f"  {answer}")
+    print(f"server RSS: {before:.0f} MB before, {max(peak):.0f} MB at most during, {after:.0f} MB 1 s after")
 
 
 def main() -> None:
@@ -71,6 +129,10 @@ def main() -> None:
     parser.add_argument("--extract-images", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", default=os.environ.get("CELLEMBED_WEIGHTS") or str(DEFAULT_WEIGHTS))
+    parser.add_argument("--big-uploads", type=int, default=0,
+                        help="after the load, this many concurrent multipart uploads of 16 padded images (0: none)")
+    parser.add_argument("--big-mb", type=float, default=320.0, help="megabytes of each big upload")
+    parser.add_argument("--serve-options", default="", help="extra cellclf serve options, e.g. '--max-inflight-mb 400'")
     args = parser.parse_args()
     if not 1 <= args.clients <= 16 or not 1 <= args.seconds <= 600:
         parser.error("--clients must be 1-16 and --seconds 1-600")
@@ -98,7 +160,7 @@ def main() -> None:
     # 2. the server
     port = free_port()
     command = [str(Path(sys.executable).parent / "cellclf"), "serve", str(args.model), "--port", str(port),
-               "--weights", args.weights]
+               "--weights", args.weights, *args.serve_options.split()]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         started = time.monotonic()
@@ -155,6 +217,8 @@ def main() -> None:
             thread.join()
         wall = time.perf_counter() - began
         rss = peak_rss_mb(server.pid)
+        if args.big_uploads:
+            big_uploads(port, server.pid, min(args.big_uploads, 4), args.big_mb, bodies[0])
     finally:
         server.terminate()
         server.wait(timeout=60)

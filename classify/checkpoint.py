@@ -1,70 +1,87 @@
-"""The trained models of a ``cellclf fit``, kept until its RUN_DIR is written.
+"""The rendered files of a ``cellclf fit``, kept until its RUN_DIR is written.
 
-Training is the long part of a fit; writing RUN_DIR is what can fail (a full disk). So once
-the models are trained, tested and explained, the fit saves them (the run's record and its
-predictors, a joblib file) in the cache folder (:func:`cellembed.cache.cache_dir`, usually
-on another disk than RUN_DIR), keyed by what determines them: the SHA-256 of the embeddings
-files, the settings and the library versions. The same command run again (to any ``-o``)
-finds them and only writes; a finished fit deletes them.
+Training is the long part of a fit; writing RUN_DIR is what can fail (a full disk, Ctrl-C).
+So once the models are trained, tested and explained, the fit renders every file of the run
+(:func:`cellclf.rundir.render_run`: the tables, metrics.json, the models as ``.skops`` and
+``.joblib``) and keeps them in the cache folder (:func:`cellembed.cache.cache_dir`, usually
+on another disk than RUN_DIR), in a folder named by what determines them: RUN_DIR, the
+SHA-256 of the embeddings files, the settings and the library versions. The same command
+run again finds them and only writes the run; a finished write deletes them.
 
-The file is a pickle that this toolkit wrote into the user's own cache folder, read back
-only under its content key; a damaged one is ignored (the fit trains again).
+Nothing kept is unpickled: the run is written from the kept bytes (checked against their
+SHA-256 in ``manifest.json``), and the models are read back from the written run's safe
+``.skops`` files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import shutil
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
 from cellembed.cache import cache_dir
 from cellembed.hashing import sha256_file
 
 FOLDER = "fit-checkpoints"
+MANIFEST = "manifest.json"
 
 
-def checkpoint_path(embeddings: str | Path, test: str | Path | None, settings: Mapping[str, Any],
-                    versions: Mapping[str, str]) -> Path:
-    """Where the trained models of a fit with these inputs, ``settings`` and library
-    ``versions`` are kept."""
+def checkpoint_path(run_dir: str | Path, embeddings: str | Path, test: str | Path | None,
+                    settings: Mapping[str, Any], versions: Mapping[str, str]) -> Path:
+    """The folder that keeps the files of a fit into ``run_dir`` with these inputs,
+    ``settings`` and library ``versions``."""
     key = json.dumps({
+        "run_dir": str(Path(run_dir).resolve()),
         "embeddings": sha256_file(embeddings),
         "test": None if test is None else sha256_file(test),
         "settings": settings,
         "versions": versions,
     }, sort_keys=True, default=str)
-    return cache_dir() / FOLDER / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.joblib"
+    return cache_dir() / FOLDER / hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def save(path: Path, state: Any, log: Callable[[str], None]) -> bool:
-    """Keep ``state`` at ``path`` atomically; a failure (a full or read-only cache) is said
-    through ``log`` and does not stop the fit. Returns whether it was kept."""
-    import joblib
+def save(folder: Path, files: Mapping[str, bytes], log: Callable[[str], None]) -> bool:
+    """Keep ``files`` (path inside RUN_DIR -> bytes, in writing order) in ``folder``,
+    atomically; a failure (a full or read-only cache) is said through ``log`` and does not
+    stop the fit. Returns whether they were kept."""
+    from cellembed.atomic import install_folder, staging_folder
 
-    from cellembed.atomic import atomic_path
-
+    staging = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            joblib.dump(state, tmp)
-    except Exception as exc:  # noqa: BLE001 - a checkpoint is a safety net, never a new way to fail
-        log(f"the trained models could not be kept in {path.parent} ({' '.join(str(exc).split())[:160]})")
+        staging = staging_folder(folder)
+        for name, data in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(data)
+        manifest = [[name, hashlib.sha256(data).hexdigest()] for name, data in files.items()]
+        (staging / MANIFEST).write_text(json.dumps({"files": manifest}), encoding="utf-8")
+        install_folder(staging, folder)
+    except OSError as exc:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        log(f"the trained models could not be kept in {folder.parent} ({' '.join(str(exc).split())[:160]})")
         return False
     return True
 
 
-def load(path: Path) -> Any | None:
-    """The state kept at ``path``, or None (none kept, or unreadable)."""
-    import joblib
-
-    if not path.is_file():
-        return None
+def load(folder: Path) -> dict[str, bytes] | None:
+    """The files kept in ``folder``, in writing order, or None (none kept, incomplete or
+    damaged: the fit then trains again)."""
     try:
-        return joblib.load(path)
-    except Exception:  # noqa: BLE001 - damaged or from another environment: train again
+        listed = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+        files = {}
+        for name, digest in listed:
+            if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+                return None
+            data = (folder / name).read_bytes()
+            if hashlib.sha256(data).hexdigest() != digest:
+                return None
+            files[name] = data
+        return files
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def discard(path: Path) -> None:
-    path.unlink(missing_ok=True)
+def discard(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)

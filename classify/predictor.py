@@ -60,12 +60,13 @@ _METADATA = "cellclf_predictor"
 #: stand for the lab, not for a handful of cells (copies of one image count once).
 MIN_ADAPT_IMAGES = 20
 #: Least spread, as the median over dimensions of the folder's standard deviation over the
-#: training images', that :meth:`Predictor.adapted` accepts. Measured with the default
-#: preset: 20 random pbc-dev cells 0.93-1.0, 20 BCCD smear crops (another lab) 0.6-0.7,
-#: 20 JPEG re-encodings or flips of one cell under 0.1; below it the folder is copies or
-#: near-copies of a few cells, and stretching their tiny spread to the training spread
-#: would turn noise into classes.
-MIN_ADAPT_SPREAD = 0.25
+#: training images', that :meth:`Predictor.adapted` accepts. Measured by bench/adapt_spread.py
+#: (default preset, 20 images a folder, reference 160 pbc-dev cells): random pbc-dev cells
+#: 0.84-1.00, bccd smear crops (another lab) 1.21-1.30, pbc cells of one type 0.60-0.84, one
+#: cell re-encoded 0.12-0.27, one cell in its 8 views 0.33-0.37, two cells re-encoded
+#: 0.31-0.72. Below it the folder is copies or views of about one cell, and stretching their
+#: small spread to the training spread would turn noise into classes.
+MIN_ADAPT_SPREAD = 0.5
 
 
 def feature_reference(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

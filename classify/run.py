@@ -29,9 +29,13 @@ from cellclf.data import LabelledEmbeddings, SplitData, check_same_spec, load_la
 from cellclf.errors import ClassifierInputError, first_few
 from cellclf.metrics import FEW_IMAGES, few_images
 from cellclf.families import ModelFamily, families, get_family
-from cellclf.predictor import Predictor, feature_reference, library_versions, safe_path
+from cellclf.predictor import Predictor, feature_reference, library_versions, load_predictor, safe_path
 from cellclf.rundir import (
+    model_file,
     read_gallery,
+    read_run,
+    render_run,
+    write_files,
     BEST_MODEL,
     DataFacts,
     ModelRecord,
@@ -40,7 +44,6 @@ from cellclf.rundir import (
     predictions_table,
     tuning_plot_file,
     tuning_table,
-    write_run,
 )
 from cellclf.split import (
     DEFAULT_TEST_FRACTION,
@@ -318,26 +321,30 @@ def _fit(
 ) -> FitResult:
     from cellclf import checkpoint
 
-    kept = checkpoint.checkpoint_path(embeddings, test, config.to_dict(), library_versions())
-    state = checkpoint.load(kept)
-    if state is not None:
-        run, predictors = state["run"], state["predictors"]
-        phase("resume", f"the models an earlier run of this command trained and tested, kept in {kept}")
+    kept = checkpoint.checkpoint_path(run_dir, embeddings, test, config.to_dict(), library_versions())
+    files = checkpoint.load(kept)
+    if files is not None:
+        phase("resume", f"the run an earlier run of this command trained, tested and kept in {kept}")
+        run, predictors = None, {}
     else:
         run, predictors = _train(embeddings, test, config, phase)
-        checkpoint.save(kept, {"run": run, "predictors": predictors}, lambda line: phase("checkpoint", line))
-    run.run_dir = run_dir
-    for predictor in predictors.values():
-        predictor.summary["run_dir"] = str(run_dir)
-    keep_note = f"; the trained models are kept in {kept}" if kept.is_file() else ""
+        run.run_dir = run_dir
+        for predictor in predictors.values():
+            predictor.summary["run_dir"] = str(run_dir)
+        files = render_run(run, predictors)
+        checkpoint.save(kept, files, lambda line: phase("checkpoint", line))
+    keep_note = f"; the trained models are kept in {kept}" if kept.is_dir() else ""
     try:
-        write_run(run, run_dir, predictors, keep_note=keep_note)
+        write_files(files, run_dir, keep_note)
     except KeyboardInterrupt:
         from cellembed.errors import Interrupted
 
         raise Interrupted(f"interrupted; nothing was written to {run_dir}{keep_note}"
                           + (": run the same command again to finish" if keep_note else "")) from None
     checkpoint.discard(kept)  # the run holds them now
+    if run is None:  # resumed: the record and the models as written (the models from their safe files)
+        run = read_run(run_dir)
+        predictors = {model.key: load_predictor(run_dir / model_file(model.key)) for model in run.models}
     best = run.best
     phase("write", f"{run_dir} (best: {best.key})")
     drawn = _gallery_maps(run_dir, predictors[best.key], best.predictions, test or embeddings, config, weights, phase)

@@ -448,12 +448,8 @@ def json_safe(value: Any) -> Any:
 
 
 def write_run(record: RunRecord, run_dir: str | Path, predictors: Mapping[str, Any], keep_note: str = "") -> Path:
-    """Write a complete RUN_DIR atomically (see the module docstring).
-
-    Every file is rendered in memory first, so the size the run needs is known before a
-    byte is written; a disk without that much free space, or one that fills up meanwhile,
-    is a :class:`~cellembed.errors.DiskFull` naming the file, the size needed and the free
-    space, and RUN_DIR is left as it was.
+    """Write a complete RUN_DIR atomically (see the module docstring): :func:`render_run`,
+    then :func:`write_files`.
 
     Args:
         record: the run; ``record.run_dir`` is recorded in metrics.json.
@@ -464,11 +460,27 @@ def write_run(record: RunRecord, run_dir: str | Path, predictors: Mapping[str, A
     Returns:
         ``run_dir`` as a Path.
     """
-    run_dir = Path(run_dir)
+    return write_files(render_run(record, predictors), run_dir, keep_note)
+
+
+def render_run(record: RunRecord, predictors: Mapping[str, Any]) -> dict[str, bytes]:
+    """Every file of the run, by its path inside RUN_DIR, as bytes, in writing order (the
+    best model last: the run is complete when it is there)."""
     files = _run_files(record)
     files.update({str(p): data for model in record.models
                   for p, data in predictors[model.key].files(Path(model_file(model.key))).items()})
-    files.update({p.name: data for p, data in predictors[record.best_model].files(Path(BEST_MODEL)).items()})  # last
+    files.update({p.name: data for p, data in predictors[record.best_model].files(Path(BEST_MODEL)).items()})
+    return files
+
+
+def write_files(files: Mapping[str, bytes], run_dir: str | Path, keep_note: str = "") -> Path:
+    """Write rendered run ``files`` as the folder ``run_dir``, atomically.
+
+    The size is known before a byte is written: a disk without that much free space, or one
+    that fills up meanwhile, is a :class:`~cellembed.errors.DiskFull` naming the file, the
+    size needed and the free space (``keep_note`` added), and ``run_dir`` is left as it was.
+    """
+    run_dir = Path(run_dir)
     needed = sum(len(data) for data in files.values())
     free = _free_bytes(run_dir.parent)
     if free is not None and free < needed:
