@@ -1,4 +1,4 @@
-"""Model families: the GridSearchCV tuning of lr, the ParameterSampler draws of xgb, the
+"""Model families: the grid search of lr (as GridSearchCV's), the ParameterSampler draws of xgb, the
 registry, FitConfig's per-family options, and a new family added as a plug-in."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _training_rows(tmp_path, separation: float, counts=None):
     return X, y, frame["sha256"].to_numpy()
 
 
-# ----------------------------------------------------------------------------- lr: GridSearchCV
+# ----------------------------------------------------------------------------- lr: the grid search
 
 
 def test_lr_grid_search_scores_equal_a_manual_per_fold_computation(tmp_path):
@@ -68,6 +68,29 @@ def test_lr_grid_search_scores_equal_a_manual_per_fold_computation(tmp_path):
     np.testing.assert_allclose(
         tuning.model.predict_proba(X), fit_lr(X, y, tuning.best_params, seed=seed).predict_proba(X), rtol=1e-6, atol=1e-9
     )
+
+
+def test_lr_search_gives_what_gridsearchcv_gives(tmp_path):
+    """The search is written out (so each fold advances the progress bar); it must select
+    and score exactly as scikit-learn's GridSearchCV, which it replaced."""
+    from sklearn.metrics import make_scorer
+    from sklearn.model_selection import GridSearchCV
+
+    from cellclf.families.lr import make_lr, one_blas_thread
+    from cellclf.split import cv_splitter
+
+    X, y, groups = _training_rows(tmp_path, separation=0.25)
+    Cs, cv, seed = (0.003, 0.03, 0.3), 3, 1
+    tuning = tune_lr(X, y, groups, Cs=Cs, cv=cv, seed=seed, n_jobs=2)
+    scorer = make_scorer(f1_score, average="macro", labels=[0, 1, 2], zero_division=0)
+    search = GridSearchCV(make_lr(seed=seed), {"logreg__C": list(Cs), "logreg__class_weight": [None, "balanced"]},
+                          scoring=scorer, cv=cv_splitter(cv, seed), n_jobs=2, error_score="raise")
+    with one_blas_thread():
+        search.fit(X, y, groups=groups)
+    np.testing.assert_allclose([t.score for t in tuning.trials], search.cv_results_["mean_test_score"], atol=1e-12)
+    np.testing.assert_allclose([t.score_std for t in tuning.trials], search.cv_results_["std_test_score"], atol=1e-12)
+    assert tuning.best == search.best_index_
+    np.testing.assert_allclose(tuning.model.predict_proba(X), search.best_estimator_.predict_proba(X), atol=1e-12)
 
 
 def test_lr_ties_go_to_the_earlier_smaller_c(tmp_path):
