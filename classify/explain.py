@@ -140,8 +140,11 @@ def plot_summary(per_dim: pd.DataFrame, by_tap: pd.DataFrame, classes: Sequence[
         bars.legend(fontsize=8, loc="lower right")
     table = by_tap.pivot(index="tap", columns="class", values="share").loc[list(dict.fromkeys(by_tap["tap"])), classes]
     image = heat.imshow(table.to_numpy(), cmap="viridis", aspect="auto", vmin=0)
-    heat.set_xticks(range(len(classes)), classes, rotation=45 if legible else 90, ha="right" if legible else "center",
-                    fontsize=None if legible else 4)
+    if legible:
+        heat.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    else:
+        heat.set_xticks([])
+        heat.set_xlabel(f"{len(classes)} classes, in alphabetical order (too many to name here)")
     heat.set_yticks(range(len(table)), table.index)
     for (i, j), share in np.ndenumerate(table.to_numpy() if legible else np.zeros((0, 0))):
         heat.text(j, i, f"{share:.2f}", ha="center", va="center", fontsize=7, color="white" if share < 0.5 * table.to_numpy().max() else "black")
