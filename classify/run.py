@@ -333,14 +333,14 @@ def _fit(
             predictor.summary["run_dir"] = str(run_dir)
         files = render_run(run, predictors)
         checkpoint.save(kept, files, lambda line: phase("checkpoint", line))
-    keep_note = f"; the trained models are kept in {kept}" if kept.is_dir() else ""
+    keep_note = f" (the trained models are kept in {kept}: it will only write the run)" if kept.is_dir() else ""
     try:
         write_files(files, run_dir, keep_note)
     except KeyboardInterrupt:
         from cellembed.errors import Interrupted
 
-        raise Interrupted(f"interrupted; nothing was written to {run_dir}{keep_note}"
-                          + (": run the same command again to finish" if keep_note else "")) from None
+        raise Interrupted(f"interrupted; nothing was written to {run_dir}"
+                          + (f": run the same command again to finish{keep_note}" if keep_note else "")) from None
     checkpoint.discard(kept)  # the run holds them now
     if run is None:  # resumed: the record and the models as written (the models from their safe files)
         run = read_run(run_dir)

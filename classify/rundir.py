@@ -518,8 +518,8 @@ def _run_disk_full(run_dir: Path, target: Path, needed: int, keep_note: str) -> 
     free = _free_bytes(run_dir.parent) or 0
     facts = (f"the disk is full while writing {target} (the run needs {needed / 1e6:.1f} MB; {free / 1e6:.1f} MB "
              f"are free in {run_dir.parent})")
-    return DiskFull(f"{facts}; {run_dir} was left as it was{keep_note}: free space there and run the same command again",
-                    facts)
+    return DiskFull(f"{facts}; {run_dir} was left as it was: free space in {run_dir.parent} and run the same command "
+                    f"again{keep_note}", facts)
 
 
 def _run_files(record: RunRecord) -> dict[str, bytes]:

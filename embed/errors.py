@@ -29,7 +29,7 @@ class OutputConflict(InputError):
     def __init__(self, problem: str, *, hint: str | None = None, replaceable: bool = True) -> None:
         self.problem, self.hint, self.replaceable = problem, hint, replaceable
         advice = ("pass --overwrite to replace it, or choose another output" if replaceable
-                  else "cellembed extract never replaces a file it did not write: choose another -o, or move that file away")
+                  else "cellembed did not write it: choose another -o, or move that file away")
         super().__init__(f"{problem}{f'; {hint}' if hint else ''}: {advice}")
 
 

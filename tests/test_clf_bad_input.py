@@ -103,8 +103,9 @@ def test_interrupted_fit_leaves_no_partial_run(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 130, result.output
     [line] = [line for line in result.stderr.splitlines() if "Error" in line]  # besides the tuning's progress bar
-    assert line.startswith(f"Error: interrupted; nothing was written to {run_dir}; the trained models are kept in ")
-    assert line.endswith(": run the same command again to finish")
+    assert line.startswith(f"Error: interrupted; nothing was written to {run_dir}: run the same command again to "
+                           "finish (the trained models are kept in ")
+    assert line.endswith(": it will only write the run)")
     assert "metrics.json" in staged[0] and "model.skops" in staged[0]  # the staging folder was filled
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet"]
     monkeypatch.undo()

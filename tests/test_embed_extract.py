@@ -129,7 +129,7 @@ def test_a_file_not_written_by_cellembed_is_not_replaced(labelled_folder, tmp_pa
     pq.write_table(pa.table({"x": [1, 2]}), out)
     original = out.read_bytes()
     for overwrite in (False, True):  # never, and no advice to: it is not a file cellembed wrote
-        with pytest.raises(InputError, match="not a cellembed embeddings file.*never replaces a file it did not write") as refused:
+        with pytest.raises(InputError, match="not a cellembed embeddings file.*cellembed did not write it") as refused:
             extract(labelled_folder, out, embedder=embedder, overwrite=overwrite, progress=False)
         assert "--overwrite" not in str(refused.value)
         assert out.read_bytes() == original

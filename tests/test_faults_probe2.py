@@ -88,7 +88,7 @@ def test_extract_never_replaces_a_file_it_did_not_write_nor_advises_overwrite(tm
     for extra in ([], ["--overwrite"]):
         result = run(cellembed_main, "extract", images, "-o", out, "--weights", random_weights, "--input-size", SMALL, *extra)
         error = one_line_error(result, 2)
-        assert "never replaces a file it did not write" in error and "--overwrite" not in error, error
+        assert "refusing to replace it: cellembed did not write it" in error and "--overwrite" not in error, error
         assert out.read_bytes() == original
 
 
