@@ -4,7 +4,9 @@ Every model family of :mod:`cellclf.families` named in ``FitConfig.models`` is t
 training split, scored on the validation split, refitted on both, tested once on the test
 split, explained with SHAP and plotted; the one with the best validation macro-F1 is the
 run's model.joblib. The RUN_DIR layout, its records and the atomic write are in
-:mod:`cellclf.rundir`.
+:mod:`cellclf.rundir`. The trained run is rendered and kept (:mod:`cellclf.checkpoint`)
+before RUN_DIR is written, so a full disk or Ctrl-C there costs no training: the same
+command writes it.
 """
 
 from __future__ import annotations
@@ -437,7 +439,7 @@ def _gallery_maps(run_dir: Path, predictor: Predictor, predictions: Any, source:
         try:
             write_unavailable(run_dir, reason)
         except OSError as exc:  # a full disk: the run is complete and its report says no maps
-            reason += f"; and {' '.join(str(exc).split())}"
+            reason += f" (and the note saying so could not be written: {' '.join(str(exc).split())})"
         phase("heat maps", f"none: {reason}")
 
     if not config.heatmaps:
