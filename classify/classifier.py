@@ -19,7 +19,7 @@ import pandas as pd
 
 from cellembed import EmbeddingSpec, InputError, embedder_from_spec
 from cellembed.backbones import backbone_for_spec
-from cellembed.decoding import ImageSource, prepare_resize
+from cellembed.decoding import ImageSource
 from cellembed.engines import DEFAULT_ENGINE, Embedder, check_engine
 from cellembed.pipeline import decoded_batches
 from cellembed.weights import WeightsFile, check_weights, resolve_weights
@@ -169,7 +169,6 @@ class ImageClassifier:
         each failed one could not be decoded, by position. ``max_pixels``: see
         :func:`cellembed.extract`; ``progress`` is called with each batch's image count."""
         embedder = self.embedder
-        prepare_resize()  # TensorFlow (the resizer) starts here, quietly, not in a decode thread
         vectors = np.zeros((len(sources), embedder.spec.dim), np.float32)
         errors: dict[int, str] = {}
         settings = {} if max_pixels is None else {"max_pixels": max_pixels}

@@ -221,27 +221,37 @@ def to_rgb8(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def prepare_resize() -> None:
-    """Start TensorFlow, which does the resizing, now and quietly: left to the first
-    decode thread, its start-up messages (import, then device probing on the first op)
-    would land in the middle of the progress bar."""
-    from cellembed.quiet import quiet_native_logs
-
-    with quiet_native_logs():
-        resize_bilinear(np.zeros((2, 2, 3), np.uint8), 1)
+def _half_pixel_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each output position: the lower and upper input index and the weight of the
+    upper one, as TensorFlow's ResizeBilinear computes them with half-pixel centres (in
+    float32: ``in = (out + 0.5) * (in_size / out_size) - 0.5``, clamped at the edges)."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    where = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(where)
+    lower = np.maximum(floor, 0).astype(np.intp)
+    upper = np.minimum(np.ceil(where), in_size - 1).astype(np.intp)
+    return lower, upper, (where - floor).astype(np.float32)
 
 
 def resize_bilinear(rgb: np.ndarray, size: int) -> np.ndarray:
     """Resize an (H, W, 3) image to (size, size, 3) float32 in 0..255.
 
-    TensorFlow bilinear interpolation with half-pixel centres and no antialiasing (the
-    resize Keras' image loaders use); the aspect ratio is not kept, as CellaVision crops
-    are almost square.
+    Bilinear interpolation with half-pixel centres and no antialiasing, the arithmetic of
+    TensorFlow's ``tf.image.resize(method="bilinear")`` (the resize Keras' image loaders
+    use) in NumPy, in float32 and in its order (across each row first, then between rows),
+    so embeddings cached by earlier versions, which resized with TensorFlow, stay valid
+    (tests/test_embed_discovery_decoding.py compares the two). The aspect ratio is not kept,
+    as CellaVision crops are almost square.
     """
-    import tensorflow as tf  # local: keep module import light for readers of the cache
-
-    resized = tf.image.resize(rgb.astype(np.float32), (size, size), method="bilinear")
-    return resized.numpy()
+    image = np.asarray(rgb, dtype=np.float32)
+    height, width = image.shape[:2]
+    top, bottom, y_lerp = _half_pixel_weights(height, size)
+    left, right, x_lerp = _half_pixel_weights(width, size)
+    rows = np.unique(np.concatenate([top, bottom]))  # each input row used is interpolated once
+    used = image[rows]
+    across = used[:, left] + (used[:, right] - used[:, left]) * x_lerp[None, :, None]
+    top_row, bottom_row = across[np.searchsorted(rows, top)], across[np.searchsorted(rows, bottom)]
+    return top_row + (bottom_row - top_row) * y_lerp[:, None, None]
 
 
 @dataclass

@@ -124,3 +124,22 @@ def test_resize_is_tensorflow_bilinear_without_antialiasing(tmp_path):
     decoded = load_for_network(_saved(Image.fromarray(rgb), "PNG", tmp_path), 71)
     assert (decoded.width, decoded.height) == (90, 80)
     np.testing.assert_array_equal(decoded.pixels, out)
+
+
+@pytest.mark.slow  # starts TensorFlow, the reference
+def test_the_numpy_resize_equals_tensorflows_bit_for_bit_on_the_sample_images():
+    """Resizing is NumPy (no TensorFlow when the network is ONNX): it must give exactly what
+    tf.image.resize gave when the cached embeddings were made, on every sample image (up and
+    down, odd sizes) and on degenerate shapes."""
+    import tensorflow as tf
+
+    from conftest import SAMPLE
+
+    images = [np.asarray(Image.open(path).convert("RGB")) for path in sorted(SAMPLE.glob("*/*.jpg"))]
+    rng = np.random.default_rng(1)
+    images += [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((1, 1, 3), (2, 301, 3), (301, 2, 3), (999, 1000, 3))]
+    assert len(images) > 60
+    for rgb in images:
+        for size in (1, 3, 71, 150, 299, 448):
+            expected = tf.image.resize(rgb.astype(np.float32), (size, size), method="bilinear", antialias=False)
+            np.testing.assert_array_equal(resize_bilinear(rgb, size), expected.numpy(), err_msg=f"{rgb.shape} -> {size}")

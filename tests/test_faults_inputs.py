@@ -321,8 +321,7 @@ def test_decoding_a_big_png_does_not_blow_up_memory(tmp_path):
     path = big_png(tmp_path / "big.png", 7000, 7000)  # 49 megapixels, under the default cap
     script = (
         "import resource, sys\n"
-        "from cellembed.decoding import load_for_network, prepare_resize\n"
-        "prepare_resize()\n"
+        "from cellembed.decoding import load_for_network\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "decoded = load_for_network(sys.argv[1], 299)\n"
         "assert decoded.error is None, decoded.error\n"

@@ -221,3 +221,22 @@ def test_predict_adapt_reaches_the_model_and_says_what_it_needs(tmp_path, traine
     result = cli("predict", model_path, folder, "-o", tmp_path / "p.csv", "--weights", random_weights, "-q", "--adapt")
     assert result.exit_code == 2 and "re-run cellclf fit to use --adapt" in result.output, result.output
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_predict_with_a_cached_onnx_network_never_imports_tensorflow(tmp_path, trained, random_weights):
+    """Resizing is NumPy and the converted network is ONNX: once the conversion is cached,
+    predict runs with TensorFlow and Keras impossible to import (it used to resize with
+    TensorFlow)."""
+    import subprocess
+    import sys
+
+    predictor, path = trained
+    folder = tinted_folder(tmp_path / "new", {"red": 2, "blue": 2}, seed=3)
+    predict_folder(predictor, folder, tmp_path / "warm.parquet", weights=random_weights, progress=False)  # converts
+    script = ("import sys\nsys.modules['tensorflow'] = sys.modules['keras'] = None  # import fails\n"
+              "from cellclf.cli import main\nmain(sys.argv[1:])\n")
+    done = subprocess.run(
+        [sys.executable, "-c", script, "predict", str(path), str(folder), "-o", str(tmp_path / "p.csv"),
+         "--weights", str(random_weights), "-q"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 4

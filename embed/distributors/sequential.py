@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Sequence
 
-from cellembed.decoding import prepare_resize
 from cellembed.embedder import embedder_from_spec
 from cellembed.engines import Embedder
 from cellembed.shards import Shard, ShardJob, ShardResult, embed_shard
@@ -23,7 +22,6 @@ class SequentialDistributor:
         self.job = job
         if self.embedder is None:  # first: a conversion child then runs beside a small parent
             self.embedder = embedder_from_spec(job.spec, job.weights, job.engine, log=log, threads=job.threads)
-        prepare_resize()
 
     def run(self, shards: Sequence[Shard], on_progress: Callable[[int], None]) -> Iterator[ShardResult]:
         for shard in shards:
