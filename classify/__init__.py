@@ -13,11 +13,10 @@ Public API::
     table = ImageClassifier(predictor).predict_images(["cell.jpg", open("b.jpg", "rb").read()])
 
 Model families are plug-ins (cellclf.families). scikit-learn and XGBoost are imported only
-when fitting or predicting.
+when fitting or predicting; Predictor, FitConfig and ImageClassifier on first use.
 """
 
 from cellclf.errors import ClassifierInputError, PredictorLoadError
-from cellclf.predictor import Predictor
 
 __all__ = ["ClassifierInputError", "FitConfig", "ImageClassifier", "Predictor", "PredictorLoadError", "fit"]
 
@@ -40,4 +39,8 @@ def __getattr__(name: str):
         from cellclf.classifier import ImageClassifier
 
         return ImageClassifier
+    if name == "Predictor":  # imported on first use: `cellclf --help` needs no pandas
+        from cellclf.predictor import Predictor
+
+        return Predictor
     raise AttributeError(f"module 'cellclf' has no attribute {name!r}")

@@ -12,10 +12,8 @@ import click
 
 from cellembed.cli_support import engine_option, max_pixels_option
 from cellembed.cli_support import BadInput, exit_if_skipped, user_errors
+from cellclf.defaults import DEFAULT_SHAP_ROWS, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from cellclf.families import FamilyOption, families
-from cellclf.run import DEFAULT_SHAP_ROWS
-from cellclf.split import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
-from cellclf.rundir import REPORT
 
 
 def _name_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...] | None:
@@ -152,7 +150,7 @@ def fit(
         raise BadInput("--test-fraction does not apply with --test (the --test file is the test set); leave it out")
 
     def write_report(result) -> None:  # while the run still holds RUN_DIR's lock
-        from cellclf.rundir import read_run
+        from cellclf.rundir import REPORT, read_run
         from cellreports import write_run_report
 
         started = time.perf_counter()
@@ -509,7 +507,7 @@ def report(run_dir: Path, out: Path | None, images: Path | None) -> None:
     mistakes; every image is inline, so it opens from disk without a network and can be
     shared as a single file.
     """
-    from cellclf.rundir import read_run
+    from cellclf.rundir import REPORT, read_run
     from cellreports import write_run_report
 
     with user_errors():

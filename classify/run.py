@@ -27,6 +27,7 @@ import pandas as pd
 from cellembed.atomic import output_lock
 from cellembed.plotting import png_bytes
 from cellclf.calibration import DEFAULT_ALPHA, Calibration, calibration_facts, check_alpha
+from cellclf.defaults import DEFAULT_SHAP_ROWS
 from cellclf.data import LabelledEmbeddings, SplitData, check_same_spec, load_labelled
 from cellclf.errors import ClassifierInputError, first_few
 from cellclf.metrics import FEW_IMAGES, few_images
@@ -61,7 +62,6 @@ from cellclf.split import (
 )
 from cellclf.tuning import TuningResult, showing_progress
 
-DEFAULT_SHAP_ROWS = 1000
 #: Largest seed: scikit-learn and XGBoost take seeds from 0 to 2**32 - 1.
 MAX_SEED = 2**32 - 1
 #: Resolution of the tuning plots (sized in inches for ~1 px per CSS px in the report).

@@ -14,11 +14,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from cellclf.defaults import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION  # noqa: F401 - part of this module
 from cellclf.errors import ClassifierInputError, first_few
 
 SPLIT_NAMES = ("train", "validation", "test")
-DEFAULT_VAL_FRACTION = 0.15
-DEFAULT_TEST_FRACTION = 0.15
 
 
 def check_fraction_ranges(val_fraction: float, test_fraction: float) -> None:

@@ -15,12 +15,35 @@ sequential, or Ray). TensorFlow is imported only when a network is needed, so re
 embeddings, or a rerun with nothing new, stays light.
 """
 
-from cellembed.embedder import embedder_from_spec, load_embedder
 from cellembed.errors import InputError, Interrupted
-from cellembed.extraction import ExtractResult, extract
-from cellembed.spec import EmbeddingSpec, Tap
-from cellembed.store import embedding_matrix, load_embeddings, read_errors, read_images_root, read_spec
 from cellembed.versions import __version__
+
+#: The public names and the module each comes from, imported on first use (PEP 562): a
+#: command that only parses its options (``cellclf --help``) or reads an error class does
+#: not pay for pyarrow, the spec or the extraction machinery.
+_LAZY = {
+    "embedder_from_spec": "cellembed.embedder",
+    "load_embedder": "cellembed.embedder",
+    "ExtractResult": "cellembed.extraction",
+    "extract": "cellembed.extraction",
+    "EmbeddingSpec": "cellembed.spec",
+    "Tap": "cellembed.spec",
+    "embedding_matrix": "cellembed.store",
+    "load_embeddings": "cellembed.store",
+    "read_errors": "cellembed.store",
+    "read_images_root": "cellembed.store",
+    "read_spec": "cellembed.store",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cellembed' has no attribute {name!r}")
 
 __all__ = [
     "EmbeddingSpec",

@@ -73,3 +73,28 @@ def test_every_registered_backbone_engine_distributor_and_family_loads():
         module = importlib.import_module(distributors._MODULES[name])
         assert callable(module.make)
     assert [family.key for family in families.families()] == ["lr", "xgb"]
+
+
+def test_the_command_lines_help_imports_no_heavy_library():
+    """`cellclf --help` builds its commands from plain data: no pandas, pyarrow,
+    scikit-learn, XGBoost or TensorFlow (it took 1.3-1.5 s when the package imported its
+    predictor and its run module eagerly); `cellembed --help` reads its choices from the
+    spec modules (pyarrow) but starts no network library and no pandas."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom click.testing import CliRunner\n"
+        "heavy = ('pandas', 'pyarrow', 'sklearn', 'xgboost', 'tensorflow', 'keras', 'scipy', 'onnxruntime')\n"
+        "def helped(main):\n"
+        "    for args in ([\"--help\"], *([name, \"--help\"] for name in main.commands)):\n"
+        "        assert CliRunner().invoke(main, args).exit_code == 0, args\n"
+        "    return sorted(name for name in heavy if name in sys.modules)\n"
+        "from cellclf.cli import main\nprint(helped(main))\n"
+        "from cellembed.cli import main\nprint(helped(main))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    cellclf, cellembed = done.stdout.strip().splitlines()
+    assert cellclf == "[]", cellclf
+    assert cellembed == "['pyarrow']", cellembed

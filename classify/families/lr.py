@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from cellclf.explain import ShapValues
 from cellclf.families.options import FamilyOption, choices, positive_numbers
-from cellclf.split import cv_splitter
 from cellclf.tuning import Trial, TuningResult, progress
 from cellembed.plotting import new_figure
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy only at import: `cellclf --help` lists the families' options
+    from cellclf.explain import ShapValues
     from matplotlib.figure import Figure
     from sklearn.pipeline import Pipeline
 
@@ -117,6 +116,8 @@ def tune_lr(
     """
     from sklearn.utils.parallel import Parallel, delayed
 
+    from cellclf.split import cv_splitter
+
     start = time.perf_counter()
     n_classes = int(y.max()) + 1
     settings = [{"C": float(C), "class_weight": weight} for C in Cs for weight in class_weights]
@@ -184,6 +185,8 @@ def linear_shap(model: Any, X: np.ndarray) -> ShapValues:
         model: fitted Pipeline with steps ``scale`` (StandardScaler) and ``logreg``.
         X: (n, d) embeddings in the model's input layout.
     """
+    from cellclf.explain import ShapValues
+
     scaler, logreg = model.named_steps["scale"], model.named_steps["logreg"]
     z = scaler.transform(np.asarray(X, dtype=np.float64))
     coef, intercept = logreg.coef_, logreg.intercept_

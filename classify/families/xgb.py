@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from cellclf.explain import ShapValues
 from cellclf.families.options import FamilyOption, whole_number
 from cellclf.tuning import Trial, TuningResult, progress
 from cellembed.plotting import new_figure
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy only at import: `cellclf --help` lists the families' options
+    from cellclf.explain import ShapValues
     from matplotlib.figure import Figure
     from sklearn.pipeline import Pipeline
 
@@ -222,6 +222,8 @@ def tree_shap(model: Any, X: np.ndarray, n_jobs: int = 1) -> ShapValues:
         X: (n, d) embeddings in the model's input layout.
     """
     import xgboost
+
+    from cellclf.explain import ShapValues
 
     booster = model.named_steps["xgb"].get_booster()
     booster.set_param({"nthread": n_jobs})
