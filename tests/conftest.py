@@ -136,3 +136,37 @@ def options_named_in_code(package) -> set[tuple[str, str]]:
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
                 named |= {(path.name, flag) for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", node.value)}
     return named
+
+
+@pytest.fixture(autouse=True, scope="session")
+def errors_name_only_their_commands_options():
+    """Every command run through click's CliRunner in any test: each ``Error:`` line it
+    prints names only options of the command that printed it (a message of shared code
+    must not send a user of ``predict`` to ``extract``'s ``--preset``), unless it names the
+    other command in full."""
+    import re
+
+    import click
+    from click.testing import CliRunner
+
+    invoke = CliRunner.invoke
+
+    def checked(self, cli, args=None, *more, **kwargs):
+        result = invoke(self, cli, args, *more, **kwargs)
+        words = [str(a) for a in (args or [])]
+        command = cli.commands.get(words[0]) if isinstance(cli, click.Group) and words else cli
+        if command is not None:
+            own = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+            own |= {"--help", "--version"}
+            for line in result.output.splitlines():
+                if line.startswith("Error:"):
+                    # a command named in full ("re-create it with cellembed extract --overwrite") may
+                    # carry its own options: the user is told which command they belong to
+                    told = re.sub(r"\b(cellembed|cellclf) [a-z]+[^;]*", "", line)
+                    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", told))
+                    assert named <= own, f"{command.name} names {sorted(named - own)} in: {line}"
+        return result
+
+    CliRunner.invoke = checked
+    yield
+    CliRunner.invoke = invoke
