@@ -64,7 +64,8 @@ class SplitData:
 
 
 #: Largest magnitude an embedding value may have. Pooled activations of an ImageNet network
-#: stay far below it (Xception, default preset, data/sample: at most ~30); a larger value is
+#: stay far below it (Xception: at most 18.7 over 244 data/sample, pbc-dev and bccd images,
+#: default and v1 presets); a larger value is
 #: a damaged or doctored file, and values past ~1e19 overflow float32 when a scaler squares them.
 MAX_EMBEDDING_VALUE = 1e6
 
