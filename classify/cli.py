@@ -367,7 +367,8 @@ def _not_scored(run) -> dict[str, int]:
 
 def _write_review(run, predictor, model: Path, images: tuple[Path, ...], out: Path, heatmaps_dir: Path | None,
                   min_confidence: float | None, not_scored: dict[str, int]) -> Path:
-    """The review page of a predict run (cellreports.review; cellclf itself imports no cellreports)."""
+    """The review page of a predict run (cellreports.review: pages are drawn by the front ends,
+    this command line and the server, never by the cellclf library)."""
     from cellclf.explaining import output_paths
     from cellclf.rundir import evaluation_record
     from cellreports.review import ReviewInput, write_review

@@ -66,7 +66,8 @@ class PredictionOutputs:
     ) -> None:
         """Refuse, before any work, an output inside ``images`` or an existing file that
         predict did not write (unless ``overwrite``). ``is_report`` tells a report page
-        predict wrote (``cellreports.is_report``: cellclf does not import cellreports).
+        predict wrote (``cellreports.is_report``, passed in by the command: the library does not
+        import cellreports).
 
         Raises:
             ClassifierInputError: naming the file and the option to change.
