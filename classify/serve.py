@@ -137,7 +137,7 @@ class UploadBudget:
             raise BadUpload(413, f"the upload is {size / 1e6:.1f} MB, more than the server holds at once "
                                  f"(--max-inflight-mb {mb:g}); send fewer or smaller images per request")
         if self.held + size > self.limit:
-            raise BadUpload(503, f"the server is holding {self.held / 1e6:.1f} MB of uploads from {self.requests} "
+            raise BadUpload(503, f"the server is busy: it holds {self.held / 1e6:.1f} MB of uploads from {self.requests} "
                                  f"request(s) (--max-inflight-mb {mb:g}); retry in {RETRY_AFTER_S} s",
                             {"Retry-After": str(RETRY_AFTER_S)})
         self.held += size
