@@ -143,10 +143,11 @@ def plan(
     scan = scan_images(images)
     files = scan.files
     work_dir = checkpoint_folder(out).absolute()
+    out_spec = None
     if out.exists():
-        found = _existing_spec(out)  # a file cellembed did not write is never replaced, whatever the options
+        out_spec = _existing_spec(out)  # a file cellembed did not write is never replaced, whatever the options
         if not overwrite:
-            spec = _check_reference(out, spec, found)
+            spec = _check_reference(out, spec, out_spec)
     finished, set_aside = [], []
     folders = (work_dir, set_aside_folder(out, spec).absolute())
     for path in sorted(p for folder in folders for pattern in SHARD_GLOBS for p in folder.glob(pattern)):
@@ -164,7 +165,7 @@ def plan(
         if not spec.widths_known:
             spec = spec.with_tap_widths([t.width for t in found.taps])
 
-    out_index = _read_index(out) if out.exists() and not overwrite else None
+    out_index = _read_index(out, out_spec) if out_spec is not None and not overwrite else None
     known_bad = {e["sha256"]: e["reason"] for e in (out_index.errors if out_index else ()) if e.get("sha256")}
     finished_images: list[frozenset[str]] = []
     for path in finished:
@@ -223,7 +224,8 @@ def _check_reference(path: Path, spec: EmbeddingSpec, found: EmbeddingSpec) -> E
     return spec if spec.widths_known else spec.with_tap_widths([t.width for t in found.taps])
 
 
-def _read_index(out: Path) -> OutIndex:
+def _read_index(out: Path, spec: EmbeddingSpec) -> OutIndex:
+    """OUT's rows without embeddings; ``spec`` is OUT's own (already read from its footer)."""
     try:
         with pq.ParquetFile(out, page_checksum_verification=True) as parquet:
             digest = [SPEC_DIGEST] if SPEC_DIGEST in parquet.schema_arrow.names else []
@@ -231,7 +233,7 @@ def _read_index(out: Path) -> OutIndex:
             metadata = parquet.schema_arrow.metadata or {}
     except (OSError, pa.ArrowException) as exc:
         raise OutputConflict(f"{out} is damaged ({exc})") from None
-    problem = mixed_rows(out, table, read_spec(out))
+    problem = mixed_rows(out, table, spec)
     if problem:  # rows joined in from a file of another spec: never extended
         raise OutputConflict(problem)
     return OutIndex(
