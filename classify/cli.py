@@ -47,8 +47,9 @@ def family_options(command):
 
 weights_option = click.option(
     "--weights", default=None, metavar="PATH",
-    help="The Xception weights file the model was trained with. Default: $CELLEMBED_WEIGHTS, "
-    "else Keras' download. Other weights are refused (checked by SHA-256).",
+    help="The Xception weights file the model was trained with (for an onnx backbone: its JSON "
+    "description). Default: $CELLEMBED_WEIGHTS ($CELLEMBED_ONNX_BACKBONE), else Keras' download. Other "
+    "weights are refused (checked by SHA-256).",
 )
 trust_pickle_option = click.option(
     "--trust-pickle", is_flag=True,
@@ -120,7 +121,8 @@ def main() -> None:
 )
 @click.option(
     "--weights", default=None, metavar="PATH",
-    help="The Xception weights file of the embeddings, for the heat maps. Default: $CELLEMBED_WEIGHTS.",
+    help="The Xception weights file of the embeddings (an onnx backbone: its JSON description), for "
+    "the heat maps. Default: $CELLEMBED_WEIGHTS ($CELLEMBED_ONNX_BACKBONE).",
 )
 @click.option("--jobs", default=2, type=click.IntRange(min=1), help="CPU cores to use.")
 @click.option("--no-report", is_flag=True, help="Do not write OUT/report.html.")

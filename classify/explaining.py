@@ -7,7 +7,8 @@ each tap's share of each logit, the method and whether it is exact), where ``<na
 the image's path inside its folder (or its file name for a file given directly).
 
 The maps are computed by :mod:`cellclf.heatmaps` from the taps before pooling
-(:mod:`cellembed.spatial`): about one forward pass per view and image.
+(:meth:`cellembed.network.Network.maps`, the network that embeds): about one forward pass
+per view and image.
 
 Files: a PNG or JSON of that name is replaced only when it is one this command wrote (the
 PNG's text chunk and the JSON's ``cellclf_explain`` key say so), or with ``overwrite``; the
@@ -96,14 +97,14 @@ def check_outputs(
 class Explainer:
     """A predictor with the network that gives its maps (built once)."""
 
-    def __init__(self, predictor: Any, weights: Any = None, n_jobs: int = 1):
-        from cellembed.backbones import backbone_for_spec
-        from cellembed.spatial import SpatialNetwork
+    def __init__(self, predictor: Any, weights: Any = None, n_jobs: int = 1, engine: str | None = None,
+                 network: Any = None):
+        from cellembed.embedder import embedder_from_spec
+        from cellembed.engines import DEFAULT_ENGINE
 
         self.predictor = predictor
-        self.network = SpatialNetwork(predictor.spec, weights)
-        backbone = backbone_for_spec(predictor.spec)
-        self.roles = {tap: backbone.tap_role(tap) for tap in predictor.taps}
+        self.network = network or embedder_from_spec(predictor.spec, weights, engine or DEFAULT_ENGINE)
+        self.roles = self.network.tap_roles(predictor.taps)
         self.n_jobs = n_jobs
 
     def explain(self, pixels: np.ndarray) -> tuple[LocationAttribution, np.ndarray]:

@@ -1,7 +1,7 @@
 """Heat maps: each class margin of a prediction decomposed over the locations of the image.
 
 The embedding is a mean over views v and locations (x, y) of per-location values U of
-each tap t (:mod:`cellembed.spatial`; for the default average pooling U is the feature
+each tap t (:meth:`cellembed.network.Network.maps`; for the default average pooling U is the feature
 map A_t itself): e_d = mean_{v,x,y} U_d(v, x, y).
 
 **Linear models** (the logistic regression; any family whose ``linear_margin`` gives
@@ -39,7 +39,7 @@ from cellclf.errors import ClassifierInputError
 
 if TYPE_CHECKING:
     from cellclf.predictor import Predictor
-    from cellembed.spatial import TapMaps
+    from cellembed.network import TapMaps
 
 #: A dimension whose embedding is within this many training standard deviations of the
 #: training mean is spread evenly by the approximate (SHAP-spreading) maps: dividing by a

@@ -220,13 +220,11 @@ class Service:
                  engine: str | None = None, log: Callable[[str], None] | None = None) -> None:
         from cellclf.classifier import ImageClassifier
         from cellembed.engines import DEFAULT_ENGINE
-        from cellembed.preparation import preparation_for
 
         self.settings = settings or ServeSettings()
         self.predictor = predictor
         self.classifier = ImageClassifier(predictor, weights=weights, engine=engine or DEFAULT_ENGINE, log=log)
         self.embedder = self.classifier.embedder  # built now, not at the first request
-        self.prepare = preparation_for(predictor.spec)
         self.explainer, self.heatmaps_missing = None, None
         if not self.settings.heatmaps:
             self.heatmaps_missing = "the server was started with --no-heatmaps"
@@ -235,7 +233,7 @@ class Service:
         else:
             from cellclf.explaining import Explainer
 
-            self.explainer = Explainer(predictor, self.classifier.weights)
+            self.explainer = Explainer(predictor, network=self.embedder)  # the same network: one forward pass definition
         self.decoders = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="decode")
         self.network = ThreadPoolExecutor(1, thread_name_prefix="network")
         self.batcher = Batcher(self._proba, self.network, NETWORK_BATCH)
@@ -247,9 +245,7 @@ class Service:
         return self.predictor.predict_proba(self.embedder.embed(pixels), spec=self.embedder.spec)
 
     def _decode(self, name: str, data: bytes) -> np.ndarray:
-        from cellembed.decoding import load_for_network
-
-        image = load_for_network(data, self.predictor.spec.input_size, self.settings.max_pixels, self.prepare)
+        image = self.embedder.load(data, self.settings.max_pixels)
         if image.pixels is None:
             raise BadUpload(422, f"{name}: {image.error}")
         return image.pixels

@@ -62,7 +62,8 @@ def main() -> None:
 )
 @click.option(
     "--backbone", type=click.Choice(backbone_names()), default=DEFAULT_BACKBONE,
-    help="The frozen ImageNet network that embeds the images.",
+    help="The frozen network that embeds the images: xception (ImageNet Xception, Keras) or onnx "
+    "(your own network as an ONNX file; --weights names its JSON description, see the README).",
 )
 @click.option(
     "--layers", default=None,
@@ -101,11 +102,13 @@ def main() -> None:
 @click.option(
     "--weights", default=None, metavar="PATH|imagenet",
     help="ImageNet weights file of the backbone, no top (.weights.h5 or .h5). Default for xception: "
-    "$CELLEMBED_WEIGHTS if set, else 'imagenet' (Keras downloads them; needs internet).",
+    "$CELLEMBED_WEIGHTS if set, else 'imagenet' (Keras downloads them; needs internet). For onnx: "
+    "the network's JSON description (default $CELLEMBED_ONNX_BACKBONE).",
 )
 @click.option(
     "--input-size", default=None, type=click.IntRange(min=1),
-    help="Network input side in pixels; default: 299 for xception (at least 71).",
+    help="Network input side in pixels; default: 299 for xception (at least 71); an onnx network "
+    "takes the size its description gives.",
 )
 @click.option(
     "--batch-size", default=32, type=click.IntRange(min=1),

@@ -9,7 +9,6 @@ added later is threaded into the network here, once.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Callable, Sequence
 
@@ -21,12 +20,19 @@ from cellembed.backbones import (
     get_backbone,
     parse_layers,
 )
-from cellembed.engines import DEFAULT_ENGINE, Embedder, build_embedder, check_engine, engine_libraries, prepare_engine
+from cellembed.engines import (
+    DEFAULT_ENGINE,
+    build_extractor,
+    check_engine,
+    engine_libraries,
+    engine_module,
+    prepare_engine,
+)
 from cellembed.choices import checked_choices, choices_of
 from cellembed.errors import InputError
 from cellembed.presets import DEFAULT_PRESET, PRESETS, preset_settings
-from cellembed.spec import LATER_FIELDS, EmbeddingSpec
-from cellembed.views import ViewMeanEmbedder
+from cellembed.network import Network, tap_widths
+from cellembed.spec import EmbeddingSpec
 from cellembed.versions import library_versions
 from cellembed.weights import WeightsFile, check_weights, resolve_weights
 
@@ -73,13 +79,15 @@ def spec_for_settings(
     check_engine(engine)
     settings = preset_settings(preset, layers=layers, **choices)
     chosen = get_backbone(backbone)
+    weights_file = resolve_weights(weights, chosen)
+    chosen = chosen.configured(weights_file)
     layers = settings.pop("layers")
     if isinstance(layers, str) and layers == PRESETS[preset].layers and layers not in chosen.tap_presets:
         layers = None  # a tap preset this backbone does not have: its own default taps
     tap_names = parse_layers(chosen, layers)
     size = chosen.default_input_size if input_size is None else input_size
     check_input_size(chosen, size)
-    weights_file = resolve_weights(weights, chosen)
+    engine_module(engine, chosen)
     spec = planned_spec(chosen, weights_file, size, tap_names, engine, **settings)
     return spec, weights_file
 
@@ -91,14 +99,16 @@ def embedder_from_spec(
     *,
     log: Callable[[str], None] | None = None,
     threads: int | None = None,
-) -> Embedder:
-    """Rebuild exactly the embedder that wrote embeddings of ``spec``.
+) -> Network:
+    """Rebuild exactly the embedder that wrote embeddings of ``spec``: the backbone loaded
+    by the engine as a tap extractor, with the spec's views and pooling
+    (:class:`cellembed.network.Network`, which also gives the heat-map material).
 
     Args:
         spec: the spec of an embeddings file (``cellembed.read_spec``), of a predictor, or
             a planned spec (tap widths 0).
         weights: the weights file (a path, ``"imagenet"``, or None for the backbone's
-            environment variable); refused unless its SHA-256 is the spec's.
+            environment variable); refused unless it identifies the spec's network.
         engine: ``"onnxruntime"`` or ``"tensorflow"``; same embeddings within 1e-4.
         log: receives a line when a one-time conversion starts.
         threads: cap on the engine's CPU threads (None: the engine's default).
@@ -108,15 +118,15 @@ def embedder_from_spec(
             reproduce (another preprocessing, resize, colour or pooling).
     """
     backbone, weights_file, rebuilt = _rebuild(spec, weights, engine)
-    network = build_embedder(engine, backbone, weights_file, network_spec(rebuilt), log=log, threads=threads)
-    embedder = ViewMeanEmbedder(network, rebuilt.views) if rebuilt.views > 1 else network
-    embedder.spec = dataclasses.replace(rebuilt, taps=network.spec.taps)
-    if spec.widths_known and [t.width for t in embedder.spec.taps] != [t.width for t in spec.taps]:
+    extractor = build_extractor(engine, backbone, weights_file, rebuilt.tap_names, rebuilt.input_size,
+                                log=log, threads=threads)
+    built = rebuilt.with_tap_widths(tap_widths(extractor, rebuilt))
+    if spec.widths_known and [t.width for t in built.taps] != [t.width for t in spec.taps]:
         raise InputError(
             f"the rebuilt {backbone.title} gives other tap widths than the spec "
-            f"({[t.width for t in embedder.spec.taps]} vs {[t.width for t in spec.taps]})"
+            f"({[t.width for t in built.taps]} vs {[t.width for t in spec.taps]})"
         )
-    return embedder
+    return Network(extractor, built, backbone)
 
 
 def prepare_embedder(
@@ -129,22 +139,18 @@ def prepare_embedder(
     """Check ``spec`` can be rebuilt and make ready what its engine needs once (the ONNX
     conversion), here, before many worker processes build the embedder at once."""
     backbone, weights_file, rebuilt = _rebuild(spec, weights, engine)
-    prepare_engine(engine, backbone, weights_file, network_spec(rebuilt), log=log)
-
-
-def network_spec(spec: EmbeddingSpec) -> EmbeddingSpec:
-    """``spec`` without what happens outside the network (image preparation, views): what
-    an engine builds and caches. The views are averaged around it (ViewMeanEmbedder)."""
-    return dataclasses.replace(spec, **LATER_FIELDS)
+    prepare_engine(engine, backbone, weights_file, rebuilt.tap_names, rebuilt.input_size, log=log)
 
 
 def _rebuild(spec: EmbeddingSpec, weights: "str | os.PathLike | WeightsFile | None", engine: str):
-    """The backbone, checked weights and planned spec that reproduce ``spec``."""
+    """The configured backbone, checked weights and planned spec that reproduce ``spec``."""
     check_engine(engine)
     backbone = backbone_for_spec(spec)
-    check_input_size(backbone, spec.input_size)
     weights_file = resolve_weights(weights, backbone)
     check_weights(weights_file, spec.weights_sha256, spec.weights_source, "these embeddings were made with", backbone)
+    backbone = backbone.configured(weights_file)
+    check_input_size(backbone, spec.input_size)
+    engine_module(engine, backbone)
     rebuilt = planned_spec(
         backbone, weights_file, spec.input_size, spec.tap_names, engine,
         **choices_of(spec),
@@ -168,7 +174,7 @@ def load_embedder(
     backbone: str = DEFAULT_BACKBONE,
     preset: str = DEFAULT_PRESET,
     **choices: Any,
-) -> Embedder:
+) -> Network:
     """Build a backbone (default Xception) with its weights and the requested taps.
 
     ``layers`` is a tap preset of the backbone (Xception: ``"mid"``, ``"multiscale"``,

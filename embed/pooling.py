@@ -18,9 +18,6 @@ Adding a pooling is one entry in :data:`POOLINGS` (the statistics, in order, tha
 
 from __future__ import annotations
 
-import functools
-from typing import Any
-
 import numpy as np
 
 from cellembed.errors import InputError
@@ -44,35 +41,24 @@ def statistics(pooling: str) -> tuple[str, ...]:
     return POOLINGS[pooling]
 
 
-def pool(feature_map: Any, pooling: str, name: str) -> Any:
-    """The Keras tensor (n, C x statistics) of a (n, H, W, C) Keras tensor."""
-    import keras
-
+def pool(feature_map: np.ndarray, pooling: str) -> np.ndarray:
+    """(n, H, W, C) maps -> (n, C x statistics) float32 pooled tap, statistics one after
+    another (the means, then the standard deviations): the mean over locations of
+    :func:`location_values`, computed directly. float32 arithmetic with float64 means
+    (about 0.8 ms for Xception's four mid taps of one image; the float64 version took 9 ms,
+    a tenth of the network's time per view)."""
+    A = np.asarray(feature_map, dtype=np.float32)
+    n, height, width, channels = A.shape
+    flat = A.reshape(n, height * width, channels)
+    mean = flat.mean(axis=1, dtype=np.float64)
     parts = []
     for stat in statistics(pooling):
         if stat == "mean":
-            parts.append(keras.layers.GlobalAveragePooling2D(name=f"{name}_mean")(feature_map))
+            parts.append(mean)
         else:
-            parts.append(ChannelStd(name=f"{name}_std")(feature_map))
-    return parts[0] if len(parts) == 1 else keras.layers.Concatenate(name=name)(parts)
-
-
-@functools.lru_cache(maxsize=None)
-def _channel_std_layer() -> type:
-    import keras
-
-    class _ChannelStd(keras.layers.Layer):
-        """Per-channel (population) standard deviation over the spatial locations."""
-
-        def call(self, inputs):
-            mean = keras.ops.mean(inputs, axis=(1, 2), keepdims=True)
-            return keras.ops.sqrt(keras.ops.mean(keras.ops.square(inputs - mean), axis=(1, 2)))
-
-    return _ChannelStd
-
-
-def ChannelStd(**kwargs: Any) -> Any:  # noqa: N802 - a layer constructor, imported lazily
-    return _channel_std_layer()(**kwargs)
+            centred = flat - mean.astype(np.float32)[:, None, :]
+            parts.append(np.sqrt(np.einsum("nlc,nlc->nc", centred, centred) / (height * width)))
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)).astype(np.float32)
 
 
 def location_values(feature_map: np.ndarray, pooling: str) -> np.ndarray:

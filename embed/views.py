@@ -10,7 +10,6 @@ with the views the classifier was trained on.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 import numpy as np
@@ -30,7 +29,7 @@ DIHEDRAL: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "anti-transpose": lambda x: np.rot90(x, 2, axes=(1, 2)).swapaxes(1, 2),
 }
 #: The inverse of each view, by name: brings what the network saw of a view (its feature
-#: maps) back to the orientation of the image (explanations, :mod:`cellembed.spatial`).
+#: maps) back to the orientation of the image (explanations, :mod:`cellembed.network`).
 INVERSE: dict[str, str] = {
     "identity": "identity",
     "flip left-right": "flip left-right",
@@ -55,25 +54,3 @@ def view_names(views: int) -> list[str]:
     """The transforms averaged for ``views`` (in order)."""
     check_views(views)
     return list(DIHEDRAL)[:views]
-
-
-class ViewMeanEmbedder:
-    """An embedder whose embedding is the mean of ``inner``'s over the first ``views``
-    dihedral views (see the module docstring); ``spec`` records the views."""
-
-    def __init__(self, inner, views: int):
-        check_views(views)
-        self.inner = inner
-        self.views = views
-        self.spec = dataclasses.replace(inner.spec, views=views)
-
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """(n, size, size, 3) float32 in 0..255 -> (n, spec.dim) float32."""
-        pixels = np.asarray(pixels, dtype=np.float32)
-        if len(pixels) == 0 or self.views == 1:
-            return self.inner.embed(pixels)
-        # One view of the batch at a time: memory stays at one extra copy of the pixels.
-        total = np.zeros((len(pixels), self.spec.dim), np.float64)
-        for transform in list(DIHEDRAL.values())[: self.views]:
-            total += self.inner.embed(np.ascontiguousarray(transform(pixels)))
-        return (total / self.views).astype(np.float32)

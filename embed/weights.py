@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cellembed.errors import InputError
-from cellembed.hashing import sha256_file
 
 if TYPE_CHECKING:
     from cellembed.backbones import Backbone
@@ -45,14 +44,15 @@ def resolve_weights(weights: "str | os.PathLike | WeightsFile | None", backbone:
         source = f"${backbone.weights_env}" if weights != IMAGENET else "download"
     if str(weights) == IMAGENET:
         path = backbone.download_weights()
-        return WeightsFile(path, sha256_file(path), f"keras {IMAGENET} download")
+        return WeightsFile(path, backbone.weights_identity(path), f"keras {IMAGENET} download")
     path = Path(weights).expanduser()
     if not path.is_file():
         raise InputError(
             f"weights file {path} (from {source}) does not exist; give the path of the {backbone.title} "
-            f"ImageNet weights (no top) or use --weights {IMAGENET} when online"
+            + (f"ImageNet weights (no top) or use --weights {IMAGENET} when online" if backbone.framework == "keras"
+               else "network's description")
         )
-    return WeightsFile(path.resolve(), sha256_file(path), path.name)
+    return WeightsFile(path.resolve(), backbone.weights_identity(path), path.name)
 
 
 def check_weights(

@@ -77,7 +77,7 @@ def test_taps_resolve_by_position_when_keras_renamed_the_layers(random_weights):
     # Every Xception built earlier in this process shifted Keras' automatic names.
     first = load_embedder(random_weights, SMALL, "add_6", "tensorflow", preset="v1")
     second = load_embedder(random_weights, SMALL, "add_6", "tensorflow", preset="v1")
-    live_names = [l.name for l in second.model.layers if isinstance(l, keras.layers.Add)]
+    live_names = [l.name for l in second.extractor.model.layers if isinstance(l, keras.layers.Add)]
     assert "add_6" not in live_names or live_names.index("add_6") == 6
     x = np.random.default_rng(0).uniform(0, 255, (2, SMALL, SMALL, 3)).astype(np.float32)
     np.testing.assert_allclose(first.embed(x), second.embed(x), atol=1e-5)

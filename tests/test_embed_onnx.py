@@ -76,9 +76,9 @@ def test_a_cached_model_of_other_taps_is_not_trusted(random_weights):
     load_embedder(random_weights, SMALL, "final", preset="v1")
     final_model = _cache_file(random_weights, ["block14_sepconv2_act"])
     add_6, _ = spec_for_settings(weights=random_weights, input_size=SMALL, layers="add_6", preset="v1")
-    assert onnx_engine._open_cached(final_model, add_6, None) is None
+    assert onnx_engine._open_cached(final_model, add_6.tap_names, None) is None
     final, _ = spec_for_settings(weights=random_weights, input_size=SMALL, layers="final", preset="v1")
-    assert onnx_engine._open_cached(final_model, final, None).spec.tap_names == ["block14_sepconv2_act"]
+    assert onnx_engine._open_cached(final_model, final.tap_names, None).taps == ("block14_sepconv2_act",)
 
 
 def test_unwritable_cache_folder_only_warns(random_weights, tmp_path, monkeypatch):
@@ -90,10 +90,10 @@ def test_unwritable_cache_folder_only_warns(random_weights, tmp_path, monkeypatc
 
     load_embedder(random_weights, SMALL, "final", preset="v1")  # converted once per session
     model = _cache_file(random_weights, ["block14_sepconv2_act"])
-    probe_output = load_embedder(random_weights, SMALL, "final", "tensorflow", preset="v1").embed(probe_pixels(SMALL))
+    probe_output = load_embedder(random_weights, SMALL, "final", "tensorflow", preset="v1").extractor(probe_pixels(SMALL))
 
     @contextmanager
-    def already_converted(backbone, weights, spec):
+    def already_converted(backbone, weights, taps, size):
         yield model, probe_output
 
     monkeypatch.setattr(onnx_engine, "converted", already_converted)
@@ -108,11 +108,11 @@ def test_unwritable_cache_folder_only_warns(random_weights, tmp_path, monkeypatc
 def test_a_conversion_that_differs_from_tensorflow_is_refused(random_weights):
     from cellembed.engines.onnx_conversion import probe_pixels
 
-    embedder = load_embedder(random_weights, SMALL, "final", preset="v1")
-    reference = load_embedder(random_weights, SMALL, "final", "tensorflow", preset="v1").embed(probe_pixels(SMALL))
-    onnx_engine.check_same_output(embedder, reference)
+    extractor = load_embedder(random_weights, SMALL, "final", preset="v1").extractor
+    reference = load_embedder(random_weights, SMALL, "final", "tensorflow", preset="v1").extractor(probe_pixels(SMALL))
+    onnx_engine.check_same_output(extractor, reference)
     with pytest.raises(InputError, match="differs from TensorFlow by 0.01.*--engine tensorflow"):
-        onnx_engine.check_same_output(embedder, reference + 0.01)
+        onnx_engine.check_same_output(extractor, {tap: maps + 0.01 for tap, maps in reference.items()})
 
 
 def test_engines_share_one_embeddings_file(random_weights, labelled_folder, tmp_path):

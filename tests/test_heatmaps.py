@@ -1,4 +1,4 @@
-"""Heat maps: class margins decomposed over image locations (cellclf.heatmaps, cellembed.spatial)."""
+"""Heat maps: class margins decomposed over image locations (cellclf.heatmaps, cellembed.network)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from cellclf.families.lr import make_lr
 from cellclf.families.xgb import make_xgb
 from cellclf.heatmaps import APPROXIMATE_METHOD, EXACT_METHOD, attribute, upsample
 from cellclf.predictor import Predictor, feature_reference
-from cellembed.spatial import TapMaps
+from cellembed.network import Network, TapMaps
 from cellembed.spec import EmbeddingSpec
 from conftest import SAMPLE
 
@@ -99,23 +99,18 @@ def test_each_view_is_turned_back_to_the_image_orientation():
     map: the inverses are right."""
     import dataclasses
 
-    from cellembed.spatial import SpatialNetwork
-
-    class Output:
-        def __init__(self, array):
-            self.array = array
-
-        def numpy(self):
-            return self.array
-
-    network = object.__new__(SpatialNetwork)
-    network.spec = dataclasses.replace(
-        EmbeddingSpec.from_widths([("t", 1)], backbone="b", weights_sha256="0", input_size=16), views=8
-    )
     def blocks(pixels):
         return np.asarray(pixels)[..., :1].reshape(-1, 4, 4, 4, 4, 1).mean(axis=(2, 4))
 
-    network._forward = lambda pixels: [Output(blocks(pixels))]
+    class Blocks:
+        taps, channels = ("t",), {"t": 1}
+
+        def __call__(self, pixels):
+            return {"t": blocks(pixels)}
+
+    network = Network(Blocks(), dataclasses.replace(
+        EmbeddingSpec.from_widths([("t", 1)], backbone="b", weights_sha256="0", input_size=16), views=8
+    ))
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype(np.float32)
     maps = network.maps(pixels).maps[0]  # (2, 8, 4, 4, 1)
     for view in range(8):
@@ -139,14 +134,11 @@ def test_the_linear_map_puts_the_evidence_where_the_spot_is():
 
 @pytest.fixture(scope="module")
 def sample_maps(real_weights):
-    from cellembed.embedder import spec_for_settings
-    from cellembed.spatial import SpatialNetwork
+    from cellembed.embedder import embedder_from_spec, spec_for_settings
 
     spec, weights = spec_for_settings(weights=real_weights)  # the default preset
-    from cellembed.embedder import embedder_from_spec
-
-    engine = embedder_from_spec(spec, weights)
-    network = SpatialNetwork(engine.spec, weights)
+    engine = embedder_from_spec(spec, weights)  # ONNX Runtime
+    network = embedder_from_spec(spec, weights, "tensorflow")  # maps from the other engine
     files = sorted(SAMPLE.glob("*/*.jpg"))
     pixels = np.stack([network.load(f).pixels for f in files])
     maps = network.maps(pixels)

@@ -1,9 +1,17 @@
 """Backbones: the frozen networks cellembed can embed with, and their registry.
 
-A backbone describes one network: how to build it (randomly initialised, no top), which
-input sizes it takes, its stable layer names and tap presets, how pixels are preprocessed
-and resized (recorded in the embedding spec), where its weights come from. The engines
-(:mod:`cellembed.engines`) turn a backbone plus weights into an embedder.
+A backbone is configuration (the timm shape): its framework, which input sizes it takes,
+its tap names and presets, how pixels are preprocessed and resized (recorded in the
+embedding spec), where its weights come from and what identifies them. An engine
+(:mod:`cellembed.engines`) loads it as a tap extractor (the tap maps before pooling);
+views, pooling and heat maps are the same NumPy code for every backbone
+(:mod:`cellembed.network`).
+
+Frameworks: ``keras`` backbones (Xception) give a Keras model (``build``, ``preprocess``,
+``layers``), run by TensorFlow or converted once for ONNX Runtime; ``onnx`` backbones are
+an ONNX file (``model_path``, ``prepare_input``, ``tap_outputs``), run by ONNX Runtime
+without TensorFlow. A backbone whose configuration lives in its weights file (the ``onnx``
+backbone's description) gives it in :meth:`Backbone.configured`.
 
 Adding a backbone is one new module in this package that defines a :class:`Backbone` and
 one line in :data:`_MODULES` below; ``cellembed extract --backbone NAME`` then offers it,
@@ -21,10 +29,12 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from cellembed.spec import EmbeddingSpec
+    from cellembed.weights import WeightsFile
 
 #: Registered backbones: name (the ``--backbone`` value) -> module defining ``BACKBONE``.
 _MODULES: dict[str, str] = {
     "xception": "cellembed.backbones.xception",
+    "onnx": "cellembed.backbones.onnx_file",
 }
 DEFAULT_BACKBONE = "xception"
 
@@ -37,7 +47,9 @@ class Backbone(Protocol):
         spec_name: the ``backbone`` field of embedding specs it writes; specs are matched
             to backbones by this value.
         title: name for people, used in messages (``"Xception"``).
+        framework: ``"keras"`` or ``"onnx"``: which engines can run it.
         min_input_size, default_input_size: in pixels, square inputs.
+        fixed_input_size: True when the network takes only ``default_input_size``.
         tap_presets: preset name -> layer names (``"multiscale"``, ``"final"``).
         default_layers: the default preset.
         preprocessing, resize: descriptions recorded in the spec (part of its identity);
@@ -50,8 +62,10 @@ class Backbone(Protocol):
     name: str
     spec_name: str
     title: str
+    framework: str
     min_input_size: int
     default_input_size: int
+    fixed_input_size: bool
     tap_presets: Mapping[str, tuple[str, ...]]
     default_layers: str
     preprocessing: str
@@ -62,18 +76,23 @@ class Backbone(Protocol):
     def download_weights(self) -> "Path":
         """Fetch the ImageNet weights (needs internet); raise InputError when it fails."""
 
-    def build(self, input_size: int) -> Any:
-        """A randomly initialised Keras model of the network, no top, square input (the
-        engines run it with TensorFlow, or convert it for ONNX Runtime)."""
+    def weights_identity(self, path: "Path") -> str:
+        """The SHA-256 that identifies the network a weights file gives (the spec's
+        ``weights_sha256``)."""
 
-    def preprocess(self, pixels: Any) -> Any:
-        """Tensor op: (n, size, size, 3) float32 RGB in 0..255 -> the network's input."""
-
-    def layers(self, model: Any) -> dict[str, Any]:
-        """Stable layer name -> layer, for every layer of ``model`` with a 4-D output."""
+    def configured(self, weights: "WeightsFile") -> "Backbone":
+        """This backbone as ``weights`` configure it (most backbones: itself)."""
 
     def tap_role(self, name: str) -> str:
         """What a layer sees, for readers of explanations ("early: ..."; "" when unknown)."""
+
+    # keras backbones only (the TensorFlow engine, and the conversion for ONNX Runtime):
+    #   build(input_size) -> a randomly initialised Keras model, no top, square input
+    #   preprocess(pixels) -> tensor op: (n, size, size, 3) float32 RGB in 0..255 -> input
+    #   layers(model) -> stable layer name -> layer, for every layer with a 4-D output
+    # onnx backbones only (the ONNX Runtime engine):
+    #   model_path, prepare_input(pixels) -> the model's input, tap_outputs(names) -> TapOutput
+
 
 
 def backbone_names() -> tuple[str, ...]:
@@ -100,6 +119,11 @@ def backbone_for_spec(spec: "EmbeddingSpec") -> Backbone:
 
 
 def check_input_size(backbone: Backbone, input_size: int) -> None:
+    if backbone.fixed_input_size and input_size != backbone.default_input_size:
+        raise InputError(
+            f"--input-size {input_size} is not the size {backbone.title} takes ({backbone.default_input_size}); "
+            "leave --input-size out"
+        )
     if input_size < backbone.min_input_size:
         raise InputError(
             f"--input-size {input_size} is too small; {backbone.title} needs at least {backbone.min_input_size}"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cellembed.errors import InputError
+from cellembed.hashing import sha256_file
 from cellembed.quiet import quiet_native_logs
 from cellembed.spec import RESIZE
 
@@ -39,6 +40,8 @@ class Xception:
     name = "xception"
     spec_name = "keras.applications.Xception(include_top=False)"
     title = "Xception"
+    framework = "keras"
+    fixed_input_size = False
     min_input_size = 71
     default_input_size = 299
     tap_presets = {
@@ -73,6 +76,12 @@ class Xception:
                 f"offline machines must set {self.weights_env} or pass --weights PATH"
             ) from None
         return Path(local)
+
+    def weights_identity(self, path: Path) -> str:
+        return sha256_file(path)
+
+    def configured(self, weights: Any) -> "Xception":
+        return self
 
     def build(self, input_size: int) -> Any:
         import keras

@@ -1,16 +1,19 @@
 """Engines: what runs a backbone's network. Each gives the same embeddings (within 1e-4).
 
-An engine module defines ``build(backbone, weights, spec, *, log=None, threads=None)``
-returning an :class:`Embedder` whose spec is ``spec`` with the real tap widths, and may
-define ``prepare(backbone, weights, spec, *, log=None)`` to make once what every build
-needs (the ONNX Runtime engine's converted model), so that many workers starting together
-find it ready. Adding an engine is one module plus one line in :data:`_MODULES`.
+An engine module defines ``FRAMEWORKS`` (the backbone frameworks it runs: ``"keras"``,
+``"onnx"``) and ``build(backbone, weights, tap_names, input_size, *, log=None,
+threads=None)`` returning a :class:`cellembed.network.TapExtractor` (the tap maps before
+pooling; views and pooling are NumPy, in :class:`cellembed.network.Network`), and may
+define ``prepare(backbone, weights, tap_names, input_size, *, log=None)`` to make once what
+every build needs (the ONNX Runtime engine's converted model), so that many workers
+starting together find it ready. Adding an engine is one module plus one line in
+:data:`_MODULES`.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -18,6 +21,7 @@ from cellembed.errors import InputError
 
 if TYPE_CHECKING:
     from cellembed.backbones import Backbone
+    from cellembed.network import TapExtractor
     from cellembed.spec import EmbeddingSpec
     from cellembed.weights import WeightsFile
 
@@ -31,8 +35,9 @@ DEFAULT_ENGINE = "onnxruntime"
 
 
 class Embedder(Protocol):
-    """A built network: ``embed`` takes (n, size, size, 3) float32 RGB in 0..255 (already
-    resized) and returns (n, spec.dim) float32, all taps from one forward pass."""
+    """What embeds images (:class:`cellembed.network.Network`): ``embed`` takes (n, size,
+    size, 3) float32 RGB in 0..255 (already resized) and returns (n, spec.dim) float32, all
+    taps from one forward pass per view."""
 
     spec: "EmbeddingSpec"
 
@@ -50,27 +55,39 @@ def engine_libraries(engine: str) -> tuple[str, ...]:
     return _MODULES[engine][1]
 
 
-def build_embedder(
+def engine_module(engine: str, backbone: "Backbone"):
+    """The module of ``engine``, refusing a backbone of a framework it does not run."""
+    check_engine(engine)
+    module = importlib.import_module(_MODULES[engine][0])
+    if backbone.framework not in module.FRAMEWORKS:
+        runs = [name for name in ENGINES if backbone.framework in importlib.import_module(_MODULES[name][0]).FRAMEWORKS]
+        raise InputError(
+            f"--engine {engine} does not run {backbone.framework} networks such as {backbone.title}; "
+            f"use --engine {' or '.join(runs)}"
+        )
+    return module
+
+
+def build_extractor(
     engine: str,
     backbone: "Backbone",
     weights: "WeightsFile",
-    spec: "EmbeddingSpec",
+    tap_names: Sequence[str],
+    input_size: int,
     *,
     log: Callable[[str], None] | None = None,
     threads: int | None = None,
-) -> Embedder:
-    """Build ``backbone`` with ``weights`` for ``engine``; ``spec`` is the planned spec."""
-    check_engine(engine)
-    module = importlib.import_module(_MODULES[engine][0])
-    return module.build(backbone, weights, spec, log=log, threads=threads)
+) -> "TapExtractor":
+    """Load ``backbone`` with ``weights`` for ``engine``, returning these taps' maps."""
+    module = engine_module(engine, backbone)
+    return module.build(backbone, weights, list(tap_names), input_size, log=log, threads=threads)
 
 
 def prepare_engine(
-    engine: str, backbone: "Backbone", weights: "WeightsFile", spec: "EmbeddingSpec",
+    engine: str, backbone: "Backbone", weights: "WeightsFile", tap_names: Sequence[str], input_size: int,
     *, log: Callable[[str], None] | None = None,
 ) -> None:
     """Make ready, in this process, what ``engine`` builds from (nothing for most engines)."""
-    check_engine(engine)
-    module = importlib.import_module(_MODULES[engine][0])
+    module = engine_module(engine, backbone)
     if hasattr(module, "prepare"):
-        module.prepare(backbone, weights, spec, log=log)
+        module.prepare(backbone, weights, list(tap_names), input_size, log=log)

@@ -1,9 +1,9 @@
 """The one-time conversion of a backbone for ONNX Runtime, run in a child process.
 
-``python -m cellembed.engines.onnx_conversion REQUEST.json`` builds the TensorFlow embedder
-of a planned spec, records its output on the probe pixels, converts its ``tf.function``
-with tf2onnx and writes the model (spec in its metadata) and the reference output next to
-the request file.
+``python -m cellembed.engines.onnx_conversion REQUEST.json`` builds the TensorFlow tap
+extractor of a Keras backbone (:mod:`cellembed.engines.tensorflow_engine`), records its tap
+maps on the probe pixels, converts its ``tf.function`` with tf2onnx and writes the model
+(its taps in its metadata) and the reference maps next to the request file.
 
 Why a child process: tf2onnx rewrites every node's attributes, weights included, after
 each of its ~36 optimiser passes, and with protobuf's default (upb) backend each rewrite
@@ -24,7 +24,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
@@ -33,10 +33,10 @@ from cellembed.quiet import quiet_native_logs
 
 if TYPE_CHECKING:
     from cellembed.backbones import Backbone
-    from cellembed.spec import EmbeddingSpec
     from cellembed.weights import WeightsFile
 
-SPEC_KEY = "cellembed.spec"
+#: ONNX metadata key of a converted model: its tap names and channels, as JSON.
+TAPS_KEY = "cellembed.taps"
 OPSET = 17
 
 
@@ -46,8 +46,11 @@ def probe_pixels(size: int, images: int = 2) -> np.ndarray:
 
 
 @contextmanager
-def converted(backbone: "Backbone", weights: "WeightsFile", spec: "EmbeddingSpec") -> Iterator[tuple[Path, np.ndarray]]:
-    """Convert in a child process; yield the model file and TensorFlow's probe output.
+def converted(
+    backbone: "Backbone", weights: "WeightsFile", tap_names: Sequence[str], input_size: int
+) -> Iterator[tuple[Path, dict[str, np.ndarray]]]:
+    """Convert in a child process; yield the model file and TensorFlow's tap maps of the
+    probe pixels.
 
     The files live in a temporary folder removed afterwards (also on Ctrl-C, which stops
     the child too; if this process is killed, the child notices, removes it and exits).
@@ -59,7 +62,8 @@ def converted(backbone: "Backbone", weights: "WeightsFile", spec: "EmbeddingSpec
                 {
                     "backbone": backbone.name,
                     "weights": [str(weights.path), weights.sha256, weights.source],
-                    "spec": spec.to_dict(),
+                    "taps": list(tap_names),
+                    "input_size": input_size,
                     "parent": os.getpid(),
                 }
             )
@@ -78,26 +82,27 @@ def converted(backbone: "Backbone", weights: "WeightsFile", spec: "EmbeddingSpec
             raise RunFailed(
                 f"converting {backbone.title} for ONNX Runtime failed ({last}); run again, or use --engine tensorflow"
             )
-        yield Path(folder) / "model.onnx", np.load(Path(folder) / "reference.npy")
+        with np.load(Path(folder) / "reference.npz") as reference:
+            maps = {name: reference[name] for name in reference.files}
+        yield Path(folder) / "model.onnx", maps
 
 
 def _convert(request_path: Path) -> None:
-    """The child: build, record the reference output, convert, write."""
+    """The child: build, record the reference maps, convert, write."""
     from cellembed.backbones import get_backbone
     from cellembed.engines import tensorflow_engine
-    from cellembed.spec import EmbeddingSpec
     from cellembed.weights import WeightsFile
 
     request = json.loads(request_path.read_text())
     _exit_with_parent(request["parent"], request_path.parent)
     path, sha256, source = request["weights"]
-    spec = EmbeddingSpec.from_dict(request["spec"])
-    keras_embedder = tensorflow_engine.build(get_backbone(request["backbone"]), WeightsFile(Path(path), sha256, source), spec)
-    np.save(request_path.with_name("reference.npy"), keras_embedder.embed(probe_pixels(spec.input_size)))
+    taps, size = request["taps"], request["input_size"]
+    extractor = tensorflow_engine.build(get_backbone(request["backbone"]), WeightsFile(Path(path), sha256, source), taps, size)
+    np.savez(request_path.with_name("reference.npz"), **extractor(probe_pixels(size)))
 
     import tf2onnx
 
-    forward = keras_embedder.forward
+    forward = extractor.forward
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)  # it logs every step at INFO
     # tf2onnx deep-copies the whole graph before each optimiser pass so it can roll a
     # failed pass back; that doubles the time. A failed pass raises instead, and a wrong
@@ -106,7 +111,7 @@ def _convert(request_path: Path) -> None:
     with quiet_native_logs():
         proto, _ = tf2onnx.convert.from_function(forward, input_signature=forward.input_signature, opset=OPSET)
     entry = proto.metadata_props.add()
-    entry.key, entry.value = SPEC_KEY, keras_embedder.spec.to_json()
+    entry.key, entry.value = TAPS_KEY, json.dumps({"taps": taps, "channels": extractor.channels})
     request_path.with_name("model.onnx").write_bytes(proto.SerializeToString())
 
 

@@ -1,4 +1,4 @@
-"""The ONNX Runtime engine: the same frozen backbone taps, run faster on CPU.
+"""The ONNX Runtime engine: a backbone's tap maps, run faster on CPU, without TensorFlow.
 
 Why: on a 2-core AVX-512 CPU the TensorFlow ``tf.function`` embeds about 16 images/s at its
 best batch size (32), while ONNX Runtime runs the converted graph at about 19-20 images/s
@@ -6,74 +6,116 @@ best batch size (32), while ONNX Runtime runs the converted graph at about 19-20
 kernels). ONNX Runtime is fastest one image at a time: one image's activations stay in
 cache, 32 images' do not (measured 20 images/s at batch 1, 16.5 at batch 32).
 
-The ONNX model is tf2onnx's conversion of the very ``tf.function`` the TensorFlow engine
-runs (the backbone's preprocessing included), so its input is the same resized 0..255
-pixels. The conversion runs once per (backbone, weights, input size, taps, library
-versions) in a child process (:mod:`cellembed.engines.onnx_conversion`, which says why)
-and is cached in ``$CELLEMBED_CACHE_DIR`` (default ``~/.cache/cellembed``). Each
-conversion is checked against TensorFlow's output on probe images before it is used or
-cached; the embedding spec travels inside the ONNX file's metadata.
+Two frameworks run here:
+
+- ``onnx`` backbones (:mod:`cellembed.backbones.onnx_file`) are ONNX files already: the
+  session runs the file, the backbone prepares its input (channel order, scale, mean/std,
+  layout) and says which outputs are taps and how to read them as maps.
+- ``keras`` backbones are converted once: tf2onnx's conversion of the very ``tf.function``
+  the TensorFlow engine runs (the backbone's preprocessing included, so its input is the
+  resized 0..255 pixels; its outputs the tap maps, NHWC). The conversion runs once per
+  (backbone, weights, input size, taps, library versions) in a child process
+  (:mod:`cellembed.engines.onnx_conversion`, which says why), is checked against
+  TensorFlow's maps on probe images before it is used, and is cached in
+  ``$CELLEMBED_CACHE_DIR`` (default ``~/.cache/cellembed``); the taps travel inside the
+  ONNX file's metadata. With the conversion cached, nothing imports TensorFlow.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
+import threading
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from cellembed.atomic import atomic_path
 from cellembed.cache import CACHE_ENV, cache_dir  # noqa: F401 - CACHE_ENV is part of this module's interface
-from cellembed.pooling import DEFAULT_POOLING
-from cellembed.engines.onnx_conversion import SPEC_KEY, converted, probe_pixels
+from cellembed.engines.onnx_conversion import TAPS_KEY, converted, probe_pixels
 from cellembed.errors import InputError
-from cellembed.spec import EmbeddingSpec
+from cellembed.pooling import pool
 from cellembed.versions import package_version
 from cellembed.weights import WeightsFile
 
 if TYPE_CHECKING:
     from cellembed.backbones import Backbone
 
-# The largest |ONNX - TensorFlow| difference accepted on the probe images; outputs agree
-# to about 1e-5 in practice (float32 sums taken in another order).
+# The largest difference accepted between the pooled (mean and standard deviation) tap
+# maps of the conversion and of TensorFlow on the probe images; they agree to about 1e-5 in
+# practice (float32 sums taken in another order).
 MAX_ENGINE_DIFFERENCE = 1e-4
 _CONVERTER_PACKAGES = ("cellembed", "tensorflow", "keras", "tf2onnx", "onnx")
+FRAMEWORKS = ("keras", "onnx")
+#: How an ONNX output is read as maps: (n, C, H, W), (n, H, W, C), (n, C) (one location)
+#: or (n, tokens, C) (the tokens after the first ``prefix_tokens`` on a square grid).
+OUTPUT_LAYOUTS = ("NCHW", "NHWC", "NC", "NTC")
 
 
-def cached_model_path(
-    backbone: str, weights_sha256: str, input_size: int, tap_names: Sequence[str], pooling: str = DEFAULT_POOLING
-) -> Path:
-    """The cache file for one network: keyed by everything that shapes the conversion
-    (the default pooling is left out of the key, so conversions cached before it was a
-    choice are still found)."""
+@dataclass(frozen=True)
+class TapOutput:
+    """Which output of an ONNX model is a tap, and how to read it as (n, H, W, C) maps."""
+
+    tap: str
+    output: str
+    layout: str = "NHWC"
+    prefix_tokens: int = 0
+
+
+def cached_model_path(backbone: str, weights_sha256: str, input_size: int, tap_names: Sequence[str]) -> Path:
+    """The cache file for one converted network: keyed by everything that shapes it."""
     key = {
         "backbone": backbone,
         "weights_sha256": weights_sha256,
         "input_size": input_size,
         "taps": list(tap_names),
+        "outputs": "tap maps",
         "versions": {package: package_version(package) for package in _CONVERTER_PACKAGES},
     }
-    if pooling != DEFAULT_POOLING:
-        key["pooling"] = pooling
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     return cache_dir() / f"{backbone}-{input_size}-{digest}.onnx"
 
 
-class OnnxEmbedder:
-    """Frozen backbone taps run by ONNX Runtime; same contract as the TensorFlow embedder.
+def as_maps(array: np.ndarray, layout: str, prefix_tokens: int = 0) -> np.ndarray:
+    """One ONNX output as (n, H, W, C) float32 maps (see :data:`OUTPUT_LAYOUTS`)."""
+    array = np.asarray(array, dtype=np.float32)
+    if layout == "NHWC":
+        return array
+    if layout == "NCHW":
+        return np.ascontiguousarray(array.transpose(0, 2, 3, 1))
+    if layout == "NC":
+        return array[:, None, None, :]
+    tokens = array[:, prefix_tokens:]
+    side = int(round(np.sqrt(tokens.shape[1])))
+    if side * side != tokens.shape[1]:
+        raise InputError(
+            f"an NTC output has {tokens.shape[1]} tokens after {prefix_tokens} prefix tokens, not a square grid; "
+            "set prefix_tokens in the backbone description"
+        )
+    return tokens.reshape(len(tokens), side, side, tokens.shape[-1])
 
-    ``embed(pixels)`` takes (n, size, size, 3) float32 RGB in 0..255 (already resized) and
-    returns (n, spec.dim) float32. ``spec`` is None to read it from the model's metadata
-    (a cached conversion carries its spec); ``threads`` caps ONNX Runtime's threads.
+
+class OnnxTapExtractor:
+    """An ONNX model run by ONNX Runtime, returning tap maps (:mod:`cellembed.network`).
+
+    Args:
+        model: the model (bytes or a path).
+        outputs: the taps; None to read them from a converted model's metadata (NHWC
+            outputs in tap order).
+        threads: cap on ONNX Runtime's threads.
+        prepare: NumPy step from (n, size, size, 3) 0..255 RGB pixels to the model's input
+            (None: the pixels are the input, as for a converted Keras backbone).
+        channels: each tap's channel count (None: from the model's output shapes).
     """
 
-    def __init__(self, model: bytes | str | os.PathLike, spec: EmbeddingSpec | None = None, threads: int | None = None):
+    def __init__(self, model: bytes | str | os.PathLike, outputs: Sequence[TapOutput] | None = None,
+                 threads: int | None = None, prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+                 channels: Mapping[str, int] | None = None):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -83,41 +125,81 @@ class OnnxEmbedder:
         source = model if isinstance(model, bytes) else str(model)
         self.session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name
-        if spec is None:
-            spec = EmbeddingSpec.from_json(self.session.get_modelmeta().custom_metadata_map[SPEC_KEY])
-        self.spec = spec
+        if outputs is None:
+            recorded = json.loads(self.session.get_modelmeta().custom_metadata_map[TAPS_KEY])
+            names = [o.name for o in self.session.get_outputs()]
+            outputs = [TapOutput(tap, name) for tap, name in zip(recorded["taps"], names)]
+            channels = recorded["channels"]
+        self.outputs = tuple(outputs)
+        self.taps = tuple(o.tap for o in self.outputs)
+        self.channels = dict(channels) if channels is not None else self._output_channels()
+        self._prepare = prepare
+        self._buffers = threading.local()
 
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """(n, size, size, 3) float32 in 0..255 -> (n, spec.dim) float32."""
+    def _output_channels(self) -> dict[str, int]:
+        shapes = {o.name: o.shape for o in self.session.get_outputs()}
+        channels = {}
+        for tap in self.outputs:
+            shape = shapes[tap.output]
+            channel = shape[1] if tap.layout == "NCHW" else shape[-1]
+            if not isinstance(channel, int):
+                raise InputError(f"the ONNX output {tap.output} has no fixed channel count ({shape})")
+            channels[tap.tap] = channel
+        return channels
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """The tap maps of ``pixels``: arrays of this extractor, overwritten by its next call
+        in the same thread (copy what you keep; :class:`cellembed.network.Network` pools
+        them at once)."""
         pixels = np.asarray(pixels, dtype=np.float32)
-        if len(pixels) == 0:
-            return np.zeros((0, self.spec.dim), np.float32)
-        # One image per run: faster than a whole batch here (see the module docstring).
-        runs = [self.session.run(None, {self._input: pixels[i : i + 1]})[0] for i in range(len(pixels))]
-        return np.concatenate(runs)
+        names = [o.output for o in self.outputs]
+        maps: dict[str, np.ndarray] = {}
+        # One image per run: faster than a whole batch here (see the module docstring). Each
+        # image's maps are copied into arrays this thread reuses from call to call: new ones
+        # each call (or concatenating the runs) cost 4-5 ms per image and view in page
+        # faults, 6% of the default preset's time.
+        buffers = self._buffers.__dict__
+        for i in range(len(pixels)):
+            one = pixels[i : i + 1]
+            run = self.session.run(names, {self._input: self._prepare(one) if self._prepare else one})
+            for tap, output in zip(self.outputs, run):
+                image = as_maps(output, tap.layout, tap.prefix_tokens)
+                if tap.tap not in maps:
+                    shape = (len(pixels), *image.shape[1:])
+                    if buffers.get(tap.tap) is None or buffers[tap.tap].shape != shape:
+                        buffers[tap.tap] = np.empty(shape, np.float32)
+                    maps[tap.tap] = buffers[tap.tap]
+                maps[tap.tap][i] = image[0]
+        if not len(pixels):
+            maps = {tap: np.zeros((0, 1, 1, self.channels[tap]), np.float32) for tap in self.taps}
+        return maps
 
 
 def build(
     backbone: "Backbone",
     weights: WeightsFile,
-    spec: EmbeddingSpec,
+    tap_names: Sequence[str],
+    input_size: int,
     *,
     log: Callable[[str], None] | None = None,
     threads: int | None = None,
-) -> OnnxEmbedder:
-    """The ONNX Runtime embedder for the planned ``spec``, converting once if needed.
+) -> OnnxTapExtractor:
+    """The tap extractor of ``backbone``: its own ONNX file (``onnx`` backbones), or the
+    cached conversion of a Keras backbone, converting once if needed.
 
-    A cached conversion is used when its recorded spec has the same identity; an
+    A cached conversion is used when its recorded taps are the ones asked for; an
     unreadable or mismatching cache file is converted again. When the cache folder is not
     writable the conversion is used from memory (with a warning), so nothing fails for
     lack of a cache.
     """
-    path = cached_model_path(backbone.name, weights.sha256, spec.input_size, spec.tap_names, spec.pooling)
-    cached = _open_cached(path, spec, threads)
+    if backbone.framework == "onnx":
+        return OnnxTapExtractor(backbone.model_path, backbone.tap_outputs(tap_names), threads, backbone.prepare_input)
+    path = cached_model_path(backbone.name, weights.sha256, input_size, tap_names)
+    cached = _open_cached(path, tap_names, threads)
     if cached is not None:
         return cached
     with _conversion_lock(path):  # processes converting the same network wait for the first
-        cached = _open_cached(path, spec, threads)
+        cached = _open_cached(path, tap_names, threads)
         if cached is not None:
             return cached
         if log is not None:
@@ -125,18 +207,19 @@ def build(
                 f"converting {backbone.title} for ONNX Runtime (once for these weights and taps, about 20 s); "
                 f"cache: {path}"
             )
-        with converted(backbone, weights, spec) as (model_file, reference):
+        with converted(backbone, weights, tap_names, input_size) as (model_file, reference):
             model = model_file.read_bytes()
-        embedder = OnnxEmbedder(model, threads=threads)
-        check_same_output(embedder, reference)
+        extractor = OnnxTapExtractor(model, threads=threads)
+        check_same_output(extractor, reference)
         _save(model, path)
-    embedder.spec = dataclasses.replace(spec, taps=embedder.spec.taps)  # this run's provenance
-    return embedder
+    return extractor
 
 
-def prepare(backbone: "Backbone", weights: WeightsFile, spec: EmbeddingSpec, *, log: Callable[[str], None] | None = None) -> None:
+def prepare(backbone: "Backbone", weights: WeightsFile, tap_names: Sequence[str], input_size: int, *,
+            log: Callable[[str], None] | None = None) -> None:
     """Convert the network now (once, cached) unless the cache already holds it."""
-    build(backbone, weights, spec, log=log, threads=1)
+    if backbone.framework != "onnx":
+        build(backbone, weights, tap_names, input_size, log=log, threads=1)
 
 
 @contextmanager
@@ -159,11 +242,15 @@ def _conversion_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def check_same_output(onnx_embedder: OnnxEmbedder, reference: np.ndarray) -> None:
-    """Refuse a conversion whose output on the probe pixels differs from TensorFlow's
-    (``reference``, computed by the converting process)."""
-    probe = probe_pixels(onnx_embedder.spec.input_size, len(reference))
-    difference = float(np.abs(onnx_embedder.embed(probe) - reference).max())
+def check_same_output(extractor: OnnxTapExtractor, reference: Mapping[str, np.ndarray]) -> None:
+    """Refuse a conversion whose tap maps of the probe pixels, pooled (mean and standard
+    deviation), differ from TensorFlow's (``reference``, computed by the converting process)."""
+    first = next(iter(reference.values()))
+    ours = extractor(probe_pixels(_input_size(extractor), len(first)))
+    difference = max(
+        float(np.abs(pool(ours[tap], "global_average+std") - pool(maps, "global_average+std")).max())
+        for tap, maps in reference.items()
+    )
     if not difference <= MAX_ENGINE_DIFFERENCE:
         raise InputError(
             f"the ONNX conversion of the network differs from TensorFlow by {difference:.2g} "
@@ -171,19 +258,18 @@ def check_same_output(onnx_embedder: OnnxEmbedder, reference: np.ndarray) -> Non
         )
 
 
-def _open_cached(path: Path, spec: EmbeddingSpec, threads: int | None) -> OnnxEmbedder | None:
+def _input_size(extractor: OnnxTapExtractor) -> int:
+    return int(extractor.session.get_inputs()[0].shape[1])
+
+
+def _open_cached(path: Path, tap_names: Sequence[str], threads: int | None) -> OnnxTapExtractor | None:
     if not path.is_file():
         return None
     try:
-        embedder = OnnxEmbedder(path, threads=threads)
+        extractor = OnnxTapExtractor(path, threads=threads)
     except Exception:  # a damaged or foreign file: convert again and replace it
         return None
-    recorded = embedder.spec
-    if recorded.differences(spec):
-        return None
-    # The taps as converted; the provenance (weights source, versions) of this run.
-    embedder.spec = dataclasses.replace(spec, taps=recorded.taps)
-    return embedder
+    return extractor if list(extractor.taps) == list(tap_names) else None
 
 
 def _save(model: bytes, path: Path) -> None:

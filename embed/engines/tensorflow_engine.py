@@ -1,78 +1,78 @@
-"""The TensorFlow engine: the backbone as a Keras model with pooled taps, run by a tf.function."""
+"""The TensorFlow engine: a Keras backbone's tap maps, run by a tf.function."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from cellembed.errors import InputError
-from cellembed.pooling import pool
 from cellembed.quiet import quiet_native_logs
-from cellembed.spec import EmbeddingSpec
 from cellembed.weights import WeightsFile, load_weights
 
 if TYPE_CHECKING:
     from cellembed.backbones import Backbone
 
+FRAMEWORKS = ("keras",)
 
-class TensorFlowEmbedder:
-    """The frozen backbone returning its concatenated pooled taps (:mod:`cellembed.pooling`).
 
-    ``embed(pixels)`` takes (n, size, size, 3) float32 RGB in 0..255 (already resized) and
-    returns (n, spec.dim) float32. All taps come from one forward pass. ``forward`` is the
-    tf.function (preprocessing included) that the ONNX Runtime engine converts.
+class KerasTapExtractor:
+    """The frozen backbone returning its tap maps before pooling (:mod:`cellembed.network`).
+
+    ``forward`` is the tf.function (preprocessing included; a list of (n, H, W, C) maps in
+    tap order) that the ONNX Runtime engine converts.
     """
 
-    def __init__(self, network: Any, backbone: "Backbone", spec: EmbeddingSpec):
+    def __init__(self, network: Any, backbone: "Backbone", tap_names: Sequence[str], input_size: int):
         import keras
         import tensorflow as tf
 
         available = backbone.layers(network)
-        unknown = [n for n in spec.tap_names if n not in available]
+        unknown = [n for n in tap_names if n not in available]
         if unknown:
             raise InputError(
                 f"unknown {backbone.title} layer {', '.join(unknown)} in --layers; presets: "
                 f"{', '.join(backbone.tap_presets)}; valid layer names: {', '.join(available)}"
             )
-        pooled = [pool(available[n].output, spec.pooling, f"pool_{i}") for i, n in enumerate(spec.tap_names)]
-        output = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="taps")(pooled)
-        self.model = keras.Model(network.input, output, name=f"cellembed_{backbone.name}_taps")
-        self.spec = spec.with_tap_widths([int(p.shape[-1]) for p in pooled])
-        size = spec.input_size
+        outputs = [available[n].output for n in tap_names]
+        self.model = keras.Model(network.input, outputs, name=f"cellembed_{backbone.name}_taps")
+        self.taps = tuple(tap_names)
+        self.channels = {n: int(o.shape[-1]) for n, o in zip(tap_names, outputs)}
         model = self.model
 
         # A plain tf.function runs ~1.4x faster than Model.predict here (no per-call
         # Keras bookkeeping); a None batch dimension avoids retracing for the last batch.
-        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")])
+        @tf.function(input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32, name="pixels")])
         def forward(pixels):
-            return model(backbone.preprocess(pixels), training=False)
+            out = model(backbone.preprocess(pixels), training=False)
+            return list(out) if isinstance(out, (list, tuple)) else [out]
 
         self.forward = forward
 
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """(n, size, size, 3) float32 in 0..255 -> (n, spec.dim) float32."""
-        return self.forward(np.asarray(pixels, dtype=np.float32)).numpy()
+    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self.forward(np.asarray(pixels, dtype=np.float32))
+        return {name: output.numpy() for name, output in zip(self.taps, outputs)}
 
 
 def build(
     backbone: "Backbone",
     weights: WeightsFile,
-    spec: EmbeddingSpec,
+    tap_names: Sequence[str],
+    input_size: int,
     *,
     log: Callable[[str], None] | None = None,
     threads: int | None = None,
-) -> TensorFlowEmbedder:
-    """The backbone built, its weights loaded strictly, the spec's taps attached."""
+) -> KerasTapExtractor:
+    """The backbone built, its weights loaded strictly, its taps as outputs."""
     with quiet_native_logs():
         import tensorflow as tf
 
         if threads:
             _limit_threads(tf, threads)
-        network = backbone.build(spec.input_size)
+        network = backbone.build(input_size)
     load_weights(network, weights, backbone)
     network.trainable = False
-    return TensorFlowEmbedder(network, backbone, spec)
+    return KerasTapExtractor(network, backbone, tap_names, input_size)
 
 
 def _limit_threads(tf: Any, threads: int) -> None:
