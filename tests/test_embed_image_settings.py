@@ -22,7 +22,8 @@ from cellembed.choices import choices_of
 from cellembed.presets import PRESETS
 from cellembed.spec import EmbeddingSpec
 from cellembed.stain import REFERENCE_MEAN, REFERENCE_STD, reinhard
-from cellembed.views import DIHEDRAL, ViewMeanEmbedder
+from cellembed.network import Network
+from cellembed.views import DIHEDRAL
 from conftest import SMALL, make_folder
 
 CREAM, PURPLE, PINK = (242, 226, 210), (80, 40, 140), (214, 160, 170)
@@ -43,14 +44,17 @@ def smear(size=(120, 100), centre=(70, 30), radius=14, seed=0) -> np.ndarray:
 
 
 class Halves:
-    """A fake network whose output is not invariant to flips: left vs right half means."""
+    """A fake network whose output is not invariant to flips: one location holding the left
+    and the top half's means."""
 
-    def __init__(self, spec):
-        self.spec = spec
+    taps, channels = ("t",), {"t": 2}
 
     def embed(self, pixels):
         half = pixels.shape[2] // 2
         return np.stack([pixels[:, :, :half].mean(axis=(1, 2, 3)), pixels[:, :half].mean(axis=(1, 2, 3))], 1)
+
+    def __call__(self, pixels):
+        return {"t": self.embed(pixels)[:, None, None, :].astype(np.float32)}
 
 
 def test_the_eight_views_are_the_dihedral_group_in_the_documented_order():
@@ -68,12 +72,12 @@ def test_the_eight_views_are_the_dihedral_group_in_the_documented_order():
 def test_the_view_embedding_is_the_mean_over_the_first_views(views):
     spec = EmbeddingSpec.from_widths([("t", 2)], backbone="b", weights_sha256="0", input_size=6)
     pixels = np.random.default_rng(1).uniform(0, 255, (3, 6, 6, 3)).astype(np.float32)
-    embedder = ViewMeanEmbedder(Halves(spec), views)
-    expected = np.mean([Halves(spec).embed(t(pixels)) for t in list(DIHEDRAL.values())[:views]], axis=0)
+    embedder = Network(Halves(), dataclasses.replace(spec, views=views))
+    expected = np.mean([Halves().embed(t(pixels)) for t in list(DIHEDRAL.values())[:views]], axis=0)
     np.testing.assert_allclose(embedder.embed(pixels), expected, rtol=1e-6)
     assert embedder.spec.views == views
     if views > 1:  # the fake network sees the flips: averaging changes its output
-        assert not np.allclose(embedder.embed(pixels), Halves(spec).embed(pixels))
+        assert not np.allclose(embedder.embed(pixels), Halves().embed(pixels))
 
 
 def test_the_nucleus_is_found_where_it_is_and_the_crop_centres_it():
@@ -143,7 +147,7 @@ def test_views_crop_and_stain_are_part_of_the_spec_and_reach_prediction(tmp_path
     from cellembed.pipeline import decoded_batches
 
     embedder = embedder_from_spec(spec, random_weights)
-    assert isinstance(embedder, ViewMeanEmbedder) and embedder.spec.views == 2
+    assert isinstance(embedder, Network) and embedder.spec.views == 2
     batch = next(decoded_batches([images / "a" / "cell.png", images / "a" / "empty.png"], spec, 2))
     stored = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
     np.testing.assert_allclose(embedder.embed(batch.pixels), stored, atol=1e-4)
