@@ -77,7 +77,7 @@ def main() -> None:
     import pandas as pd
     from scipy.ndimage import gaussian_filter
 
-    from cellclf.explaining import Explainer
+    from cellclf.heatmap_files import Explainer
     from cellclf.predictor import load_predictor
     from cellembed.embedder import embedder_from_spec
 

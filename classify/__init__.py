@@ -21,18 +21,18 @@ from cellclf.errors import ClassifierInputError, PredictorLoadError
 __all__ = ["ClassifierInputError", "FitConfig", "ImageClassifier", "Predictor", "PredictorLoadError", "fit"]
 
 
-def fit(*args, **kwargs):  # noqa: D103 - documented on cellclf.run.fit
-    from cellclf.run import fit as _fit
+def fit(*args, **kwargs):  # noqa: D103 - documented on cellclf.fitting.fit
+    from cellclf.fitting import fit as _fit
 
     return _fit(*args, **kwargs)
 
 
-fit.__doc__ = "Fit, evaluate and explain classifiers; see cellclf.run.fit."
+fit.__doc__ = "Fit, evaluate and explain classifiers; see cellclf.fitting.fit."
 
 
 def __getattr__(name: str):
     if name == "FitConfig":
-        from cellclf.run import FitConfig
+        from cellclf.fitting import FitConfig
 
         return FitConfig
     if name == "ImageClassifier":

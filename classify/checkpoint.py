@@ -3,7 +3,7 @@
 Training is the long part of a fit; writing RUN_DIR is what can fail (a full disk, Ctrl-C).
 So once the models are trained, tested and explained, the fit renders every file of the run
 (:func:`cellclf.rundir.render_run`: the tables, metrics.json, the models as ``.skops`` and
-``.joblib``) and keeps them in the cache folder (:func:`cellembed.cache.cache_dir`, usually
+``.joblib``) and keeps them in the cache folder (:func:`cellembed.shared.cache.cache_dir`, usually
 on another disk than RUN_DIR), in a folder named by what determines them: RUN_DIR, the
 SHA-256 of the embeddings files, the settings and the library versions. The same command
 run again finds them and only writes the run; a finished write deletes them.
@@ -21,8 +21,8 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
-from cellembed.cache import cache_dir
-from cellembed.hashing import sha256_file
+from cellembed.shared.cache import cache_dir
+from cellembed.shared.hashing import sha256_file
 
 FOLDER = "fit-checkpoints"
 MANIFEST = "manifest.json"
@@ -46,7 +46,7 @@ def save(folder: Path, files: Mapping[str, bytes], log: Callable[[str], None]) -
     """Keep ``files`` (path inside RUN_DIR -> bytes, in writing order) in ``folder``,
     atomically; a failure (a full or read-only cache) is said through ``log`` and does not
     stop the fit. Returns whether they were kept."""
-    from cellembed.atomic import install_folder, staging_folder
+    from cellembed.shared.atomic import install_folder, staging_folder
 
     staging = None
     try:

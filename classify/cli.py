@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from cellembed.cli_support import engine_option, max_pixels_option
-from cellembed.cli_support import BadInput, exit_if_skipped, user_errors
+from cellembed.shared.cli_support import engine_option, max_pixels_option
+from cellembed.shared.cli_support import BadInput, exit_if_skipped, user_errors
 from cellclf.defaults import DEFAULT_SHAP_ROWS, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from cellclf.families import FamilyOption, families
 
@@ -146,26 +146,10 @@ def fit(
     and its prediction sets fitted there (--alpha); the report shows both, measured on the
     test images, and the scores' 95% intervals.
     """
-    from cellclf.run import FitConfig, fit as run_fit  # noqa: I001 - keeps --help fast
+    from cellclf.fitting import FitConfig, fit as run_fit  # noqa: I001 - keeps --help fast
 
     if test is not None and click.get_current_context().get_parameter_source("test_fraction").name != "DEFAULT":
         raise BadInput("--test-fraction does not apply with --test (the --test file is the test set); leave it out")
-
-    def write_report(result) -> None:  # while the run still holds RUN_DIR's lock
-        from cellclf.rundir import REPORT, read_run
-        from cellreports import write_run_report
-
-        started = time.perf_counter()
-        from cellembed.errors import DiskFull
-
-        complete = f"the run in {result.run_dir} is complete: write the report with cellclf report {result.run_dir}"
-        with user_errors(on_interrupt=f"interrupted while writing the report; {complete}"):
-            try:
-                path = write_run_report(read_run(result.run_dir), result.run_dir / REPORT)
-            except DiskFull as exc:
-                raise click.ClickException(f"{exc.facts}; {complete} once space is freed") from None
-        if not quiet:
-            click.echo(f"{'report':<18} {time.perf_counter() - started:7.1f}s  {path}")
 
     with user_errors(on_interrupt=f"interrupted; nothing was written to {run_dir}"):
         config = FitConfig.build(
@@ -175,9 +159,31 @@ def fit(
         )
         result = run_fit(
             embeddings, run_dir, test=test, config=config, overwrite=overwrite, weights=weights,
-            log=None if quiet else click.echo, on_complete=None if no_report else write_report,
+            log=None if quiet else click.echo, on_complete=None if no_report else _report_writer(quiet),
         )
     click.echo(result.table())
+
+
+def _report_writer(quiet: bool):
+    """fit's report step: RUN_DIR/report.html of the run's record in memory (not read back),
+    written while the run still holds RUN_DIR's lock."""
+
+    def write_report(result) -> None:
+        from cellclf.rundir import REPORT
+        from cellembed.errors import DiskFull
+        from cellreports import write_run_report
+
+        started = time.perf_counter()
+        complete = f"the run in {result.run_dir} is complete: write the report with cellclf report {result.run_dir}"
+        with user_errors(on_interrupt=f"interrupted while writing the report; {complete}"):
+            try:
+                path = write_run_report(result.record, result.run_dir / REPORT)
+            except DiskFull as exc:
+                raise click.ClickException(f"{exc.facts}; {complete} once space is freed") from None
+        if not quiet:
+            click.echo(f"{'report':<18} {time.perf_counter() - started:7.1f}s  {path}")
+
+    return write_report
 
 
 @main.command()
@@ -260,134 +266,62 @@ def predict(
     code). A .joblib with no model.skops beside it is a pickle, which runs code when loaded:
     it is refused unless --trust-pickle is given.
     """
-    from cellembed.atomic import output_lock, prepare_output
-    from cellclf.inputs import input_images
-    from cellclf.prediction import check_scorable, predict_inputs, predictions_text, write_evaluation_tables, write_predictions
-    from cellclf.prediction_outputs import PredictionOutputs
-    from cellreports import is_report
-    from cellclf.predictor import load_predictor
+    from cellclf.prediction import PredictRequest, predict_run
 
-    say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
-    to_stdout = str(out) == "-"
-    with ExitStack() as stack:  # user errors become one line; the lock is held to the end
-        stack.enter_context(user_errors())
-        if review_path is not None and no_review:
-            raise BadInput("--review and --no-review contradict each other; give one of them")
-        predictions_out = sys.stdout
-        if to_stdout:  # standard output carries the predictions only: anything else printed goes to stderr
-            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
-        found, folder = input_images(images)
-        outputs = PredictionOutputs.of(out, cache, report_path, review_path, no_review, folder=folder is not None)
-        outputs.check(images, overwrite, is_report)  # before anything is loaded or written
-        if heatmaps_dir is not None and adapt:
-            raise BadInput("--heatmaps explains predictions made without --adapt; leave out one of the two")
-        if cache is not None and folder is None:
-            raise BadInput("--cache caches a folder's embeddings; image files are embedded without one: leave --cache out")
-        if heatmaps_dir is not None:
-            from cellclf.explaining import check_outputs
-
-            check_outputs(heatmaps_dir, found, images, overwrite, "--heatmaps")
-        started = time.perf_counter()
-        predictor = load_predictor(model, trust_pickle=trust_pickle)
-        say(f"loaded {predictor.source} ({predictor.family}, {len(predictor.classes)} classes) in {time.perf_counter() - started:.1f} s")
-        if report_path is not None:  # before anything is written
-            if folder is None:
-                raise BadInput("--report needs a folder with class sub-folders, not image files")
-            check_scorable(folder, list(predictor.classes))
-        for option, path, example in (("-o", outputs.predictions, "predictions.csv"), ("--cache", outputs.cache, "cache.parquet"),
-                                      ("--report", report_path, "report.html"), ("--review", outputs.review, "review.html")):
-            if path is not None:  # before any work: a place nothing can be written is refused now
-                prepare_output(path, option, example)
-        if outputs.predictions is not None:
-            stack.enter_context(output_lock(outputs.predictions))
-        run = predict_inputs(
-            predictor, images, outputs.cache, weights=weights, batch_size=batch_size, engine=engine,
-            min_confidence=min_confidence, max_pixels=max_pixels, adapt=adapt, progress=not quiet, log=say,
-        )
-        if to_stdout:
-            click.echo(predictions_text(run, fmt), nl=False, file=predictions_out)
-        else:
-            write_predictions(run, out, fmt)
-        classified = len(run.table) - len(run.errors)
-        per_image = (run.embed_seconds + run.classify_seconds) / max(classified, 1)
-        uncertain = int(run.table["uncertain"].sum())
-        click.echo(
-            f"{'wrote ' + str(out) if not to_stdout else 'predictions written to standard output'}: {classified} "
-            f"images classified ({run.embedded} embedded now, {run.reused} from the cache) in "
-            f"{run.embed_seconds + run.classify_seconds:.1f} s, {1000 * per_image:.0f} ms per image after loading "
-            f"the model; {uncertain} uncertain",
-            err=True,
-        )
-        if run.unknown_folders:
-            listed = ", ".join(f"{name} ({n})" for name, n in run.unknown_folders.items())
-            click.echo(f"not scored: sub-folders that are not classes of the model: {listed}", err=True)
-        if run.evaluation is not None:
-            from cellclf.metrics import accuracy_text, macro_f1_text
-
-            overall = run.evaluation.overall
-            where = ""
-            if outputs.per_class is not None:
-                written = write_evaluation_tables(run.evaluation, out)
-                where = f"; per-class metrics in {written[0]}"
-            click.echo(
-                f"against the sub-folders ({overall['n']} images): {accuracy_text(overall)}, "
-                f"{macro_f1_text(overall, len(predictor.classes))}{where}",
-                err=True,
-            )
-        not_scored = _not_scored(run)
-        if report_path is not None:
-            if run.evaluation is None:
-                raise BadInput("--report needs images in sub-folders named like the model's classes")
-            from cellclf.rundir import evaluation_record
-            from cellreports import write_evaluation_report
-
-            write_evaluation_report(
-                evaluation_record(run.evaluation, model.name), run.classes, predictor.spec, report_path,
-                images_root=folder, not_scored=not_scored,
-            )
-            click.echo(f"report: {report_path}", err=True)
-        if heatmaps_dir is not None:
-            from cellclf.explaining import explain_images
-
-            maps = explain_images(predictor, images, heatmaps_dir, weights=weights, overwrite=overwrite,
-                                  max_pixels=max_pixels, option="--heatmaps", progress=not quiet, log=say)
-            click.echo(f"heat maps: {len(maps.explained)} written to {heatmaps_dir}"
-                       + (f" ({maps.reused} already there)" if maps.reused else ""), err=True)
-        if outputs.review is not None:
-            page = _write_review(run, predictor, model, images, outputs.review, heatmaps_dir, min_confidence, not_scored)
-            click.echo(f"review page: {outputs.review} ({page.stat().st_size / 1e6:.1f} MB)", err=True)
-    exit_if_skipped(run.errors, "listed in the predictions with their reason", allow_skips)
-
-
-def _not_scored(run) -> dict[str, int]:
-    if run.evaluation is None:
-        return {}
-    unknown = sum(run.unknown_folders.values())
-    return {"folder is not a model class": unknown,
-            "no folder, or no prediction": len(run.table) - len(run.evaluation.scored) - unknown}
-
-
-def _write_review(run, predictor, model: Path, images: tuple[Path, ...], out: Path, heatmaps_dir: Path | None,
-                  min_confidence: float | None, not_scored: dict[str, int]) -> Path:
-    """The review page of a predict run (cellreports.review: pages are drawn by the front ends,
-    this command line and the server, never by the cellclf library)."""
-    from cellclf.explaining import output_paths
-    from cellclf.rundir import evaluation_record
-    from cellreports.review import ReviewInput, write_review
-
-    def heatmap(path: str) -> Path | None:
-        png = output_paths(heatmaps_dir, path)[0] if heatmaps_dir is not None else None
-        return png if png is not None and png.is_file() else None
-
-    calibration = getattr(predictor, "calibration", None)
-    source = str(images[0]) if len(images) == 1 else f"{len(images)} image files"
-    review = ReviewInput(
-        table=run.table, classes=run.classes, image_file=run.files.get, model=model.name, source=source,
-        heatmap_file=heatmap, alpha=None if calibration is None else calibration.alpha, min_confidence=min_confidence,
-        evaluation=None if run.evaluation is None else evaluation_record(run.evaluation, model.name),
-        spec=predictor.spec, not_scored=not_scored,
+    request = PredictRequest(
+        model, images, out, fmt, min_confidence, review_path, no_review, cache, weights, batch_size, engine,
+        max_pixels, report_path, heatmaps_dir, adapt, trust_pickle, overwrite, progress=not quiet,
     )
-    return write_review(review, out)
+    say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
+    with ExitStack() as stack:  # user errors become one line
+        stack.enter_context(user_errors())
+        predictions_out = sys.stdout
+        if request.to_stdout:  # standard output carries the predictions only: anything else printed goes to stderr
+            stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        result = predict_run(request, _ReportPages(), log=say, tell=lambda line: click.echo(line, err=True),
+                             stdout=predictions_out)
+    exit_if_skipped(result.run.errors, "listed in the predictions with their reason", allow_skips)
+
+
+class _ReportPages:
+    """predict's pages, drawn by cellreports (pages are drawn by the front ends, this command
+    line and the server, never by the cellclf library)."""
+
+    def is_page(self, path: Path) -> bool:
+        from cellreports import is_report
+
+        return is_report(path)
+
+    def write_report(self, result, path: Path) -> None:
+        from cellclf.rundir import evaluation_record
+        from cellreports import write_evaluation_report
+
+        write_evaluation_report(
+            evaluation_record(result.run.evaluation, result.request.model.name), result.run.classes,
+            result.predictor.spec, path, images_root=result.folder, not_scored=result.not_scored,
+        )
+
+    def write_review(self, result, path: Path) -> Path:
+        from cellclf.heatmap_files import output_paths
+        from cellclf.rundir import evaluation_record
+        from cellreports.review import ReviewInput, write_review
+
+        request, run, heatmaps_dir = result.request, result.run, result.request.heatmaps
+
+        def heatmap(name: str) -> Path | None:
+            png = output_paths(heatmaps_dir, name)[0] if heatmaps_dir is not None else None
+            return png if png is not None and png.is_file() else None
+
+        calibration = getattr(result.predictor, "calibration", None)
+        images = request.images
+        review = ReviewInput(
+            table=run.table, classes=run.classes, image_file=run.files.get, model=request.model.name,
+            source=str(images[0]) if len(images) == 1 else f"{len(images)} image files", heatmap_file=heatmap,
+            alpha=None if calibration is None else calibration.alpha, min_confidence=request.min_confidence,
+            evaluation=None if run.evaluation is None else evaluation_record(run.evaluation, request.model.name),
+            spec=result.predictor.spec, not_scored=result.not_scored,
+        )
+        return write_review(review, path)
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
@@ -421,7 +355,7 @@ def explain(
     explained with the same model. Exit status: 0 all explained, 3 some files could not be
     read (0 with --allow-skips), 2 bad input, 130 interrupted (run again to resume).
     """
-    from cellclf.explaining import explain_images
+    from cellclf.heatmap_files import explain_images
     from cellclf.predictor import load_predictor
 
     say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))

@@ -9,7 +9,7 @@ it, on one colour scale; ``gallery.json`` lists them with their facts, or says
 why there are no maps (no images folder, no weights, ``--no-heatmaps``). The report shows
 them (:mod:`cellreports`); nothing here needs the report.
 
-"Worst" means most confident mistakes first (:func:`cellclf.rundir.worst_misclassified`).
+"Worst" means most confident mistakes first (:func:`worst_misclassified`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from cellembed.atomic import atomic_path
-from cellclf.rundir import GALLERY_DIR, GALLERY_INDEX, most_confident_correct, worst_misclassified
+from cellembed.shared.atomic import atomic_path
+from cellclf.gallery_ranking import most_confident_correct, worst_misclassified
+from cellclf.rundir.layout import GALLERY_DIR, GALLERY_INDEX
 
 MISTAKES_LIMIT = 24
 TYPICAL_PER_CLASS = 2
@@ -58,7 +59,7 @@ def write_gallery_maps(
         cellembed.InputError / ClassifierInputError: no such weights, or weights other
             than the model's (nothing written).
     """
-    from cellclf.explaining import Explainer
+    from cellclf.heatmap_files import Explainer
     from cellclf.heatmap_images import colour_limit, jpeg_bytes, overlay
     from cellclf.heatmaps import upsample
 

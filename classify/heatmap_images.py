@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from cellembed.plotting import new_figure
+from cellembed.shared.plotting import new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -7,7 +7,7 @@ map A_t itself): e_d = mean_{v,x,y} U_d(v, x, y).
 **Linear models** (the logistic regression; any family whose ``linear_margin`` gives
 ``coef``, ``intercept``): the margin of class c is intercept_c + sum_d coef_cd e_d, so with
 the training mean mu as the baseline (b_c = intercept_c + sum_d coef_cd mu_d, the expected
-value of the linear SHAP of :mod:`cellclf.explain`)
+value of the linear SHAP of :mod:`cellclf.shap_values`)
 
     margin_c - b_c = sum_t sum_{v,x,y} 1/(V H_t W_t) sum_{d in t} coef_cd (U_d(v,x,y) - mu_d)
 

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from cellembed import ExtractResult, EmbeddingSpec, extract, load_embeddings
-from cellembed.csv_cells import inert_frame
+from cellembed.shared.csv_cells import inert_frame
 from cellembed.decoding import DEFAULT_MAX_PIXELS
 from cellembed.errors import OutputConflict
-from cellembed.atomic import atomic_path, output_lock
+from cellembed.shared.atomic import atomic_path, output_lock
 from cellembed.engines import DEFAULT_ENGINE
 from cellclf.classifier import ImageClassifier
 from cellclf.errors import ClassifierInputError
@@ -192,7 +192,7 @@ def predict_inputs(
 def _distinct_files(files: Sequence[Path]) -> int:
     """How many of ``files`` differ in content (SHA-256); an unreadable file counts as
     distinct (it is reported as an error when embedded)."""
-    from cellembed.hashing import sha256_file
+    from cellembed.shared.hashing import sha256_file
 
     seen = set()
     for file in files:
@@ -264,7 +264,7 @@ def predictions_text(run: PredictionRun, fmt: str = "csv") -> str:
     Probabilities are rounded to :data:`DECIMALS` decimals.
 
     In the CSV, text cells a spreadsheet would run as a formula get a leading apostrophe
-    (:mod:`cellembed.csv_cells`); the JSON keeps every name as it is.
+    (:mod:`cellembed.shared.csv_cells`); the JSON keeps every name as it is.
     """
     if fmt == "csv":
         rounded = run.table.copy()
@@ -317,3 +317,184 @@ def write_evaluation_tables(evaluation: Evaluation, out: Path) -> list[Path]:
         with atomic_path(path) as tmp:
             inert_frame(frame).to_csv(tmp, index=False)
     return [outputs.per_class, outputs.confusion]
+
+
+# ----------------------------------------------------------------------------- predict_run
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """What ``cellclf predict`` is asked (its options, by name; see the command's help)."""
+
+    model: Path
+    images: tuple[Path, ...]
+    out: Path
+    fmt: str = "csv"
+    min_confidence: float | None = None
+    review: Path | None = None
+    no_review: bool = False
+    cache: Path | None = None
+    weights: str | None = None
+    batch_size: int = 32
+    engine: str = DEFAULT_ENGINE
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    report: Path | None = None
+    heatmaps: Path | None = None
+    adapt: bool = False
+    trust_pickle: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    @property
+    def to_stdout(self) -> bool:
+        return str(self.out) == "-"
+
+
+class Pages:
+    """The HTML pages of a predict run, drawn by a front end (the cellclf library draws no
+    page): ``cellclf.cli`` passes one made of cellreports. This base draws none."""
+
+    def is_page(self, path: Path) -> bool:
+        """Whether ``path`` is a page a front end wrote (may be replaced)."""
+        return False
+
+    def write_report(self, result: "PredictResult", path: Path) -> None:
+        raise ClassifierInputError("--report needs the HTML reports (cellreports), which this front end lacks")
+
+    def write_review(self, result: "PredictResult", path: Path) -> Path:
+        raise ClassifierInputError("--review needs the HTML reports (cellreports), which this front end lacks")
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict_run` did: the run, the model, and what it wrote."""
+
+    request: PredictRequest
+    predictor: Predictor
+    outputs: PredictionOutputs
+    run: PredictionRun
+    folder: Path | None = None  # the images folder (None for image files)
+    not_scored: dict[str, int] = field(default_factory=dict)
+    heatmaps: Any = None  # cellclf.heatmap_files.ExplainRun with --heatmaps
+
+
+def predict_run(request: PredictRequest, pages: Pages | None = None, *, log: Callable[[str], None] | None = None,
+                tell: Callable[[str], None] | None = None, stdout: Any = None) -> PredictResult:
+    """``cellclf predict`` as a library call: check every output, load the model, embed and
+    classify, score, and write the predictions, tables, report, heat maps and review page.
+
+    ``pages`` draws the report and the review page; ``log`` receives progress lines (the
+    command's ``-q`` silences them); ``tell`` the lines that say what was written, as each
+    is done; ``stdout`` the predictions of ``-o -`` (default ``sys.stdout``).
+
+    Raises:
+        ClassifierInputError / cellembed.InputError: bad input or an output that is not
+            predict's (nothing written); cellembed.Interrupted: Ctrl-C (embeddings kept in
+            the cache).
+    """
+    from contextlib import ExitStack
+
+    from cellembed.shared.atomic import prepare_output
+    from cellclf.predictor import load_predictor
+
+    pages = pages or Pages()
+    say = log or (lambda message: None)
+    tell = tell or (lambda message: None)
+    found, folder = input_images(request.images)
+    outputs = PredictionOutputs.of(request.out, request.cache, request.report, request.review, request.no_review,
+                                   folder=folder is not None)
+    _check_request(request, outputs, found, folder, pages)
+    started = time.perf_counter()
+    predictor = load_predictor(request.model, trust_pickle=request.trust_pickle)
+    say(f"loaded {predictor.source} ({predictor.family}, {len(predictor.classes)} classes) in "
+        f"{time.perf_counter() - started:.1f} s")
+    if request.report is not None:  # before anything is written
+        if folder is None:
+            raise ClassifierInputError("--report needs a folder with class sub-folders, not image files")
+        check_scorable(folder, list(predictor.classes))
+    for option, path, example in (("-o", outputs.predictions, "predictions.csv"), ("--cache", outputs.cache, "cache.parquet"),
+                                  ("--report", request.report, "report.html"), ("--review", outputs.review, "review.html")):
+        if path is not None:  # before any work: a place nothing can be written is refused now
+            prepare_output(path, option, example)
+    with ExitStack() as stack:  # a second run writing the same -o waits for nothing: it is refused
+        if outputs.predictions is not None:
+            stack.enter_context(output_lock(outputs.predictions))
+        run = predict_inputs(
+            predictor, request.images, outputs.cache, weights=request.weights, batch_size=request.batch_size,
+            engine=request.engine, min_confidence=request.min_confidence, max_pixels=request.max_pixels,
+            adapt=request.adapt, progress=request.progress, log=say,
+        )
+        result = PredictResult(request, predictor, outputs, run, folder, _not_scored(run))
+        _write_outputs(result, pages, say, tell, stdout)
+    return result
+
+
+def _check_request(request: PredictRequest, outputs: PredictionOutputs, found: Sequence[Any], folder: Path | None,
+                   pages: Pages) -> None:
+    """Refuse contradictory options and outputs that are not predict's, before any work."""
+    if request.review is not None and request.no_review:
+        raise ClassifierInputError("--review and --no-review contradict each other; give one of them")
+    outputs.check(request.images, request.overwrite, pages.is_page)
+    if request.heatmaps is not None and request.adapt:
+        raise ClassifierInputError("--heatmaps explains predictions made without --adapt; leave out one of the two")
+    if request.cache is not None and folder is None:
+        raise ClassifierInputError(
+            "--cache caches a folder's embeddings; image files are embedded without one: leave --cache out")
+    if request.heatmaps is not None:
+        from cellclf.heatmap_files import check_outputs
+
+        check_outputs(request.heatmaps, found, request.images, request.overwrite, "--heatmaps")
+
+
+def _write_outputs(result: PredictResult, pages: Pages, say: Callable[[str], None], tell: Callable[[str], None],
+                   stdout: Any) -> None:
+    """Every output of a finished run, in order, each line told as it is written."""
+    import sys
+
+    from cellclf.metrics import accuracy_text, macro_f1_text
+
+    request, run = result.request, result.run
+    if request.to_stdout:
+        (stdout or sys.stdout).write(predictions_text(run, request.fmt))
+    else:
+        write_predictions(run, request.out, request.fmt)
+    classified = len(run.table) - len(run.errors)
+    per_image = (run.embed_seconds + run.classify_seconds) / max(classified, 1)
+    uncertain = int(run.table["uncertain"].sum())
+    tell(f"{'wrote ' + str(request.out) if not request.to_stdout else 'predictions written to standard output'}: "
+         f"{classified} images classified ({run.embedded} embedded now, {run.reused} from the cache) in "
+         f"{run.embed_seconds + run.classify_seconds:.1f} s, {1000 * per_image:.0f} ms per image after loading "
+         f"the model; {uncertain} uncertain")
+    if run.unknown_folders:
+        listed = ", ".join(f"{name} ({n})" for name, n in run.unknown_folders.items())
+        tell(f"not scored: sub-folders that are not classes of the model: {listed}")
+    if run.evaluation is not None:
+        overall, where = run.evaluation.overall, ""
+        if result.outputs.per_class is not None:
+            where = f"; per-class metrics in {write_evaluation_tables(run.evaluation, request.out)[0]}"
+        tell(f"against the sub-folders ({overall['n']} images): {accuracy_text(overall)}, "
+             f"{macro_f1_text(overall, len(result.predictor.classes))}{where}")
+    if request.report is not None:
+        if run.evaluation is None:
+            raise ClassifierInputError("--report needs images in sub-folders named like the model's classes")
+        pages.write_report(result, request.report)
+        tell(f"report: {request.report}")
+    if request.heatmaps is not None:
+        from cellclf.heatmap_files import explain_images
+
+        result.heatmaps = explain_images(
+            result.predictor, request.images, request.heatmaps, weights=request.weights, overwrite=request.overwrite,
+            max_pixels=request.max_pixels, option="--heatmaps", progress=request.progress, log=say)
+        tell(f"heat maps: {len(result.heatmaps.explained)} written to {request.heatmaps}"
+             + (f" ({result.heatmaps.reused} already there)" if result.heatmaps.reused else ""))
+    if result.outputs.review is not None:
+        page = pages.write_review(result, result.outputs.review)
+        tell(f"review page: {result.outputs.review} ({page.stat().st_size / 1e6:.1f} MB)")
+
+
+def _not_scored(run: PredictionRun) -> dict[str, int]:
+    if run.evaluation is None:
+        return {}
+    unknown = sum(run.unknown_folders.values())
+    return {"folder is not a model class": unknown,
+            "no folder, or no prediction": len(run.table) - len(run.evaluation.scored) - unknown}

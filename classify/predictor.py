@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 
 from cellembed import EmbeddingSpec, embedding_matrix
-from cellembed.hashing import sha256_file
-from cellembed.atomic import atomic_path
-from cellembed.versions import library_versions as _library_versions
+from cellembed.shared.hashing import sha256_file
+from cellembed.shared.atomic import atomic_path
+from cellembed.shared.versions import library_versions as _library_versions
 from cellclf.calibration import Calibration, prediction_sets
 from cellclf.data import BAD_VALUES, bad_rows
 from cellclf.errors import ClassifierInputError, PredictorLoadError

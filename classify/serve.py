@@ -231,7 +231,7 @@ class Service:
         elif getattr(predictor, "reference", None) is None:
             self.heatmaps_missing = "this model has no record of its training statistics (re-run cellclf fit)"
         else:
-            from cellclf.explaining import Explainer
+            from cellclf.heatmap_files import Explainer
 
             self.explainer = Explainer(predictor, network=self.embedder)  # the same network: one forward pass definition
         self.decoders = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="decode")
@@ -287,7 +287,7 @@ class Service:
         """Results with the heat-map PNG of each image (None without the heat-map network)."""
         if self.explainer is None:
             return [(result, None) for result in await self.classify(named)]
-        from cellclf.explaining import explanation_png
+        from cellclf.heatmap_files import explanation_png
 
         pixels = await self.decode(named)
 

@@ -16,7 +16,7 @@ embeddings, or a rerun with nothing new, stays light.
 """
 
 from cellembed.errors import InputError, Interrupted
-from cellembed.versions import __version__
+from cellembed.shared.versions import __version__
 
 #: The public names and the module each comes from, imported on first use (PEP 562): a
 #: command that only parses its options (``cellclf --help``) or reads an error class does

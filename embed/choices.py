@@ -5,7 +5,7 @@
 meaning "as the first version did" and a check. Presets (:mod:`cellembed.presets`) fill
 them, :func:`cellembed.embedder.planned_spec` checks them once, and a spec gives them back
 (:func:`choices_of`) to rebuild its embedder. A new choice is one module plus one entry in
-:data:`CHOICES` (and a spec field with the same default).
+:data:`CHOICES`, a spec field and its "as before" value in :data:`cellembed.spec.AS_BEFORE`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from cellembed.cellcrop import check_crop
-from cellembed.pooling import DEFAULT_POOLING, check_pooling
+from cellembed.pooling import check_pooling
+from cellembed.spec import AS_BEFORE
 from cellembed.stain import check_stain
 from cellembed.views import check_views
 
@@ -24,15 +25,20 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Choice:
-    default: Any  # what the first version did
     check: Callable[[Any], None]  # raises InputError naming the option
+    name: str
+
+    @property
+    def default(self) -> Any:
+        """What the first version did (:data:`cellembed.spec.AS_BEFORE`)."""
+        return AS_BEFORE[self.name]
 
 
 CHOICES: dict[str, Choice] = {
-    "views": Choice(1, check_views),
-    "crop": Choice("none", check_crop),
-    "stain": Choice("none", check_stain),
-    "pooling": Choice(DEFAULT_POOLING, check_pooling),
+    "views": Choice(check_views, "views"),
+    "crop": Choice(check_crop, "crop"),
+    "stain": Choice(check_stain, "stain"),
+    "pooling": Choice(check_pooling, "pooling"),
 }
 
 

@@ -13,7 +13,7 @@ from cellembed.presets import DEFAULT_PRESET, PRESETS, preset_text
 from cellembed.pooling import POOLINGS
 from cellembed.stain import STAINS
 from cellembed.views import VIEW_COUNTS
-from cellembed.cli_support import BadInput, engine_option, exit_if_skipped, max_pixels_option, user_errors
+from cellembed.shared.cli_support import BadInput, engine_option, exit_if_skipped, max_pixels_option, user_errors
 from cellembed.distributors import DEFAULT_DISTRIBUTOR, DISTRIBUTORS, distributor_options
 
 def with_distributor_options(function):

@@ -33,7 +33,7 @@ from cellembed.errors import InputError
 from cellembed.presets import DEFAULT_PRESET, PRESETS, preset_settings
 from cellembed.network import Network, tap_widths
 from cellembed.spec import EmbeddingSpec
-from cellembed.versions import library_versions
+from cellembed.shared.versions import library_versions
 from cellembed.weights import WeightsFile, check_weights, resolve_weights
 
 def planned_spec(

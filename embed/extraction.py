@@ -23,7 +23,7 @@ from cellembed.decoding import DEFAULT_MAX_PIXELS, check_max_pixels
 from cellembed.distributors import DEFAULT_DISTRIBUTOR, make_distributor
 from cellembed.embedder import embedder_from_spec, spec_for_settings
 from cellembed.engines import DEFAULT_ENGINE, Embedder, check_engine
-from cellembed.atomic import output_lock, prepare_output
+from cellembed.shared.atomic import output_lock, prepare_output
 from cellembed.errors import InputError, Interrupted
 from cellembed.merge import merge
 from cellembed.plan import DEFAULT_SHARD_SIZE, Plan, plan as make_plan

@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cellembed.atomic import atomic_path
-from cellembed.csv_cells import inert
+from cellembed.shared.atomic import atomic_path
+from cellembed.shared.csv_cells import inert
 from cellembed.errors import DiskFull, OutputConflict, RunFailed
 from cellembed.plan import Plan
 from cellembed.shards import ShardResult
@@ -208,7 +208,7 @@ def _fill(
 
 def _write_errors_csv(path: Path, errors: list[dict[str, str]]) -> None:
     """Sidecar list of skipped files (path, reason; cells a spreadsheet would run are made
-    inert, see :mod:`cellembed.csv_cells`); removed when a run has none."""
+    inert, see :mod:`cellembed.shared.csv_cells`); removed when a run has none."""
     if not errors:
         path.unlink(missing_ok=True)
         return

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from cellembed.discovery import ImageFile, scan_images
 from cellembed.errors import InputError, OutputConflict
-from cellembed.hashing import sha256_file
+from cellembed.shared.hashing import sha256_file
 from cellembed.presets import matching_preset
 from cellembed.shards import SHARD_GLOBS, Shard, ShardItem
 from cellembed.spec import EmbeddingSpec

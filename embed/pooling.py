@@ -1,7 +1,7 @@
 """How a tap's feature map becomes floats: the ``pooling`` field of the spec.
 
-Every tap is a feature map A of shape (H, W, C). ``global_average`` (the first version's,
-and the default) keeps the C channel means; ``global_average+std`` appends the C channel
+Every tap is a feature map A of shape (H, W, C). ``global_average`` (the first version's)
+keeps the C channel means; ``global_average+std`` (the default preset's) appends the C channel
 standard deviations over the H x W locations (how unevenly a pattern is spread: granules,
 chromatin), so the tap is 2C floats wide, means first. Both come from the same forward
 pass. On pbc-dev the standard deviation added 0.4 points of 5-fold accuracy to the
@@ -12,8 +12,10 @@ gives, per location, values whose spatial mean is exactly the pooled statistic (
 itself for a mean; for a standard deviation s, s (A - mean)^2 / variance, each location's
 share of the variance times s).
 
-Adding a pooling is one entry in :data:`POOLINGS` (the statistics, in order, that
-:func:`pool` computes and :func:`location_values` spreads).
+Pooling is NumPy, applied to the tap maps an engine returns (:mod:`cellembed.network`), so
+every backbone and engine pools the same way. Adding a pooling is one entry in
+:data:`POOLINGS` (the statistics, in order, that :func:`pool` computes and
+:func:`location_values` spreads).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ POOLINGS: dict[str, tuple[str, ...]] = {
     "global_average": ("mean",),
     "global_average+std": ("mean", "std"),
 }
-DEFAULT_POOLING = "global_average"
 
 
 def check_pooling(pooling: str) -> None:

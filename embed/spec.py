@@ -31,9 +31,13 @@ COLOR = (
     "8-bit RGB: grayscale repeated on 3 channels, palette expanded, "
     "transparency composited onto white, 16-bit samples scaled by 1/257 and rounded"
 )
-POOLING = "global_average"
-#: Identity fields added after the first format, with their "as before" defaults.
-LATER_FIELDS: dict[str, Any] = {"views": 1, "crop": "none", "stain": "none"}
+#: The one table of what each chosen field (cellembed.choices) meant before it could be
+#: chosen ("as before"): the dataclass defaults below, the choices' defaults and the
+#: identity all read it. (What a new run gets is a preset's: cellembed.presets.)
+AS_BEFORE: dict[str, Any] = {"pooling": "global_average", "views": 1, "crop": "none", "stain": "none"}
+#: Identity fields added after the first format: left out of the identity at their "as
+#: before" value, so earlier files keep their identity (pooling was in the first format).
+LATER_FIELDS: dict[str, Any] = {key: AS_BEFORE[key] for key in ("views", "crop", "stain")}
 
 
 @dataclass(frozen=True)
@@ -63,18 +67,18 @@ class EmbeddingSpec:
     weights_sha256: str
     input_size: int
     taps: tuple[Tap, ...]
-    pooling: str = POOLING
+    pooling: str = AS_BEFORE["pooling"]
     preprocessing: str = ""  # the backbone's description (cellembed.backbones); cellembed always sets it
     resize: str = RESIZE
     color: str = COLOR
     weights_source: str = ""
     #: Test-time views: the embedding is the mean over the first ``views`` transforms of
     #: ``cellembed.views.DIHEDRAL`` (1: the image as it is).
-    views: int = 1
+    views: int = AS_BEFORE["views"]
     #: How the image is framed before resizing (``cellembed.cellcrop.CROPS``).
-    crop: str = "none"
+    crop: str = AS_BEFORE["crop"]
     #: Colour normalisation of the decoded image (``cellembed.stain.STAINS``).
-    stain: str = "none"
+    stain: str = AS_BEFORE["stain"]
     versions: dict[str, str] = field(default_factory=dict, compare=False)
     format: int = SPEC_FORMAT
 

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 if TYPE_CHECKING:  # pandas is imported by pyarrow's to_pandas when a frame is made; a
     import pandas as pd  # rerun of extract with nothing new never needs it (0.3 s saved)
 
-from cellembed.atomic import atomic_path
+from cellembed.shared.atomic import atomic_path
 from cellembed.errors import InputError
 from cellembed.spec import SPEC_METADATA_KEY, EmbeddingSpec
 

@@ -12,24 +12,10 @@ Public API::
 The HTML file embeds every image as a data: URI and needs no network or JavaScript.
 Plotting libraries are imported only when a report is made.
 
-cellreports does not import cellclf: it shows records it is given and computes no metric.
-It reads these attributes (``cellclf.rundir`` defines the records):
-
-- a run (RunRecord): ``run_dir``, ``created``, ``classes``, ``config`` (dict: ``seed``,
-  ``cv``), ``versions`` (dict), ``best_by``, ``best`` (a model), ``models`` (fit order),
-  ``tuning`` (the tuning.csv DataFrame or None) and ``tuning_missing``, ``shap_missing``
-  (why a model has no SHAP summary), and ``data`` with ``input``, ``test_input``,
-  ``split``, ``taps``, ``n_features``, ``unlabelled_rows_ignored``,
-  ``rows_with_duplicate_images``, ``counts`` ({split: {class: n}}), ``spec``
-  (EmbeddingSpec or None) and ``spec_missing``.
-- a model (ModelRecord): ``key``, ``title``, ``best``, ``overall`` (dict: n, accuracy,
-  balanced_accuracy, macro_f1, log_loss, roc_auc_ovr_macro), ``per_class`` and
-  ``confusion`` (DataFrames), ``predictions`` (DataFrame with ``path``, ``label``,
-  ``predicted``), ``probabilities(classes)`` ((n, k) array); for a run's model also
-  ``val_macro_f1``, ``selection``, ``fit_seconds``, ``params``, ``trials``,
-  ``tuning_plot`` (PNG bytes or None), ``tuning_plot_file``, ``tuning_note``,
-  ``shap_plot_file``, ``shap_top_file`` and ``shap`` (None, or ``facts`` (dict),
-  ``plot`` (PNG bytes or None) and ``top`` (DataFrame or None)).
+cellreports does not import cellclf at run time: it shows records it is given and computes
+no metric. The records are :class:`cellclf.rundir.records.RunRecord` (a run) and
+:class:`cellclf.rundir.records.ModelRecord` (a model scored on labelled images), typed records
+without I/O; the functions here are annotated with them (imported for type checkers only).
 """
 
 __all__ = ["is_report", "write_evaluation_report", "write_run_report"]

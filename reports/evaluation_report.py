@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the records' types, for type checkers only: cellreports does not import cellclf
+    from cellclf.rundir.records import ModelRecord
+from typing import Mapping, Sequence
 
 from cellembed import EmbeddingSpec
 from cellreports import sections
@@ -13,7 +17,7 @@ from cellreports.writing import write_html
 
 
 def render_evaluation_report(
-    model: Any,
+    model: "ModelRecord",
     classes: Sequence[str],
     spec: EmbeddingSpec | None,
     *,
@@ -60,7 +64,7 @@ def render_evaluation_report(
 
 
 def write_evaluation_report(
-    model: Any,
+    model: "ModelRecord",
     classes: Sequence[str],
     spec: EmbeddingSpec | None,
     out_path: str | Path,

@@ -1,7 +1,7 @@
 """Report figures: matplotlib / seaborn plots rendered to PNG ``data:`` URIs.
 
-Figures come from :func:`cellembed.plotting.new_figure` (no pyplot) and are encoded with
-:func:`cellembed.plotting.png_bytes` (no "Software" metadata, freed once encoded) at a
+Figures come from :func:`cellembed.shared.plotting.new_figure` (no pyplot) and are encoded with
+:func:`cellembed.shared.plotting.png_bytes` (no "Software" metadata, freed once encoded) at a
 modest resolution, so the same data gives the same bytes and the report stays small.
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
-from cellembed.plotting import class_colours, new_figure, png_bytes
+from cellembed.shared.plotting import class_colours, new_figure, png_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

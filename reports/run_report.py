@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the records' types, for type checkers only: cellreports does not import cellclf
+    from cellclf.rundir.records import RunRecord
 from typing import Any
 
 from cellembed import InputError, read_images_root
@@ -17,7 +21,7 @@ def run_title(run_dir: str | Path) -> str:
     return f"cellclf report — {Path(run_dir).resolve().name}"
 
 
-def model_views(run: Any) -> list[sections.ModelView]:
+def model_views(run: "RunRecord") -> list[sections.ModelView]:
     """Every model of the run as the report shows it: ``<title> (<key>)`` and its tuning facts."""
     return [
         sections.ModelView.of(
@@ -33,7 +37,7 @@ def model_views(run: Any) -> list[sections.ModelView]:
     ]
 
 
-def build_run_sections(run: Any, images_root: str | Path | None = None) -> list[Section]:
+def build_run_sections(run: "RunRecord", images_root: str | Path | None = None) -> list[Section]:
     """All sections of the run report, in page order."""
     data, config = run.data, run.config
     facts = [
@@ -90,7 +94,7 @@ def _tap_roles(spec: Any, taps: Any) -> dict[str, str]:
     return {tap: backbone.tap_role(tap) for tap in (taps or [])}
 
 
-def find_images_root(run: Any, images_root: str | Path | None = None) -> ImagesRoot:
+def find_images_root(run: "RunRecord", images_root: str | Path | None = None) -> ImagesRoot:
     """The folder the test images' paths are relative to, or why it is not reachable.
 
     ``images_root`` wins when given; otherwise the folder recorded in the embeddings file
@@ -122,7 +126,7 @@ def find_images_root(run: Any, images_root: str | Path | None = None) -> ImagesR
     return ImagesRoot(root, f"recorded in {source}")
 
 
-def render_run_report(run: Any, images_root: str | Path | None = None) -> str:
+def render_run_report(run: "RunRecord", images_root: str | Path | None = None) -> str:
     """The report of a run as an HTML string (see :func:`write_run_report`)."""
     best = run.best
     subtitle = (
@@ -132,7 +136,7 @@ def render_run_report(run: Any, images_root: str | Path | None = None) -> str:
     return page(run_title(run.run_dir), subtitle, build_run_sections(run, images_root))
 
 
-def write_run_report(run: Any, out_path: str | Path, images_root: str | Path | None = None) -> Path:
+def write_run_report(run: "RunRecord", out_path: str | Path, images_root: str | Path | None = None) -> Path:
     """Write the self-contained HTML report of a ``cellclf fit`` run.
 
     Args:

@@ -13,6 +13,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Any, Sequence
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the records' types, for type checkers only: cellreports does not import cellclf
+    from cellclf.rundir.records import ModelRecord
+
 import numpy as np
 import pandas as pd
 
@@ -38,13 +43,13 @@ class ModelView:
             ``None`` values show as "n/a".
     """
 
-    record: Any
+    record: "ModelRecord"
     title: str
     proba: np.ndarray
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, record: Any, classes: Sequence[str], title: str, extra: dict[str, Any] | None = None) -> "ModelView":
+    def of(cls, record: "ModelRecord", classes: Sequence[str], title: str, extra: dict[str, Any] | None = None) -> "ModelView":
         return cls(record, title, record.probabilities(classes), extra or {})
 
     @property

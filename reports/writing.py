@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cellembed.atomic import write_text
+from cellembed.shared.atomic import write_text
 
 
 def write_html(document: str, out_path: str | Path) -> Path:

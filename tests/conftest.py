@@ -103,7 +103,7 @@ def held_by_another_process(target: Path):
     import time
 
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom cellembed.atomic import output_lock\n"
+        "import sys, time\nfrom cellembed.shared.atomic import output_lock\n"
         f"with output_lock({str(target)!r}):\n    print('held', flush=True)\n    time.sleep(600)\n")],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

@@ -132,7 +132,7 @@ def test_wilson_and_bootstrap_intervals():
 
 def test_fit_calibrates_the_saved_model_and_records_coverage(tmp_path):
     from cellclf.predictor import load_predictor
-    from cellclf.run import FitConfig, fit
+    from cellclf.fitting import FitConfig, fit
     from test_clf_support import write_synthetic
 
     data = write_synthetic(tmp_path / "e.parquet", counts={"a": 90, "b": 90, "c": 90, "d": 90}, separation=0.6)

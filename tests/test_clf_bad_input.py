@@ -88,7 +88,7 @@ def test_interrupted_fit_leaves_no_partial_run(tmp_path, monkeypatch):
     """Ctrl-C while writing (the staging folder filled, before it becomes RUN_DIR): exit 130,
     one line, neither RUN_DIR nor a staging folder left; the trained models are kept and the
     same command finishes without training again."""
-    import cellclf.rundir
+    import cellclf.rundir.writer
 
     data = write_synthetic(tmp_path / "e.parquet", counts={"a": 30, "b": 30})
     staged = []
@@ -97,7 +97,7 @@ def test_interrupted_fit_leaves_no_partial_run(tmp_path, monkeypatch):
         staged.append(sorted(p.name for p in staging.iterdir()))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cellclf.rundir, "install_folder", interrupted_install)
+    monkeypatch.setattr(cellclf.rundir.writer, "install_folder", interrupted_install)
     run_dir = tmp_path / "run"
     args = ["fit", str(data), "-o", str(run_dir), *FAST, "--models", "lr"]
     result = CliRunner().invoke(main, args)

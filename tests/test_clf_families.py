@@ -19,11 +19,11 @@ from cellclf.families import FamilyOption, families, get_family, register, unreg
 from cellclf.families.lr import fit_lr, tune_lr
 from cellclf.families.options import positive_numbers
 from cellclf.families.xgb import DEFAULT_PARAMS, sample_params, search_space
-from cellclf.run import FitConfig
+from cellclf.fitting import FitConfig
 from cellclf.split import cv_folds
 from cellclf.tuning import Trial, TuningResult
 from cellembed import load_embeddings
-from cellembed.plotting import new_figure
+from cellembed.shared.plotting import new_figure
 from test_clf_support import write_synthetic
 
 HERE = Path(__file__).resolve().parent
@@ -197,7 +197,7 @@ class ShrunkLdaFamily:
         return Pipeline([("lda", LinearDiscriminantAnalysis(solver="lsqr", shrinkage=min(params["shrinkage"], 1.0)))]).fit(X, y)
 
     def explain(self, model, X, n_jobs):
-        from cellclf.explain import ShapValues
+        from cellclf.shap_values import ShapValues
 
         lda = model.named_steps["lda"]
         mean = lda.priors_ @ lda.means_  # the training mean
@@ -226,7 +226,7 @@ def lda_registered():
 
 
 def test_a_registered_family_is_fitted_like_the_built_in_ones(tmp_path, lda_registered):
-    from cellclf.run import fit
+    from cellclf.fitting import fit
 
     data = write_synthetic(tmp_path / "e.parquet", counts={"a": 40, "b": 40, "c": 40}, separation=0.4)
     config = FitConfig.build(models=("lr", "lda"), cv=2, lr_Cs=(0.1,), lda_shrinkages=(0.2, 0.8), n_jobs=1)

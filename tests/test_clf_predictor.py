@@ -13,10 +13,10 @@ from cellembed import load_embeddings
 from cellclf import Predictor, PredictorLoadError
 from cellclf.calibration import Calibration
 from cellclf.errors import ClassifierInputError
-from cellclf.explain import summarise
+from cellclf.shap_values import summarise
 from cellclf.families.lr import fit_lr, linear_shap
 from cellclf.metrics import evaluate
-from cellembed.hashing import sha256_file
+from cellembed.shared.hashing import sha256_file
 from cellclf.families.xgb import fit_xgb, tree_shap
 from test_clf_support import labelled_arrays, make_spec, write_synthetic
 

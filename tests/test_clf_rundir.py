@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from cellclf.rundir import PROBA_PREFIX, ModelRecord, NotARunError, RunRecord, read_run, write_run
-from cellclf.run import FitConfig, fit
+from cellclf.fitting import FitConfig, fit
 from test_clf_support import write_synthetic
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from cellembed import embedding_matrix, extract, load_embedder, load_embeddings, read_images_root, read_spec
 from cellembed.errors import InputError, Interrupted
-from cellembed.hashing import sha256_file
+from cellembed.shared.hashing import sha256_file
 from cellembed.presets import PRESETS
 from conftest import SMALL, make_folder, noise_image
 

@@ -31,7 +31,7 @@ from cellembed.errors import InputError
 from cellclf.cli import main
 from cellclf.errors import ClassifierInputError
 from cellclf.metrics import evaluate
-from cellclf.run import FitConfig, fit
+from cellclf.fitting import FitConfig, fit
 from conftest import held_by_another_process, interruptible
 from test_clf_support import make_spec, write_synthetic
 

@@ -22,7 +22,7 @@ from cellembed.cli import main
 from cellembed.decoding import DEFAULT_MAX_PIXELS, DecodeError, decode_rgb, load_for_network, resize_bilinear, to_rgb8
 from cellembed.discovery import IMAGE_EXTENSIONS, find_images, scan_images
 from cellembed.errors import InputError
-from cellembed.hashing import sha256_file
+from cellembed.shared.hashing import sha256_file
 from conftest import SAMPLE, SMALL, make_folder, noise_image
 
 LATIN1 = b"latin\xe9.png"  # a Latin-1 name (as from a Windows share): not valid UTF-8

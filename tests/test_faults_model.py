@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cellembed import load_embeddings
-from cellembed.hashing import sha256_file
+from cellembed.shared.hashing import sha256_file
 from conftest import noise_image
 from cellclf import Predictor, PredictorLoadError
 from cellclf.families.lr import fit_lr
@@ -315,7 +315,7 @@ def test_image_classifier_loads_through_the_same_loader(tmp_path):
 
 
 def test_fit_writes_the_safe_file_of_every_model_beside_its_pickle(tmp_path):
-    from cellclf.run import FitConfig, fit
+    from cellclf.fitting import FitConfig, fit
 
     data_file = write_synthetic(tmp_path / "e.parquet", counts={"a": 30, "b": 30, "c": 30}, separation=0.5)
     config = FitConfig.build(models=("lr", "xgb"), cv=2, lr_Cs=(0.1,), xgb_trials=1, xgb_max_trees=10, n_jobs=1,

@@ -149,13 +149,13 @@ def test_fit_on_a_full_disk_keeps_the_trained_models_and_the_same_command_finish
     free space, or found when the disk fills up midway (free space not known)."""
     import subprocess
 
-    import cellclf.rundir
+    import cellclf.rundir.writer
     from cellclf.checkpoint import FOLDER
-    from cellembed.cache import cache_dir
+    from cellembed.shared.cache import cache_dir
 
     subprocess.run(["mount", "-o", "remount,size=64k", str(small_disk)], check=True)
     if not free_space_known:
-        monkeypatch.setattr(cellclf.rundir, "_free_bytes", lambda folder: None)
+        monkeypatch.setattr(cellclf.rundir.writer, "_free_bytes", lambda folder: None)
     data = write_synthetic(tmp_path / "e.parquet", counts={"a": 30, "b": 30})
     run_dir = small_disk / "run"
     result = CliRunner().invoke(cellclf_main, _fit_args(data, run_dir))

@@ -1,6 +1,6 @@
 """cellreports: the HTML report of a cellclf RUN_DIR and of a predict evaluation.
 
-One small real RUN_DIR is made once per module with ``cellclf.run.fit`` on a synthetic
+One small real RUN_DIR is made once per module with ``cellclf.fitting.fit`` on a synthetic
 embeddings file whose class names and file names are hostile HTML, with noise images on
 disk so the gallery has thumbnails. The reports are given the records of
 ``cellclf.rundir`` (cellreports itself never imports cellclf).
@@ -122,7 +122,7 @@ def write_embeddings(path: Path, images: Path, per_class: int = 20, seed: int = 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from cellclf.run import FitConfig, fit
+    from cellclf.fitting import FitConfig, fit
 
     root = tmp_path_factory.mktemp("report")
     embeddings = write_embeddings(root / "embeddings.parquet", root / "images")

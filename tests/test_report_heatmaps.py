@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def fitted(real_weights, tmp_path_factory):
-    from cellclf.run import FitConfig, fit
+    from cellclf.fitting import FitConfig, fit
     from cellembed import extract
 
     root = tmp_path_factory.mktemp("heatmaps")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from cellclf.data import SplitData
-    from cellclf.explain import ShapValues
+    from cellclf.shap_values import ShapValues
     from cellclf.tuning import TuningResult
 
 __all__ = ["FamilyOption", "ModelFamily", "families", "get_family", "register", "unregister"]

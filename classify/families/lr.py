@@ -19,10 +19,10 @@ import numpy as np
 
 from cellclf.families.options import FamilyOption, choices, positive_numbers
 from cellclf.tuning import Trial, TuningResult, progress
-from cellembed.plotting import new_figure
+from cellembed.shared.plotting import new_figure
 
 if TYPE_CHECKING:  # numpy only at import: `cellclf --help` lists the families' options
-    from cellclf.explain import ShapValues
+    from cellclf.shap_values import ShapValues
     from matplotlib.figure import Figure
     from sklearn.pipeline import Pipeline
 
@@ -185,7 +185,7 @@ def linear_shap(model: Any, X: np.ndarray) -> ShapValues:
         model: fitted Pipeline with steps ``scale`` (StandardScaler) and ``logreg``.
         X: (n, d) embeddings in the model's input layout.
     """
-    from cellclf.explain import ShapValues
+    from cellclf.shap_values import ShapValues
 
     scaler, logreg = model.named_steps["scale"], model.named_steps["logreg"]
     z = scaler.transform(np.asarray(X, dtype=np.float64))

@@ -1,7 +1,7 @@
 """A model family's settings, declared once: the ``cellclf fit`` option, the FitConfig value.
 
 A :class:`FamilyOption` says how one setting is spelled on the command line (``flag``),
-what it is called in :class:`cellclf.run.FitConfig` (``<family key>_<name>``, e.g.
+what it is called in :class:`cellclf.fitting.FitConfig` (``<family key>_<name>``, e.g.
 ``lr_Cs``) and in metrics.json's ``config``, its default, its help text and how a value
 is checked. ``parse`` takes the command-line text or a Python value and returns the value
 the family uses, or raises ``ValueError`` with a message that completes "--flag ...".

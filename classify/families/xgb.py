@@ -17,10 +17,10 @@ import numpy as np
 
 from cellclf.families.options import FamilyOption, whole_number
 from cellclf.tuning import Trial, TuningResult, progress
-from cellembed.plotting import new_figure
+from cellembed.shared.plotting import new_figure
 
 if TYPE_CHECKING:  # numpy only at import: `cellclf --help` lists the families' options
-    from cellclf.explain import ShapValues
+    from cellclf.shap_values import ShapValues
     from matplotlib.figure import Figure
     from sklearn.pipeline import Pipeline
 
@@ -223,7 +223,7 @@ def tree_shap(model: Any, X: np.ndarray, n_jobs: int = 1) -> ShapValues:
     """
     import xgboost
 
-    from cellclf.explain import ShapValues
+    from cellclf.shap_values import ShapValues
 
     booster = model.named_steps["xgb"].get_booster()
     booster.set_param({"nthread": n_jobs})

@@ -21,7 +21,7 @@ and :func:`cellembed.embedder_from_spec` rebuilds it from any file it wrote.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
 from cellembed.errors import InputError
 

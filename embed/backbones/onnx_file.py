@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cellembed.errors import InputError
-from cellembed.hashing import sha256_file
+from cellembed.shared.hashing import sha256_file
 from cellembed.spec import RESIZE
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from cellembed.errors import InputError
-from cellembed.hashing import sha256_file
-from cellembed.quiet import quiet_native_logs
+from cellembed.shared.hashing import sha256_file
+from cellembed.shared.quiet import quiet_native_logs
 from cellembed.spec import RESIZE
 
 # Keras' own download of the no-top ImageNet weights (used only when online).

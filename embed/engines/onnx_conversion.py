@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 
 from cellembed.errors import InputError, RunFailed
-from cellembed.quiet import quiet_native_logs
+from cellembed.shared.quiet import quiet_native_logs
 
 if TYPE_CHECKING:
     from cellembed.backbones import Backbone

@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from cellembed.atomic import atomic_path
-from cellembed.cache import CACHE_ENV, cache_dir  # noqa: F401 - CACHE_ENV is part of this module's interface
+from cellembed.shared.atomic import atomic_path
+from cellembed.shared.cache import CACHE_ENV, cache_dir  # noqa: F401 - CACHE_ENV is part of this module's interface
 from cellembed.engines.onnx_conversion import TAPS_KEY, converted, probe_pixels
 from cellembed.errors import InputError
 from cellembed.pooling import pool
-from cellembed.versions import package_version
+from cellembed.shared.versions import package_version
 from cellembed.weights import WeightsFile
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from cellembed.errors import InputError
-from cellembed.quiet import quiet_native_logs
+from cellembed.shared.quiet import quiet_native_logs
 from cellembed.weights import WeightsFile, load_weights
 
 if TYPE_CHECKING:

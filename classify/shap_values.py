@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
-from cellembed.plotting import class_colours, new_figure, png_bytes
+from cellembed.shared.plotting import class_colours, new_figure, png_bytes
 from cellclf.rundir import ShapSummary
 
 if TYPE_CHECKING:

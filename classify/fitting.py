@@ -24,8 +24,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from cellembed.atomic import output_lock
-from cellembed.plotting import png_bytes
+from cellembed.shared.atomic import output_lock
+from cellembed.shared.plotting import png_bytes
 from cellclf.calibration import DEFAULT_ALPHA, Calibration, calibration_facts, check_alpha
 from cellclf.defaults import DEFAULT_SHAP_ROWS
 from cellclf.data import LabelledEmbeddings, SplitData, check_same_spec, load_labelled
@@ -396,7 +396,7 @@ def _train(
     best.best = True
 
     if config.shap:
-        from cellclf.explain import explain
+        from cellclf.shap_values import explain
 
         for record in models:
             record.shap = explain(

@@ -31,10 +31,10 @@ from cellclf.errors import ClassifierInputError
 from cellclf.heatmap_images import explanation_figure, figure_png, is_explanation_png, short_tap_labels
 from cellclf.heatmaps import LocationAttribution, attribute, upsample
 from cellclf.inputs import InputImage, input_images
-from cellembed.atomic import atomic_path
+from cellembed.shared.atomic import atomic_path
 from cellembed.decoding import DEFAULT_MAX_PIXELS
 from cellembed.errors import Interrupted
-from cellembed.hashing import sha256_file
+from cellembed.shared.hashing import sha256_file
 
 JSON_MARK = "cellclf_explain"
 JSON_FORMAT = 1
