@@ -12,7 +12,7 @@ and the HTTP server build on it.
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,29 @@ def matching_weights(predictor: Predictor, weights: str | os.PathLike | WeightsF
     except InputError as exc:
         raise ClassifierInputError(str(exc)) from None
     return found
+
+
+#: Decimals of the probabilities written out (predictions files, the server's JSON).
+DECIMALS = 6
+
+
+def prediction_record(proba: np.ndarray, classes: Sequence[str], set_size: int | None = None,
+                      uncertain: bool = False) -> dict[str, Any]:
+    """The one JSON shape of a cell's prediction, shared by ``cellclf predict --format json``
+    and ``cellclf serve``: ``predictions`` (class -> probability), ``predicted``,
+    ``confidence``, ``set`` (the ``set_size`` most probable classes, most probable first:
+    a conformal set is every class above a threshold; left out when None) and ``uncertain``."""
+    proba = np.asarray(proba, dtype=np.float64)
+    order = np.argsort(-proba, kind="stable")
+    record: dict[str, Any] = {
+        "predictions": {str(c): round(float(p), DECIMALS) for c, p in zip(classes, proba)},
+        "predicted": str(classes[order[0]]),
+        "confidence": round(float(proba[order[0]]), DECIMALS),
+    }
+    if set_size is not None:
+        record["set"] = [str(classes[i]) for i in order[: int(set_size)]]
+    record["uncertain"] = bool(uncertain)
+    return record
 
 
 def probability_table(proba: np.ndarray, classes: Sequence[str], sets: np.ndarray | None = None,

@@ -25,7 +25,7 @@ from cellembed.decoding import DEFAULT_MAX_PIXELS
 from cellembed.errors import OutputConflict
 from cellembed.shared.atomic import atomic_path, output_lock
 from cellembed.engines import DEFAULT_ENGINE
-from cellclf.classifier import ImageClassifier
+from cellclf.classifier import DECIMALS, ImageClassifier, prediction_record
 from cellclf.errors import ClassifierInputError
 from cellclf.inputs import input_images
 from cellclf.metrics import evaluate
@@ -255,7 +255,6 @@ def _evaluate_folders(
 
 
 #: Decimals of the probabilities written (CSV, JSON).
-DECIMALS = 6
 
 
 def predictions_text(run: PredictionRun, fmt: str = "csv") -> str:
@@ -293,17 +292,12 @@ def _json_document(run: PredictionRun) -> dict[str, Any]:
         if isinstance(row.get("error"), str):
             document[row["path"]] = {"error": row["error"]}
             continue
-        entry: dict[str, Any] = {
-            "predictions": {name: round(float(row[PROBA_PREFIX + name]), DECIMALS) for name in run.classes},
-            "predicted": row["predicted"],
-            "confidence": round(float(row["confidence"]), DECIMALS),
-        }
-        if row.get("set_size") is not None and not pd.isna(row["set_size"]):
-            # the set_size most probable classes (the set is every class above a threshold):
-            # exact even for a class name holding the text column's separator "|"
-            ranked = sorted(run.classes, key=lambda c: -float(row[PROBA_PREFIX + c]))
-            entry["set"] = ranked[: int(row["set_size"])]
-        entry["uncertain"] = bool(row.get("uncertain", False))
+        # the set from its size (exact even for a class name holding the text column's "|")
+        set_size = row.get("set_size")
+        entry = prediction_record(
+            [float(row[PROBA_PREFIX + name]) for name in run.classes], run.classes,
+            None if set_size is None or pd.isna(set_size) else int(set_size), bool(row.get("uncertain", False)),
+        )
         if isinstance(row.get("label"), str):
             entry["label"] = row["label"]
         document[row["path"]] = entry

@@ -261,21 +261,13 @@ class Service:
 
     def results(self, names: list[str], proba: np.ndarray) -> list[dict[str, Any]]:
         """The JSON result of each image (see the module docstring)."""
+        from cellclf.classifier import prediction_record
+
         classes = list(self.predictor.classes)
-        members = self.predictor.prediction_sets(proba)
+        sizes = self.predictor.prediction_sets(proba).sum(axis=1)
         unsure = self.predictor.uncertain(proba, self.settings.min_confidence)
-        out = []
-        for name, row, chosen, uncertain in zip(names, proba, members, unsure):
-            order = np.argsort(-row, kind="stable")
-            confidence = float(row[order[0]])
-            out.append({
-                "image": name,
-                "predictions": {c: round(float(p), 6) for c, p in zip(classes, row)},
-                "predicted": classes[order[0]],
-                "confidence": round(confidence, 6),
-                "set": [classes[i] for i in order if chosen[i]],
-                "uncertain": bool(uncertain),
-            })
+        out = [{"image": name, **prediction_record(row, classes, int(size), uncertain)}
+               for name, row, size, uncertain in zip(names, proba, sizes, unsure)]
         self.served += len(out)
         return out
 

@@ -263,3 +263,34 @@ def test_a_registered_family_gets_its_command_line_option(tmp_path):
     assert run.returncode == 0, run.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["config"]["lda_shrinkages"] == [0.3, 0.7] and metrics["best_model"] == "lda"
+
+
+def test_the_callers_joblib_backend_wins(tmp_path, monkeypatch):
+    """A caller's joblib.parallel_config (threading here; Ray or Dask on a cluster) runs the
+    logistic regression's folds; under joblib's default the folds run in loky processes with
+    one BLAS thread each (it used to force loky whatever the caller chose)."""
+    import joblib
+    import sklearn.utils.parallel
+    from joblib.parallel import get_active_backend
+
+    import cellclf.families.lr as lr
+
+    seen = []
+
+    class Recording(sklearn.utils.parallel.Parallel):
+        def __call__(self, iterable):
+            seen.append(type(get_active_backend()[0]).__name__)
+            return super().__call__(iterable)
+
+    monkeypatch.setattr(sklearn.utils.parallel, "Parallel", Recording)
+    X, y, groups = _training_rows(tmp_path, separation=0.25)
+    with joblib.parallel_config(backend="threading"):
+        threaded = tune_lr(X, y, groups, Cs=(0.01, 0.1), cv=3, seed=0, n_jobs=2)
+    assert seen and set(seen) == {"ThreadingBackend"}
+    seen.clear()
+    default = tune_lr(X, y, groups, Cs=(0.01, 0.1), cv=3, seed=0, n_jobs=2)
+    assert seen and set(seen) == {"LokyBackend"}
+    with lr.one_blas_thread():
+        backend = get_active_backend()[0]
+        assert type(backend).__name__ == "LokyBackend" and backend.inner_max_num_threads == 1
+    assert [t.score for t in threaded.trials] == [t.score for t in default.trials]

@@ -58,15 +58,21 @@ def one_blas_thread() -> Iterator[None]:
     lbfgs on ~3,000 x 5,000 is ~10x slower with two threads when the other core is busy
     (measured), and the folds already run in parallel processes. Non-convergence is
     recorded in tuning.csv (``max_iter_used``), not printed per fold.
+
+    The joblib backend is the caller's: under joblib's default (loky) its workers get one
+    BLAS thread each; a backend the caller chose with ``joblib.parallel_config`` (threading,
+    Ray, Dask) is kept as it is.
     """
     from joblib import parallel_config
+    from joblib.parallel import get_active_backend
     from threadpoolctl import threadpool_limits
 
     with ExitStack() as stack:
         stack.enter_context(warnings.catch_warnings())
         quiet_expected_warnings()
         stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
-        stack.enter_context(parallel_config(backend="loky", inner_max_num_threads=1))
+        if type(get_active_backend()[0]).__name__ == "LokyBackend":
+            stack.enter_context(parallel_config(backend="loky", inner_max_num_threads=1))
         yield
 
 
