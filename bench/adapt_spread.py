@@ -1,5 +1,5 @@
 """How spread out a folder's embeddings are, relative to the training images' (what
-``--adapt`` checks before re-centring a folder: cellclf.predictor.MIN_ADAPT_SPREAD).
+``--adapt`` checks before re-centring a folder: cellclf.estimator.MIN_ADAPT_SPREAD).
 
 For each folder of ``--n`` images the figure is the median over embedding dimensions of the
 folder's standard deviation divided by the training images' (the model's recorded

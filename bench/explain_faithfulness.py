@@ -78,10 +78,10 @@ def main() -> None:
     from scipy.ndimage import gaussian_filter
 
     from cellclf.heatmap_files import Explainer
-    from cellclf.predictor import load_predictor
+    from cellclf.persistence import load_classifier
     from cellembed.embedder import embedder_from_spec
 
-    predictor = load_predictor(args.run)
+    predictor = load_classifier(args.run)
     explainer = Explainer(predictor, args.weights)
     engine = embedder_from_spec(predictor.spec, args.weights)
     table = pd.read_csv(args.run / "predictions_test.csv")

@@ -137,11 +137,11 @@ def main() -> None:
     if not 1 <= args.clients <= 16 or not 1 <= args.seconds <= 600:
         parser.error("--clients must be 1-16 and --seconds 1-600")
 
-    from cellclf.predictor import load_predictor
+    from cellclf.persistence import load_classifier
     from cellembed import extract
     from cellembed.discovery import find_images
 
-    predictor = load_predictor(args.model)
+    predictor = load_classifier(args.model)
     files = [Path(image.absolute) for image in find_images(args.images)]
     rng = random.Random(args.seed)
     rng.shuffle(files)

@@ -24,14 +24,15 @@ from cellembed.engines import DEFAULT_ENGINE, Embedder, check_engine
 from cellembed.pipeline import decoded_batches
 from cellembed.weights import WeightsFile, check_weights, resolve_weights
 from cellclf.errors import ClassifierInputError
-from cellclf.predictor import Predictor, load_predictor
+from cellclf.estimator import CellClassifier
+from cellclf.persistence import load_classifier
 from cellclf.rundir import PROBA_PREFIX
 
 #: Column naming each input of ``predict_images``.
 IMAGE_COLUMN = "image"
 
 
-def matching_weights(predictor: Predictor, weights: str | os.PathLike | WeightsFile | None) -> WeightsFile:
+def matching_weights(predictor: CellClassifier, weights: str | os.PathLike | WeightsFile | None) -> WeightsFile:
     """The weights to embed with, refused unless they are the ones the model was trained on."""
     spec = predictor.spec
     backbone = backbone_for_spec(spec)
@@ -91,11 +92,11 @@ def probability_table(proba: np.ndarray, classes: Sequence[str], sets: np.ndarra
 
 
 class ImageClassifier:
-    """Classify images with a :class:`~cellclf.predictor.Predictor` (see the module docstring).
+    """Classify images with a :class:`~cellclf.estimator.CellClassifier` (see the module docstring).
 
     Args:
         predictor: a loaded predictor, or where to load one: a run folder, its model.skops
-            or model.joblib (loaded by :func:`cellclf.predictor.load_predictor`: the safe
+            or model.joblib (loaded by :func:`cellclf.persistence.load_classifier`: the safe
             file whenever it is there).
         trust_pickle: allow unpickling a .joblib with no safe file beside it (unpickling
             runs code from the file: only for files from a source you trust).
@@ -111,7 +112,7 @@ class ImageClassifier:
 
     def __init__(
         self,
-        predictor: Predictor | str | os.PathLike,
+        predictor: CellClassifier | str | os.PathLike,
         *,
         trust_pickle: bool = False,
         weights: str | os.PathLike | WeightsFile | None = None,
@@ -120,8 +121,8 @@ class ImageClassifier:
         log: Callable[[str], None] | None = None,
     ) -> None:
         check_engine(engine)
-        if not isinstance(predictor, Predictor):
-            predictor = load_predictor(predictor, trust_pickle=trust_pickle)
+        if not isinstance(predictor, CellClassifier):
+            predictor = load_classifier(predictor, trust_pickle=trust_pickle)
         self.predictor = predictor
         self.weights = matching_weights(predictor, weights)
         self.engine = engine
@@ -148,8 +149,8 @@ class ImageClassifier:
                  min_confidence: float | None = None) -> pd.DataFrame:
         """Predicted class, confidence and probabilities of embeddings (a matrix or a frame
         from ``cellembed.load_embeddings``), one row each, with the prediction sets and the
-        uncertain flag (:meth:`cellclf.predictor.Predictor.uncertain` with ``min_confidence``);
-        ``adapt``: see :meth:`cellclf.predictor.Predictor.adapted`."""
+        uncertain flag (:meth:`cellclf.estimator.CellClassifier.uncertain` with ``min_confidence``);
+        ``adapt``: see :meth:`cellclf.estimator.CellClassifier.adapted`."""
         if len(X) == 0:
             empty = np.zeros((0, len(self.classes)))
             return probability_table(empty, self.classes, empty.astype(bool), np.zeros(0, dtype=bool))
@@ -168,7 +169,7 @@ class ImageClassifier:
         Returns:
             A DataFrame with ``image``, ``predicted``, ``confidence``, one ``proba_<class>``
             column per class, ``set`` and ``set_size`` (the conformal prediction set of the
-            model's calibration), ``uncertain`` (:meth:`Predictor.uncertain`), and ``error``: the reason an input could not be decoded
+            model's calibration), ``uncertain`` (:meth:`CellClassifier.uncertain`), and ``error``: the reason an input could not be decoded
             (its prediction columns are then empty), else None.
         """
         sources = list(images)

@@ -356,11 +356,11 @@ def explain(
     read (0 with --allow-skips), 2 bad input, 130 interrupted (run again to resume).
     """
     from cellclf.heatmap_files import explain_images
-    from cellclf.predictor import load_predictor
+    from cellclf.persistence import load_classifier
 
     say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     with user_errors(on_interrupt=f"interrupted; the heat maps written to {out} are kept: run the same command to finish"):
-        predictor = load_predictor(model, trust_pickle=trust_pickle)
+        predictor = load_classifier(model, trust_pickle=trust_pickle)
         run = explain_images(predictor, images, out, weights=weights, overwrite=overwrite, max_pixels=max_pixels,
                              progress=not quiet, log=say)
     for error in run.errors:
@@ -405,7 +405,7 @@ def serve(model: Path, host: str, port: int, max_upload_mb: float, max_batch: in
     Needs the serve extra (pip install 'cellembed[serve]'). The model and its networks load
     once at start-up; bad uploads get a 4xx with a one-line reason. Stop with Ctrl-C.
     """
-    from cellclf.predictor import load_predictor
+    from cellclf.persistence import load_classifier
     from cellclf.serve import ServeSettings, Service, check_port, create_app, import_server
 
     with user_errors(on_interrupt="interrupted while loading the model; nothing was served"):
@@ -413,7 +413,7 @@ def serve(model: Path, host: str, port: int, max_upload_mb: float, max_batch: in
         settings = ServeSettings(max_upload_mb=max_upload_mb, max_batch=max_batch, max_pixels=max_pixels,
                                  min_confidence=min_confidence, heatmaps=not no_heatmaps, max_inflight_mb=max_inflight_mb)
         check_port(host, port)  # before the model is loaded
-        predictor = load_predictor(model, trust_pickle=trust_pickle)
+        predictor = load_classifier(model, trust_pickle=trust_pickle)
         started = time.perf_counter()
         service = Service(predictor, weights, settings, engine, log=lambda message: click.echo(message, err=True))
         click.echo(f"loaded {predictor.source} ({predictor.family}, {len(predictor.classes)} classes) and its "

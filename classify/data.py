@@ -38,7 +38,7 @@ class LabelledEmbeddings:
     @property
     def feature_names(self) -> list[str]:
         """``tap:index`` name of every column of ``X``."""
-        return tap_feature_names(self.spec, self.taps)
+        return self.spec.feature_names(self.taps)
 
 
 @dataclass
@@ -78,12 +78,6 @@ def bad_rows(X: np.ndarray) -> np.ndarray:
 
 
 BAD_VALUES = f"NaN, infinite or huge (beyond +-{MAX_EMBEDDING_VALUE:g}) embedding values"
-
-
-def tap_feature_names(spec: EmbeddingSpec, taps: Sequence[str]) -> list[str]:
-    """``tap:index`` names of the columns selected by ``taps`` (in that order)."""
-    widths = {t.name: t.width for t in spec.taps}
-    return [f"{name}:{i}" for name in taps for i in range(widths[name])]
 
 
 def load_labelled(path: str | Path, taps: Sequence[str] | None = None) -> LabelledEmbeddings:

@@ -32,7 +32,8 @@ from cellclf.data import LabelledEmbeddings, SplitData, check_same_spec, load_la
 from cellclf.errors import ClassifierInputError, first_few
 from cellclf.metrics import FEW_IMAGES, few_images
 from cellclf.families import ModelFamily, families, get_family
-from cellclf.predictor import Predictor, feature_reference, library_versions, load_predictor, safe_path
+from cellclf.estimator import CellClassifier, feature_reference
+from cellclf.persistence import library_versions, load_classifier, safe_path
 from cellclf.rundir import (
     model_file,
     read_gallery,
@@ -182,7 +183,7 @@ class FitResult:
 
     run_dir: Path
     record: RunRecord = field(repr=False)
-    predictors: dict[str, Predictor] = field(repr=False)
+    predictors: dict[str, CellClassifier] = field(repr=False)
 
     @property
     def best(self) -> str:
@@ -346,7 +347,7 @@ def _fit(
     checkpoint.discard(kept)  # the run holds them now
     if run is None:  # resumed: the record and the models as written (the models from their safe files)
         run = read_run(run_dir)
-        predictors = {model.key: load_predictor(run_dir / model_file(model.key)) for model in run.models}
+        predictors = {model.key: load_classifier(run_dir / model_file(model.key)) for model in run.models}
     best = run.best
     phase("write", f"{run_dir} (best: {best.key})")
     drawn = _gallery_maps(run_dir, predictors[best.key], best.predictions, test or embeddings, config, weights, phase)
@@ -366,7 +367,7 @@ def _fit(
 
 def _train(
     embeddings: str | Path, test: str | Path | None, config: FitConfig, phase: "_PhaseLog",
-) -> tuple[RunRecord, dict[str, Predictor]]:
+) -> tuple[RunRecord, dict[str, CellClassifier]]:
     """Load, split, tune, calibrate, refit, test and explain every configured family: the
     run's record (without its folder) and the fitted predictors."""
     data = load_labelled(embeddings, config.taps)
@@ -387,7 +388,7 @@ def _train(
     phase("split", " / ".join(f"{name} {len(parts[name].labels)}" for name in SPLIT_NAMES) + f" (seed {config.seed})")
 
     models: list[ModelRecord] = []
-    predictors: dict[str, Predictor] = {}
+    predictors: dict[str, CellClassifier] = {}
     tunings: dict[str, TuningResult] = {}
     for key in config.models:
         record, predictors[key], tunings[key] = _fit_family(get_family(key), parts, classes, data, config, phase)
@@ -424,7 +425,7 @@ def _train(
     return run, predictors
 
 
-def _gallery_maps(run_dir: Path, predictor: Predictor, predictions: Any, source: str | Path, config: FitConfig,
+def _gallery_maps(run_dir: Path, predictor: CellClassifier, predictions: Any, source: str | Path, config: FitConfig,
                   weights: Any, phase: Callable[[str, str], None]) -> bool:
     """Heat maps of the gallery images, after the run is written: whatever happens here,
     the run stays complete and records why it has no maps. Returns False when Ctrl-C
@@ -546,7 +547,7 @@ def _arrays(
 def _fit_family(
     family: ModelFamily, parts: dict[str, SplitData], classes: list[str], data: LabelledEmbeddings,
     config: FitConfig, phase: _PhaseLog,
-) -> tuple[ModelRecord, Predictor, TuningResult]:
+) -> tuple[ModelRecord, CellClassifier, TuningResult]:
     """Tune on train (+ validation), score on validation, refit on train + validation, test,
     and draw the tuning plot."""
     from cellclf.metrics import accuracy_text, evaluate
@@ -573,7 +574,7 @@ def _fit_family(
     fit_seconds = time.perf_counter() - start
     summary = {"family": family.key, "params": params, "val_macro_f1": val_f1, "seed": config.seed}
     reference = feature_reference(np.concatenate([train.X, val.X]))  # what the model was refit on
-    predictor = Predictor(model, classes, data.spec, data.taps, family=family.key, summary=summary, reference=reference,
+    predictor = CellClassifier.from_fitted(model, classes, data.spec, data.taps, family=family.key, summary=summary, reference=reference,
                           calibration=calibration)
     raw_test = predictor.predict_proba(test.X, calibrated=False)
     proba = calibration.apply(raw_test)

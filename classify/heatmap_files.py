@@ -104,7 +104,7 @@ class Explainer:
 
         self.predictor = predictor
         self.network = network or embedder_from_spec(predictor.spec, weights, engine or DEFAULT_ENGINE)
-        self.roles = self.network.tap_roles(predictor.taps)
+        self.roles = self.network.tap_roles(predictor.used_taps)
         self.n_jobs = n_jobs
 
     def explain(self, pixels: np.ndarray) -> tuple[LocationAttribution, np.ndarray]:

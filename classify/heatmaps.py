@@ -38,7 +38,7 @@ import numpy as np
 from cellclf.errors import ClassifierInputError
 
 if TYPE_CHECKING:
-    from cellclf.predictor import Predictor
+    from cellclf.estimator import CellClassifier
     from cellembed.network import TapMaps
 
 #: A dimension whose embedding is within this many training standard deviations of the
@@ -91,7 +91,7 @@ class LocationAttribution:
         return sum(upsample(m[:, chosen], size) for m in self.tap_maps)
 
 
-def attribute(predictor: "Predictor", maps: "TapMaps", n_jobs: int = 1) -> LocationAttribution:
+def attribute(predictor: "CellClassifier", maps: "TapMaps", n_jobs: int = 1) -> LocationAttribution:
     """The :class:`LocationAttribution` of ``predictor``'s class margins for the images
     whose tap maps are ``maps`` (made with the predictor's spec)."""
     from cellclf.families import get_family
@@ -103,10 +103,10 @@ def attribute(predictor: "Predictor", maps: "TapMaps", n_jobs: int = 1) -> Locat
             "re-run cellclf fit to draw its heat maps"
         )
     index = {tap.name: i for i, tap in enumerate(maps.spec.taps)}
-    per_tap = [maps.maps[index[name]] for name in predictor.taps]  # (n, V, H, W, width) each
+    per_tap = [maps.maps[index[name]] for name in predictor.used_taps]  # (n, V, H, W, width) each
     embedding = maps.embedding()  # float64: the exact mean of the location values
     X = predictor.matrix(embedding.astype(np.float32))
-    e = np.concatenate([embedding[:, maps.spec.tap_slices([name])[0]] for name in predictor.taps], axis=1)
+    e = np.concatenate([embedding[:, maps.spec.tap_slices([name])[0]] for name in predictor.used_taps], axis=1)
     mean, std = (np.asarray(r, dtype=np.float64) for r in predictor.reference)
     bounds = np.cumsum([0] + [m.shape[-1] for m in per_tap])
     family = get_family(predictor.family)
@@ -126,7 +126,7 @@ def attribute(predictor: "Predictor", maps: "TapMaps", n_jobs: int = 1) -> Locat
             w, mu = coef[:, start:stop], mean[start:stop]
             contribution = np.einsum("nvhwd,kd->nkhw", U, w, optimize=True) / (V * H * W)
             tap_maps.append(contribution - (w @ mu)[None, :, None, None] / (H * W))
-        return LocationAttribution(tuple(predictor.taps), tap_maps, baseline, margin, True, EXACT_METHOD)
+        return LocationAttribution(tuple(predictor.used_taps), tap_maps, baseline, margin, True, EXACT_METHOD)
     shap = family.explain(predictor.model, X, n_jobs)
     for U, start, stop in zip(per_tap, bounds[:-1], bounds[1:]):
         n, V, H, W, _ = U.shape
@@ -138,7 +138,7 @@ def attribute(predictor: "Predictor", maps: "TapMaps", n_jobs: int = 1) -> Locat
         phi = np.asarray(shap.values[:, :, start:stop], dtype=np.float64)
         tap_maps.append(np.einsum("nvhwd,nkd->nkhw", share, phi, optimize=True))
     return LocationAttribution(
-        tuple(predictor.taps), tap_maps, np.asarray(shap.expected, np.float64), np.asarray(shap.margin, np.float64),
+        tuple(predictor.used_taps), tap_maps, np.asarray(shap.expected, np.float64), np.asarray(shap.margin, np.float64),
         False, APPROXIMATE_METHOD,
     )
 

@@ -30,7 +30,7 @@ from cellclf.errors import ClassifierInputError
 from cellclf.inputs import input_images
 from cellclf.metrics import evaluate
 from cellclf.prediction_outputs import PredictionOutputs
-from cellclf.predictor import Predictor
+from cellclf.estimator import CellClassifier
 from cellclf.rundir import PROBA_PREFIX
 
 
@@ -97,7 +97,7 @@ def check_scorable(images: str | Path, classes: list[str]) -> None:
         )
 
 
-def predict_folder(predictor: Predictor | ImageClassifier, images: str | Path, cache: str | Path,
+def predict_folder(predictor: CellClassifier | ImageClassifier, images: str | Path, cache: str | Path,
                    **options: Any) -> PredictionRun:
     """Embed (with the add-only Parquet ``cache``) and classify every image under the folder
     ``images``: :func:`predict_inputs` of one folder, same options."""
@@ -133,7 +133,7 @@ def _cached_folder(classifier: ImageClassifier, images: Path, cache: str | Path,
 
 
 def predict_inputs(
-    predictor: Predictor | ImageClassifier,
+    predictor: CellClassifier | ImageClassifier,
     inputs: Sequence[str | Path],
     cache: str | Path | None,
     *,
@@ -153,7 +153,7 @@ def predict_inputs(
     without a cache, are embedded in memory. ``predictor`` may be an ImageClassifier already
     made (then ``weights``, ``engine`` and ``batch_size`` are its own). ``max_pixels``: see
     :func:`cellembed.extract`. ``adapt``: classify the images after moving them onto the
-    training statistics (:meth:`cellclf.predictor.Predictor.adapted`; cells from another lab).
+    training statistics (:meth:`cellclf.estimator.CellClassifier.adapted`; cells from another lab).
 
     Raises:
         ClassifierInputError / cellembed.InputError: bad inputs (:func:`cellclf.inputs.input_images`) or
@@ -364,7 +364,7 @@ class PredictResult:
     """What :func:`predict_run` did: the run, the model, and what it wrote."""
 
     request: PredictRequest
-    predictor: Predictor
+    predictor: CellClassifier
     outputs: PredictionOutputs
     run: PredictionRun
     folder: Path | None = None  # the images folder (None for image files)
@@ -389,7 +389,7 @@ def predict_run(request: PredictRequest, pages: Pages | None = None, *, log: Cal
     from contextlib import ExitStack
 
     from cellembed.shared.atomic import prepare_output
-    from cellclf.predictor import load_predictor
+    from cellclf.persistence import load_classifier
 
     pages = pages or Pages()
     say = log or (lambda message: None)
@@ -399,7 +399,7 @@ def predict_run(request: PredictRequest, pages: Pages | None = None, *, log: Cal
                                    folder=folder is not None)
     _check_request(request, outputs, found, folder, pages)
     started = time.perf_counter()
-    predictor = load_predictor(request.model, trust_pickle=request.trust_pickle)
+    predictor = load_classifier(request.model, trust_pickle=request.trust_pickle)
     say(f"loaded {predictor.source} ({predictor.family}, {len(predictor.classes)} classes) in "
         f"{time.perf_counter() - started:.1f} s")
     if request.report is not None:  # before anything is written

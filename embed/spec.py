@@ -157,9 +157,12 @@ class EmbeddingSpec:
             )
         return [slice(by_name[n].offset, by_name[n].stop) for n in names]
 
-    def feature_names(self) -> list[str]:
-        """One name per embedding dimension, ``tap:index`` (for example ``add_6:217``)."""
-        return [f"{t.name}:{i}" for t in self.taps for i in range(t.width)]
+    def feature_names(self, taps: Sequence[str] | None = None) -> list[str]:
+        """One name per embedding dimension, ``tap:index`` (for example ``add_6:217``), of
+        the named taps in that order (all taps when None): the one place these names are made."""
+        widths = {t.name: t.width for t in self.taps}
+        self.tap_slices(taps)  # unknown taps are refused
+        return [f"{name}:{i}" for name in (self.tap_names if taps is None else taps) for i in range(widths[name])]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -9,7 +9,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cellclf.errors import ClassifierInputError
-from cellclf.predictor import MIN_ADAPT_IMAGES, Predictor, feature_reference, load_predictor
+from cellclf.estimator import CellClassifier, MIN_ADAPT_IMAGES, feature_reference
+from cellclf.persistence import load_classifier
 from cellembed.spec import EmbeddingSpec
 
 SPEC = EmbeddingSpec.from_widths([("t", 6)], backbone="b", weights_sha256="0", input_size=8)
@@ -23,10 +24,10 @@ def blobs(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def predictor() -> Predictor:
+def predictor() -> CellClassifier:
     X, y = blobs(60, seed=0)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)
-    return Predictor(model, ["a", "b", "c"], SPEC, family="lr", reference=feature_reference(X))
+    return CellClassifier.from_fitted(model, ["a", "b", "c"], SPEC, family="lr", reference=feature_reference(X))
 
 
 def test_adapt_recovers_the_cells_of_a_lab_that_shifts_every_embedding(predictor):
@@ -46,14 +47,14 @@ def test_adapt_refuses_too_few_images_and_models_without_statistics(predictor):
     X, _ = blobs(3, seed=2)
     with pytest.raises(ClassifierInputError, match=f"at least {MIN_ADAPT_IMAGES} distinct images, got 9"):
         predictor.predict_proba(X, adapt=True)
-    old = Predictor(predictor.model, predictor.classes, SPEC, family="lr")
+    old = CellClassifier.from_fitted(predictor.model, predictor.classes, SPEC, family="lr")
     with pytest.raises(ClassifierInputError, match="re-run cellclf fit to use --adapt"):
         old.predict_proba(blobs(10, seed=3)[0], adapt=True)
 
 
 def test_the_safe_file_keeps_the_training_statistics(predictor, tmp_path):
     predictor.save(tmp_path / "model.joblib")
-    loaded = load_predictor(tmp_path / "model.skops")
+    loaded = load_classifier(tmp_path / "model.skops")
     for kept, original in zip(loaded.reference, predictor.reference):
         np.testing.assert_array_equal(kept, original)
     X, _ = blobs(30, seed=4)

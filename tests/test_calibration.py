@@ -131,7 +131,7 @@ def test_wilson_and_bootstrap_intervals():
 
 
 def test_fit_calibrates_the_saved_model_and_records_coverage(tmp_path):
-    from cellclf.predictor import load_predictor
+    from cellclf.persistence import load_classifier
     from cellclf.fitting import FitConfig, fit
     from test_clf_support import write_synthetic
 
@@ -152,7 +152,7 @@ def test_fit_calibrates_the_saved_model_and_records_coverage(tmp_path):
     fit(data, tmp_path / "run01", config=FitConfig.build(models=("lr",), shap=False, heatmaps=False, cv=3, alpha=0.01),
         log=lines.append)
     assert any("validation images: sets at alpha 0.01 need at least 99" in line for line in lines), lines
-    predictor = load_predictor(tmp_path / "run")  # the safe file keeps the calibration
+    predictor = load_classifier(tmp_path / "run")  # the safe file keeps the calibration
     assert predictor.calibration.temperature == pytest.approx(facts["temperature"], rel=1e-5)
     assert predictor.calibration.threshold == facts["threshold"]
     table = pd.read_csv(tmp_path / "run" / "predictions_test.csv", keep_default_na=False)

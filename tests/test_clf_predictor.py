@@ -1,4 +1,4 @@
-"""Predictor: spec check, checksum, bad files, versions; SHAP additivity; metrics module."""
+"""CellClassifier: spec check, checksum, bad files, versions; SHAP additivity; metrics module."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from sklearn import metrics as skm
 
 from cellembed import load_embeddings
-from cellclf import Predictor, PredictorLoadError
+from cellclf import CellClassifier, PredictorLoadError
 from cellclf.calibration import Calibration
 from cellclf.errors import ClassifierInputError
 from cellclf.shap_values import summarise
@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
     X, y, classes, spec = labelled_arrays(data)
     frame, _ = load_embeddings(data)
     model = fit_lr(X, y, {"C": 0.1, "class_weight": None})
-    predictor = Predictor(model, classes, spec, family="lr", summary={"note": "test"})
+    predictor = CellClassifier.from_fitted(model, classes, spec, family="lr", summary={"note": "test"})
     return root, frame, spec, X, y, classes, predictor
 
 
@@ -55,20 +55,20 @@ def test_save_load_and_checksum(trained, tmp_path):
     path = tmp_path / "model.joblib"
     digest = predictor.save(path)
     assert (tmp_path / "model.joblib.sha256").read_text() == f"{digest}  model.joblib\n"
-    loaded = Predictor.load(path)
+    loaded = CellClassifier.load(path)
     np.testing.assert_array_equal(loaded.predict_proba(X), predictor.predict_proba(X))
     assert loaded.summary["note"] == "test" and "created" in loaded.summary
 
     (tmp_path / "model.skops").unlink()  # the pickle alone (see test_faults_model for the safe file)
-    np.testing.assert_array_equal(Predictor.load(path, trust_pickle=True).predict_proba(X), predictor.predict_proba(X))
+    np.testing.assert_array_equal(CellClassifier.load(path, trust_pickle=True).predict_proba(X), predictor.predict_proba(X))
     content = bytearray(path.read_bytes())
     content[len(content) // 2] ^= 0xFF
     path.write_bytes(bytes(content))
     with pytest.raises(PredictorLoadError, match="does not match model.joblib.sha256.*do not load it"):
-        Predictor.load(path, trust_pickle=True)
+        CellClassifier.load(path, trust_pickle=True)
     (tmp_path / "model.joblib.sha256").unlink()
     with pytest.raises(PredictorLoadError, match="no checksum file"):
-        Predictor.load(path, trust_pickle=True)
+        CellClassifier.load(path, trust_pickle=True)
 
 
 def test_refuses_files_that_are_not_predictors(trained, tmp_path):
@@ -77,27 +77,27 @@ def test_refuses_files_that_are_not_predictors(trained, tmp_path):
     joblib.dump({"not": "a predictor"}, plain)
     (tmp_path / "plain.joblib.sha256").write_text(sha256_file(plain))
     with pytest.raises(PredictorLoadError, match="not a cellclf predictor .*builtins.dict"):
-        Predictor.load(plain, trust_pickle=True)
+        CellClassifier.load(plain, trust_pickle=True)
     garbage = tmp_path / "garbage.joblib"
     garbage.write_bytes(b"this is not a pickle")
     with pytest.raises(PredictorLoadError, match="cannot be read as a cellclf predictor"):
-        Predictor.load(garbage, trust_pickle=True, verify=False)
+        CellClassifier.load(garbage, trust_pickle=True, verify=False)
     with pytest.raises(PredictorLoadError, match="no such model file"):
-        Predictor.load(tmp_path / "missing.joblib")
+        CellClassifier.load(tmp_path / "missing.joblib")
 
 
 def test_refuses_incompatible_versions(trained, tmp_path):
     _, _, _, X, _, _, predictor = trained
-    old = Predictor(predictor.model, predictor.classes, predictor.spec, family="lr")
-    old.versions = {**old.versions, "scikit-learn": "0.24.2"}
+    old = CellClassifier.from_fitted(predictor.model, predictor.classes, predictor.spec, family="lr")
+    old.versions_ = {**old.versions, "scikit-learn": "0.24.2"}
     old.save(tmp_path / "old.joblib")
     with pytest.raises(PredictorLoadError, match="made with scikit-learn 0.24.2 but scikit-learn .* is installed"):
-        Predictor.load(tmp_path / "old.joblib")
-    assert Predictor.load(tmp_path / "old.joblib", allow_version_mismatch=True).predict(X).shape == (len(X),)
-    old.format = 99
+        CellClassifier.load(tmp_path / "old.joblib")
+    assert CellClassifier.load(tmp_path / "old.joblib", allow_version_mismatch=True).predict(X).shape == (len(X),)
+    old.format_ = 99
     old.save(tmp_path / "future.joblib")
     with pytest.raises(PredictorLoadError, match="format 99"):
-        Predictor.load(tmp_path / "future.joblib")
+        CellClassifier.load(tmp_path / "future.joblib")
 
 
 def test_linear_shap_adds_up_to_the_margin(trained):
@@ -156,7 +156,7 @@ def test_two_classes_work_for_both_families(trained):
         (fit_lr(Xb, yb, {"C": 0.1, "class_weight": "balanced"}), linear_shap),
         (fit_xgb(Xb, yb, {"max_depth": 2}, n_trees=10), tree_shap),
     ):
-        predictor = Predictor(model, ["a", "b"], spec, family="x")
+        predictor = CellClassifier.from_fitted(model, ["a", "b"], spec, family="x")
         assert predictor.predict_proba(Xb).shape == (len(Xb), 2)
         values = explain(model, Xb[:4])
         assert values.values.shape == (4, 2, Xb.shape[1]) and values.additivity_error < 1e-4
@@ -168,7 +168,7 @@ def test_uncertain_is_the_calibration_rule_or_a_top_probability_under_min_confid
     proba = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.34, 0.33, 0.33]])
     assert predictor.uncertain(proba).tolist() == [False, False, False]  # no calibration: never by itself
     assert predictor.uncertain(proba, min_confidence=0.6).tolist() == [True, False, True]
-    calibrated = Predictor(predictor.model, classes, predictor.spec, family="lr",
+    calibrated = CellClassifier.from_fitted(predictor.model, classes, predictor.spec, family="lr",
                            calibration=Calibration(temperature=1.0, alpha=0.1, threshold=0.45))
     assert calibrated.uncertain(proba).tolist() == [True, False, True]
     assert calibrated.uncertain(proba, min_confidence=0.85).tolist() == [True, True, True]

@@ -20,7 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from cellclf.cli import main as cellclf_main
-from cellclf.predictor import Predictor, load_predictor
+from cellclf.estimator import CellClassifier
+from cellclf.persistence import load_classifier
 from cellclf.rundir import read_run
 from cellembed import embedding_matrix, load_embeddings
 
@@ -61,8 +62,8 @@ def test_the_run_folder_reads_and_its_models_predict_what_it_recorded(fixture):
         rows.attrs["cellembed_spec"] = spec
         classes = list(run.classes)
         models = fixture / "run" / "models"
-        for predictor in (load_predictor(models / f"{model.key}.skops", allow_version_mismatch=SCIKIT_LEARN_MAY_MOVE),
-                          Predictor.load(models / f"{model.key}.joblib", trust_pickle=True,
+        for predictor in (load_classifier(models / f"{model.key}.skops", allow_version_mismatch=SCIKIT_LEARN_MAY_MOVE),
+                          CellClassifier.load(models / f"{model.key}.joblib", trust_pickle=True,
                                          allow_version_mismatch=SCIKIT_LEARN_MAY_MOVE)):
             proba = predictor.predict_proba(rows)
             expected = recorded[[f"proba_{name}" for name in classes]].to_numpy()
@@ -70,7 +71,7 @@ def test_the_run_folder_reads_and_its_models_predict_what_it_recorded(fixture):
 
 
 def test_the_safe_model_of_the_run_is_what_predict_loads(fixture):
-    predictor = load_predictor(fixture / "run", allow_version_mismatch=SCIKIT_LEARN_MAY_MOVE)
+    predictor = load_classifier(fixture / "run", allow_version_mismatch=SCIKIT_LEARN_MAY_MOVE)
     assert predictor.source.name == "model.skops" and predictor.family in ("lr", "xgb")
     metrics = json.loads((fixture / "run" / "metrics.json").read_text())
     assert predictor.family == metrics["best_model"]

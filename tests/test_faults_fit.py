@@ -314,7 +314,9 @@ def test_predict_on_a_one_class_folder_scores_the_class_present(tmp_path, random
     from test_predict import tinted_folder, tinted_predictor
 
     predictor, _, _ = tinted_predictor(tmp_path, {"red": 6, "blue": 6, "green": 6}, random_weights)
-    model_file = predictor.save_safe(tmp_path / "model.skops")
+    from cellclf.persistence import save_safe
+
+    model_file = save_safe(predictor, tmp_path / "model.skops")
     only_red = tinted_folder(tmp_path / "new", {"red": 4}, seed=1)
     predicted = CliRunner().invoke(
         main, ["predict", str(model_file), str(only_red), "-o", str(tmp_path / "p.csv"), "--weights", str(random_weights), "-q"],

@@ -21,10 +21,10 @@ import pytest
 from cellembed import load_embeddings
 from cellembed.shared.hashing import sha256_file
 from conftest import noise_image
-from cellclf import Predictor, PredictorLoadError
+from cellclf import CellClassifier, PredictorLoadError
 from cellclf.families.lr import fit_lr
 from cellclf.families.xgb import fit_xgb
-from cellclf.predictor import load_predictor
+from cellclf.persistence import load_classifier
 from test_clf_support import labelled_arrays, write_synthetic
 
 
@@ -59,7 +59,7 @@ def data(tmp_path_factory):
     return labelled_arrays(write_synthetic(root / "emb.parquet", counts={"a": 30, "b": 30, "c": 30}, separation=0.5))
 
 
-def make_predictor(data, family: str, n_classes: int = 3) -> Predictor:
+def make_predictor(data, family: str, n_classes: int = 3) -> CellClassifier:
     X, y, classes, spec = data
     keep = y < n_classes
     X, y = X[keep], y[keep]
@@ -69,7 +69,7 @@ def make_predictor(data, family: str, n_classes: int = 3) -> Predictor:
         model = fit_xgb(X, y, {"max_depth": 2, "learning_rate": 0.3}, n_trees=6)
     summary = {"params": {"C": 0.1}, "test": {"accuracy": np.float64(0.5), "log_loss": float("nan")}, "seed": 4,
                "counts": np.array([1, 2]), "taps": {"b", "a"}, "note": 1 + 2j}
-    return Predictor(model, classes[:n_classes], spec, family=family, summary=summary)
+    return CellClassifier.from_fitted(model, classes[:n_classes], spec, family=family, summary=summary)
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +88,12 @@ def test_a_malicious_pickle_with_a_recomputed_checksum_is_refused_without_runnin
     evil = write_evil_joblib(tmp_path / "run" / "model.joblib", marker, real)
     for target in (evil, evil.parent):
         with pytest.raises(PredictorLoadError) as error:
-            load_predictor(target)
+            load_classifier(target)
         message = str(error.value)
         assert "--trust-pickle" in message and "runs" in message and "\n" not in message
         assert not marker.exists()
     with pytest.raises(PredictorLoadError, match="--trust-pickle"):
-        Predictor.load(evil)
+        CellClassifier.load(evil)
     assert not marker.exists()
 
     from cellclf.cli import main
@@ -109,7 +109,7 @@ def test_a_malicious_pickle_with_a_recomputed_checksum_is_refused_without_runnin
     assert not marker.exists() and not (tmp_path / "p.csv").exists()
 
     # The payload is live: trusting the file runs it, and the run looks normal.
-    loaded = load_predictor(evil, trust_pickle=True)
+    loaded = load_classifier(evil, trust_pickle=True)
     assert marker.read_text() == "ran" and loaded.classes == lr_predictor.classes
 
 
@@ -122,10 +122,10 @@ def test_the_safe_file_beside_a_joblib_is_loaded_and_the_pickle_never_opened(tmp
     write_evil_joblib(run / "model.joblib", marker)  # swapped after the fit
     X = np.zeros((2, lr_predictor.spec.dim), np.float32)
     for target in (run / "model.joblib", run, run / "model.skops"):
-        loaded = load_predictor(target)
+        loaded = load_classifier(target)
         assert loaded.source == run / "model.skops"
         np.testing.assert_array_equal(loaded.predict_proba(X), lr_predictor.predict_proba(X))
-    assert Predictor.load(run / "model.joblib", trust_pickle=True).source == run / "model.skops"
+    assert CellClassifier.load(run / "model.joblib", trust_pickle=True).source == run / "model.skops"
     assert not marker.exists()
 
 
@@ -135,7 +135,7 @@ def test_a_missing_checksum_names_something_a_command_line_user_can_do(tmp_path,
     (tmp_path / "model.skops").unlink()
     (tmp_path / "model.joblib.sha256").unlink()
     with pytest.raises(PredictorLoadError) as error:
-        load_predictor(path, trust_pickle=True)
+        load_classifier(path, trust_pickle=True)
     message = str(error.value)
     assert "model.joblib.sha256" in message and "sha256sum" in message
     assert "verify=" not in message and "\n" not in message
@@ -203,7 +203,7 @@ def test_a_tampered_safe_file_is_refused_without_running_code(tmp_path, lr_predi
     tamper(safe, lambda schema: _find_and_replace(schema, "Pipeline", node) or pytest.fail("no Pipeline node"))
     for target in (safe, tmp_path, tmp_path / "model.joblib"):
         with pytest.raises(PredictorLoadError) as error:
-            load_predictor(target, trust_pickle=True)
+            load_classifier(target, trust_pickle=True)
         message = str(error.value)
         assert f"{module}.{name}" in message and "allow-list" in message and "\n" not in message
         assert not marker.exists()
@@ -220,15 +220,15 @@ def test_a_damaged_safe_file_is_refused(tmp_path, lr_predictor):
     content[start + 200] ^= 0xFF
     safe.write_bytes(bytes(content))
     with pytest.raises(PredictorLoadError, match=r"model.skops: .*damaged.*re-run cellclf fit"):
-        load_predictor(safe)
+        load_classifier(safe)
     safe.write_bytes(b"not a zip file")
     with pytest.raises(PredictorLoadError, match=r"model.skops: .*damaged"):
-        load_predictor(tmp_path)
+        load_classifier(tmp_path)
     with pytest.raises(PredictorLoadError, match="no such model file"):
-        load_predictor(tmp_path / "missing.skops")
+        load_classifier(tmp_path / "missing.skops")
     (tmp_path / "empty").mkdir()
     with pytest.raises(PredictorLoadError, match="empty: no model.skops or model.joblib in this folder"):
-        load_predictor(tmp_path / "empty")
+        load_classifier(tmp_path / "empty")
 
 
 def test_a_safe_file_of_another_kind_is_refused(tmp_path):
@@ -238,24 +238,24 @@ def test_a_safe_file_of_another_kind_is_refused(tmp_path):
     path = tmp_path / "model.skops"
     skops.io.dump(StandardScaler(), path)
     with pytest.raises(PredictorLoadError, match="not a cellclf predictor"):
-        load_predictor(path)
+        load_classifier(path)
 
 
 @pytest.mark.parametrize("family, n_classes", [("lr", 3), ("lr", 2), ("xgb", 3), ("xgb", 2)])
 def test_the_safe_file_predicts_exactly_like_the_pickle(tmp_path, data, family, n_classes):
     predictor = make_predictor(data, family, n_classes)
     predictor.save(tmp_path / "model.joblib")
-    safe = load_predictor(tmp_path / "model.skops")
+    safe = load_classifier(tmp_path / "model.skops")
     pickled_dir = tmp_path / "pickled"
     pickled_dir.mkdir()
     for name in ("model.joblib", "model.joblib.sha256"):
         shutil.copy(tmp_path / name, pickled_dir / name)
-    pickled = load_predictor(pickled_dir / "model.joblib", trust_pickle=True)
+    pickled = load_classifier(pickled_dir / "model.joblib", trust_pickle=True)
     assert pickled.source == pickled_dir / "model.joblib" and safe.source == tmp_path / "model.skops"
     X = data[0]
     np.testing.assert_array_equal(safe.predict_proba(X), pickled.predict_proba(X))
     np.testing.assert_array_equal(safe.predict_proba(X), predictor.predict_proba(X))
-    for attribute in ("classes", "spec", "taps", "family", "versions", "format"):
+    for attribute in ("classes", "spec", "taps", "family", "versions", "format_"):
         assert getattr(safe, attribute) == getattr(pickled, attribute), attribute
     assert safe.summary["created"] == pickled.summary["created"] and safe.summary["seed"] == 4
     assert safe.summary["test"]["accuracy"] == 0.5 and np.isnan(safe.summary["test"]["log_loss"])
@@ -268,16 +268,16 @@ def test_the_safe_file_predicts_exactly_like_the_pickle(tmp_path, data, family, 
 
 
 def test_the_safe_file_keeps_the_version_and_format_checks(tmp_path, lr_predictor):
-    old = Predictor(lr_predictor.model, lr_predictor.classes, lr_predictor.spec, family="lr")
-    old.versions = {**old.versions, "scikit-learn": "0.24.2"}
+    old = CellClassifier.from_fitted(lr_predictor.model, lr_predictor.classes, lr_predictor.spec, family="lr")
+    old.versions_ = {**old.versions, "scikit-learn": "0.24.2"}
     old.save(tmp_path / "old.joblib")
     with pytest.raises(PredictorLoadError, match=r"old.skops: made with scikit-learn 0.24.2"):
-        load_predictor(tmp_path / "old.skops")
-    assert load_predictor(tmp_path / "old.skops", allow_version_mismatch=True).family == "lr"
-    old.format = 99
+        load_classifier(tmp_path / "old.skops")
+    assert load_classifier(tmp_path / "old.skops", allow_version_mismatch=True).family == "lr"
+    old.format_ = 99
     old.save(tmp_path / "future.joblib")
     with pytest.raises(PredictorLoadError, match="future.skops: predictor format 99"):
-        load_predictor(tmp_path / "future.joblib")
+        load_classifier(tmp_path / "future.joblib")
 
 
 def test_a_model_with_types_outside_the_allow_list_gets_no_safe_file(tmp_path, data):
@@ -285,7 +285,7 @@ def test_a_model_with_types_outside_the_allow_list_gets_no_safe_file(tmp_path, d
 
     X, y, classes, spec = data
     model = Pipeline([("custom", CustomEstimator().fit(X, y))])
-    predictor = Predictor(model, classes, spec, family="custom")
+    predictor = CellClassifier.from_fitted(model, classes, spec, family="custom")
     with pytest.warns(UserWarning, match=r"model.skops not written.*test_faults_model.CustomEstimator.*--trust-pickle"):
         predictor.save(tmp_path / "model.joblib")
     assert (tmp_path / "model.joblib").is_file() and not (tmp_path / "model.skops").exists()
@@ -324,16 +324,16 @@ def test_fit_writes_the_safe_file_of_every_model_beside_its_pickle(tmp_path):
     run = tmp_path / "run"
     for name in ("model", "models/lr", "models/xgb"):
         assert (run / f"{name}.skops").is_file() and (run / f"{name}.joblib.sha256").is_file(), name
-    best = load_predictor(run)
+    best = load_classifier(run)
     assert best.source == run / "model.skops" and best.family == result.best
-    pickled = load_predictor(run / "model.joblib", trust_pickle=True)  # the safe file, still
+    pickled = load_classifier(run / "model.joblib", trust_pickle=True)  # the safe file, still
     assert pickled.source == run / "model.skops"
-    xgb = load_predictor(run / "models" / "xgb.joblib")
+    xgb = load_classifier(run / "models" / "xgb.joblib")
     assert xgb.source == run / "models" / "xgb.skops" and xgb.family == "xgb"
     frame, _ = load_embeddings(data_file)
     shutil.move(run / "models" / "xgb.skops", tmp_path / "xgb.skops")
     np.testing.assert_array_equal(
-        xgb.predict_proba(frame), load_predictor(run / "models" / "xgb.joblib", trust_pickle=True).predict_proba(frame)
+        xgb.predict_proba(frame), load_classifier(run / "models" / "xgb.joblib", trust_pickle=True).predict_proba(frame)
     )
 
 

@@ -310,12 +310,12 @@ def _blob_predictor():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from cellclf.predictor import Predictor, feature_reference
+    from cellclf.estimator import CellClassifier, feature_reference
     from test_adapt import SPEC, blobs
 
     X, y = blobs(60, seed=0)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)
-    return Predictor(model, ["a", "b", "c"], SPEC, family="lr", reference=feature_reference(X))
+    return CellClassifier.from_fitted(model, ["a", "b", "c"], SPEC, family="lr", reference=feature_reference(X))
 
 
 def test_adapt_counts_copies_of_one_image_once():
@@ -344,11 +344,13 @@ def test_adapt_refuses_near_copies_of_a_few_cells():
 @pytest.mark.slow
 def test_predict_adapt_on_copies_of_one_cell_is_refused_before_embedding(tmp_path, random_weights, workspace):
     from cellembed import embedding_matrix
-    from cellclf.predictor import Predictor, feature_reference
+    from cellclf.estimator import CellClassifier, feature_reference
 
     train, model, new = workspace
-    predictor = Predictor.load(model)
-    predictor.reference = feature_reference(embedding_matrix(*load_embeddings(train))[0])  # what fit records
+    loaded = CellClassifier.load(model)
+    predictor = CellClassifier.from_fitted(  # with the training statistics fit records
+        loaded.model, loaded.classes, loaded.spec, loaded.used_taps, family=loaded.family,
+        reference=feature_reference(embedding_matrix(*load_embeddings(train))[0]), calibration=loaded.calibration)
     model = tmp_path / "model.joblib"
     predictor.save(model)
     folder = tmp_path / "copies"

@@ -8,7 +8,7 @@ import pytest
 from cellclf.families.lr import make_lr
 from cellclf.families.xgb import make_xgb
 from cellclf.heatmaps import APPROXIMATE_METHOD, EXACT_METHOD, attribute, upsample
-from cellclf.predictor import Predictor, feature_reference
+from cellclf.estimator import CellClassifier, feature_reference
 from cellembed.network import Network, TapMaps
 from cellembed.spec import EmbeddingSpec
 from conftest import SAMPLE
@@ -45,7 +45,7 @@ def synthetic_maps(n: int, seed: int) -> tuple[TapMaps, np.ndarray]:
     return TapMaps([a, b], SPEC), y
 
 
-def fitted(family: str, maps: TapMaps, y: np.ndarray) -> Predictor:
+def fitted(family: str, maps: TapMaps, y: np.ndarray) -> CellClassifier:
     X = maps.embedding().astype(np.float32)
     model = make_lr(1.0) if family == "lr" else make_xgb({"max_depth": 2}, n_classes=3, n_estimators=20)
     if family == "xgb":
@@ -53,7 +53,7 @@ def fitted(family: str, maps: TapMaps, y: np.ndarray) -> Predictor:
 
         model = Pipeline([("xgb", model)])
     model.fit(X, y)
-    return Predictor(model, ["x", "y", "z"], SPEC, family=family, reference=feature_reference(X))
+    return CellClassifier.from_fitted(model, ["x", "y", "z"], SPEC, family=family, reference=feature_reference(X))
 
 
 @pytest.mark.parametrize("family", ["lr", "xgb"])
@@ -84,7 +84,7 @@ def test_two_classes_and_a_model_on_some_taps_in_another_order():
     train = TapMaps([m[keep] for m in train.maps], SPEC)
     X = np.concatenate([train.embedding()[:, 4:7], train.embedding()[:, 0:4]], axis=1).astype(np.float32)
     model = make_lr(1.0).fit(X, y[keep])  # two classes: one coefficient row
-    predictor = Predictor(model, ["x", "y"], SPEC, taps=("b", "a"), family="lr", reference=feature_reference(X))
+    predictor = CellClassifier.from_fitted(model, ["x", "y"], SPEC, taps=("b", "a"), family="lr", reference=feature_reference(X))
     test, _ = synthetic_maps(6, seed=5)
     result = attribute(predictor, test)
     assert result.taps == ("b", "a") and [m.shape[2:] for m in result.tap_maps] == [(2, 2), (4, 4)]
@@ -156,7 +156,7 @@ def test_maps_of_real_images_reproduce_the_embedding_and_every_logit(sample_maps
     y = np.array([classes.index(c) for c in labels])
     train = np.arange(len(y)) % 4 != 0
     model = make_lr(0.1).fit(X[train], y[train])
-    predictor = Predictor(model, classes, engine.spec, family="lr", reference=feature_reference(X[train]))
+    predictor = CellClassifier.from_fitted(model, classes, engine.spec, family="lr", reference=feature_reference(X[train]))
     held = TapMaps([m[~train] for m in maps.maps], maps.spec)
     result = attribute(predictor, held)
     logits = model.decision_function(X[~train]).astype(np.float64)

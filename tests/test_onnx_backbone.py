@@ -106,9 +106,9 @@ DRIVER = textwrap.dedent('''
         description, "-q")
 
     from fastapi.testclient import TestClient
-    from cellclf.predictor import load_predictor
+    from cellclf.persistence import load_classifier
     from cellclf.serve import Service, create_app
-    service = Service(load_predictor(f"{root}/run"), description)
+    service = Service(load_classifier(f"{root}/run"), description)
     with TestClient(create_app(service)) as client:
         files = [("files", ("a.png", open(sys.argv[4], "rb").read(), "image/png"))]
         codes["serve"] = client.post("/predict", files=files).status_code

@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from cellembed import embedding_matrix, extract, load_embeddings
 from cellclf.errors import ClassifierInputError
 from cellclf.prediction import default_cache_path, predict_folder, write_predictions
-from cellclf.predictor import Predictor
+from cellclf.estimator import CellClassifier
 from conftest import SMALL
 
 
@@ -49,7 +49,7 @@ def tinted_predictor(root, counts: dict[str, int], weights, layers: str | None =
     classes = sorted(set(labels))
     codes = np.array([classes.index(label) for label in labels])
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)).fit(X, codes)
-    return Predictor(model, classes, spec, family="lr"), folder, train
+    return CellClassifier.from_fitted(model, classes, spec, family="lr"), folder, train
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def trained(tmp_path_factory, random_weights):
     predictor, _, _ = tinted_predictor(root, {"red": 8, "blue": 8, "green": 8}, random_weights)
     path = root / "model.joblib"
     predictor.save(path)
-    return Predictor.load(path), path
+    return CellClassifier.load(path), path
 
 
 def test_predicts_every_image_and_scores_known_folders(tmp_path, trained, random_weights):

@@ -36,13 +36,13 @@ def served_model(model_dir, tmp_path_factory):
     """test_explain_cli's model (an LR with training statistics, which the heat maps need)
     with a calibration whose sets hold the classes of probability >= 0.1; ``(predictor,
     saved model.joblib)``."""
-    from cellclf.predictor import load_predictor
+    from cellclf.persistence import load_classifier
 
-    predictor = load_predictor(model_dir)
+    predictor = load_classifier(model_dir)
     predictor.calibration = Calibration(temperature=1.0, alpha=0.1, threshold=0.9)
     path = tmp_path_factory.mktemp("served") / "model.joblib"
     predictor.save(path)
-    return load_predictor(path), path
+    return load_classifier(path), path
 
 
 def bomb_png() -> bytes:

@@ -18,8 +18,8 @@ Layout (every CSV is tidy: one row per observation, header on the first line)::
       per_class.csv          model, class, precision, recall, f1, support, roc_auc (test)
       confusion_matrix.csv   model, true, predicted, count, rate (rate = count / row total)
       predictions_test.csv   model, path, sha256, label, predicted, proba_<class>...
-      model.skops            the best model (cellclf.Predictor) in the safe format: loading
-                             it cannot run code (cellclf.predictor; what predict loads)
+      model.skops            the best model (cellclf.CellClassifier) in the safe format: loading
+                             it cannot run code (cellclf.persistence; what predict loads)
       model.joblib           the same model as a pickle + model.joblib.sha256
       models/<m>.skops       each family's model, safe format
       models/<m>.joblib      each family's model as a pickle + .sha256

@@ -120,8 +120,8 @@ def write_run(record: RunRecord, run_dir: str | Path, predictors: Mapping[str, A
     Args:
         record: the run; ``record.run_dir`` is recorded in metrics.json.
         run_dir: the folder to create or replace.
-        predictors: per model key, its fitted ``cellclf.Predictor`` (saved as
-            ``Predictor.save`` does: the safe ``.skops`` file and the ``.joblib`` with its checksum).
+        predictors: per model key, its fitted ``cellclf.CellClassifier`` (saved as
+            ``cellclf.persistence.save`` does: the safe ``.skops`` file and the ``.joblib`` with its checksum).
         keep_note: added to a DiskFull message (where the caller kept the trained models).
     Returns:
         ``run_dir`` as a Path.
@@ -132,10 +132,12 @@ def write_run(record: RunRecord, run_dir: str | Path, predictors: Mapping[str, A
 def render_run(record: RunRecord, predictors: Mapping[str, Any]) -> dict[str, bytes]:
     """Every file of the run, by its path inside RUN_DIR, as bytes, in writing order (the
     best model last: the run is complete when it is there)."""
+    from cellclf.persistence import files as model_files
+
     files = _run_files(record)
     files.update({str(p): data for model in record.models
-                  for p, data in predictors[model.key].files(Path(model_file(model.key))).items()})
-    files.update({p.name: data for p, data in predictors[record.best_model].files(Path(BEST_MODEL)).items()})
+                  for p, data in model_files(predictors[model.key], Path(model_file(model.key))).items()})
+    files.update({p.name: data for p, data in model_files(predictors[record.best_model], Path(BEST_MODEL)).items()})
     return files
 
 

@@ -1,0 +1,462 @@
+"""``cellclf.CellClassifier``: the fitted classifier of cell embeddings, a scikit-learn estimator.
+
+A :class:`CellClassifier` is a scikit-learn classifier (``get_params``, ``clone``,
+``classes_``, ``n_features_in_``, ``feature_names_in_``) composed as a
+:class:`~sklearn.pipeline.Pipeline` of small estimators:
+
+1. :class:`TapSelector`: the columns of the taps the model uses, out of an embedding of
+   the spec (all columns without a spec);
+2. :class:`LabAdapter`: records the training images' per-dimension mean and spread, and,
+   only when asked (``adapt``, ``--adapt``), moves another lab's batch onto them
+   (passthrough otherwise);
+3. the model family's fitted model (:mod:`cellclf.families`).
+
+Beside the pipeline, :attr:`CellClassifier.calibration_` holds what is fitted on the
+validation split: the temperature its probabilities are scaled by and the conformal
+threshold of its prediction sets (:mod:`cellclf.calibration`). ``cellclf fit`` tunes,
+calibrates and refits each family itself and assembles the classifier with
+:meth:`CellClassifier.from_fitted`; :meth:`CellClassifier.fit` trains one directly (the
+scikit-learn way: ``clone``, ``cross_val_score``, ``check_estimator``).
+
+Validation happens once, at the public entry (:meth:`CellClassifier.matrix`): an
+embeddings frame of ``cellembed.load_embeddings`` (its spec checked against the model's), a
+matrix of the full spec, or one already restricted to the taps. Files: :mod:`cellclf.persistence`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
+from sklearn.pipeline import Pipeline
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
+
+from cellembed import EmbeddingSpec, embedding_matrix
+from cellclf.calibration import Calibration, prediction_sets
+from cellclf.data import BAD_VALUES, bad_rows
+from cellclf.errors import ClassifierInputError
+
+#: Fewest distinct images :meth:`LabAdapter.adapted` re-centres: their mean and spread must
+#: stand for the lab, not for a handful of cells (copies of one image count once).
+MIN_ADAPT_IMAGES = 20
+#: Least spread, as the median over dimensions of the folder's standard deviation over the
+#: training images', that :meth:`LabAdapter.adapted` accepts. Measured by bench/adapt_spread.py
+#: (default preset, 20 images a folder, reference 160 pbc-dev cells): random pbc-dev cells
+#: 0.84-1.00, bccd smear crops (another lab) 1.21-1.30, pbc cells of one type 0.60-0.84, one
+#: cell re-encoded 0.12-0.27, one cell in its 8 views 0.33-0.37, two cells re-encoded
+#: 0.31-0.72. Below it the folder is copies or views of about one cell, and stretching their
+#: small spread to the training spread would turn noise into classes.
+MIN_ADAPT_SPREAD = 0.5
+
+
+class EmbeddingsError(ClassifierInputError, ValueError):
+    """Input a classifier cannot take (scikit-learn's checks raise ValueError; cellclf's
+    command lines print an InputError on one line, exit status 2): both."""
+
+
+class EmbeddingsTypeError(ClassifierInputError, TypeError):
+    """Input of a type a classifier cannot take (a TypeError to scikit-learn)."""
+
+
+def feature_reference(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation of a model's training matrix (what
+    :meth:`LabAdapter.adapted` maps new images onto)."""
+    X = np.asarray(X, dtype=np.float64)
+    return X.mean(axis=0).astype(np.float32), X.std(axis=0).astype(np.float32)
+
+
+class TapSelector(TransformerMixin, BaseEstimator):
+    """The columns of ``taps`` out of an embedding of ``spec`` (every column when ``spec``
+    is None, or ``taps`` is None: all the spec's taps)."""
+
+    def __init__(self, spec: EmbeddingSpec | None = None, taps: Sequence[str] | None = None):
+        self.spec = spec
+        self.taps = taps
+
+    def fit(self, X: Any, y: Any = None) -> "TapSelector":
+        X = validate_data(self, X, dtype=None if _is_float(X) else np.float32)
+        if self.spec is None:
+            self.columns_ = np.arange(X.shape[1])
+        else:
+            if X.shape[1] != self.spec.dim:
+                raise EmbeddingsError(f"X has {X.shape[1]} features, but the spec's embedding has {self.spec.dim}")
+            names = self.spec.tap_names if self.taps is None else list(self.taps)
+            self.columns_ = np.concatenate([np.arange(s.start, s.stop) for s in self.spec.tap_slices(names)])
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "columns_")
+        X = validate_data(self, X, reset=False, dtype=None if _is_float(X) else np.float32)
+        return X if self.spec is None else X[:, self.columns_]
+
+
+class LabAdapter(TransformerMixin, BaseEstimator):
+    """Records the training images' per-dimension mean and spread (``mean_``, ``std_``); with
+    ``adapt`` it maps a batch onto them (:meth:`adapted`), otherwise it passes X through."""
+
+    def __init__(self, adapt: bool = False):
+        self.adapt = adapt
+
+    def fit(self, X: Any, y: Any = None) -> "LabAdapter":
+        X = validate_data(self, X, dtype=None if _is_float(X) else np.float32)
+        self.mean_, self.std_ = feature_reference(X)
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "n_features_in_")
+        X = validate_data(self, X, reset=False, dtype=None if _is_float(X) else np.float32)
+        return self.adapted(X) if self.adapt else X
+
+    @property
+    def has_reference(self) -> bool:
+        return getattr(self, "mean_", None) is not None
+
+    def check_adaptable(self, n_images: int, n_files: int | None = None) -> None:
+        """Raise :class:`ClassifierInputError` unless :meth:`adapted` can re-centre
+        ``n_images`` distinct images (of ``n_files`` files) (callers check before embedding)."""
+        if not self.has_reference:
+            raise ClassifierInputError(
+                "this model has no record of its training statistics (fitted by an earlier cellclf); "
+                "re-run cellclf fit to use --adapt"
+            )
+        if n_images < MIN_ADAPT_IMAGES:
+            files = f" ({n_files} files, copies counted once)" if n_files not in (None, n_images) else ""
+            raise ClassifierInputError(
+                f"--adapt re-centres a folder on its own statistics and needs at least {MIN_ADAPT_IMAGES} "
+                f"distinct images, got {n_images}{files}; classify without --adapt or with more cells from the same lab"
+            )
+
+    def adapted(self, matrix: np.ndarray) -> np.ndarray:
+        """``matrix`` moved onto the training images' statistics: each dimension standardised
+        by the mean and spread of these images (each distinct embedding counted once), then
+        given the training mean and spread. Unsupervised adaptation to another lab (its
+        stain, lighting, framing shift every embedding alike); it assumes the images are many
+        cells with a mix of classes, and each image's prediction then depends on the others.
+
+        Raises:
+            ClassifierInputError: fewer than :data:`MIN_ADAPT_IMAGES` distinct images, a
+                folder whose spread is degenerate (under :data:`MIN_ADAPT_SPREAD` of the
+                training spread: copies of a few cells), or no recorded training statistics.
+        """
+        values = np.asarray(matrix, dtype=np.float64)
+        distinct = np.unique(values, axis=0) if len(values) else values
+        self.check_adaptable(len(distinct), len(values))
+        mean, std = self.mean_, self.std_
+        spread = distinct.std(axis=0)
+        varies = std > 1e-6
+        relative = float(np.median(spread[varies] / std[varies])) if varies.any() else 1.0
+        if relative < MIN_ADAPT_SPREAD:
+            raise ClassifierInputError(
+                f"--adapt: the {len(distinct)} images are nearly alike (their spread is {relative:.2f} of the "
+                f"training images', under {MIN_ADAPT_SPREAD:g}): copies or views of a few cells cannot stand for "
+                "a lab; classify without --adapt or with a folder of many different cells"
+            )
+        spread[spread < 1e-6] = 1.0  # a constant dimension is only shifted
+        dtype = matrix.dtype if isinstance(matrix, np.ndarray) and matrix.dtype == np.float64 else np.float32
+        return ((values - distinct.mean(axis=0)) / spread * std + mean).astype(dtype)
+
+
+def _is_float(X: Any) -> bool:
+    return isinstance(X, np.ndarray) and X.dtype in (np.float32, np.float64)
+
+
+def _brief(spec: EmbeddingSpec) -> str:
+    return (
+        f"{spec.backbone} {spec.input_size}x{spec.input_size}, weights {spec.weights_sha256[:12]}, "
+        f"taps {','.join(spec.tap_names)}, views {spec.views}, crop {spec.crop}, stain {spec.stain}"
+    )
+
+
+class CellClassifier(ClassifierMixin, BaseEstimator):
+    """A classifier of cell embeddings (see the module docstring).
+
+    Parameters:
+        estimator: the model family's unfitted model (None: a logistic regression,
+            :func:`cellclf.families.lr.make_lr`).
+        spec: the embedding spec of the images (None: plain feature matrices).
+        taps: the taps of ``spec`` the model uses, in order (None: all).
+        family: the model family's key (``"lr"``, ``"xgb"``): how to explain it.
+        adapt: move every batch onto the training statistics before classifying
+            (:class:`LabAdapter`); ``predict_proba(adapt=...)`` decides per call.
+
+    Fitted attributes: ``pipeline_``, ``classes_``, ``n_features_in_``,
+    ``feature_names_in_`` (``tap:index``, with a spec), ``calibration_`` (None until
+    calibrated), ``summary_`` (training facts), ``versions_`` (library versions),
+    ``format_`` (:data:`cellclf.persistence.PREDICTOR_FORMAT`).
+    ``source`` is the file it was loaded from (None otherwise).
+    """
+
+    source: Path | None = None
+
+    def __init__(self, estimator: Any = None, spec: EmbeddingSpec | None = None, taps: Sequence[str] | None = None,
+                 family: str = "lr", adapt: bool = False):
+        self.estimator = estimator
+        self.spec = spec
+        self.taps = taps
+        self.family = family
+        self.adapt = adapt
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, X: Any, y: Any) -> "CellClassifier":
+        """Fit the pipeline on X (an embeddings frame or matrix of the spec) and labels y."""
+        from cellclf.families.lr import make_lr
+
+        if y is None:
+            raise EmbeddingsError(f"{type(self).__name__} requires y to be passed, but the target y is None")
+        matrix = self._input(X, reset=True)
+        y = column_or_1d(y, warn=True)
+        if len(y) != len(matrix):
+            raise EmbeddingsError(f"y must be one label per row of X ({len(matrix)}), got {len(y)}")
+        check_classification_targets(y)
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise EmbeddingsError(f"a classifier needs at least 2 classes, y has {len(self.classes_)} class")
+        model = clone(self.estimator) if self.estimator is not None else make_lr()
+        self.pipeline_ = Pipeline([("taps", TapSelector(self.spec, self.taps)), ("adapt", LabAdapter(False)),
+                                   ("model", model)]).fit(matrix, codes)
+        self.calibration_ = None
+        self.summary_ = {"created": _now(), "family": self.family}
+        self.versions_ = _versions()
+        self.format_ = _format()
+        return self
+
+    @classmethod
+    def from_fitted(
+        cls, model: Any, classes: Sequence[str], spec: EmbeddingSpec, taps: Sequence[str] | None = None, *,
+        family: str, summary: dict[str, Any] | None = None, reference: tuple[np.ndarray, np.ndarray] | None = None,
+        calibration: Calibration | None = None, versions: dict[str, str] | None = None,
+    ) -> "CellClassifier":
+        """The classifier of a model fitted elsewhere (``cellclf fit``'s families, a file):
+        ``model`` takes the taps' columns and predicts codes 0..k-1 of ``classes``;
+        ``reference``: the (mean, std) of its training matrix (None: unknown, no ``adapt``)."""
+        taps = tuple(spec.tap_names if taps is None else taps)
+        spec.tap_slices(taps)  # unknown taps fail here, not at prediction time
+        made = cls(estimator=None, spec=spec, taps=taps, family=family)
+        selector = TapSelector(spec, taps).fit(np.zeros((1, spec.dim), np.float32))
+        adapter = LabAdapter(False)
+        adapter.n_features_in_ = len(selector.columns_)
+        adapter.mean_, adapter.std_ = (None, None) if reference is None else (
+            np.asarray(reference[0], np.float32), np.asarray(reference[1], np.float32))
+        made.pipeline_ = Pipeline([("taps", selector), ("adapt", adapter), ("model", model)])
+        made.classes_ = np.asarray([str(c) for c in classes], dtype=object)
+        made.n_features_in_ = spec.dim
+        made.feature_names_in_ = np.asarray(spec.feature_names(), dtype=object)
+        made.calibration_ = calibration
+        made.summary_ = {"created": _now(), **(summary or {})}
+        made.versions_ = dict(versions) if versions is not None else _versions()
+        made.format_ = _format()
+        return made
+
+    # ------------------------------------------------------------------ the parts
+
+    @property
+    def model(self) -> Any:
+        """The model family's fitted model (the pipeline's last step)."""
+        return self.pipeline_.named_steps["model"]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names as text; code i means ``classes[i]``."""
+        return tuple(str(c) for c in self.classes_)
+
+    @property
+    def used_taps(self) -> tuple[str, ...]:
+        """The taps of the spec the model uses (all of them when ``taps`` is None)."""
+        if self.spec is None:
+            return ()
+        return tuple(self.spec.tap_names if self.taps is None else self.taps)
+
+    @property
+    def reference(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-dimension (mean, std) of the training matrix; None for models fitted before it
+        was recorded."""
+        adapter = self.pipeline_.named_steps["adapt"]
+        return (adapter.mean_, adapter.std_) if adapter.has_reference else None
+
+    @property
+    def calibration(self) -> Calibration | None:
+        return getattr(self, "calibration_", None)
+
+    @calibration.setter
+    def calibration(self, value: Calibration | None) -> None:
+        self.calibration_ = value
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.summary_
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return self.versions_
+
+    @property
+    def n_features(self) -> int:
+        """Number of embedding dimensions the model uses."""
+        return len(self.pipeline_.named_steps["taps"].columns_)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """``tap:index`` name of each dimension the model uses."""
+        return self.spec.feature_names(self.used_taps) if self.spec is not None else [
+            f"x{i}" for i in range(self.n_features)]
+
+    def __repr__(self) -> str:
+        if not hasattr(self, "pipeline_"):
+            return super().__repr__()
+        return (f"CellClassifier(family={self.family!r}, classes={list(self.classes)}, "
+                f"taps={list(self.used_taps)}, features={self.n_features})")
+
+    # ------------------------------------------------------------------ the public entry
+
+    def check_spec(self, spec: EmbeddingSpec) -> None:
+        """Refuse embeddings made with another spec (other weights, input size, taps...)."""
+        differences = self.spec.differences(spec) if self.spec is not None else []
+        if differences:
+            raise ClassifierInputError(
+                f"the embeddings were made differently from the model's training embeddings "
+                f"({'; '.join(differences)}); model: {_brief(self.spec)}; embeddings: {_brief(spec)}; "
+                "re-extract the images with the model's settings"
+            )
+
+    def _input(self, X: Any, spec: EmbeddingSpec | None = None, reset: bool = False) -> np.ndarray:
+        """The validated float32 matrix of X (the width of the spec, or with ``reset``
+        whatever it is); sets ``n_features_in_`` and ``feature_names_in_`` with ``reset``."""
+        columns = None
+        if isinstance(X, pd.DataFrame) and "embedding" in X.columns:
+            spec = spec if spec is not None else X.attrs.get("cellembed_spec")
+            if spec is None:
+                raise ClassifierInputError(
+                    "this DataFrame carries no embedding spec; load it with cellembed.load_embeddings or pass spec="
+                )
+            if self.spec is not None:
+                self.check_spec(spec)
+            matrix, _ = embedding_matrix(X, spec)
+        else:
+            if spec is not None and self.spec is not None:
+                self.check_spec(spec)
+            columns = list(X.columns) if isinstance(X, pd.DataFrame) else None
+            try:  # scikit-learn's checks: 2-D, numbers, dense, finite (one-line messages)
+                matrix = check_array(X, dtype=np.float32, ensure_min_samples=1 if reset else 0)
+            except (TypeError, ValueError) as exc:
+                error = EmbeddingsTypeError if isinstance(exc, TypeError) else EmbeddingsError
+                raise error(" ".join(str(exc).split())) from None
+        if reset:
+            self.n_features_in_ = matrix.shape[1]
+            names = columns if columns is not None and all(isinstance(c, str) for c in columns) else None
+            if names is None and self.spec is not None and matrix.shape[1] == self.spec.dim:
+                names = self.spec.feature_names()
+            if names is not None:
+                self.feature_names_in_ = np.asarray(names, dtype=object)
+            elif hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+        if bad_rows(matrix).any():
+            raise EmbeddingsError(f"some embeddings contain {BAD_VALUES}; re-extract them")
+        return matrix
+
+    def matrix(self, X: Any, spec: EmbeddingSpec | None = None) -> np.ndarray:
+        """The (n, n_features) float32 input of the model.
+
+        Args:
+            X: an embeddings DataFrame from ``cellembed.load_embeddings`` (its spec is read
+                from ``X.attrs`` unless given), an (n, spec.dim) matrix of the full spec, or
+                an (n, n_features) matrix already restricted to the taps.
+            spec: the spec of ``X``; checked against the training spec when given.
+        """
+        check_is_fitted(self, "pipeline_")
+        matrix = self._input(X, spec)
+        if matrix.shape[1] == self.n_features_in_:
+            return self.pipeline_.named_steps["taps"].transform(matrix)
+        if matrix.shape[1] == self.n_features:
+            return matrix
+        taps = f" (or {self.n_features} for taps {','.join(self.used_taps)})" if self.n_features != self.n_features_in_ else ""
+        brief = f"; embed the images with the model's spec ({_brief(self.spec)})" if self.spec is not None else ""
+        raise EmbeddingsError(f"X has {matrix.shape[1]} features, but {type(self).__name__} is expecting "
+                              f"{self.n_features_in_} features as input{taps}{brief}")
+
+    # ------------------------------------------------------------------ predicting
+
+    def check_adaptable(self, n_images: int, n_files: int | None = None) -> None:
+        """See :meth:`LabAdapter.check_adaptable`."""
+        self.pipeline_.named_steps["adapt"].check_adaptable(n_images, n_files)
+
+    def adapted(self, matrix: np.ndarray) -> np.ndarray:
+        """See :meth:`LabAdapter.adapted`."""
+        return self.pipeline_.named_steps["adapt"].adapted(matrix)
+
+    def predict_proba(self, X: Any, spec: EmbeddingSpec | None = None, *, adapt: bool | None = None,
+                      calibrated: bool = True) -> np.ndarray:
+        """(n, k) float64 class probabilities, columns in the order of ``classes_``.
+
+        ``adapt``: classify the n images after :meth:`adapted` (another lab's cells; None:
+        the ``adapt`` parameter). ``calibrated``: apply :attr:`calibration_` (when there is
+        one); False gives the family model's own probabilities. Rows are renormalised in
+        float64 (XGBoost returns float32 rows whose sums are off by ~1e-7).
+        """
+        matrix = self.matrix(X, spec)
+        if self.adapt if adapt is None else adapt:
+            matrix = self.adapted(matrix)
+        proba = np.asarray(self.model.predict_proba(matrix), dtype=np.float64)
+        proba /= proba.sum(axis=1, keepdims=True)
+        calibration = self.calibration
+        return calibration.apply(proba) if calibrated and calibration is not None else proba
+
+    def predict(self, X: Any, spec: EmbeddingSpec | None = None) -> np.ndarray:
+        """(n,) the most probable class of each row (values of ``classes_``)."""
+        proba = self.predict_proba(X, spec)
+        return self.classes_[proba.argmax(axis=1)]
+
+    def prediction_sets(self, proba: np.ndarray) -> np.ndarray:
+        """(n, k) bool conformal prediction sets of calibrated ``proba``: the classes that
+        together hold the true class with probability >= 1 - alpha. A model without
+        calibration gives the top class only."""
+        calibration = self.calibration
+        return prediction_sets(proba, 0.0) if calibration is None else calibration.sets(proba)
+
+    def uncertain(self, proba: np.ndarray, min_confidence: float | None = None) -> np.ndarray:
+        """(n,) bool of calibrated ``proba``: :meth:`cellclf.calibration.Calibration.uncertain`
+        (never, for a model without calibration), or a top probability under
+        ``min_confidence`` (the user's own floor: predict and serve's --min-confidence)."""
+        proba = np.asarray(proba, dtype=np.float64)
+        calibration = self.calibration
+        unsure = np.zeros(len(proba), dtype=bool) if calibration is None else calibration.uncertain(proba)
+        if min_confidence is not None and len(proba):
+            unsure |= proba.max(axis=1) < min_confidence
+        return unsure
+
+    # ------------------------------------------------------------------ files (cellclf.persistence)
+
+    def save(self, path: str | Path) -> str:
+        """Write the safe ``.skops`` file and the ``.joblib`` pickle with its checksum
+        (:func:`cellclf.persistence.save`); returns the pickle's SHA-256."""
+        from cellclf.persistence import save
+
+        return save(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, **options: Any) -> "CellClassifier":
+        """:func:`cellclf.persistence.load_classifier`."""
+        from cellclf.persistence import load_classifier
+
+        return load_classifier(path, **options)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _format() -> int:
+    from cellclf.persistence import PREDICTOR_FORMAT
+
+    return PREDICTOR_FORMAT
+
+
+def _versions() -> dict[str, str]:
+    from cellclf.persistence import library_versions
+
+    return library_versions()
