@@ -7,7 +7,7 @@ Public API::
     config = FitConfig.build(cv=3, lr_Cs=(0.1, 1.0), xgb_trials=2)   # or FitConfig()
     result = fit("embeddings.parquet", "run/", config=config)        # writes run/ (cellclf.rundir)
     run = cellclf.rundir.read_run("run/")                            # the RunRecord of a run
-    predictor = CellClassifier.load("run/")                  # run/model.skops: cannot run code
+    predictor = cellclf.persistence.load_classifier("run/")          # run/model.skops: cannot run code
     frame, spec = cellembed.load_embeddings("new.parquet")
     names = predictor.predict(frame)                    # refuses embeddings of another spec
     table = ImageClassifier(predictor).predict_images(["cell.jpg", open("b.jpg", "rb").read()])

@@ -52,6 +52,17 @@ MIN_ADAPT_IMAGES = 20
 #: 0.31-0.72. Below it the folder is copies or views of about one cell, and stretching their
 #: small spread to the training spread would turn noise into classes.
 MIN_ADAPT_SPREAD = 0.5
+#: The saved classifier's format (its metadata and attributes; unchanged since the first version).
+PREDICTOR_FORMAT = 1
+#: Libraries a classifier depends on; their versions are recorded when it is fitted.
+PREDICTOR_LIBRARIES = ("cellembed", "numpy", "pandas", "scikit-learn", "xgboost", "joblib", "skops")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries a classifier depends on."""
+    from cellembed.shared.versions import library_versions as versions
+
+    return versions(PREDICTOR_LIBRARIES, python=True)
 
 
 class EmbeddingsError(ClassifierInputError, ValueError):
@@ -176,8 +187,8 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
     """A classifier of cell embeddings (see the module docstring).
 
     Parameters:
-        estimator: the model family's unfitted model (None: a logistic regression,
-            :func:`cellclf.families.lr.make_lr`).
+        estimator: the model family's unfitted model (None: standardised features and a
+            logistic regression, the shape of the ``lr`` family's model).
         spec: the embedding spec of the images (None: plain feature matrices).
         taps: the taps of ``spec`` the model uses, in order (None: all).
         family: the model family's key (``"lr"``, ``"xgb"``): how to explain it.
@@ -205,8 +216,6 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> "CellClassifier":
         """Fit the pipeline on X (an embeddings frame or matrix of the spec) and labels y."""
-        from cellclf.families.lr import make_lr
-
         if y is None:
             raise EmbeddingsError(f"{type(self).__name__} requires y to be passed, but the target y is None")
         matrix = self._input(X, reset=True)
@@ -217,7 +226,7 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise EmbeddingsError(f"a classifier needs at least 2 classes, y has {len(self.classes_)} class")
-        model = clone(self.estimator) if self.estimator is not None else make_lr()
+        model = clone(self.estimator) if self.estimator is not None else _default_estimator()
         self.pipeline_ = Pipeline([("taps", TapSelector(self.spec, self.taps)), ("adapt", LabAdapter(False)),
                                    ("model", model)]).fit(matrix, codes)
         self.calibration_ = None
@@ -429,21 +438,12 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
             unsure |= proba.max(axis=1) < min_confidence
         return unsure
 
-    # ------------------------------------------------------------------ files (cellclf.persistence)
 
-    def save(self, path: str | Path) -> str:
-        """Write the safe ``.skops`` file and the ``.joblib`` pickle with its checksum
-        (:func:`cellclf.persistence.save`); returns the pickle's SHA-256."""
-        from cellclf.persistence import save
+def _default_estimator() -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
 
-        return save(self, path)
-
-    @classmethod
-    def load(cls, path: str | Path, **options: Any) -> "CellClassifier":
-        """:func:`cellclf.persistence.load_classifier`."""
-        from cellclf.persistence import load_classifier
-
-        return load_classifier(path, **options)
+    return Pipeline([("scale", StandardScaler()), ("logreg", LogisticRegression(max_iter=2000))])
 
 
 def _now() -> str:
@@ -451,12 +451,8 @@ def _now() -> str:
 
 
 def _format() -> int:
-    from cellclf.persistence import PREDICTOR_FORMAT
-
     return PREDICTOR_FORMAT
 
 
 def _versions() -> dict[str, str]:
-    from cellclf.persistence import library_versions
-
     return library_versions()

@@ -32,8 +32,8 @@ from cellclf.data import LabelledEmbeddings, SplitData, check_same_spec, load_la
 from cellclf.errors import ClassifierInputError, first_few
 from cellclf.metrics import FEW_IMAGES, few_images
 from cellclf.families import ModelFamily, families, get_family
-from cellclf.estimator import CellClassifier, feature_reference
-from cellclf.persistence import library_versions, load_classifier, safe_path
+from cellclf.estimator import CellClassifier, feature_reference, library_versions
+from cellclf.persistence import load_classifier, safe_path
 from cellclf.rundir import (
     model_file,
     read_gallery,

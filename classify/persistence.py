@@ -38,14 +38,11 @@ import numpy as np
 from cellembed import EmbeddingSpec
 from cellembed.shared.atomic import atomic_path
 from cellembed.shared.hashing import sha256_file
-from cellembed.shared.versions import library_versions as _library_versions
 from cellclf.calibration import Calibration
 from cellclf.errors import ClassifierInputError, PredictorLoadError
-from cellclf.estimator import CellClassifier
+from cellclf.estimator import PREDICTOR_FORMAT, CellClassifier, library_versions
 from cellclf.rundir.layout import BEST_MODEL
 
-#: The safe file's metadata format (unchanged since the first version).
-PREDICTOR_FORMAT = 1
 #: Libraries whose pickles must come from the same major.minor release to load reliably.
 PICKLE_LIBRARIES = ("scikit-learn", "xgboost")
 CHECKSUM_SUFFIX = ".sha256"
@@ -58,16 +55,6 @@ SAFE_SUFFIX = ".skops"
 TRUSTED_TYPES = frozenset({"xgboost.core.Booster", "xgboost.sklearn.XGBClassifier"})
 #: Key of the safe file's JSON text (classes, spec, taps, summary, versions, format).
 _METADATA = "cellclf_predictor"
-
-
-#: Libraries a predictor depends on; their versions are recorded at training time.
-PREDICTOR_LIBRARIES = ("cellembed", "numpy", "pandas", "scikit-learn", "xgboost", "joblib", "skops")
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python and the libraries a predictor depends on."""
-    return _library_versions(PREDICTOR_LIBRARIES, python=True)
-
 
 
 def save(classifier: CellClassifier, path: str | Path) -> str:

@@ -5,6 +5,9 @@ Public API::
     from cellembed import extract, load_embeddings, embedding_matrix, embedder_from_spec
 
     result = extract("images/", "embeddings.parquet")      # embeds new images only
+    # the same in two steps: the recipe resolved into the spec once, then the run
+    spec, weights = spec_for_settings(preset="default")
+    result = run_extraction("images/", "embeddings.parquet", spec, weights, ExtractOptions(progress=False))
     frame, spec = load_embeddings("embeddings.parquet")    # DataFrame + EmbeddingSpec
     X, labels = embedding_matrix(frame, spec, taps=["add_6"])
     embedder = embedder_from_spec(spec)                    # the network that wrote the file
@@ -24,8 +27,11 @@ from cellembed.shared.versions import __version__
 _LAZY = {
     "embedder_from_spec": "cellembed.embedder",
     "load_embedder": "cellembed.embedder",
+    "ExtractOptions": "cellembed.extraction",
     "ExtractResult": "cellembed.extraction",
     "extract": "cellembed.extraction",
+    "run_extraction": "cellembed.extraction",
+    "spec_for_settings": "cellembed.embedder",
     "EmbeddingSpec": "cellembed.spec",
     "Tap": "cellembed.spec",
     "embedding_matrix": "cellembed.store",
@@ -47,6 +53,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "EmbeddingSpec",
+    "ExtractOptions",
     "ExtractResult",
     "InputError",
     "Interrupted",
@@ -59,5 +66,7 @@ __all__ = [
     "read_errors",
     "read_images_root",
     "read_spec",
+    "run_extraction",
+    "spec_for_settings",
     "__version__",
 ]

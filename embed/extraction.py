@@ -1,7 +1,9 @@
 """``extract``: embed every image of a folder into a Parquet file, incrementally and safely.
 
-A short composition: :func:`~cellembed.plan.plan` decides the work without TensorFlow, a
-distributor (:mod:`cellembed.distributors`, sequential by default, or Ray) runs
+:func:`extract` resolves command-line style settings (a recipe: backbone, taps, the
+choices, a preset) into the embedding spec once and calls :func:`run_extraction` with it
+and an :class:`ExtractOptions` (how the run goes). That is a short composition:
+:func:`~cellembed.plan.plan` decides the work without any network, a distributor (:mod:`cellembed.distributors`, sequential by default, or Ray) runs
 :func:`~cellembed.shards.embed_shard` on each shard, and :func:`~cellembed.merge.merge`
 assembles OUT atomically. Shards finished by an interrupted run (Ctrl-C, a crash,
 ``kill -9``) stay in OUT's work folder and are reused by the next run.
@@ -14,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from tqdm import tqdm
 
@@ -33,6 +35,31 @@ from cellembed.spec import EmbeddingSpec
 from cellembed.weights import WeightsFile, check_weights, resolve_weights
 
 DEFAULT_CHECKPOINT_EVERY = DEFAULT_SHARD_SIZE
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How an extraction runs (what it computes is the spec): see :func:`extract`'s
+    arguments of the same names."""
+
+    batch_size: int = 32
+    engine: str = DEFAULT_ENGINE
+    overwrite: bool = False
+    add_only: bool = False
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
+    distributed: str = DEFAULT_DISTRIBUTOR
+    distributor_options: Mapping[str, Any] | None = None
+    progress: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def check(self, prebuilt: bool = False) -> None:
+        """Refuse settings no run can use (``prebuilt``: with an embedder already built)."""
+        if self.batch_size < 1 or self.checkpoint_every < 1:
+            raise InputError("--batch-size and --checkpoint-every must be at least 1")
+        check_max_pixels(self.max_pixels)
+        check_engine(self.engine)
+        if prebuilt and self.distributed != DEFAULT_DISTRIBUTOR:
+            raise InputError("a prebuilt embedder runs only with the sequential distributor")
 
 
 @dataclass
@@ -157,55 +184,38 @@ def extract(
         InputError: bad folder, output, weights, layers or spec mismatch (nothing written).
         Interrupted: Ctrl-C; finished embeddings were checkpointed, ``out`` is unchanged.
     """
-    started = time.perf_counter()
-    say = log or (lambda message: None)
-    if batch_size < 1 or checkpoint_every < 1:
-        raise InputError("--batch-size and --checkpoint-every must be at least 1")
-    check_max_pixels(max_pixels)
-    check_engine(engine)
-    if embedder is not None and distributed != DEFAULT_DISTRIBUTOR:
-        raise InputError("a prebuilt embedder runs only with the sequential distributor")
-    # The spec and every refusal come before any TensorFlow: a rerun with nothing new
-    # to embed costs only hashing and reading OUT's index.
+    options = ExtractOptions(
+        batch_size=batch_size, engine=engine, overwrite=overwrite, add_only=add_only,
+        checkpoint_every=checkpoint_every, distributed=distributed, distributor_options=distributor_options,
+        progress=progress, max_pixels=max_pixels,
+    )
+    options.check(prebuilt=embedder is not None)
+    # The recipe is resolved into the spec once, and every refusal comes before any
+    # network: a rerun with nothing new to embed costs only hashing and reading OUT's index.
     settings = dict(
         backbone=backbone, layers=layers, input_size=input_size, preset=preset,
         views=views, crop=crop, stain=stain, pooling=pooling,
     )
     planned, weights_file = _planned(embedder, spec, weights, settings, engine)
+    return run_extraction(images, out, planned, weights_file, options, log=log, embedder=embedder)
+
+
+def run_extraction(
+    images: str | os.PathLike, out: str | os.PathLike, spec: EmbeddingSpec, weights: WeightsFile | None,
+    options: ExtractOptions | None = None, *, log: Callable[[str], None] | None = None,
+    embedder: Embedder | None = None,
+) -> ExtractResult:
+    """Embed ``images`` into ``out`` with the resolved ``spec`` (checked ``weights``; None
+    with a prebuilt ``embedder``): plan, run the shards, merge. See :func:`extract`, which
+    resolves command-line style settings into the spec and calls this."""
+    options = options or ExtractOptions()
+    options.check(prebuilt=embedder is not None)
+    started = time.perf_counter()
+    say = log or (lambda message: None)
     out = prepare_output(out)
     with output_lock(out):  # a second run writing the same OUT is refused, not mixed in
-        try:
-            work = make_plan(images, out, planned, overwrite=overwrite, shard_size=checkpoint_every, prune=not add_only)
-        except KeyboardInterrupt:
-            raise Interrupted("interrupted while reading the images, before any was embedded; run the same command again") from None
-        _set_aside(work, say)
-        for warning in work.warnings:
-            say(f"warning: {warning}")
-        say(work.summary())
-
-        results: list[ShardResult] = []
-        embed_seconds, final_spec = 0.0, None
-        try:
-            if work.shards:
-                options = dict(distributor_options or {})
-                if embedder is not None:
-                    options["embedder"] = embedder
-                distributor = make_distributor(distributed, **options)
-                job = ShardJob(work.spec, weights_file, engine, work.work_dir, batch_size, max_pixels=max_pixels)
-                try:
-                    distributor.start(job, say)
-                except BaseException:
-                    distributor.close()
-                    raise
-                embed_started = time.perf_counter()  # images/s counts decoding + network only
-                results = _run(distributor, work, progress)
-                embed_seconds = time.perf_counter() - embed_started
-            elif not work.spec.widths_known:  # nothing could be embedded, but OUT needs the tap widths
-                final_spec = (embedder or embedder_from_spec(work.spec, weights_file, engine, log=say)).spec
-        except KeyboardInterrupt:
-            raise Interrupted(
-                "interrupted while loading the network, before any image was embedded; run the same command again"
-            ) from None
+        work = _plan_work(images, out, spec, options, say)
+        results, embed_seconds, final_spec = _embed(work, weights, options, embedder, say)
         try:
             merged = merge(work, results, final_spec)
         except KeyboardInterrupt:
@@ -213,26 +223,73 @@ def extract(
                 f"interrupted while writing {out} (left as it was); the embeddings are checkpointed in "
                 f"{work.work_dir}; run the same command again to finish"
             ) from None
-        new = {sha for result in results for sha in result.sha256s}
-        old = set(work.out_index.sha256s) if work.out_index else set()
-        wanted = {sha for sha in work.sha256s if sha is not None}
-        members = [(image.path, image.label, sha) for image, sha in zip(work.files, work.sha256s)
-                   if sha is not None and sha not in merged.failed]
-        return ExtractResult(
-            out=out,
-            spec=merged.spec,
-            rows=merged.rows,
-            embedded=len(new),
-            reused=sum(1 for sha in work.sha256s if sha is not None and sha not in merged.failed and sha not in new),
-            resumed=len((work.finished_sha256s & wanted) - old - merged.failed),
-            dropped=len(old - wanted) if work.prune else 0,
-            seconds=time.perf_counter() - started,
-            embed_seconds=embed_seconds,
-            errors=merged.errors,
-            kept=merged.kept,
-            members=members,
-            warnings=list(work.warnings),
-        )
+        return _result(work, results, merged, time.perf_counter() - started, embed_seconds)
+
+
+def _plan_work(images: Any, out: Path, spec: EmbeddingSpec, options: ExtractOptions, say: Callable[[str], None]) -> Plan:
+    """The plan (:func:`cellembed.plan.plan`), with shards of another spec set aside, said."""
+    try:
+        work = make_plan(images, out, spec, overwrite=options.overwrite, shard_size=options.checkpoint_every,
+                         prune=not options.add_only)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted while reading the images, before any was embedded; run the same command again") from None
+    _set_aside(work, say)
+    for warning in work.warnings:
+        say(f"warning: {warning}")
+    say(work.summary())
+    return work
+
+
+def _embed(work: Plan, weights: WeightsFile | None, options: ExtractOptions, embedder: Embedder | None,
+           say: Callable[[str], None]) -> tuple[list[ShardResult], float, EmbeddingSpec | None]:
+    """Run the plan's shards on the distributor: (results, seconds embedding, the spec with
+    its tap widths when nothing was embedded and OUT needs them, else None)."""
+    try:
+        if work.shards:
+            distributor_options = dict(options.distributor_options or {})
+            if embedder is not None:
+                distributor_options["embedder"] = embedder
+            distributor = make_distributor(options.distributed, **distributor_options)
+            job = ShardJob(work.spec, weights, options.engine, work.work_dir, options.batch_size,
+                           max_pixels=options.max_pixels)
+            try:
+                distributor.start(job, say)
+            except BaseException:
+                distributor.close()
+                raise
+            embed_started = time.perf_counter()  # images/s counts decoding + network only
+            results = _run(distributor, work, options.progress)
+            return results, time.perf_counter() - embed_started, None
+        if not work.spec.widths_known:  # nothing could be embedded, but OUT needs the tap widths
+            return [], 0.0, (embedder or embedder_from_spec(work.spec, weights, options.engine, log=say)).spec
+        return [], 0.0, None
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "interrupted while loading the network, before any image was embedded; run the same command again"
+        ) from None
+
+
+def _result(work: Plan, results: list[ShardResult], merged: Any, seconds: float, embed_seconds: float) -> ExtractResult:
+    new = {sha for result in results for sha in result.sha256s}
+    old = set(work.out_index.sha256s) if work.out_index else set()
+    wanted = {sha for sha in work.sha256s if sha is not None}
+    members = [(image.path, image.label, sha) for image, sha in zip(work.files, work.sha256s)
+               if sha is not None and sha not in merged.failed]
+    return ExtractResult(
+        out=work.out,
+        spec=merged.spec,
+        rows=merged.rows,
+        embedded=len(new),
+        reused=sum(1 for sha in work.sha256s if sha is not None and sha not in merged.failed and sha not in new),
+        resumed=len((work.finished_sha256s & wanted) - old - merged.failed),
+        dropped=len(old - wanted) if work.prune else 0,
+        seconds=seconds,
+        embed_seconds=embed_seconds,
+        errors=merged.errors,
+        kept=merged.kept,
+        members=members,
+        warnings=list(work.warnings),
+    )
 
 
 def _set_aside(work: Plan, say: Callable[[str], None]) -> None:

@@ -11,6 +11,7 @@ from sklearn.preprocessing import StandardScaler
 from cellclf.errors import ClassifierInputError
 from cellclf.estimator import CellClassifier, MIN_ADAPT_IMAGES, feature_reference
 from cellclf.persistence import load_classifier
+from cellclf.persistence import save, load_classifier
 from cellembed.spec import EmbeddingSpec
 
 SPEC = EmbeddingSpec.from_widths([("t", 6)], backbone="b", weights_sha256="0", input_size=8)
@@ -53,7 +54,7 @@ def test_adapt_refuses_too_few_images_and_models_without_statistics(predictor):
 
 
 def test_the_safe_file_keeps_the_training_statistics(predictor, tmp_path):
-    predictor.save(tmp_path / "model.joblib")
+    save(predictor, tmp_path / "model.joblib")
     loaded = load_classifier(tmp_path / "model.skops")
     for kept, original in zip(loaded.reference, predictor.reference):
         np.testing.assert_array_equal(kept, original)

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from sklearn import metrics as skm
 
 from cellembed import load_embeddings
-from cellclf import CellClassifier
 from cellclf.cli import main
+from cellclf.persistence import load_classifier
 from test_clf_support import write_synthetic
 
 
@@ -150,7 +150,7 @@ def test_same_seed_same_results(runs):
 def test_saved_predictor_reproduces_test_predictions(runs):
     data, run_dir, _, _ = runs
     document = json.loads((run_dir / "metrics.json").read_text())
-    predictor = CellClassifier.load(run_dir / "model.joblib")
+    predictor = load_classifier(run_dir / "model.joblib")
     assert predictor.family == document["best_model"]
     assert list(predictor.classes) == document["data"]["classes"]
     saved = document["models"][predictor.family]["test"]
@@ -167,7 +167,7 @@ def test_saved_predictor_reproduces_test_predictions(runs):
     classes = document["data"]["classes"]
     np.testing.assert_allclose(proba, rows[[f"proba_{c}" for c in classes]].to_numpy(), rtol=1e-6, atol=1e-9)
     assert (predictor.predict(test_frame) == rows["predicted"].to_numpy()).all()
-    assert CellClassifier.load(run_dir / "models" / "xgb.joblib").family == "xgb"
+    assert load_classifier(run_dir / "models" / "xgb.joblib").family == "xgb"
 
 
 def test_shap_summaries(runs):
@@ -200,7 +200,7 @@ def test_taps_subset_and_shap_subsample(tmp_path):
     data = write_synthetic(tmp_path / "emb.parquet", counts={"a": 40, "b": 40, "c": 40}, separation=0.4)
     run_dir = tmp_path / "run"
     _fit(data, run_dir, "--taps", "add_6,add_2", "--models", "lr", "--shap-rows", "7")
-    predictor = CellClassifier.load(run_dir / "model.joblib")
+    predictor = load_classifier(run_dir / "model.joblib")
     assert predictor.taps == ("add_6", "add_2") and predictor.n_features == 22
     assert predictor.feature_names[0] == "add_6:0"
     frame, spec = load_embeddings(data)

@@ -18,6 +18,7 @@ from cellclf.families.lr import fit_lr, linear_shap
 from cellclf.metrics import evaluate
 from cellembed.shared.hashing import sha256_file
 from cellclf.families.xgb import fit_xgb, tree_shap
+from cellclf.persistence import save, load_classifier
 from test_clf_support import labelled_arrays, make_spec, write_synthetic
 
 
@@ -45,7 +46,7 @@ def test_refuses_embeddings_of_another_spec_naming_both(trained):
     renamed.attrs["cellembed_spec"] = other
     with pytest.raises(ClassifierInputError, match="input_size"):
         predictor.predict_proba(renamed)
-    with pytest.raises(ClassifierInputError, match="expected 30 embedding values"):
+    with pytest.raises(ClassifierInputError, match="X has 25 features, but CellClassifier is expecting 30 features"):
         predictor.predict(X[:, :25])
     assert predictor.predict(frame).shape == (len(frame),)
 
@@ -53,22 +54,22 @@ def test_refuses_embeddings_of_another_spec_naming_both(trained):
 def test_save_load_and_checksum(trained, tmp_path):
     _, frame, _, X, _, _, predictor = trained
     path = tmp_path / "model.joblib"
-    digest = predictor.save(path)
+    digest = save(predictor, path)
     assert (tmp_path / "model.joblib.sha256").read_text() == f"{digest}  model.joblib\n"
-    loaded = CellClassifier.load(path)
+    loaded = load_classifier(path)
     np.testing.assert_array_equal(loaded.predict_proba(X), predictor.predict_proba(X))
     assert loaded.summary["note"] == "test" and "created" in loaded.summary
 
     (tmp_path / "model.skops").unlink()  # the pickle alone (see test_faults_model for the safe file)
-    np.testing.assert_array_equal(CellClassifier.load(path, trust_pickle=True).predict_proba(X), predictor.predict_proba(X))
+    np.testing.assert_array_equal(load_classifier(path, trust_pickle=True).predict_proba(X), predictor.predict_proba(X))
     content = bytearray(path.read_bytes())
     content[len(content) // 2] ^= 0xFF
     path.write_bytes(bytes(content))
     with pytest.raises(PredictorLoadError, match="does not match model.joblib.sha256.*do not load it"):
-        CellClassifier.load(path, trust_pickle=True)
+        load_classifier(path, trust_pickle=True)
     (tmp_path / "model.joblib.sha256").unlink()
     with pytest.raises(PredictorLoadError, match="no checksum file"):
-        CellClassifier.load(path, trust_pickle=True)
+        load_classifier(path, trust_pickle=True)
 
 
 def test_refuses_files_that_are_not_predictors(trained, tmp_path):
@@ -77,27 +78,27 @@ def test_refuses_files_that_are_not_predictors(trained, tmp_path):
     joblib.dump({"not": "a predictor"}, plain)
     (tmp_path / "plain.joblib.sha256").write_text(sha256_file(plain))
     with pytest.raises(PredictorLoadError, match="not a cellclf predictor .*builtins.dict"):
-        CellClassifier.load(plain, trust_pickle=True)
+        load_classifier(plain, trust_pickle=True)
     garbage = tmp_path / "garbage.joblib"
     garbage.write_bytes(b"this is not a pickle")
     with pytest.raises(PredictorLoadError, match="cannot be read as a cellclf predictor"):
-        CellClassifier.load(garbage, trust_pickle=True, verify=False)
+        load_classifier(garbage, trust_pickle=True, verify=False)
     with pytest.raises(PredictorLoadError, match="no such model file"):
-        CellClassifier.load(tmp_path / "missing.joblib")
+        load_classifier(tmp_path / "missing.joblib")
 
 
 def test_refuses_incompatible_versions(trained, tmp_path):
     _, _, _, X, _, _, predictor = trained
     old = CellClassifier.from_fitted(predictor.model, predictor.classes, predictor.spec, family="lr")
     old.versions_ = {**old.versions, "scikit-learn": "0.24.2"}
-    old.save(tmp_path / "old.joblib")
+    save(old, tmp_path / "old.joblib")
     with pytest.raises(PredictorLoadError, match="made with scikit-learn 0.24.2 but scikit-learn .* is installed"):
-        CellClassifier.load(tmp_path / "old.joblib")
-    assert CellClassifier.load(tmp_path / "old.joblib", allow_version_mismatch=True).predict(X).shape == (len(X),)
+        load_classifier(tmp_path / "old.joblib")
+    assert load_classifier(tmp_path / "old.joblib", allow_version_mismatch=True).predict(X).shape == (len(X),)
     old.format_ = 99
-    old.save(tmp_path / "future.joblib")
+    save(old, tmp_path / "future.joblib")
     with pytest.raises(PredictorLoadError, match="format 99"):
-        CellClassifier.load(tmp_path / "future.joblib")
+        load_classifier(tmp_path / "future.joblib")
 
 
 def test_linear_shap_adds_up_to_the_margin(trained):

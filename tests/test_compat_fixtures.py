@@ -20,7 +20,6 @@ import pytest
 from click.testing import CliRunner
 
 from cellclf.cli import main as cellclf_main
-from cellclf.estimator import CellClassifier
 from cellclf.persistence import load_classifier
 from cellclf.rundir import read_run
 from cellembed import embedding_matrix, load_embeddings
@@ -63,7 +62,7 @@ def test_the_run_folder_reads_and_its_models_predict_what_it_recorded(fixture):
         classes = list(run.classes)
         models = fixture / "run" / "models"
         for predictor in (load_classifier(models / f"{model.key}.skops", allow_version_mismatch=SCIKIT_LEARN_MAY_MOVE),
-                          CellClassifier.load(models / f"{model.key}.joblib", trust_pickle=True,
+                          load_classifier(models / f"{model.key}.joblib", trust_pickle=True,
                                          allow_version_mismatch=SCIKIT_LEARN_MAY_MOVE)):
             proba = predictor.predict_proba(rows)
             expected = recorded[[f"proba_{name}" for name in classes]].to_numpy()

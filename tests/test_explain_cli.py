@@ -12,6 +12,7 @@ from PIL import Image
 from cellclf.cli import main as cellclf_main
 from cellclf.families.lr import make_lr
 from cellclf.estimator import CellClassifier, feature_reference
+from cellclf.persistence import save
 from cellembed import embedding_matrix, extract, load_embeddings
 from conftest import SMALL
 from test_predict import tinted_folder
@@ -31,7 +32,7 @@ def model_dir(tmp_path_factory, random_weights):
     classes = sorted(set(labels))
     model = make_lr(0.1).fit(X, [classes.index(c) for c in labels])
     (root / "run").mkdir()
-    CellClassifier.from_fitted(model, classes, spec, family="lr", reference=feature_reference(X)).save(root / "run" / "model.joblib")
+    save(CellClassifier.from_fitted(model, classes, spec, family="lr", reference=feature_reference(X)), root / "run" / "model.joblib")
     return root / "run"
 
 

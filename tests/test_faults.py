@@ -22,6 +22,7 @@ from PIL import Image
 from cellembed import extract, load_embeddings
 from cellembed.cli import main as cellembed_main
 from cellclf.cli import main as cellclf_main
+from cellclf.persistence import save
 from conftest import SMALL, held_by_another_process
 from test_predict import tinted_folder, tinted_predictor
 
@@ -47,7 +48,7 @@ def trained(tmp_path_factory, random_weights):
     predictor, _, train = tinted_predictor(root, {"red": 6, "blue": 6}, random_weights, layers="final")
     path = root / "run" / "model.joblib"
     path.parent.mkdir()
-    predictor.save(path)
+    save(predictor, path)
     return root, train, path
 
 

@@ -25,6 +25,7 @@ from cellclf import CellClassifier, PredictorLoadError
 from cellclf.families.lr import fit_lr
 from cellclf.families.xgb import fit_xgb
 from cellclf.persistence import load_classifier
+from cellclf.persistence import save, load_classifier
 from test_clf_support import labelled_arrays, write_synthetic
 
 
@@ -83,7 +84,7 @@ def lr_predictor(data):
 def test_a_malicious_pickle_with_a_recomputed_checksum_is_refused_without_running_it(tmp_path, lr_predictor):
     real = tmp_path / "real" / "model.joblib"
     real.parent.mkdir()
-    lr_predictor.save(real)
+    save(lr_predictor, real)
     marker = tmp_path / "marker"
     evil = write_evil_joblib(tmp_path / "run" / "model.joblib", marker, real)
     for target in (evil, evil.parent):
@@ -93,7 +94,7 @@ def test_a_malicious_pickle_with_a_recomputed_checksum_is_refused_without_runnin
         assert "--trust-pickle" in message and "runs" in message and "\n" not in message
         assert not marker.exists()
     with pytest.raises(PredictorLoadError, match="--trust-pickle"):
-        CellClassifier.load(evil)
+        load_classifier(evil)
     assert not marker.exists()
 
     from cellclf.cli import main
@@ -116,7 +117,7 @@ def test_a_malicious_pickle_with_a_recomputed_checksum_is_refused_without_runnin
 def test_the_safe_file_beside_a_joblib_is_loaded_and_the_pickle_never_opened(tmp_path, lr_predictor):
     run = tmp_path / "run"
     run.mkdir()
-    lr_predictor.save(run / "model.joblib")
+    save(lr_predictor, run / "model.joblib")
     assert (run / "model.skops").is_file()
     marker = tmp_path / "marker"
     write_evil_joblib(run / "model.joblib", marker)  # swapped after the fit
@@ -125,13 +126,13 @@ def test_the_safe_file_beside_a_joblib_is_loaded_and_the_pickle_never_opened(tmp
         loaded = load_classifier(target)
         assert loaded.source == run / "model.skops"
         np.testing.assert_array_equal(loaded.predict_proba(X), lr_predictor.predict_proba(X))
-    assert CellClassifier.load(run / "model.joblib", trust_pickle=True).source == run / "model.skops"
+    assert load_classifier(run / "model.joblib", trust_pickle=True).source == run / "model.skops"
     assert not marker.exists()
 
 
 def test_a_missing_checksum_names_something_a_command_line_user_can_do(tmp_path, lr_predictor):
     path = tmp_path / "model.joblib"
-    lr_predictor.save(path)
+    save(lr_predictor, path)
     (tmp_path / "model.skops").unlink()
     (tmp_path / "model.joblib.sha256").unlink()
     with pytest.raises(PredictorLoadError) as error:
@@ -196,7 +197,7 @@ def tamper(path: Path, edit) -> None:
 def test_a_tampered_safe_file_is_refused_without_running_code(tmp_path, lr_predictor, module, name, payload):
     import skops.io
 
-    lr_predictor.save(tmp_path / "model.joblib")
+    save(lr_predictor, tmp_path / "model.joblib")
     safe = tmp_path / "model.skops"
     marker = tmp_path / "marker"
     node = _call(module, name, payload.format(marker=str(marker)))
@@ -213,7 +214,7 @@ def test_a_tampered_safe_file_is_refused_without_running_code(tmp_path, lr_predi
 
 
 def test_a_damaged_safe_file_is_refused(tmp_path, lr_predictor):
-    lr_predictor.save(tmp_path / "model.joblib")
+    save(lr_predictor, tmp_path / "model.joblib")
     safe = tmp_path / "model.skops"
     content = bytearray(safe.read_bytes())
     start = content.index(b"\x93NUMPY")  # inside an array member, past its local header
@@ -244,7 +245,7 @@ def test_a_safe_file_of_another_kind_is_refused(tmp_path):
 @pytest.mark.parametrize("family, n_classes", [("lr", 3), ("lr", 2), ("xgb", 3), ("xgb", 2)])
 def test_the_safe_file_predicts_exactly_like_the_pickle(tmp_path, data, family, n_classes):
     predictor = make_predictor(data, family, n_classes)
-    predictor.save(tmp_path / "model.joblib")
+    save(predictor, tmp_path / "model.joblib")
     safe = load_classifier(tmp_path / "model.skops")
     pickled_dir = tmp_path / "pickled"
     pickled_dir.mkdir()
@@ -270,12 +271,12 @@ def test_the_safe_file_predicts_exactly_like_the_pickle(tmp_path, data, family, 
 def test_the_safe_file_keeps_the_version_and_format_checks(tmp_path, lr_predictor):
     old = CellClassifier.from_fitted(lr_predictor.model, lr_predictor.classes, lr_predictor.spec, family="lr")
     old.versions_ = {**old.versions, "scikit-learn": "0.24.2"}
-    old.save(tmp_path / "old.joblib")
+    save(old, tmp_path / "old.joblib")
     with pytest.raises(PredictorLoadError, match=r"old.skops: made with scikit-learn 0.24.2"):
         load_classifier(tmp_path / "old.skops")
     assert load_classifier(tmp_path / "old.skops", allow_version_mismatch=True).family == "lr"
     old.format_ = 99
-    old.save(tmp_path / "future.joblib")
+    save(old, tmp_path / "future.joblib")
     with pytest.raises(PredictorLoadError, match="future.skops: predictor format 99"):
         load_classifier(tmp_path / "future.joblib")
 
@@ -287,7 +288,7 @@ def test_a_model_with_types_outside_the_allow_list_gets_no_safe_file(tmp_path, d
     model = Pipeline([("custom", CustomEstimator().fit(X, y))])
     predictor = CellClassifier.from_fitted(model, classes, spec, family="custom")
     with pytest.warns(UserWarning, match=r"model.skops not written.*test_faults_model.CustomEstimator.*--trust-pickle"):
-        predictor.save(tmp_path / "model.joblib")
+        save(predictor, tmp_path / "model.joblib")
     assert (tmp_path / "model.joblib").is_file() and not (tmp_path / "model.skops").exists()
 
 
@@ -363,7 +364,7 @@ def test_predict_command_uses_the_safe_file_and_needs_trust_pickle_for_a_bare_jo
     predictor, images = image_predictor
     run = tmp_path / "run"
     run.mkdir()
-    predictor.save(run / "model.joblib")
+    save(predictor, run / "model.joblib")
     marker = tmp_path / "marker"
     write_evil_joblib(run / "model.joblib", marker)
     common = ["--weights", str(random_weights), "--cache", str(tmp_path / "cache.parquet")]
@@ -380,7 +381,7 @@ def test_predict_command_uses_the_safe_file_and_needs_trust_pickle_for_a_bare_jo
 
     bare = tmp_path / "bare"
     bare.mkdir()
-    predictor.save(bare / "model.joblib")
+    save(predictor, bare / "model.joblib")
     (bare / "model.skops").unlink()
     refused = predict(bare / "model.joblib", "d.csv")
     assert refused.exit_code == 2 and "--trust-pickle" in refused.output and not (tmp_path / "d.csv").exists()

@@ -30,6 +30,7 @@ from cellembed import extract, load_embeddings
 from cellembed.cli import main as cellembed_main
 from cellembed.errors import InputError
 from cellclf.cli import main as cellclf_main
+from cellclf.persistence import save, load_classifier
 from conftest import SMALL
 from test_clf_support import make_spec, write_synthetic
 from test_faults import one_line_error, predict, run, small_disk, trained, workspace  # noqa: F401 - fixtures
@@ -347,12 +348,12 @@ def test_predict_adapt_on_copies_of_one_cell_is_refused_before_embedding(tmp_pat
     from cellclf.estimator import CellClassifier, feature_reference
 
     train, model, new = workspace
-    loaded = CellClassifier.load(model)
+    loaded = load_classifier(model)
     predictor = CellClassifier.from_fitted(  # with the training statistics fit records
         loaded.model, loaded.classes, loaded.spec, loaded.used_taps, family=loaded.family,
         reference=feature_reference(embedding_matrix(*load_embeddings(train))[0]), calibration=loaded.calibration)
     model = tmp_path / "model.joblib"
-    predictor.save(model)
+    save(predictor, model)
     folder = tmp_path / "copies"
     folder.mkdir()
     source = next((new / "red").iterdir())

@@ -18,6 +18,7 @@ from cellembed import embedding_matrix, extract, load_embeddings
 from cellclf.errors import ClassifierInputError
 from cellclf.prediction import default_cache_path, predict_folder, write_predictions
 from cellclf.estimator import CellClassifier
+from cellclf.persistence import save, load_classifier
 from conftest import SMALL
 
 
@@ -58,8 +59,8 @@ def trained(tmp_path_factory, random_weights):
     root = tmp_path_factory.mktemp("train")
     predictor, _, _ = tinted_predictor(root, {"red": 8, "blue": 8, "green": 8}, random_weights)
     path = root / "model.joblib"
-    predictor.save(path)
-    return CellClassifier.load(path), path
+    save(predictor, path)
+    return load_classifier(path), path
 
 
 def test_predicts_every_image_and_scores_known_folders(tmp_path, trained, random_weights):

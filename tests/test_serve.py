@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from cellclf.calibration import Calibration
+from cellclf.persistence import save
 from test_explain_cli import model_dir  # noqa: F401 - the fixture is shared
 from test_predict import cli, trained  # noqa: F401 - the fixture is shared
 
@@ -41,7 +42,7 @@ def served_model(model_dir, tmp_path_factory):
     predictor = load_classifier(model_dir)
     predictor.calibration = Calibration(temperature=1.0, alpha=0.1, threshold=0.9)
     path = tmp_path_factory.mktemp("served") / "model.joblib"
-    predictor.save(path)
+    save(predictor, path)
     return load_classifier(path), path
 
 
