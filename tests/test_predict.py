@@ -241,3 +241,56 @@ def test_predict_with_a_cached_onnx_network_never_imports_tensorflow(tmp_path, t
          "--weights", str(random_weights), "-q"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert len(pd.read_csv(tmp_path / "p.csv")) == 4
+
+
+def test_explain_and_serve_with_a_cached_onnx_network_never_import_tensorflow(tmp_path, trained, random_weights):
+    """The heat maps come from the network that embeds (ONNX Runtime): explain, and the
+    server with its heat maps, run with TensorFlow and Keras impossible to import (the maps
+    used to come from a Keras model of their own)."""
+    import subprocess
+    import sys
+
+    from cellclf.estimator import CellClassifier, feature_reference
+    from cellclf.persistence import save
+
+    predictor, _ = trained
+    folder = tinted_folder(tmp_path / "new", {"red": 2, "blue": 2}, seed=3)
+    run = predict_folder(predictor, folder, tmp_path / "warm.parquet", weights=random_weights, progress=False)
+    from cellclf.families.lr import make_lr
+
+    frame, spec = load_embeddings(tmp_path / "warm.parquet")
+    X, labels = embedding_matrix(frame, spec)
+    classes = sorted(set(labels))
+    fitted = make_lr(0.1).fit(X, [classes.index(label) for label in labels])  # the lr family's model
+    model = tmp_path / "model" / "model.joblib"
+    model.parent.mkdir()
+    save(CellClassifier.from_fitted(fitted, classes, spec, family="lr", reference=feature_reference(X)), model)
+    image = next((folder / "red").iterdir())
+    script = (
+        "import json, sys\nsys.modules['tensorflow'] = sys.modules['keras'] = None  # import fails\n"
+        "from cellclf.cli import main\n"
+        "model, folder, out, weights, image = sys.argv[1:]\n"
+        "try:\n    main(['explain', model, folder, '-o', out, '--weights', weights, '-q'])\n"
+        "except SystemExit as exit:\n    assert exit.code in (0, None), exit.code\n"
+        "from fastapi.testclient import TestClient\n"
+        "from cellclf.persistence import load_classifier\n"
+        "from cellclf.serve import Service, create_app\n"
+        "service = Service(load_classifier(model), weights)\n"
+        "with TestClient(create_app(service)) as client:\n"
+        "    files = [('files', ('a.png', open(image, 'rb').read(), 'image/png'))]\n"
+        "    answer = client.post('/predict', files=files).json()\n"
+        "    page = client.post('/', files=files)\n"
+        "service.close()\n"
+        "print(json.dumps({'predicted': answer['results'][0]['predicted'],\n"
+        "                  'page': page.status_code,\n"
+        "                  'heat map': any(f'data:image/{kind};base64' in page.text for kind in ('png', 'jpeg')),\n"
+        "                  'imported': [m for m in ('tensorflow', 'keras') if sys.modules.get(m) is not None]}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(model.parent), str(folder), str(tmp_path / "maps"),
+                           str(random_weights), str(image)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert facts["page"] == 200 and facts["heat map"] is True and facts["imported"] == []
+    assert facts["predicted"] in classes
+    assert len(list((tmp_path / "maps").rglob("*.heatmap.json"))) == 4
+    assert run.evaluation is not None
