@@ -33,6 +33,7 @@ Only the ONNX Runtime engine runs these networks.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,11 +182,19 @@ def _read_description(path: Path) -> tuple[dict[str, Any], str, Path]:
     model = (Path(path).parent / str(description.get("model", ""))).resolve()
     if not description.get("model") or not model.is_file():
         raise bad(f'"model" must name the ONNX file (relative to the description); {model} does not exist')
-    sha256 = sha256_file(model)
+    stat = model.stat()
+    sha256 = _sha256_of(str(model), stat.st_mtime_ns, stat.st_size)
     if description.get("sha256") != sha256:
         raise bad(f'"sha256" is not the SHA-256 of {model.name} ({sha256}); the file changed, or the description is '
                   "of another file")
     return description, sha256, model
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: str, mtime_ns: int, size: int) -> str:
+    """The SHA-256 of a model file, hashed once per version of the file (resolving the
+    weights and configuring the backbone both read the description)."""
+    return sha256_file(Path(path))
 
 
 BACKBONE = OnnxBackbone()
