@@ -101,8 +101,10 @@ def derive_default(source: Path, out: Path, weights: str) -> None:
     planned, _ = spec_for_settings(weights=weights)
     X, _ = embedding_matrix(frame, spec, planned.tap_names)
     widths = {t.name: t.width for t in spec.taps}
-    derived = planned.with_tap_widths([widths[name] for name in planned.tap_names])
-    kept = derived.differences(spec.with_tap_widths([t.width for t in spec.taps]))
+    derived = planned
+    if [t.width for t in derived.taps] != [widths[name] for name in derived.tap_names]:
+        sys.exit(f"{source}'s taps have other widths than the default's")
+    kept = derived.differences(spec)
     if any(not d.startswith("taps:") for d in kept):
         sys.exit(f"{source} differs from the default by more than its taps: {kept}")
     table = make_table(

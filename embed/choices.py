@@ -3,7 +3,7 @@
 ``views`` (:mod:`cellembed.views`), ``crop`` (:mod:`cellembed.cellcrop`), ``stain``
 (:mod:`cellembed.stain`) and ``pooling`` (:mod:`cellembed.pooling`): each has a default
 meaning "as the first version did" and a check. Presets (:mod:`cellembed.presets`) fill
-them, :func:`cellembed.embedder.planned_spec` checks them once, and a spec gives them back
+them, :func:`cellembed.embedder.resolved_spec` checks them once, and a spec gives them back
 (:func:`choices_of`) to rebuild its embedder. A new choice is one module plus one entry in
 :data:`CHOICES`, a spec field and its "as before" value in :data:`cellembed.spec.AS_BEFORE`.
 """

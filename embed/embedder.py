@@ -1,8 +1,9 @@
 """From settings to a spec, and from a spec back to the embedder that writes it.
 
-:func:`planned_spec` says what spec a run will produce without building anything (no
-TensorFlow): extraction uses it to check an existing file or checkpoint before any work.
-:func:`embedder_from_spec` rebuilds exactly the embedder that wrote a spec; ``extract``,
+:func:`resolved_spec` is the whole spec a run produces, tap widths included (the
+backbone's configuration gives its taps' channels), without building anything (no
+TensorFlow): extraction checks an existing file or checkpoint against it before any work.
+:func:`embedder_from_spec` composes exactly the embedder that wrote a spec; ``extract``,
 ``cellclf predict`` and in-memory classification all go through it, so a spec field
 added later is threaded into the network here, once.
 """
@@ -30,34 +31,38 @@ from cellembed.engines import (
 )
 from cellembed.choices import checked_choices, choices_of
 from cellembed.errors import InputError
+from cellembed.pooling import statistics
 from cellembed.presets import DEFAULT_PRESET, PRESETS, preset_settings
-from cellembed.network import Network, tap_widths
+from cellembed.network import Network
 from cellembed.spec import EmbeddingSpec
 from cellembed.shared.versions import library_versions
 from cellembed.weights import WeightsFile, check_weights, resolve_weights
 
-def planned_spec(
+
+def resolved_spec(
     backbone: Backbone,
     weights: WeightsFile,
     input_size: int,
     tap_names: Sequence[str],
     engine: str = DEFAULT_ENGINE,
-    widths: Sequence[int] | None = None,
     **choices: Any,
 ) -> EmbeddingSpec:
-    """The spec a run with these settings produces; tap widths are 0 unless given (they
-    are known once the network is built, or from a file made with the same taps).
-    ``choices``: ``views``, ``crop``, ``stain``, ``pooling`` (:mod:`cellembed.choices`;
-    each left out is its "as before" default), checked here."""
+    """The spec a run with these settings produces. ``backbone`` is configured (its
+    ``tap_channels`` give the widths; an unknown tap is refused here); ``choices``:
+    ``views``, ``crop``, ``stain``, ``pooling`` (:mod:`cellembed.choices`; each left out is
+    its "as before" default), checked here."""
+    checked = checked_choices(choices)
+    per_channel = len(statistics(checked["pooling"]))
+    widths = [channels * per_channel for channels in backbone.tap_channels(tap_names)]
     return EmbeddingSpec.from_widths(
-        zip(tap_names, widths if widths is not None else [0] * len(tap_names)),
+        zip(tap_names, widths),
         backbone=backbone.spec_name,
         weights_sha256=weights.sha256,
         weights_source=weights.source,
         input_size=input_size,
         preprocessing=backbone.preprocessing,
         resize=backbone.resize,
-        **checked_choices(choices),
+        **checked,
         versions=library_versions(("cellembed", *backbone.libraries, *engine_libraries(engine))),
     )
 
@@ -72,7 +77,7 @@ def spec_for_settings(
     preset: str = DEFAULT_PRESET,
     **choices: Any,
 ) -> tuple[EmbeddingSpec, WeightsFile]:
-    """The planned spec of command-line style settings (None: the ``preset``'s, see
+    """The resolved spec of command-line style settings (None: the ``preset``'s, see
     :mod:`cellembed.presets`, or the backbone's input size; ``choices``: ``views``,
     ``crop``, ``stain``, ``pooling``), and the resolved weights. Checks everything that
     can be checked without a network."""
@@ -88,7 +93,7 @@ def spec_for_settings(
     size = chosen.default_input_size if input_size is None else input_size
     check_input_size(chosen, size)
     engine_module(engine, chosen)
-    spec = planned_spec(chosen, weights_file, size, tap_names, engine, **settings)
+    spec = resolved_spec(chosen, weights_file, size, tap_names, engine, **settings)
     return spec, weights_file
 
 
@@ -105,8 +110,8 @@ def embedder_from_spec(
     (:class:`cellembed.network.Network`, which also gives the heat-map material).
 
     Args:
-        spec: the spec of an embeddings file (``cellembed.read_spec``), of a predictor, or
-            a planned spec (tap widths 0).
+        spec: the spec of an embeddings file (``cellembed.read_spec``), of a classifier,
+            or resolved from settings (:func:`spec_for_settings`).
         weights: the weights file (a path, ``"imagenet"``, or None for the backbone's
             environment variable); refused unless it identifies the spec's network.
         engine: ``"onnxruntime"`` or ``"tensorflow"``; same embeddings within 1e-4.
@@ -120,13 +125,13 @@ def embedder_from_spec(
     backbone, weights_file, rebuilt = _rebuild(spec, weights, engine)
     extractor = build_extractor(engine, backbone, weights_file, rebuilt.tap_names, rebuilt.input_size,
                                 log=log, threads=threads)
-    built = rebuilt.with_tap_widths(tap_widths(extractor, rebuilt))
-    if spec.widths_known and [t.width for t in built.taps] != [t.width for t in spec.taps]:
+    claimed = backbone.tap_channels(rebuilt.tap_names)
+    built = [int(extractor.channels[name]) for name in rebuilt.tap_names]
+    if built != claimed:  # the backbone's configuration is wrong about its own network
         raise InputError(
-            f"the rebuilt {backbone.title} gives other tap widths than the spec "
-            f"({[t.width for t in built.taps]} vs {[t.width for t in spec.taps]})"
+            f"the loaded {backbone.title} gives taps of {built} channels, not the {claimed} its configuration says"
         )
-    return Network(extractor, built, backbone)
+    return Network(extractor, rebuilt, backbone)
 
 
 def prepare_embedder(
@@ -143,7 +148,8 @@ def prepare_embedder(
 
 
 def _rebuild(spec: EmbeddingSpec, weights: "str | os.PathLike | WeightsFile | None", engine: str):
-    """The configured backbone, checked weights and planned spec that reproduce ``spec``."""
+    """The configured backbone, checked weights and this cellembed's spec that reproduce
+    ``spec`` (refused where they differ)."""
     check_engine(engine)
     backbone = backbone_for_spec(spec)
     weights_file = resolve_weights(weights, backbone)
@@ -151,7 +157,7 @@ def _rebuild(spec: EmbeddingSpec, weights: "str | os.PathLike | WeightsFile | No
     backbone = backbone.configured(weights_file)
     check_input_size(backbone, spec.input_size)
     engine_module(engine, backbone)
-    rebuilt = planned_spec(
+    rebuilt = resolved_spec(
         backbone, weights_file, spec.input_size, spec.tap_names, engine,
         **choices_of(spec),
     )

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from cellembed.backbones import DEFAULT_BACKBONE, backbone_for_spec
 from cellembed.decoding import DEFAULT_MAX_PIXELS, check_max_pixels
 from cellembed.distributors import DEFAULT_DISTRIBUTOR, make_distributor
-from cellembed.embedder import embedder_from_spec, spec_for_settings
+from cellembed.embedder import spec_for_settings
 from cellembed.engines import DEFAULT_ENGINE, Embedder, check_engine
 from cellembed.shared.atomic import output_lock, prepare_output
 from cellembed.errors import InputError, Interrupted
@@ -196,8 +196,8 @@ def extract(
         backbone=backbone, layers=layers, input_size=input_size, preset=preset,
         views=views, crop=crop, stain=stain, pooling=pooling,
     )
-    planned, weights_file = _planned(embedder, spec, weights, settings, engine)
-    return run_extraction(images, out, planned, weights_file, options, log=log, embedder=embedder)
+    resolved, weights_file = _resolved(embedder, spec, weights, settings, engine)
+    return run_extraction(images, out, resolved, weights_file, options, log=log, embedder=embedder)
 
 
 def run_extraction(
@@ -215,9 +215,9 @@ def run_extraction(
     out = prepare_output(out)
     with output_lock(out):  # a second run writing the same OUT is refused, not mixed in
         work = _plan_work(images, out, spec, options, say)
-        results, embed_seconds, final_spec = _embed(work, weights, options, embedder, say)
+        results, embed_seconds = _embed(work, weights, options, embedder, say)
         try:
-            merged = merge(work, results, final_spec)
+            merged = merge(work, results)
         except KeyboardInterrupt:
             raise Interrupted(
                 f"interrupted while writing {out} (left as it was); the embeddings are checkpointed in "
@@ -241,28 +241,26 @@ def _plan_work(images: Any, out: Path, spec: EmbeddingSpec, options: ExtractOpti
 
 
 def _embed(work: Plan, weights: WeightsFile | None, options: ExtractOptions, embedder: Embedder | None,
-           say: Callable[[str], None]) -> tuple[list[ShardResult], float, EmbeddingSpec | None]:
-    """Run the plan's shards on the distributor: (results, seconds embedding, the spec with
-    its tap widths when nothing was embedded and OUT needs them, else None)."""
+           say: Callable[[str], None]) -> tuple[list[ShardResult], float]:
+    """Run the plan's shards on the distributor: (results, seconds embedding). With no
+    shard, no network is loaded."""
+    if not work.shards:
+        return [], 0.0
     try:
-        if work.shards:
-            distributor_options = dict(options.distributor_options or {})
-            if embedder is not None:
-                distributor_options["embedder"] = embedder
-            distributor = make_distributor(options.distributed, **distributor_options)
-            job = ShardJob(work.spec, weights, options.engine, work.work_dir, options.batch_size,
-                           max_pixels=options.max_pixels)
-            try:
-                distributor.start(job, say)
-            except BaseException:
-                distributor.close()
-                raise
-            embed_started = time.perf_counter()  # images/s counts decoding + network only
-            results = _run(distributor, work, options.progress)
-            return results, time.perf_counter() - embed_started, None
-        if not work.spec.widths_known:  # nothing could be embedded, but OUT needs the tap widths
-            return [], 0.0, (embedder or embedder_from_spec(work.spec, weights, options.engine, log=say)).spec
-        return [], 0.0, None
+        distributor_options = dict(options.distributor_options or {})
+        if embedder is not None:
+            distributor_options["embedder"] = embedder
+        distributor = make_distributor(options.distributed, **distributor_options)
+        job = ShardJob(work.spec, weights, options.engine, work.work_dir, options.batch_size,
+                       max_pixels=options.max_pixels)
+        try:
+            distributor.start(job, say)
+        except BaseException:
+            distributor.close()
+            raise
+        embed_started = time.perf_counter()  # images/s counts decoding + network only
+        results = _run(distributor, work, options.progress)
+        return results, time.perf_counter() - embed_started
     except KeyboardInterrupt:
         raise Interrupted(
             "interrupted while loading the network, before any image was embedded; run the same command again"
@@ -307,10 +305,10 @@ def _set_aside(work: Plan, say: Callable[[str], None]) -> None:
         )
 
 
-def _planned(
+def _resolved(
     embedder: Embedder | None, spec: EmbeddingSpec | None, weights: Any, settings: dict[str, Any], engine: str,
 ) -> tuple[EmbeddingSpec, WeightsFile | None]:
-    """The planned spec and the resolved weights (None with a prebuilt embedder)."""
+    """The resolved spec and weights (None with a prebuilt embedder)."""
     if embedder is not None:
         return embedder.spec, None
     if spec is None:

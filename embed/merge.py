@@ -45,16 +45,9 @@ class Merged:
     kept: int = 0  # rows of other images kept by an add-only cache
 
 
-def merge(plan: Plan, results: Sequence[ShardResult], spec: EmbeddingSpec | None = None) -> Merged:
-    """Write OUT for ``plan`` from its reused rows and the finished shard ``results``.
-
-    Args:
-        spec: the output spec when neither a result nor a reused file gives it (tap widths
-            must be known); by default this run's first shard, else the plan's spec.
-    """
-    spec = results[0].spec if results else (spec or plan.spec)
-    if not spec.widths_known:
-        raise ValueError("merge needs the spec's tap widths: build the embedder once to learn them")
+def merge(plan: Plan, results: Sequence[ShardResult]) -> Merged:
+    """Write OUT for ``plan`` (its spec) from its reused rows and the finished shard ``results``."""
+    spec = plan.spec
     errors, failed = _errors(plan, results)
     rows = [(image.path, image.label, sha) for image, sha in zip(plan.files, plan.sha256s)
             if sha is not None and sha not in failed]

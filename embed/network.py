@@ -62,13 +62,6 @@ class TapMaps:
         return np.concatenate([m.mean(axis=(1, 2, 3)) for m in self.maps], axis=1)
 
 
-def tap_widths(extractor: TapExtractor, spec: EmbeddingSpec) -> list[int]:
-    """The embedding width of each of ``spec``'s taps (channels x pooled statistics)."""
-    from cellembed.pooling import statistics
-
-    return [int(extractor.channels[name]) * len(statistics(spec.pooling)) for name in spec.tap_names]
-
-
 class Network:
     """The embedder of a spec: its backbone's :class:`TapExtractor` with the spec's views
     and pooling (see the module docstring).

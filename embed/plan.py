@@ -53,8 +53,7 @@ class Plan:
     Attributes:
         images, out: the folder and the Parquet file.
         work_dir: where shard files go (kept after an interruption, removed after merge).
-        spec: the spec of the output; tap widths are 0 until a network or a file made
-            with the same taps says them.
+        spec: the spec of the output (resolved: :func:`cellembed.embedder.resolved_spec`).
         files: every image found, sorted by path; ``sha256s`` per file (None: unreadable).
             OUT's rows of images under a folder that could not be listed are among them
             (kept as they are: those images are unknown, not gone).
@@ -119,7 +118,7 @@ def plan(
     shard_size: int = DEFAULT_SHARD_SIZE,
     prune: bool = True,
 ) -> Plan:
-    """Decide the extraction of ``images`` into ``out`` with the planned ``spec``.
+    """Decide the extraction of ``images`` into ``out`` with the resolved ``spec``.
 
     Args:
         overwrite: do not reuse (nor refuse) an existing OUT (finished shards of this
@@ -147,7 +146,7 @@ def plan(
     if out.exists():
         out_spec = _existing_spec(out)  # a file cellembed did not write is never replaced, whatever the options
         if not overwrite:
-            spec = _check_reference(out, spec, out_spec)
+            _check_reference(out, spec, out_spec)
     finished, set_aside = [], []
     folders = (work_dir, set_aside_folder(out, spec).absolute())
     for path in sorted(p for folder in folders for pattern in SHARD_GLOBS for p in folder.glob(pattern)):
@@ -162,8 +161,6 @@ def plan(
                 set_aside.append((path, set_aside_folder(out, found).absolute()))
             continue
         finished.append(path)
-        if not spec.widths_known:
-            spec = spec.with_tap_widths([t.width for t in found.taps])
 
     out_index = _read_index(out, out_spec) if out_spec is not None and not overwrite else None
     known_bad = {e["sha256"]: e["reason"] for e in (out_index.errors if out_index else ()) if e.get("sha256")}
@@ -210,9 +207,8 @@ def _existing_spec(path: Path) -> EmbeddingSpec:
         raise OutputConflict(f"{exc}; refusing to replace it", replaceable=False) from None
 
 
-def _check_reference(path: Path, spec: EmbeddingSpec, found: EmbeddingSpec) -> EmbeddingSpec:
-    """Refuse an OUT made with another spec (``found``); else return ``spec`` with the
-    file's tap widths (widths depend only on the tap names)."""
+def _check_reference(path: Path, spec: EmbeddingSpec, found: EmbeddingSpec) -> None:
+    """Refuse an OUT made with another spec (``found``)."""
     differences = spec.differences(found)
     if differences:
         made_with = matching_preset(found)
@@ -221,7 +217,6 @@ def _check_reference(path: Path, spec: EmbeddingSpec, found: EmbeddingSpec) -> E
             "requested vs existing) and specs never mix in one file",
             hint=f"it has the settings of --preset {made_with} (give that option to extend it)" if made_with else None,
         )
-    return spec if spec.widths_known else spec.with_tap_widths([t.width for t in found.taps])
 
 
 def _read_index(out: Path, spec: EmbeddingSpec) -> OutIndex:

@@ -73,7 +73,7 @@ def shard_id(spec: EmbeddingSpec, sha256s: Sequence[str]) -> str:
 class ShardJob:
     """What every shard of one extraction shares (picklable, sent to remote workers).
 
-    ``spec`` is the planned spec (tap widths may still be 0); ``weights`` is None only
+    ``spec`` is the resolved spec; ``weights`` is None only
     when the caller embeds with a prebuilt embedder; ``threads`` caps the engine's CPU
     threads in a worker (None: the engine's default); ``max_pixels`` is the pixel cap of
     an input image (a larger one is an error, tried again by the next run).

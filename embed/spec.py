@@ -14,7 +14,6 @@ test-time views), so files written earlier read with it and keep their identity.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
@@ -96,15 +95,6 @@ class EmbeddingSpec:
         """Build a spec whose taps are laid out one after another in the given order."""
         return cls(taps=tap_layout(names_widths), **kwargs)
 
-    def with_tap_widths(self, widths: Sequence[int]) -> "EmbeddingSpec":
-        """The same spec with these tap widths (a planned spec once the network is built)."""
-        return dataclasses.replace(self, taps=tap_layout(zip(self.tap_names, widths)))
-
-    @property
-    def widths_known(self) -> bool:
-        """False for a planned spec whose tap widths are not known yet (all zero)."""
-        return all(t.width > 0 for t in self.taps)
-
     def identity(self) -> dict[str, Any]:
         """The fields that must match for two embeddings to be interchangeable. A field
         added later is left out while it has its "as before" default, so the identity (and
@@ -118,8 +108,8 @@ class EmbeddingSpec:
         return data
 
     def identity_key(self) -> str:
-        """The identity as one canonical string, taps by name (a planned spec, whose tap
-        widths are not known yet, has the same key as the spec of its output)."""
+        """The identity as one canonical string, taps by name (their widths follow from
+        the backbone and the pooling)."""
         data = self.identity()
         data["taps"] = self.tap_names
         return json.dumps(data, sort_keys=True)

@@ -258,3 +258,24 @@ def test_ctrl_c_says_how_far_it_got_even_without_a_progress_bar(labelled_folder,
     with pytest.raises(Interrupted, match=r"interrupted after 4 of 12 images; .*emb.checkpoint; run the same command again"):
         extract(labelled_folder, tmp_path / "emb.parquet", embedder=embedder, checkpoint_every=4, progress=False)
     assert len(list((tmp_path / "emb.checkpoint").glob("shard-*.parquet"))) == 1
+
+
+def test_a_run_with_nothing_to_embed_writes_the_whole_spec_without_loading_a_network(tmp_path, random_weights,
+                                                                                     monkeypatch):
+    """The spec's tap widths come from the backbone's configuration: a folder whose only
+    files cannot be read still gets an OUT of the right width, and no network is loaded."""
+    import cellembed.network
+
+    folder = tmp_path / "images" / "a"
+    folder.mkdir(parents=True)
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network was loaded")
+
+    monkeypatch.setattr(cellembed.network.Network, "__init__", no_network)
+    out = tmp_path / "emb.parquet"
+    result = extract(tmp_path / "images", out, weights=random_weights, input_size=SMALL, progress=False)
+    assert (result.rows, result.embedded, len(result.errors)) == (0, 0, 1)
+    spec = read_spec(out)
+    assert spec.dim == result.spec.dim == 6416 and [t.width for t in spec.taps] == [1456, 1456, 1456, 2048]

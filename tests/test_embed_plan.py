@@ -57,7 +57,7 @@ def test_plan_diffs_against_out_and_refuses_another_spec(labelled_folder, tmp_pa
     make_folder(labelled_folder, {"alpha": 2}, start_seed=90)
     (labelled_folder / "beta" / "img_005.png").unlink()
     work = plan(labelled_folder, out, _spec(random_weights, "final"))
-    assert work.spec.widths_known and work.spec.dim == 4096  # widths taken from OUT (means and stds)
+    assert work.spec.dim == 4096  # 2048 channels, means and stds: from the configuration, before any network
     assert [item.path for shard in work.shards for item in shard.items] == ["alpha/img_090.png", "alpha/img_091.png"]
     assert "13 images" in work.summary() and "11 already embedded, 2 to embed" in work.summary()
     with pytest.raises(InputError, match="another embedding spec.*--overwrite"):

@@ -153,6 +153,7 @@ def test_the_description_is_checked_in_one_line_naming_it(tmp_path, random_weigh
     good = describe(tmp_path / "good")
     spec, weights = spec_for_settings(backbone="onnx", weights=good, preset="v1")
     assert spec.tap_names == ["feat", "tokens", "vec"] and weights.path == good
+    assert [t.width for t in spec.taps] == [8, 16, 16]  # the graph's output channels, before any session
     assert spec_for_settings(backbone="onnx", weights=good, layers="vec", preset="v1")[0].tap_names == ["vec"]
     cases = {
         "sha256": ({"sha256": "0" * 64}, r'"sha256" is not the SHA-256 of tiny.onnx'),
@@ -160,6 +161,9 @@ def test_the_description_is_checked_in_one_line_naming_it(tmp_path, random_weigh
         "format": ({"cellembed_backbone": 2}, "not a cellembed backbone description"),
         "model": ({"model": "missing.onnx"}, r'"model" must name the ONNX file'),
         "std": ({"input": {"size": SIZE, "std": [1, 0, 1]}}, r'"std" and "scale" must not be 0'),
+        "output": ({"taps": [{"output": "fea"}]}, r"tap fea: the ONNX model has no output 'fea' \(it has feat, tokens, vec\)"),
+        "rank": ({"taps": [{"output": "vec", "layout": "NCHW"}]},
+                 r"tap vec: the ONNX output vec has shape \['n', 16\], not the 4 dimensions of NCHW"),
     }
     for name, (changes, message) in cases.items():
         path = describe(tmp_path / name, **changes)

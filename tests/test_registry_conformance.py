@@ -50,8 +50,13 @@ def test_backbone_and_engine(name, engine, tmp_path, random_weights):
         return
     spec, resolved = spec_for_settings(backbone=name, weights=weights, input_size=size, engine=engine,
                                        views=2, pooling="global_average+std", crop="none", stain="none")
+    # the spec is whole before any network is built: its tap widths come from the configuration
+    taps = list(backbone.tap_presets[backbone.default_layers])
+    assert spec.tap_names == taps and [t.width for t in spec.taps] == [2 * c for c in backbone.tap_channels(taps)]
+    with pytest.raises(InputError, match="unknown .* no_such_tap in --layers"):
+        backbone.tap_channels([taps[0], "no_such_tap"])
     network = embedder_from_spec(spec, resolved, engine)
-    assert network.spec.widths_known and network.spec.tap_names == list(backbone.tap_presets[backbone.default_layers])
+    assert network.spec == spec and [network.extractor.channels[t] for t in taps] == backbone.tap_channels(taps)
     size = network.spec.input_size
     pixels = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(np.float32)
     maps = network.extractor(pixels)
@@ -76,6 +81,15 @@ def test_backbone_and_engine(name, engine, tmp_path, random_weights):
         if other != engine and _runs(other, backbone.framework):
             theirs = embedder_from_spec(network.spec, resolved, other).embed(pixels)
             np.testing.assert_allclose(theirs, embedding, rtol=1e-3, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("name", [n for n in backbones.backbone_names() if backbones.get_backbone(n).framework == "keras"])
+def test_a_keras_backbones_configuration_knows_every_layers_channels(name):
+    """The widths of a spec come from the configuration, never from building the network:
+    for a Keras backbone its table of layers is the built model's, layer for layer."""
+    backbone = backbones.get_backbone(name)
+    layers = backbone.layers(backbone.build(backbone.min_input_size))
+    assert backbone.tap_channels(list(layers)) == [int(layer.output.shape[-1]) for layer in layers.values()]
 
 
 @pytest.mark.parametrize("name", distributors.DISTRIBUTORS)

@@ -83,6 +83,11 @@ class Backbone(Protocol):
     def configured(self, weights: "WeightsFile") -> "Backbone":
         """This backbone as ``weights`` configure it (most backbones: itself)."""
 
+    def tap_channels(self, names: Sequence[str]) -> list[int]:
+        """The channel count of each named tap (from the configuration, without building
+        the network: the spec's tap widths); an unknown name is refused (InputError) with
+        the valid ones."""
+
     def tap_role(self, name: str) -> str:
         """What a layer sees, for readers of explanations ("early: ..."; "" when unknown)."""
 

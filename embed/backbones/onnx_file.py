@@ -37,7 +37,7 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -77,6 +77,7 @@ class OnnxBackbone:
     model_sha256: str = ""
     input: dict[str, Any] = field(default_factory=dict)
     taps: tuple[dict[str, Any], ...] = ()
+    channels: dict[str, int] = field(default_factory=dict)
 
     def download_weights(self) -> Path:
         raise InputError(
@@ -105,20 +106,29 @@ class OnnxBackbone:
                 f"std {recipe['std']}; taps {outputs}"
             ),
             model_path=model, model_sha256=sha256, input=recipe, taps=taps,
+            channels=_tap_channels(str(model), sha256, taps, weights.path),
         )
 
-    # --- what the ONNX Runtime engine asks of an onnx backbone
+    def tap_channels(self, names: Sequence[str]) -> list[int]:
+        """Each tap's channels, read from the ONNX graph's output shapes (``configured``)."""
+        self._check_known(names)
+        return [self.channels[n] for n in names]
 
-    def tap_outputs(self, tap_names: list[str]) -> "list[TapOutput]":
-        from cellembed.engines.onnxruntime_engine import TapOutput
-
-        by_name = {t["name"]: t for t in self.taps}
-        unknown = [n for n in tap_names if n not in by_name]
+    def _check_known(self, names: Sequence[str]) -> None:
+        unknown = [n for n in names if n not in self.channels]
         if unknown:
             raise InputError(
                 f"unknown {self.title} tap {', '.join(unknown)} in --layers; its description has "
-                f"{', '.join(by_name)}"
+                f"{', '.join(t['name'] for t in self.taps)}"
             )
+
+    # --- what the ONNX Runtime engine asks of an onnx backbone
+
+    def tap_outputs(self, tap_names: Sequence[str]) -> "list[TapOutput]":
+        from cellembed.engines.onnxruntime_engine import TapOutput
+
+        self._check_known(tap_names)
+        by_name = {t["name"]: t for t in self.taps}
         return [TapOutput(n, by_name[n]["output"], by_name[n]["layout"], int(by_name[n].get("prefix_tokens", 0)))
                 for n in tap_names]
 
@@ -188,6 +198,41 @@ def _read_description(path: Path) -> tuple[dict[str, Any], str, Path]:
         raise bad(f'"sha256" is not the SHA-256 of {model.name} ({sha256}); the file changed, or the description is '
                   "of another file")
     return description, sha256, model
+
+
+def _tap_channels(model: str, sha256: str, taps: tuple[dict[str, Any], ...], description: Path) -> dict[str, int]:
+    """Each tap's channel count from the model's graph outputs (read once per model file)."""
+    from cellembed.engines.onnxruntime_engine import channel_count
+
+    shapes = _output_shapes(model, sha256)
+    channels = {}
+    for tap in taps:
+        if tap["output"] not in shapes:
+            raise InputError(
+                f"{description}: tap {tap['name']}: the ONNX model has no output {tap['output']!r} (it has "
+                f"{', '.join(shapes)}); see the onnx backbone's description format in the README"
+            )
+        try:
+            channels[tap["name"]] = channel_count(shapes[tap["output"]], tap["layout"], tap["output"])
+        except InputError as exc:
+            raise InputError(f"{description}: tap {tap['name']}: {exc}") from None
+    return channels
+
+
+@functools.lru_cache(maxsize=8)
+def _output_shapes(model: str, sha256: str) -> dict[str, list[Any]]:
+    """The model's graph outputs: name -> shape (an int per fixed dimension, else its name)."""
+    import onnx
+
+    try:
+        graph = onnx.load(model, load_external_data=False).graph
+    except Exception as exc:  # protobuf raises several types for a damaged file
+        raise InputError(f"{model}: not a readable ONNX model ({type(exc).__name__})") from None
+    return {
+        output.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                      for d in output.type.tensor_type.shape.dim]
+        for output in graph.output
+    }
 
 
 @functools.lru_cache(maxsize=8)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from cellembed.errors import InputError
 from cellembed.shared.hashing import sha256_file
@@ -25,6 +25,44 @@ _IMAGENET_URL = (
     "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
 )
 _IMAGENET_MD5 = "b0042744bf5b25fce3cb969f33bebb97"
+
+
+def _layer_channels() -> dict[str, int]:
+    """Every Xception layer with a 4-D output (its stable name, see the module docstring)
+    -> its channel count: the architecture as data, so a spec's tap widths are known
+    without building the network (checked against the Keras model by the tests)."""
+    channels: dict[str, int] = {}
+
+    def unit(name: str, width: int, order: tuple[str, ...] = ("", "_bn", "_act")) -> None:
+        channels.update({name + suffix: width for suffix in order})
+
+    unit("block1_conv1", 32)
+    unit("block1_conv2", 64)
+    # entry flow: separable convolutions with a strided 1x1 convolution beside them
+    for block, before, width, k in ((2, 64, 128, 0), (3, 128, 256, 1), (4, 256, 728, 2)):
+        suffix = "" if k == 0 else f"_{k}"
+        if block > 2:
+            channels[f"block{block}_sepconv1_act"] = before
+        unit(f"block{block}_sepconv1", width, ("", "_bn"))
+        unit(f"block{block}_sepconv2", width, ("_act", "", "_bn"))
+        channels.update({f"conv2d{suffix}": width, f"block{block}_pool": width,
+                         f"batch_normalization{suffix}": width, f"add{suffix}": width})
+    # middle flow: eight blocks of three separable convolutions and a residual sum
+    for block in range(5, 13):
+        for conv in (1, 2, 3):
+            unit(f"block{block}_sepconv{conv}", 728, ("_act", "", "_bn"))
+        channels[f"add_{block - 2}"] = 728
+    # exit flow
+    unit("block13_sepconv1", 728, ("_act", "", "_bn"))
+    unit("block13_sepconv2", 1024, ("_act", "", "_bn"))
+    channels["block13_sepconv2_act"] = 728
+    channels.update({"conv2d_3": 1024, "block13_pool": 1024, "batch_normalization_3": 1024, "add_11": 1024})
+    unit("block14_sepconv1", 1536)
+    unit("block14_sepconv2", 2048)
+    return channels
+
+
+LAYER_CHANNELS = _layer_channels()
 
 
 def _snake_case(class_name: str) -> str:
@@ -82,6 +120,15 @@ class Xception:
 
     def configured(self, weights: Any) -> "Xception":
         return self
+
+    def tap_channels(self, names: Sequence[str]) -> list[int]:
+        unknown = [n for n in names if n not in LAYER_CHANNELS]
+        if unknown:
+            raise InputError(
+                f"unknown {self.title} layer {', '.join(unknown)} in --layers; presets: "
+                f"{', '.join(self.tap_presets)}; valid layer names: {', '.join(LAYER_CHANNELS)}"
+            )
+        return [LAYER_CHANNELS[n] for n in names]
 
     def build(self, input_size: int) -> Any:
         import keras

@@ -31,7 +31,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -79,6 +79,17 @@ def cached_model_path(backbone: str, weights_sha256: str, input_size: int, tap_n
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     return cache_dir() / f"{backbone}-{input_size}-{digest}.onnx"
+
+
+def channel_count(shape: Sequence[Any], layout: str, output: str) -> int:
+    """The channels of an output of ``shape`` read in ``layout`` (the width of its tap's
+    maps); refuses a shape whose channel dimension is not fixed."""
+    if len(shape) != len(layout):
+        raise InputError(f"the ONNX output {output} has shape {list(shape)}, not the {len(layout)} dimensions of {layout}")
+    channel = shape[layout.index("C")]
+    if not isinstance(channel, int) or channel < 1:
+        raise InputError(f"the ONNX output {output} has no fixed channel count (shape {list(shape)}, {layout})")
+    return channel
 
 
 def as_maps(array: np.ndarray, layout: str, prefix_tokens: int = 0) -> np.ndarray:
@@ -138,14 +149,7 @@ class OnnxTapExtractor:
 
     def _output_channels(self) -> dict[str, int]:
         shapes = {o.name: o.shape for o in self.session.get_outputs()}
-        channels = {}
-        for tap in self.outputs:
-            shape = shapes[tap.output]
-            channel = shape[1] if tap.layout == "NCHW" else shape[-1]
-            if not isinstance(channel, int):
-                raise InputError(f"the ONNX output {tap.output} has no fixed channel count ({shape})")
-            channels[tap.tap] = channel
-        return channels
+        return {tap.tap: channel_count(shapes[tap.output], tap.layout, tap.output) for tap in self.outputs}
 
     def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """The tap maps of ``pixels``: arrays of this extractor, overwritten by its next call

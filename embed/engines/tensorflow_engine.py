@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from cellembed.errors import InputError
 from cellembed.shared.quiet import quiet_native_logs
 from cellembed.weights import WeightsFile, load_weights
 
@@ -27,13 +26,8 @@ class KerasTapExtractor:
         import keras
         import tensorflow as tf
 
+        backbone.tap_channels(tap_names)  # refuses an unknown tap, naming the valid ones
         available = backbone.layers(network)
-        unknown = [n for n in tap_names if n not in available]
-        if unknown:
-            raise InputError(
-                f"unknown {backbone.title} layer {', '.join(unknown)} in --layers; presets: "
-                f"{', '.join(backbone.tap_presets)}; valid layer names: {', '.join(available)}"
-            )
         outputs = [available[n].output for n in tap_names]
         self.model = keras.Model(network.input, outputs, name=f"cellembed_{backbone.name}_taps")
         self.taps = tuple(tap_names)
