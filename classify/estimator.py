@@ -9,11 +9,15 @@ A :class:`CellClassifier` is a scikit-learn classifier (``get_params``, ``clone`
 2. :class:`LabAdapter`: records the training images' per-dimension mean and spread, and,
    only when asked (``adapt``, ``--adapt``), moves another lab's batch onto them
    (passthrough otherwise);
-3. the model family's fitted model (:mod:`cellclf.families`).
+3. :class:`TemperatureScaling` around the model family's fitted model
+   (:mod:`cellclf.families`): the model's probabilities, divided in log space by the
+   temperature learnt on the validation split (none: the model's own). As scikit-learn's
+   ``CalibratedClassifierCV``, the calibrating step holds the model it calibrates: a
+   Pipeline's last step is the one that predicts.
 
-Beside the pipeline, :attr:`CellClassifier.calibration_` holds what is fitted on the
-validation split: the temperature its probabilities are scaled by and the conformal
-threshold of its prediction sets (:mod:`cellclf.calibration`). ``cellclf fit`` tunes,
+Beside the pipeline, :attr:`CellClassifier.calibration_` records what was fitted on the
+validation split: the temperature the last step uses and the conformal threshold of the
+prediction sets (:mod:`cellclf.calibration`). ``cellclf fit`` tunes,
 calibrates and refits each family itself and assembles the classifier with
 :meth:`CellClassifier.from_fitted`; :meth:`CellClassifier.fit` trains one directly (the
 scikit-learn way: ``clone``, ``cross_val_score``, ``check_estimator``).
@@ -37,7 +41,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
 from cellembed import EmbeddingSpec, embedding_matrix
-from cellclf.calibration import Calibration, prediction_sets
+from cellclf.calibration import Calibration, prediction_sets, tempered
 from cellclf.data import BAD_VALUES, bad_rows
 from cellclf.errors import ClassifierInputError
 
@@ -172,6 +176,53 @@ class LabAdapter(TransformerMixin, BaseEstimator):
         return ((values - distinct.mean(axis=0)) / spread * std + mean).astype(dtype)
 
 
+class TemperatureScaling(ClassifierMixin, BaseEstimator):
+    """A classifier's probabilities at a temperature: ``softmax(log p / temperature)``
+    (Guo et al. 2017; :func:`cellclf.calibration.tempered`), the most probable class
+    unchanged.
+
+    Parameters:
+        estimator: the classifier (None: :func:`_default_estimator`); fitted on a clone.
+        temperature: learnt on held-out data (:func:`cellclf.calibration.fit_temperature`,
+            which ``cellclf fit`` runs on its validation split); None: the classifier's own
+            probabilities, untouched.
+
+    Fitted attributes: ``estimator_``, ``classes_``, ``n_features_in_``.
+    """
+
+    def __init__(self, estimator: Any = None, temperature: float | None = None):
+        self.estimator = estimator
+        self.temperature = temperature
+
+    def fit(self, X: Any, y: Any) -> "TemperatureScaling":
+        model = clone(self.estimator) if self.estimator is not None else _default_estimator()
+        return self.around(model.fit(X, y), X.shape[1] if hasattr(X, "shape") else None)
+
+    def around(self, fitted: Any, n_features: int | None = None) -> "TemperatureScaling":
+        """This step around an already fitted classifier (``cellclf fit``'s, a file's)."""
+        self.estimator_ = fitted
+        self.classes_ = getattr(fitted, "classes_", None)
+        n_features = getattr(fitted, "n_features_in_", n_features)
+        if n_features is not None:
+            self.n_features_in_ = int(n_features)
+        return self
+
+    def raw_proba(self, X: Any) -> np.ndarray:
+        """The classifier's own (n, k) probabilities, rows renormalised in float64 (XGBoost
+        returns float32 rows whose sums are off by ~1e-7)."""
+        check_is_fitted(self, "estimator_")
+        proba = np.asarray(self.estimator_.predict_proba(X), dtype=np.float64)
+        return proba / proba.sum(axis=1, keepdims=True)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        proba = self.raw_proba(X)
+        return proba if self.temperature is None else tempered(proba, self.temperature)
+
+    def predict(self, X: Any) -> np.ndarray:
+        best = self.raw_proba(X).argmax(axis=1)
+        return np.asarray(self.classes_)[best]
+
+
 def _is_float(X: Any) -> bool:
     return isinstance(X, np.ndarray) and X.dtype in (np.float32, np.float64)
 
@@ -226,9 +277,8 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise EmbeddingsError(f"a classifier needs at least 2 classes, y has {len(self.classes_)} class")
-        model = clone(self.estimator) if self.estimator is not None else _default_estimator()
         self.pipeline_ = Pipeline([("taps", TapSelector(self.spec, self.taps)), ("adapt", LabAdapter(False)),
-                                   ("model", model)]).fit(matrix, codes)
+                                   ("model", TemperatureScaling(self.estimator))]).fit(matrix, codes)
         self.calibration_ = None
         self.summary_ = {"created": _now(), "family": self.family}
         self.versions_ = _versions()
@@ -252,7 +302,9 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         adapter.n_features_in_ = len(selector.columns_)
         adapter.mean_, adapter.std_ = (None, None) if reference is None else (
             np.asarray(reference[0], np.float32), np.asarray(reference[1], np.float32))
-        made.pipeline_ = Pipeline([("taps", selector), ("adapt", adapter), ("model", model)])
+        scaled = TemperatureScaling(model, None if calibration is None else calibration.temperature)
+        made.pipeline_ = Pipeline([("taps", selector), ("adapt", adapter),
+                                   ("model", scaled.around(model, len(selector.columns_)))])
         made.classes_ = np.asarray([str(c) for c in classes], dtype=object)
         made.n_features_in_ = spec.dim
         made.feature_names_in_ = np.asarray(spec.feature_names(), dtype=object)
@@ -266,8 +318,8 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
 
     @property
     def model(self) -> Any:
-        """The model family's fitted model (the pipeline's last step)."""
-        return self.pipeline_.named_steps["model"]
+        """The model family's fitted model (inside the pipeline's last step)."""
+        return self.pipeline_.named_steps["model"].estimator_
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -294,7 +346,9 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
 
     @calibration.setter
     def calibration(self, value: Calibration | None) -> None:
+        """Calibrate: the temperature goes to the pipeline's last step, the record here."""
         self.calibration_ = value
+        self.pipeline_.named_steps["model"].set_params(temperature=None if value is None else value.temperature)
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -403,17 +457,15 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         """(n, k) float64 class probabilities, columns in the order of ``classes_``.
 
         ``adapt``: classify the n images after :meth:`adapted` (another lab's cells; None:
-        the ``adapt`` parameter). ``calibrated``: apply :attr:`calibration_` (when there is
-        one); False gives the family model's own probabilities. Rows are renormalised in
-        float64 (XGBoost returns float32 rows whose sums are off by ~1e-7).
+        the ``adapt`` parameter). ``calibrated``: at the learnt temperature (the pipeline's
+        last step, :class:`TemperatureScaling`); False gives the family model's own
+        probabilities (:meth:`TemperatureScaling.raw_proba`).
         """
         matrix = self.matrix(X, spec)
         if self.adapt if adapt is None else adapt:
             matrix = self.adapted(matrix)
-        proba = np.asarray(self.model.predict_proba(matrix), dtype=np.float64)
-        proba /= proba.sum(axis=1, keepdims=True)
-        calibration = self.calibration
-        return calibration.apply(proba) if calibrated and calibration is not None else proba
+        last = self.pipeline_.named_steps["model"]
+        return last.predict_proba(matrix) if calibrated else last.raw_proba(matrix)
 
     def predict(self, X: Any, spec: EmbeddingSpec | None = None) -> np.ndarray:
         """(n,) the most probable class of each row (values of ``classes_``)."""

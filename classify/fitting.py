@@ -365,11 +365,55 @@ def _fit(
     return result
 
 
+@dataclass
+class _Loaded:
+    """Step 1 of a fit: the labelled embeddings (and the separate test file's), their classes."""
+
+    data: LabelledEmbeddings
+    test_data: LabelledEmbeddings | None
+    classes: list[str]
+
+
+@dataclass
+class _Split:
+    """Step 2: the split name of each input row and the rows of each split."""
+
+    splits: np.ndarray
+    parts: dict[str, SplitData]
+    counts: dict[str, dict[str, int]]
+
+
 def _train(
     embeddings: str | Path, test: str | Path | None, config: FitConfig, phase: "_PhaseLog",
 ) -> tuple[RunRecord, dict[str, CellClassifier]]:
-    """Load, split, tune, calibrate, refit, test and explain every configured family: the
-    run's record (without its folder) and the fitted predictors."""
+    """Load, split, fit every configured family (tune, calibrate, refit, test), explain: the
+    run's record (without its folder) and the fitted classifiers."""
+    loaded = _load(embeddings, test, config, phase)
+    split = _split(loaded, config, phase)
+    models: list[ModelRecord] = []
+    predictors: dict[str, CellClassifier] = {}
+    tunings: dict[str, TuningResult] = {}
+    for key in config.models:
+        record, predictors[key], tunings[key] = _fit_family(get_family(key), split.parts, loaded, config, phase)
+        models.append(record)
+    best = max(models, key=lambda m: (m.val_macro_f1, -models.index(m)))
+    best.best = True
+    if config.shap:
+        _explain(models, predictors, split.parts["test"], loaded, config, phase)
+    return RunRecord(
+        run_dir=Path(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        data=_data_facts(loaded.data, loaded.test_data, loaded.classes, split.counts, config),
+        config=config.to_dict(),
+        versions=library_versions(),
+        models=models,
+        best_model=best.key,
+        split=_split_table(loaded.data, loaded.test_data, split.splits),
+        tuning=tuning_table(list(tunings.values())),
+    ), predictors
+
+
+def _load(embeddings: str | Path, test: str | Path | None, config: FitConfig, phase: "_PhaseLog") -> _Loaded:
     data = load_labelled(embeddings, config.taps)
     test_data = load_labelled(test, config.taps) if test is not None else None
     if test_data is not None:
@@ -381,48 +425,33 @@ def _train(
         f"{len(data.meta)} labelled images, {len(classes)} classes, {data.X.shape[1]} dims "
         f"(taps {','.join(data.taps)})" + (f"; test file: {len(test_data.meta)} images" if test_data else ""),
     )
+    return _Loaded(data, test_data, classes)
 
-    splits = _split(data, test_data, classes, config)
-    parts = _arrays(data, test_data, splits, classes)
-    counts = {name: _class_counts(parts[name].labels, classes) for name in SPLIT_NAMES}
+
+def _split(loaded: _Loaded, config: FitConfig, phase: "_PhaseLog") -> _Split:
+    splits = _split_rows(loaded.data, loaded.test_data, loaded.classes, config)
+    parts = _arrays(loaded.data, loaded.test_data, splits, loaded.classes)
+    counts = {name: _class_counts(parts[name].labels, loaded.classes) for name in SPLIT_NAMES}
     phase("split", " / ".join(f"{name} {len(parts[name].labels)}" for name in SPLIT_NAMES) + f" (seed {config.seed})")
+    return _Split(splits, parts, counts)
 
-    models: list[ModelRecord] = []
-    predictors: dict[str, CellClassifier] = {}
-    tunings: dict[str, TuningResult] = {}
-    for key in config.models:
-        record, predictors[key], tunings[key] = _fit_family(get_family(key), parts, classes, data, config, phase)
-        models.append(record)
-    best = max(models, key=lambda m: (m.val_macro_f1, -models.index(m)))
-    best.best = True
 
-    if config.shap:
-        from cellclf.shap_values import explain
+def _explain(models: list[ModelRecord], predictors: dict[str, CellClassifier], test: SplitData, loaded: _Loaded,
+             config: FitConfig, phase: "_PhaseLog") -> None:
+    """The last step of each family: SHAP values of its test predictions, in its record."""
+    from cellclf.shap_values import explain
 
-        for record in models:
-            record.shap = explain(
-                get_family(record.key), predictors[record.key].model, parts["test"].X, classes, data.feature_names,
-                max_rows=config.shap_max_rows, seed=config.seed, n_jobs=config.n_jobs,
-            )
-            facts = record.shap.facts
-            phase(
-                f"shap {record.key}",
-                f"{facts['rows_explained']} of {facts['test_rows']} test rows, "
-                f"additivity error {facts['max_additivity_error']:.1e}",
-            )
-
-    run = RunRecord(
-        run_dir=Path(),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        data=_data_facts(data, test_data, classes, counts, config),
-        config=config.to_dict(),
-        versions=library_versions(),
-        models=models,
-        best_model=best.key,
-        split=_split_table(data, test_data, splits),
-        tuning=tuning_table(list(tunings.values())),
-    )
-    return run, predictors
+    for record in models:
+        record.shap = explain(
+            get_family(record.key), predictors[record.key].model, test.X, loaded.classes, loaded.data.feature_names,
+            max_rows=config.shap_max_rows, seed=config.seed, n_jobs=config.n_jobs,
+        )
+        facts = record.shap.facts
+        phase(
+            f"shap {record.key}",
+            f"{facts['rows_explained']} of {facts['test_rows']} test rows, "
+            f"additivity error {facts['max_additivity_error']:.1e}",
+        )
 
 
 def _gallery_maps(run_dir: Path, predictor: CellClassifier, predictions: Any, source: str | Path, config: FitConfig,
@@ -508,7 +537,7 @@ def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _split(
+def _split_rows(
     data: LabelledEmbeddings, test_data: LabelledEmbeddings | None, classes: list[str], config: FitConfig
 ) -> np.ndarray:
     """Split name per row of ``data`` (the test rows come from ``test_data`` when given)."""
@@ -544,47 +573,94 @@ def _arrays(
     return parts
 
 
-def _fit_family(
-    family: ModelFamily, parts: dict[str, SplitData], classes: list[str], data: LabelledEmbeddings,
-    config: FitConfig, phase: _PhaseLog,
-) -> tuple[ModelRecord, CellClassifier, TuningResult]:
-    """Tune on train (+ validation), score on validation, refit on train + validation, test,
-    and draw the tuning plot."""
-    from cellclf.metrics import accuracy_text, evaluate
+@dataclass
+class _Tuned:
+    """A family tuned on the training split: its search, and its validation probabilities
+    (rows renormalised) and macro-F1."""
 
-    train, val, test = parts["train"], parts["validation"], parts["test"]
-    options = config.options[family.key]
+    tuning: TuningResult
+    val_proba: np.ndarray
+    val_macro_f1: float
+
+
+@dataclass
+class _Tested:
+    """A refitted family on the test split: calibrated probabilities and their scores."""
+
+    proba: np.ndarray
+    overall: dict[str, Any]
+    per_class: Any
+    confusion: Any
+    calibration: dict[str, Any]
+
+
+def _fit_family(
+    family: ModelFamily, parts: dict[str, SplitData], loaded: _Loaded, config: FitConfig, phase: _PhaseLog,
+) -> tuple[ModelRecord, CellClassifier, TuningResult]:
+    """One family's steps: tune on train (+ validation), calibrate on validation, refit on
+    train + validation, test; then its record."""
     start = time.perf_counter()
+    tuned = _tune(family, parts, len(loaded.classes), config, phase)
+    calibration = Calibration.fit(tuned.val_proba, parts["validation"].y, config.alpha)
+    predictor = _refit(family, tuned, calibration, parts, loaded, config)
+    fit_seconds = time.perf_counter() - start
+    tested = _test(family, predictor, tuned, parts, loaded.classes, config, phase)
+    predictor.summary.update(
+        {
+            "test": tested.overall,
+            "counts": {name: _class_counts(parts[name].labels, loaded.classes) for name in SPLIT_NAMES},
+            "trained_on": "train + validation",
+            "input": loaded.data.source,
+        }
+    )
+    return _model_record(family, tuned, tested, predictor, parts["test"], loaded.classes, fit_seconds), predictor, tuned.tuning
+
+
+def _tune(family: ModelFamily, parts: dict[str, SplitData], n_classes: int, config: FitConfig,
+          phase: _PhaseLog) -> _Tuned:
+    train, val = parts["train"], parts["validation"]
+    options = config.options[family.key]
     with phase.bars(f"tune {family.key}"):
         tuning = family.tune(train, val, options, cv=config.cv, seed=config.seed, n_jobs=config.n_jobs)
-    params = tuning.best_params
     phase(
         f"tune {family.key}",
-        f"{len(tuning.trials)} settings, best {_params_text(params)}, {family.selection} {tuning.best_trial.score:.4f}",
+        f"{len(tuning.trials)} settings, best {_params_text(tuning.best_params)}, {family.selection} "
+        f"{tuning.best_trial.score:.4f}",
     )
     val_proba = np.asarray(family.validation_proba(tuning, train, val, options, seed=config.seed, n_jobs=config.n_jobs),
                            dtype=np.float64)
     val_proba /= val_proba.sum(axis=1, keepdims=True)
-    val_f1 = _macro_f1(val.y, val_proba.argmax(axis=1), len(classes))
-    calibration = Calibration.fit(val_proba, val.y, config.alpha)
-    model = family.refit(
-        np.concatenate([train.X, val.X]), np.concatenate([train.y, val.y]), params, options,
-        seed=config.seed, n_jobs=config.n_jobs,
-    )
-    fit_seconds = time.perf_counter() - start
-    summary = {"family": family.key, "params": params, "val_macro_f1": val_f1, "seed": config.seed}
-    reference = feature_reference(np.concatenate([train.X, val.X]))  # what the model was refit on
-    predictor = CellClassifier.from_fitted(model, classes, data.spec, data.taps, family=family.key, summary=summary, reference=reference,
-                          calibration=calibration)
+    return _Tuned(tuning, val_proba, _macro_f1(val.y, val_proba.argmax(axis=1), n_classes))
+
+
+def _refit(family: ModelFamily, tuned: _Tuned, calibration: Calibration, parts: dict[str, SplitData],
+           loaded: _Loaded, config: FitConfig) -> CellClassifier:
+    """The family's model refitted on train + validation with the tuned settings, as the
+    classifier (its temperature the calibration's)."""
+    train, val = parts["train"], parts["validation"]
+    X, y = np.concatenate([train.X, val.X]), np.concatenate([train.y, val.y])
+    params = tuned.tuning.best_params
+    model = family.refit(X, y, params, config.options[family.key], seed=config.seed, n_jobs=config.n_jobs)
+    summary = {"family": family.key, "params": params, "val_macro_f1": tuned.val_macro_f1, "seed": config.seed}
+    return CellClassifier.from_fitted(model, loaded.classes, loaded.data.spec, loaded.data.taps, family=family.key,
+                                      summary=summary, reference=feature_reference(X), calibration=calibration)
+
+
+def _test(family: ModelFamily, predictor: CellClassifier, tuned: _Tuned, parts: dict[str, SplitData],
+          classes: list[str], config: FitConfig, phase: _PhaseLog) -> _Tested:
+    from cellclf.metrics import accuracy_text, evaluate
+
+    val, test = parts["validation"], parts["test"]
+    calibration = predictor.calibration
     raw_test = predictor.predict_proba(test.X, calibrated=False)
     proba = calibration.apply(raw_test)
     overall, per_class, confusion = evaluate(test.labels, proba, classes)
-    calibrated = calibration_facts(calibration, val_proba, val.y, raw_test, test.y)
-    covered = next(row for row in calibrated["coverage_test"] if math.isclose(row["alpha"], config.alpha))
+    calibrated = calibration_facts(calibration, tuned.val_proba, val.y, raw_test, test.y)
     phase(
         f"refit+test {family.key}",
-        f"val macro-F1 {val_f1:.4f}; test {accuracy_text(overall)}, macro-F1 {overall['macro_f1']:.4f}",
+        f"val macro-F1 {tuned.val_macro_f1:.4f}; test {accuracy_text(overall)}, macro-F1 {overall['macro_f1']:.4f}",
     )
+    covered = next(row for row in calibrated["coverage_test"] if math.isclose(row["alpha"], config.alpha))
     too_few = ""
     if calibration.threshold >= 1.0:  # (n + 1)(1 - alpha) > n: no finite threshold has the guarantee
         too_few = (f" (only {calibration.n} validation images: sets at alpha {config.alpha:g} need at least "
@@ -596,34 +672,33 @@ def _fit_family(
         f"{calibrated['test']['ece_after']:.4f}; sets at alpha {config.alpha:g}: test coverage "
         f"{covered['coverage']:.3f}, mean size {covered['mean_set_size']:.2f}{too_few}",
     )
-    predictor.summary.update(
-        {
-            "test": overall,
-            "counts": {name: _class_counts(parts[name].labels, classes) for name in SPLIT_NAMES},
-            "trained_on": "train + validation",
-            "input": data.source,
-        }
-    )
+    return _Tested(proba, overall, per_class, confusion, calibrated)
+
+
+def _model_record(family: ModelFamily, tuned: _Tuned, tested: _Tested, predictor: CellClassifier, test: SplitData,
+                  classes: list[str], fit_seconds: float) -> ModelRecord:
+    tuning = tuned.tuning
     record = ModelRecord(
         key=family.key,
         title=family.title,
-        overall=json_safe(overall),
-        per_class=per_class,
-        confusion=confusion,
-        predictions=predictions_table(test.meta, test.labels, proba, classes, sets=calibration.sets(proba)),
-        params=json_safe(params),
-        val_macro_f1=val_f1,
+        overall=json_safe(tested.overall),
+        per_class=tested.per_class,
+        confusion=tested.confusion,
+        predictions=predictions_table(test.meta, test.labels, tested.proba, classes,
+                                      sets=predictor.calibration.sets(tested.proba)),
+        params=json_safe(tuning.best_params),
+        val_macro_f1=tuned.val_macro_f1,
         fit_seconds=round(fit_seconds, 3),
         tuning_seconds=round(tuning.seconds, 3),
         trials=len(tuning.trials),
         selection=family.selection,
         tuning_note=family.tuning_note(tuning),
-        calibration=calibrated,
+        calibration=tested.calibration,
     )
     figure = family.tuning_plot(tuning)
     if figure is not None:
         record.tuning_plot, record.tuning_plot_file = png_bytes(figure, TUNING_PLOT_DPI), tuning_plot_file(family.key)
-    return record, predictor, tuning
+    return record
 
 
 def _macro_f1(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> float:

@@ -40,7 +40,7 @@ from cellembed.shared.atomic import atomic_path
 from cellembed.shared.hashing import sha256_file
 from cellclf.calibration import Calibration
 from cellclf.errors import ClassifierInputError, PredictorLoadError
-from cellclf.estimator import PREDICTOR_FORMAT, CellClassifier, library_versions
+from cellclf.estimator import PREDICTOR_FORMAT, CellClassifier, TemperatureScaling, library_versions
 from cellclf.rundir.layout import BEST_MODEL
 
 #: Libraries whose pickles must come from the same major.minor release to load reliably.
@@ -295,13 +295,19 @@ def _load_pickle(path: Path, verify: bool) -> CellClassifier:
 def upgrade(obj: Any, path: Path) -> CellClassifier:
     """The one compatibility step for pickles written by earlier versions: a
     ``cellclf.predictor.Predictor`` (format 1, before the classifier was a scikit-learn
-    estimator) becomes the same model as a :class:`CellClassifier`; a CellClassifier passes."""
+    estimator), or a CellClassifier whose pipeline ended in the bare model (before its
+    temperature was a step), becomes the same model as today's :class:`CellClassifier`."""
     from cellclf.predictor import Predictor
 
     if isinstance(obj, CellClassifier):
         if getattr(obj, "format_", None) != PREDICTOR_FORMAT:
             raise PredictorLoadError(_format_message(path, getattr(obj, "format_", None)))
-        return obj
+        if isinstance(obj.pipeline_.named_steps["model"], TemperatureScaling):
+            return obj
+        state = {"model": obj.pipeline_.named_steps["model"], "classes": obj.classes, "spec": obj.spec,
+                 "taps": obj.used_taps, "family": obj.family, "summary": obj.summary_, "reference": obj.reference,
+                 "calibration": obj.calibration_, "versions": obj.versions_}
+        return _from_state(state)
     if not isinstance(obj, Predictor):
         raise PredictorLoadError(
             f"{path}: not a cellclf predictor (it holds a {type(obj).__module__}.{type(obj).__name__}); "
@@ -310,6 +316,10 @@ def upgrade(obj: Any, path: Path) -> CellClassifier:
     state = vars(obj)
     if state.get("format") != PREDICTOR_FORMAT:
         raise PredictorLoadError(_format_message(path, state.get("format")))
+    return _from_state(state)
+
+
+def _from_state(state: dict[str, Any]) -> CellClassifier:
     return CellClassifier.from_fitted(
         state["model"], state["classes"], state["spec"], state["taps"], family=state["family"],
         summary=dict(state.get("summary") or {}), reference=state.get("reference"),

@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cellembed.shared.atomic import atomic_path
 from cellembed.shared.csv_cells import inert
@@ -28,9 +26,7 @@ from cellembed.errors import DiskFull, OutputConflict, RunFailed
 from cellembed.plan import Plan
 from cellembed.shards import ShardResult
 from cellembed.spec import EmbeddingSpec
-from cellembed.store import CELL_FOUND, errors_csv_path, make_table, table_matrix, write_table
-
-_READ_BATCH = 2048
+from cellembed.store import CELL_FOUND, Damaged, copy_rows, errors_csv_path, make_table, write_table
 
 
 @dataclass
@@ -165,8 +161,8 @@ def _gather(
         if not missing:
             break
         try:
-            _fill(source, missing, positions, matrix, columns)
-        except (OSError, pa.ArrowException) as exc:
+            copy_rows(source, missing, positions, matrix, columns)
+        except Damaged as exc:
             if source == plan.out:  # the work of this run is in the shards, kept
                 raise OutputConflict(f"{source} is damaged ({exc}); the images embedded now are kept in {plan.work_dir}") from None
             raise RunFailed(f"{source} is damaged ({exc}); delete it and run the same command again") from None
@@ -176,27 +172,6 @@ def _gather(
             f"nothing was replaced and finished shards are kept: run the same command again"
         )
     return matrix, columns
-
-
-def _fill(
-    source: Path, missing: set[str], positions: dict[str, list[int]],
-    matrix: np.ndarray, columns: dict[str, np.ndarray],
-) -> None:
-    """Copy the rows of ``source`` that are still ``missing`` into place."""
-    names = list(columns)
-    with pq.ParquetFile(source, page_checksum_verification=True) as parquet:
-        for batch in parquet.iter_batches(batch_size=_READ_BATCH, columns=["sha256", *names, "embedding"]):
-            found = [(j, sha) for j, sha in enumerate(batch.column(0).to_pylist()) if sha in missing]
-            if not found:
-                continue
-            vectors = table_matrix(batch)
-            values = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in names}
-            for j, sha in found:
-                if sha in missing:
-                    matrix[positions[sha]] = vectors[j]
-                    for name in names:
-                        columns[name][positions[sha]] = values[name][j]
-                    missing.discard(sha)
 
 
 def _write_errors_csv(path: Path, errors: list[dict[str, str]]) -> None:

@@ -14,36 +14,21 @@ workers on other machines (or with another working folder) find the same files.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cellembed.discovery import ImageFile, scan_images
 from cellembed.errors import InputError, OutputConflict
 from cellembed.shared.hashing import sha256_file
 from cellembed.presets import matching_preset
-from cellembed.shards import SHARD_GLOBS, Shard, ShardItem
+from cellembed.shards import Shard, ShardItem
 from cellembed.spec import EmbeddingSpec
 from cellembed.store import (
-    ERRORS_METADATA_KEY, IMAGES_METADATA_KEY, SPEC_DIGEST, checkpoint_folder, mixed_rows, read_errors, read_spec,
+    SHARD_GLOBS, Damaged, StoredIndex as OutIndex, checkpoint_folder, read_errors, read_index, read_sha256s, read_spec,
     set_aside_folder,
 )
 
 DEFAULT_SHARD_SIZE = 256
-
-
-@dataclass(frozen=True)
-class OutIndex:
-    """The rows of an existing OUT without their embeddings (for the diff and the no-op check)."""
-
-    paths: tuple[str, ...]
-    labels: tuple[str | None, ...]
-    sha256s: tuple[str, ...]
-    errors: tuple[dict, ...]
-    images_root: bytes | None
 
 
 @dataclass(frozen=True)
@@ -166,8 +151,7 @@ def plan(
     known_bad = {e["sha256"]: e["reason"] for e in (out_index.errors if out_index else ()) if e.get("sha256")}
     finished_images: list[frozenset[str]] = []
     for path in finished:
-        with pq.ParquetFile(path) as parquet:
-            held = set(parquet.read(columns=["sha256"]).column("sha256").to_pylist())
+        held = set(read_sha256s(path))
         for error in read_errors(path):
             if error.get("sha256") and not error.get("retry"):  # unreadable files are tried again
                 known_bad[error["sha256"]] = error["reason"]
@@ -222,22 +206,12 @@ def _check_reference(path: Path, spec: EmbeddingSpec, found: EmbeddingSpec) -> N
 def _read_index(out: Path, spec: EmbeddingSpec) -> OutIndex:
     """OUT's rows without embeddings; ``spec`` is OUT's own (already read from its footer)."""
     try:
-        with pq.ParquetFile(out, page_checksum_verification=True) as parquet:
-            digest = [SPEC_DIGEST] if SPEC_DIGEST in parquet.schema_arrow.names else []
-            table = parquet.read(columns=["path", "label", "sha256", *digest])
-            metadata = parquet.schema_arrow.metadata or {}
-    except (OSError, pa.ArrowException) as exc:
+        index = read_index(out, spec)
+    except Damaged as exc:
         raise OutputConflict(f"{out} is damaged ({exc})") from None
-    problem = mixed_rows(out, table, spec)
-    if problem:  # rows joined in from a file of another spec: never extended
-        raise OutputConflict(problem)
-    return OutIndex(
-        paths=tuple(table.column("path").to_pylist()),
-        labels=tuple(table.column("label").to_pylist()),
-        sha256s=tuple(table.column("sha256").to_pylist()),
-        errors=tuple(json.loads(metadata.get(ERRORS_METADATA_KEY, b"[]"))),
-        images_root=metadata.get(IMAGES_METADATA_KEY),
-    )
+    if index.mixed:  # rows joined in from a file of another spec: never extended
+        raise OutputConflict(index.mixed)
+    return index
 
 
 def _keep_unlisted(

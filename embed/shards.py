@@ -30,11 +30,8 @@ from cellembed.engines import Embedder
 from cellembed.errors import InputError
 from cellembed.pipeline import decoded_batches
 from cellembed.spec import EmbeddingSpec
-from cellembed.store import make_table, read_errors, read_spec, write_table
+from cellembed.store import make_table, read_errors, read_sha256s, read_spec, shard_id_of, shard_path, write_table
 from cellembed.weights import WeightsFile
-
-#: Finished work in a work folder: shard files, and the chunk files of earlier versions.
-SHARD_GLOBS = ("shard-*.parquet", "chunk-*.parquet")
 
 
 @dataclass(frozen=True)
@@ -88,7 +85,7 @@ class ShardJob:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def shard_path(self, shard_id: str) -> Path:
-        return self.work_dir / f"shard-{shard_id}.parquet"
+        return shard_path(self.work_dir, shard_id)
 
 
 @dataclass
@@ -187,23 +184,15 @@ def _write(
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_table(table, path)
-    return ShardResult(_shard_id_of(path), path, spec, [item.sha256 for item, _ in ok], failed)
+    return ShardResult(shard_id_of(path), path, spec, [item.sha256 for item, _ in ok], failed)
 
 
 def read_shard_result(path: Path, spec: EmbeddingSpec) -> ShardResult:
     """The result recorded in an existing shard file (refused if made with another spec)."""
-    import pyarrow.parquet as pq
-
     found = read_spec(path)
     if found.identity_key() != spec.identity_key():
         raise InputError(f"{path} was made with another embedding spec; delete {path.parent} and run again")
-    with pq.ParquetFile(path) as parquet:
-        sha256s = parquet.read(columns=["sha256"]).column("sha256").to_pylist()
-    return ShardResult(_shard_id_of(path), path, found, sha256s, read_errors(path))
-
-
-def _shard_id_of(path: Path) -> str:
-    return path.name[len("shard-") : -len(".parquet")]
+    return ShardResult(shard_id_of(path), path, found, read_sha256s(path), read_errors(path))
 
 
 #: One embedder per process and job settings, reused across shards (remote workers).

@@ -1,4 +1,5 @@
-"""The Parquet embeddings file: schema, atomic writes, reading back.
+"""The Parquet embeddings file: schema, atomic writes, reading back. Every read and write
+of an embeddings file (OUT, a shard, a cache) is here: another store is this module.
 
 One row per image::
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -56,6 +58,20 @@ def set_aside_folder(out: Path, spec: EmbeddingSpec) -> Path:
     (``emb.checkpoint-<spec digest>/``), so a run with a new spec neither mixes with them
     nor deletes them, and a later run with their spec resumes from them."""
     return out.with_name(f"{out.stem}.checkpoint-{spec.digest()[:12]}")
+
+
+#: Finished work in a work folder: shard files, and the chunk files of earlier versions.
+SHARD_GLOBS = ("shard-*.parquet", "chunk-*.parquet")
+
+
+def shard_path(work_dir: Path, shard_id: str) -> Path:
+    """The file of one shard in a work folder."""
+    return work_dir / f"shard-{shard_id}.parquet"
+
+
+def shard_id_of(path: Path) -> str:
+    """The shard id a shard file's name holds (see :func:`shard_path`)."""
+    return path.name[len("shard-") : -len(".parquet")]
 
 
 def errors_csv_path(out: Path) -> Path:
@@ -263,3 +279,81 @@ def embedding_matrix(
 
     labels = np.array([None if pd.isna(v) else str(v) for v in frame["label"]], dtype=object)
     return matrix, labels
+
+
+class Damaged(Exception):
+    """A cellembed file whose pages cannot be read (the message says why)."""
+
+
+#: Rows read at a time when rows are copied out of a file (:func:`copy_rows`).
+READ_BATCH = 2048
+
+
+@dataclass(frozen=True)
+class StoredIndex:
+    """The rows of a file without their embeddings (for the diff and the no-op check).
+    ``mixed``: what is wrong when some rows name another spec than the file's (None: nothing)."""
+
+    paths: tuple[str, ...]
+    labels: tuple[str | None, ...]
+    sha256s: tuple[str, ...]
+    errors: tuple[dict, ...]
+    images_root: bytes | None
+    mixed: str | None = None
+
+
+def read_index(path: str | Path, spec: EmbeddingSpec) -> StoredIndex:
+    """The rows of ``path`` (whose spec, read from its footer, is ``spec``) without embeddings.
+
+    Raises:
+        Damaged: pages that do not decode or fail their checksum.
+    """
+    try:
+        with pq.ParquetFile(path, page_checksum_verification=True) as parquet:
+            digest = [SPEC_DIGEST] if SPEC_DIGEST in parquet.schema_arrow.names else []
+            table = parquet.read(columns=["path", "label", "sha256", *digest])
+            metadata = parquet.schema_arrow.metadata or {}
+    except (OSError, pa.ArrowException) as exc:
+        raise Damaged(str(exc)) from None
+    return StoredIndex(
+        paths=tuple(table.column("path").to_pylist()),
+        labels=tuple(table.column("label").to_pylist()),
+        sha256s=tuple(table.column("sha256").to_pylist()),
+        errors=tuple(json.loads(metadata.get(ERRORS_METADATA_KEY, b"[]"))),
+        images_root=metadata.get(IMAGES_METADATA_KEY),
+        mixed=mixed_rows(path, table, spec),
+    )
+
+
+def read_sha256s(path: str | Path) -> list[str]:
+    """The SHA-256 column of a file (a shard's images)."""
+    with pq.ParquetFile(path) as parquet:
+        return parquet.read(columns=["sha256"]).column("sha256").to_pylist()
+
+
+def copy_rows(source: str | Path, missing: set[str], positions: dict[str, list[int]],
+              matrix: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+    """Copy the rows of ``source`` whose SHA-256 is still ``missing`` into their
+    ``positions`` of ``matrix`` and of the per-image ``columns`` (a batch at a time, so
+    memory stays that of ``matrix``); found ones leave ``missing``.
+
+    Raises:
+        Damaged: pages that do not decode or fail their checksum.
+    """
+    names = list(columns)
+    try:
+        with pq.ParquetFile(source, page_checksum_verification=True) as parquet:
+            for batch in parquet.iter_batches(batch_size=READ_BATCH, columns=["sha256", *names, "embedding"]):
+                found = [(j, sha) for j, sha in enumerate(batch.column(0).to_pylist()) if sha in missing]
+                if not found:
+                    continue
+                vectors = table_matrix(batch)
+                values = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in names}
+                for j, sha in found:
+                    if sha in missing:
+                        matrix[positions[sha]] = vectors[j]
+                        for name in names:
+                            columns[name][positions[sha]] = values[name][j]
+                        missing.discard(sha)
+    except (OSError, pa.ArrowException) as exc:
+        raise Damaged(str(exc)) from None

@@ -10,7 +10,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import check_estimator
 
-from cellclf.estimator import CellClassifier, EmbeddingsError, LabAdapter, TapSelector
+from cellclf.estimator import CellClassifier, EmbeddingsError, LabAdapter, TapSelector, TemperatureScaling
 from cellembed import EmbeddingSpec
 
 #: scikit-learn's checks that do not apply, and why (every other check runs and passes).
@@ -25,6 +25,8 @@ ESTIMATORS = {
     "TapSelector()": TapSelector(),
     "LabAdapter()": LabAdapter(),
     "LabAdapter(adapt=True)": LabAdapter(adapt=True),
+    "TemperatureScaling()": TemperatureScaling(),
+    "TemperatureScaling(temperature=2.0)": TemperatureScaling(temperature=2.0),
 }
 
 
@@ -54,6 +56,7 @@ def test_a_classifier_of_embeddings_is_a_pipeline_of_small_estimators():
     X, y = _cells()
     classifier = CellClassifier(spec=SPEC, taps=("b",)).fit(X, y)
     assert [name for name, _ in classifier.pipeline_.steps] == ["taps", "adapt", "model"]
+    assert isinstance(classifier.pipeline_[-1], TemperatureScaling) and classifier.pipeline_[-1].temperature is None
     assert list(classifier.classes_) == ["lymphocyte", "monocyte", "neutrophil"]
     assert classifier.n_features_in_ == 5 and classifier.n_features == 2
     assert list(classifier.feature_names_in_) == ["a:0", "a:1", "a:2", "b:0", "b:1"]
@@ -93,3 +96,45 @@ def test_from_fitted_is_the_same_model_as_fit():
     np.testing.assert_array_equal(parts.predict_proba(X), fitted.predict_proba(X))
     assert parts.used_taps == fitted.used_taps == ("a", "b")
     np.testing.assert_array_equal(parts.predict(X), fitted.predict(X))
+
+
+def test_the_temperature_is_the_pipelines_last_step_and_the_conformal_threshold_is_beside_it():
+    from cellclf.calibration import Calibration, tempered
+
+    X, y = _cells(90)
+    classifier = CellClassifier(spec=SPEC).fit(X[:60], y[:60])
+    raw = classifier.predict_proba(X[60:])
+    np.testing.assert_array_equal(raw, classifier.predict_proba(X[60:], calibrated=False))
+    codes = np.searchsorted(classifier.classes_, y[60:])
+    calibration = Calibration.fit(raw, codes, alpha=0.1)
+    classifier.calibration = calibration
+    last = classifier.pipeline_.named_steps["model"]
+    assert last.temperature == calibration.temperature != 1.0 and classifier.calibration_ is calibration
+    np.testing.assert_allclose(classifier.predict_proba(X[60:]), tempered(raw, calibration.temperature), rtol=1e-12)
+    np.testing.assert_array_equal(classifier.predict_proba(X[60:], calibrated=False), raw)
+    np.testing.assert_array_equal(classifier.pipeline_.predict_proba(classifier.matrix(X[60:])),
+                                  classifier.predict_proba(X[60:]))  # the pipeline alone is the classifier
+    # a classifier assembled from parts puts the recorded temperature in the same step
+    parts = CellClassifier.from_fitted(classifier.model, classifier.classes, SPEC, family="lr",
+                                       calibration=calibration)
+    np.testing.assert_array_equal(parts.predict_proba(X), classifier.predict_proba(X))
+
+
+def test_a_pickled_classifier_whose_pipeline_ended_in_the_bare_model_is_upgraded(tmp_path):
+    """The shape of the previous version (its model the last step, the temperature applied
+    from calibration_) loads as today's, with the same probabilities."""
+    from sklearn.pipeline import Pipeline
+
+    from cellclf.calibration import Calibration
+    from cellclf.persistence import upgrade
+
+    X, y = _cells(90)
+    today = CellClassifier(spec=SPEC).fit(X[:60], y[:60])
+    today.calibration = Calibration.fit(today.predict_proba(X[60:]), np.searchsorted(today.classes_, y[60:]), 0.1)
+    before = clone(today)
+    before.__dict__.update({k: v for k, v in vars(today).items() if k.endswith("_")})
+    before.pipeline_ = Pipeline(today.pipeline_.steps[:-1] + [("model", today.model)])
+    upgraded = upgrade(before, tmp_path / "model.joblib")
+    assert isinstance(upgraded.pipeline_[-1], TemperatureScaling)
+    np.testing.assert_array_equal(upgraded.predict_proba(X), today.predict_proba(X))
+    assert upgrade(today, tmp_path / "model.joblib") is today
