@@ -24,7 +24,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from cellembed import ExtractResult, EmbeddingSpec, extract, load_embeddings
+from cellembed import ExtractOptions, ExtractResult, EmbeddingSpec, load_embeddings, run_extraction
+from cellembed.embedder import spec_weights
 from cellembed.shared.csv_cells import inert_frame
 from cellembed.decoding import DEFAULT_MAX_PIXELS
 from cellembed.errors import OutputConflict
@@ -114,10 +115,10 @@ def _cached_folder(classifier: ImageClassifier, images: Path, cache: str | Path,
     started = time.perf_counter()
     with output_lock(cache):  # held until the rows are read: no other run changes them meanwhile
         try:
-            extraction = extract(
-                images, cache, spec=classifier.spec, weights=classifier.weights, batch_size=classifier.batch_size,
-                engine=classifier.engine, add_only=True, max_pixels=max_pixels, progress=progress, log=log,
-            )
+            options = ExtractOptions(batch_size=classifier.batch_size, engine=classifier.engine, add_only=True,
+                                     max_pixels=max_pixels, progress=progress)
+            weights = spec_weights(classifier.spec, classifier.weights)
+            extraction = run_extraction(images, cache, classifier.spec, weights, options, log=log)
         except OutputConflict as exc:
             advice = "give another --cache file, or delete that one" if exc.replaceable else "give another --cache file"
             raise ClassifierInputError(f"{exc.problem}: {advice}") from None

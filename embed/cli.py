@@ -150,19 +150,23 @@ def extract(
     are named in a warning. Exit status: 0 all embedded, 3 some files skipped (0 with
     --allow-skips), 2 bad input (nothing changed), 130 interrupted.
     """
-    from cellembed.extraction import extract as run_extract
+    from cellembed.embedder import spec_for_settings
+    from cellembed.extraction import ExtractOptions, run_extraction
     from cellembed.store import errors_csv_path
 
-    options = chosen_distributor_options(distributed, distributor_values)
     log = None if quiet else (lambda message: click.echo(message, err=True))
     with user_errors():
-        result = run_extract(
-            images, out, backbone=backbone, layers=layers, weights=weights, input_size=input_size,
-            preset=preset, views=None if views is None else int(views), crop=crop, stain=stain, pooling=pooling,
+        options = ExtractOptions(
             batch_size=batch_size, engine=engine, overwrite=overwrite, checkpoint_every=checkpoint_every,
-            distributed=distributed, distributor_options=options,
-            progress=not quiet, log=log, max_pixels=max_pixels,
+            distributed=distributed, distributor_options=chosen_distributor_options(distributed, distributor_values),
+            progress=not quiet, max_pixels=max_pixels,
         )
+        options.check()
+        spec, resolved = spec_for_settings(
+            backbone=backbone, layers=layers, weights=weights, input_size=input_size, engine=engine, preset=preset,
+            views=None if views is None else int(views), crop=crop, stain=stain, pooling=pooling,
+        )
+        result = run_extraction(images, out, spec, resolved, options, log=log)
     if quiet:  # otherwise said through log as soon as found
         for warning in result.warnings:
             click.echo(f"warning: {warning}", err=True)

@@ -97,6 +97,15 @@ def spec_for_settings(
     return spec, weights_file
 
 
+def spec_weights(spec: EmbeddingSpec, weights: "str | os.PathLike | WeightsFile | None" = None) -> WeightsFile:
+    """The weights file (a path, ``"imagenet"``, or None for the backbone's environment
+    variable) resolved and checked to be the one ``spec`` was made with."""
+    backbone = backbone_for_spec(spec)
+    weights_file = resolve_weights(weights, backbone)
+    check_weights(weights_file, spec.weights_sha256, spec.weights_source, "these embeddings are made with", backbone)
+    return weights_file
+
+
 def embedder_from_spec(
     spec: EmbeddingSpec,
     weights: "str | os.PathLike | WeightsFile | None" = None,

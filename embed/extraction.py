@@ -20,10 +20,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from tqdm import tqdm
 
-from cellembed.backbones import DEFAULT_BACKBONE, backbone_for_spec
+from cellembed.backbones import DEFAULT_BACKBONE
 from cellembed.decoding import DEFAULT_MAX_PIXELS, check_max_pixels
 from cellembed.distributors import DEFAULT_DISTRIBUTOR, make_distributor
-from cellembed.embedder import spec_for_settings
+from cellembed.embedder import spec_for_settings, spec_weights
 from cellembed.engines import DEFAULT_ENGINE, Embedder, check_engine
 from cellembed.shared.atomic import output_lock, prepare_output
 from cellembed.errors import InputError, Interrupted
@@ -32,7 +32,7 @@ from cellembed.plan import DEFAULT_SHARD_SIZE, Plan, plan as make_plan
 from cellembed.presets import DEFAULT_PRESET
 from cellembed.shards import ShardJob, ShardResult
 from cellembed.spec import EmbeddingSpec
-from cellembed.weights import WeightsFile, check_weights, resolve_weights
+from cellembed.weights import WeightsFile
 
 DEFAULT_CHECKPOINT_EVERY = DEFAULT_SHARD_SIZE
 
@@ -313,10 +313,7 @@ def _resolved(
         return embedder.spec, None
     if spec is None:
         return spec_for_settings(weights=weights, engine=engine, **settings)
-    spec_backbone = backbone_for_spec(spec)
-    weights_file = resolve_weights(weights, spec_backbone)
-    check_weights(weights_file, spec.weights_sha256, spec.weights_source, "these embeddings are made with", spec_backbone)
-    return spec, weights_file
+    return spec, spec_weights(spec, weights)
 
 
 def _run(distributor: Any, work: Plan, progress: bool) -> list[ShardResult]:
