@@ -102,11 +102,11 @@ def derive_default(source: Path, out: Path, weights: str) -> None:
     X, _ = embedding_matrix(frame, spec, planned.tap_names)
     widths = {t.name: t.width for t in spec.taps}
     derived = planned
-    if [t.width for t in derived.taps] != [widths[name] for name in derived.tap_names]:
-        sys.exit(f"{source}'s taps have other widths than the default's")
     kept = derived.differences(spec)
     if any(not d.startswith("taps:") for d in kept):
         sys.exit(f"{source} differs from the default by more than its taps: {kept}")
+    if [t.width for t in derived.taps] != [widths[name] for name in derived.tap_names]:
+        sys.exit(f"{source}'s taps have other widths than the default's")
     table = make_table(
         derived, frame["path"], frame["label"], frame["sha256"], frame["width"], frame["height"], X,
         images_root=read_images_root(source),

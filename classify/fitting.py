@@ -602,8 +602,12 @@ def _fit_family(
     start = time.perf_counter()
     tuned = _tune(family, parts, len(loaded.classes), config, phase)
     calibration = Calibration.fit(tuned.val_proba, parts["validation"].y, config.alpha)
-    predictor = _refit(family, tuned, calibration, parts, loaded, config)
+    model, X = _refit(family, tuned, parts, config)
     fit_seconds = time.perf_counter() - start
+    summary = {"family": family.key, "params": tuned.tuning.best_params, "val_macro_f1": tuned.val_macro_f1,
+               "seed": config.seed}
+    predictor = CellClassifier.from_fitted(model, loaded.classes, loaded.data.spec, loaded.data.taps, family=family.key,
+                                           summary=summary, reference=feature_reference(X), calibration=calibration)
     tested = _test(family, predictor, tuned, parts, loaded.classes, config, phase)
     predictor.summary.update(
         {
@@ -633,17 +637,14 @@ def _tune(family: ModelFamily, parts: dict[str, SplitData], n_classes: int, conf
     return _Tuned(tuning, val_proba, _macro_f1(val.y, val_proba.argmax(axis=1), n_classes))
 
 
-def _refit(family: ModelFamily, tuned: _Tuned, calibration: Calibration, parts: dict[str, SplitData],
-           loaded: _Loaded, config: FitConfig) -> CellClassifier:
-    """The family's model refitted on train + validation with the tuned settings, as the
-    classifier (its temperature the calibration's)."""
+def _refit(family: ModelFamily, tuned: _Tuned, parts: dict[str, SplitData], config: FitConfig) -> tuple[Any, np.ndarray]:
+    """The family's model refitted on train + validation with the tuned settings, and that
+    matrix (whose statistics the classifier records)."""
     train, val = parts["train"], parts["validation"]
     X, y = np.concatenate([train.X, val.X]), np.concatenate([train.y, val.y])
-    params = tuned.tuning.best_params
-    model = family.refit(X, y, params, config.options[family.key], seed=config.seed, n_jobs=config.n_jobs)
-    summary = {"family": family.key, "params": params, "val_macro_f1": tuned.val_macro_f1, "seed": config.seed}
-    return CellClassifier.from_fitted(model, loaded.classes, loaded.data.spec, loaded.data.taps, family=family.key,
-                                      summary=summary, reference=feature_reference(X), calibration=calibration)
+    model = family.refit(X, y, tuned.tuning.best_params, config.options[family.key], seed=config.seed,
+                         n_jobs=config.n_jobs)
+    return model, X
 
 
 def _test(family: ModelFamily, predictor: CellClassifier, tuned: _Tuned, parts: dict[str, SplitData],
@@ -656,11 +657,11 @@ def _test(family: ModelFamily, predictor: CellClassifier, tuned: _Tuned, parts: 
     proba = calibration.apply(raw_test)
     overall, per_class, confusion = evaluate(test.labels, proba, classes)
     calibrated = calibration_facts(calibration, tuned.val_proba, val.y, raw_test, test.y)
+    covered = next(row for row in calibrated["coverage_test"] if math.isclose(row["alpha"], config.alpha))
     phase(
         f"refit+test {family.key}",
         f"val macro-F1 {tuned.val_macro_f1:.4f}; test {accuracy_text(overall)}, macro-F1 {overall['macro_f1']:.4f}",
     )
-    covered = next(row for row in calibrated["coverage_test"] if math.isclose(row["alpha"], config.alpha))
     too_few = ""
     if calibration.threshold >= 1.0:  # (n + 1)(1 - alpha) > n: no finite threshold has the guarantee
         too_few = (f" (only {calibration.n} validation images: sets at alpha {config.alpha:g} need at least "

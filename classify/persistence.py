@@ -302,12 +302,12 @@ def upgrade(obj: Any, path: Path) -> CellClassifier:
     if isinstance(obj, CellClassifier):
         if getattr(obj, "format_", None) != PREDICTOR_FORMAT:
             raise PredictorLoadError(_format_message(path, getattr(obj, "format_", None)))
-        if isinstance(obj.pipeline_.named_steps["model"], TemperatureScaling):
-            return obj
-        state = {"model": obj.pipeline_.named_steps["model"], "classes": obj.classes, "spec": obj.spec,
-                 "taps": obj.used_taps, "family": obj.family, "summary": obj.summary_, "reference": obj.reference,
-                 "calibration": obj.calibration_, "versions": obj.versions_}
-        return _from_state(state)
+        last = obj.pipeline_.named_steps["model"]
+        if not isinstance(last, TemperatureScaling):  # the bare model: wrapped, at the recorded temperature
+            temperature = None if obj.calibration_ is None else obj.calibration_.temperature
+            n_features = len(obj.pipeline_.named_steps["taps"].columns_)
+            obj.pipeline_.steps[-1] = ("model", TemperatureScaling(last, temperature).around(last, n_features))
+        return obj
     if not isinstance(obj, Predictor):
         raise PredictorLoadError(
             f"{path}: not a cellclf predictor (it holds a {type(obj).__module__}.{type(obj).__name__}); "

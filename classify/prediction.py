@@ -117,6 +117,7 @@ def _cached_folder(classifier: ImageClassifier, images: Path, cache: str | Path,
         try:
             options = ExtractOptions(batch_size=classifier.batch_size, engine=classifier.engine, add_only=True,
                                      max_pixels=max_pixels, progress=progress)
+            options.check()
             weights = spec_weights(classifier.spec, classifier.weights)
             extraction = run_extraction(images, cache, classifier.spec, weights, options, log=log)
         except OutputConflict as exc:

@@ -166,6 +166,13 @@ def _rebuild(spec: EmbeddingSpec, weights: "str | os.PathLike | WeightsFile | No
     backbone = backbone.configured(weights_file)
     check_input_size(backbone, spec.input_size)
     engine_module(engine, backbone)
+    try:
+        backbone.tap_channels(spec.tap_names)
+    except InputError:
+        raise InputError(
+            f"these embeddings were made with the taps {', '.join(spec.tap_names)}, not all of which this "
+            f"cellembed's {backbone.title} has; use the cellembed version that made them"
+        ) from None
     rebuilt = resolved_spec(
         backbone, weights_file, spec.input_size, spec.tap_names, engine,
         **choices_of(spec),

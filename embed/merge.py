@@ -42,8 +42,10 @@ class Merged:
 
 
 def merge(plan: Plan, results: Sequence[ShardResult]) -> Merged:
-    """Write OUT for ``plan`` (its spec) from its reused rows and the finished shard ``results``."""
-    spec = plan.spec
+    """Write OUT for ``plan`` from its reused rows and the finished shard ``results``; its
+    spec is the one the embedder ran (this run's library versions and weights path), else
+    the plan's."""
+    spec = results[0].spec if results else plan.spec
     errors, failed = _errors(plan, results)
     rows = [(image.path, image.label, sha) for image, sha in zip(plan.files, plan.sha256s)
             if sha is not None and sha not in failed]

@@ -190,7 +190,7 @@ def _write(
 def read_shard_result(path: Path, spec: EmbeddingSpec) -> ShardResult:
     """The result recorded in an existing shard file (refused if made with another spec)."""
     found = read_spec(path)
-    if found.identity_key() != spec.identity_key():
+    if found.identity_key() != spec.identity_key() or found.differences(spec):
         raise InputError(f"{path} was made with another embedding spec; delete {path.parent} and run again")
     return ShardResult(shard_id_of(path), path, found, read_sha256s(path), read_errors(path))
 

@@ -127,12 +127,16 @@ class EmbeddingSpec:
         for key, default in LATER_FIELDS.items():
             mine.setdefault(key, default)
             theirs.setdefault(key, default)
-        # Taps read best as their names; widths follow from the names.
+        # Taps read best as their names; their widths follow from the backbone and pooling,
+        # and are compared too (a file whose widths are not its names' is not these embeddings).
         mine["taps"], theirs["taps"] = ",".join(self.tap_names), ",".join(other.tap_names)
         out = []
         for key in mine:
             if mine[key] != theirs.get(key):
                 out.append(f"{key}: {_short(mine[key])} vs {_short(theirs.get(key))}")
+        widths, other_widths = [t.width for t in self.taps], [t.width for t in other.taps]
+        if mine["taps"] == theirs["taps"] and widths != other_widths:
+            out.append(f"tap widths: {_short(widths)} vs {_short(other_widths)}")
         return out
 
     def tap_slices(self, names: Sequence[str] | None = None) -> list[slice]:

@@ -63,3 +63,41 @@ def test_plan_diffs_against_out_and_refuses_another_spec(labelled_folder, tmp_pa
     with pytest.raises(InputError, match="another embedding spec.*--overwrite"):
         plan(labelled_folder, out, _spec(random_weights, "multiscale"))
     assert plan(labelled_folder, out, _spec(random_weights, "multiscale"), overwrite=True).to_embed == 13
+
+
+@pytest.mark.slow
+def test_a_spec_whose_tap_widths_are_not_its_networks_is_refused(labelled_folder, tmp_path, random_weights):
+    """Widths come from the configuration; a file or classifier spec claiming others (a
+    hand-edited spec, another version's table) is never taken for these embeddings."""
+    import dataclasses
+
+    from cellembed.embedder import embedder_from_spec
+    from cellembed.errors import OutputConflict
+    from cellembed.spec import tap_layout
+
+    spec = _spec(random_weights, "final")
+    wrong = dataclasses.replace(spec, taps=tap_layout([("block14_sepconv2_act", 1000)]))
+    assert spec.differences(wrong) == ["tap widths: [4096] vs [1000]"] and spec.identity_key() == wrong.identity_key()
+    with pytest.raises(InputError, match=r"cannot reproduce embeddings made with tap widths: \[4096\] vs \[1000\]"):
+        embedder_from_spec(wrong, random_weights)
+    out = tmp_path / "emb.parquet"
+    extract(labelled_folder, out, weights=random_weights, input_size=SMALL, layers="final", progress=False)
+    with pytest.raises(OutputConflict, match="tap widths"):
+        plan(labelled_folder, out, wrong)
+    unknown = dataclasses.replace(spec, taps=tap_layout([("block99_conv", 8)]))
+    with pytest.raises(InputError, match="made with the taps block99_conv, not all of which this cellembed's Xception"):
+        embedder_from_spec(unknown, random_weights)
+
+
+@pytest.mark.slow
+def test_out_records_the_spec_the_embedder_ran(labelled_folder, tmp_path, random_weights):
+    """Embedding with a spec of another version (a classifier's: predict --cache) writes this
+    run's library versions in OUT, not the given spec's."""
+    import dataclasses
+
+    from cellembed import read_spec
+
+    spec = dataclasses.replace(_spec(random_weights, "final"), versions={"cellembed": "0.0.1"})
+    out = tmp_path / "emb.parquet"
+    extract(labelled_folder, out, spec=spec, weights=random_weights, progress=False)
+    assert read_spec(out).versions.get("cellembed") not in (None, "0.0.1")

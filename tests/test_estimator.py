@@ -135,6 +135,6 @@ def test_a_pickled_classifier_whose_pipeline_ended_in_the_bare_model_is_upgraded
     before.__dict__.update({k: v for k, v in vars(today).items() if k.endswith("_")})
     before.pipeline_ = Pipeline(today.pipeline_.steps[:-1] + [("model", today.model)])
     upgraded = upgrade(before, tmp_path / "model.joblib")
-    assert isinstance(upgraded.pipeline_[-1], TemperatureScaling)
+    assert upgraded is before and isinstance(upgraded.pipeline_[-1], TemperatureScaling)  # only the step changes
     np.testing.assert_array_equal(upgraded.predict_proba(X), today.predict_proba(X))
     assert upgrade(today, tmp_path / "model.joblib") is today

@@ -21,10 +21,11 @@ pytestmark = pytest.mark.slow  # runs every command in a child process
 SIZE = 32
 
 
-def tiny_onnx(path: Path, seed: int = 0) -> Path:
+def tiny_onnx(path: Path, seed: int = 0, declared: bool = True) -> Path:
     """A two-convolution network with random weights (onnx.helper), NCHW input of SIZE px,
     and three outputs of three layouts: ``feat`` (n, 8, 16, 16) NCHW, ``tokens`` (n, 64, 16)
-    NTC (the 8x8 grid of the second convolution as tokens) and ``vec`` (n, 16) NC."""
+    NTC (the 8x8 grid of the second convolution as tokens) and ``vec`` (n, 16) NC; without
+    ``declared`` the graph declares no output shapes (ONNX Runtime infers them)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -49,9 +50,8 @@ def tiny_onnx(path: Path, seed: int = 0) -> Path:
     graph = helper.make_graph(
         nodes, "tiny",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("feat", TensorProto.FLOAT, ["n", 8, 16, 16]),
-         helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["n", 64, 16]),
-         helper.make_tensor_value_info("vec", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape if declared else None)
+         for name, shape in (("feat", ["n", 8, 16, 16]), ("tokens", ["n", 64, 16]), ("vec", ["n", 16]))],
         [numpy_helper.from_array(v, k) for k, v in weights.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -60,10 +60,10 @@ def tiny_onnx(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def describe(folder: Path, seed: int = 0, **changes) -> Path:
+def describe(folder: Path, seed: int = 0, declared: bool = True, **changes) -> Path:
     """The tiny network and its description in ``folder``; ``changes`` replace fields."""
     folder.mkdir(parents=True, exist_ok=True)
-    model = tiny_onnx(folder / "tiny.onnx", seed)
+    model = tiny_onnx(folder / "tiny.onnx", seed, declared)
     description = {
         "cellembed_backbone": 1,
         "title": "tiny test network",
@@ -154,6 +154,10 @@ def test_the_description_is_checked_in_one_line_naming_it(tmp_path, random_weigh
     spec, weights = spec_for_settings(backbone="onnx", weights=good, preset="v1")
     assert spec.tap_names == ["feat", "tokens", "vec"] and weights.path == good
     assert [t.width for t in spec.taps] == [8, 16, 16]  # the graph's output channels, before any session
+    # a graph that declares no output shapes: ONNX's shape inference finds them, as ONNX Runtime does
+    inferred, _ = spec_for_settings(backbone="onnx", weights=describe(tmp_path / "undeclared", declared=False),
+                                    preset="v1")
+    assert [t.width for t in inferred.taps] == [8, 16, 16]
     assert spec_for_settings(backbone="onnx", weights=good, layers="vec", preset="v1")[0].tap_names == ["vec"]
     cases = {
         "sha256": ({"sha256": "0" * 64}, r'"sha256" is not the SHA-256 of tiny.onnx'),

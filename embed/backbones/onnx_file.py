@@ -221,13 +221,26 @@ def _tap_channels(model: str, sha256: str, taps: tuple[dict[str, Any], ...], des
 
 @functools.lru_cache(maxsize=8)
 def _output_shapes(model: str, sha256: str) -> dict[str, list[Any]]:
-    """The model's graph outputs: name -> shape (an int per fixed dimension, else its name)."""
+    """The model's graph outputs: name -> shape (an int per fixed dimension, else its name),
+    as declared, or as ONNX's shape inference finds them where the graph declares none (as
+    ONNX Runtime would)."""
     import onnx
 
     try:
-        graph = onnx.load(model, load_external_data=False).graph
+        loaded = onnx.load(model, load_external_data=False)
     except Exception as exc:  # protobuf raises several types for a damaged file
         raise InputError(f"{model}: not a readable ONNX model ({type(exc).__name__})") from None
+    shapes = _declared(loaded.graph)
+    if any(not shape for shape in shapes.values()):
+        try:
+            inferred = _declared(onnx.shape_inference.infer_shapes(loaded).graph)
+        except Exception:  # noqa: BLE001 - custom operators: the declared shapes are all there is
+            inferred = {}
+        shapes = {name: shape or inferred.get(name, []) for name, shape in shapes.items()}
+    return shapes
+
+
+def _declared(graph: Any) -> dict[str, list[Any]]:
     return {
         output.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                       for d in output.type.tensor_type.shape.dim]

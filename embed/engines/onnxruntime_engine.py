@@ -84,6 +84,8 @@ def cached_model_path(backbone: str, weights_sha256: str, input_size: int, tap_n
 def channel_count(shape: Sequence[Any], layout: str, output: str) -> int:
     """The channels of an output of ``shape`` read in ``layout`` (the width of its tap's
     maps); refuses a shape whose channel dimension is not fixed."""
+    if not len(shape):
+        raise InputError(f"the ONNX output {output} declares no shape (and shape inference found none)")
     if len(shape) != len(layout):
         raise InputError(f"the ONNX output {output} has shape {list(shape)}, not the {len(layout)} dimensions of {layout}")
     channel = shape[layout.index("C")]
