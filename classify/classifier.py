@@ -25,11 +25,14 @@ from cellembed.pipeline import decoded_batches
 from cellembed.weights import WeightsFile, check_weights, resolve_weights
 from cellclf.errors import ClassifierInputError
 from cellclf.estimator import CellClassifier
+from cellclf.novelty import DEFAULT_NOVELTY_LEVEL
 from cellclf.persistence import load_classifier
 from cellclf.rundir import PROBA_PREFIX
 
 #: Column naming each input of ``predict_images``.
 IMAGE_COLUMN = "image"
+#: The drift signal's columns: the cell's conformal p-value, and whether it is under the level.
+NOVELTY_COLUMNS = ("novelty_p", "unlike_training")
 
 
 def matching_weights(predictor: CellClassifier, weights: str | os.PathLike | WeightsFile | None) -> WeightsFile:
@@ -49,11 +52,14 @@ DECIMALS = 6
 
 
 def prediction_record(proba: np.ndarray, classes: Sequence[str], set_size: int | None = None,
-                      uncertain: bool = False) -> dict[str, Any]:
+                      uncertain: bool = False, novelty_p: float | None = None,
+                      level: float = DEFAULT_NOVELTY_LEVEL) -> dict[str, Any]:
     """The one JSON shape of a cell's prediction, shared by ``cellclf predict --format json``
     and ``cellclf serve``: ``predictions`` (class -> probability), ``predicted``,
     ``confidence``, ``set`` (the ``set_size`` most probable classes, most probable first:
-    a conformal set is every class above a threshold; left out when None) and ``uncertain``."""
+    a conformal set is every class above a threshold; left out when None), ``uncertain``,
+    and ``novelty_p`` with ``unlike_training`` (under ``level``) when the model has the
+    drift signal (left out when None)."""
     proba = np.asarray(proba, dtype=np.float64)
     order = np.argsort(-proba, kind="stable")
     record: dict[str, Any] = {
@@ -64,14 +70,20 @@ def prediction_record(proba: np.ndarray, classes: Sequence[str], set_size: int |
     if set_size is not None:
         record["set"] = [str(classes[i]) for i in order[: int(set_size)]]
     record["uncertain"] = bool(uncertain)
+    if novelty_p is not None:
+        record[NOVELTY_COLUMNS[0]] = round(float(novelty_p), DECIMALS)
+        record[NOVELTY_COLUMNS[1]] = bool(novelty_p < level)
     return record
 
 
 def probability_table(proba: np.ndarray, classes: Sequence[str], sets: np.ndarray | None = None,
-                      uncertain: np.ndarray | None = None) -> pd.DataFrame:
+                      uncertain: np.ndarray | None = None, novelty_p: np.ndarray | None = None,
+                      level: float = DEFAULT_NOVELTY_LEVEL) -> pd.DataFrame:
     """``predicted``, ``confidence`` and one ``proba_<class>`` column per class, then ``set``
     (``monocyte|lymphocyte``, most probable first) and ``set_size`` when the (n, k) bool
-    prediction ``sets`` are given, and ``uncertain`` when given."""
+    prediction ``sets`` are given, ``uncertain`` when given, and ``novelty_p`` with
+    ``unlike_training`` (``novelty_p`` under ``level``) when the p-values are given
+    (:mod:`cellclf.novelty`)."""
     from cellclf.calibration import set_texts
 
     proba = np.asarray(proba, dtype=np.float64).reshape(len(proba), len(classes))
@@ -88,6 +100,9 @@ def probability_table(proba: np.ndarray, classes: Sequence[str], sets: np.ndarra
         table["set_size"] = np.asarray(sets, dtype=bool).sum(axis=1).astype(np.int64)
     if uncertain is not None:
         table["uncertain"] = np.asarray(uncertain, dtype=bool)
+    if novelty_p is not None:
+        table[NOVELTY_COLUMNS[0]] = np.asarray(novelty_p, dtype=np.float64)
+        table[NOVELTY_COLUMNS[1]] = table[NOVELTY_COLUMNS[0]] < level
     return table
 
 
@@ -146,17 +161,24 @@ class ImageClassifier:
         return self._embedder
 
     def classify(self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None, *, adapt: bool = False,
-                 min_confidence: float | None = None) -> pd.DataFrame:
+                 min_confidence: float | None = None, novelty_level: float = DEFAULT_NOVELTY_LEVEL) -> pd.DataFrame:
         """Predicted class, confidence and probabilities of embeddings (a matrix or a frame
-        from ``cellembed.load_embeddings``), one row each, with the prediction sets and the
-        uncertain flag (:meth:`cellclf.estimator.CellClassifier.uncertain` with ``min_confidence``);
-        ``adapt``: see :meth:`cellclf.estimator.CellClassifier.adapted`."""
+        from ``cellembed.load_embeddings``), one row each, with the prediction sets, the
+        drift signal (``novelty_p``, ``unlike_training`` under ``novelty_level``; a model
+        fitted before it has none) and the uncertain flag
+        (:meth:`cellclf.estimator.CellClassifier.uncertain` with ``min_confidence``);
+        ``adapt``: see :meth:`cellclf.estimator.CellClassifier.adapted` (the drift signal
+        is of the embeddings as they are)."""
+        has_novelty = self.predictor.novelty is not None
         if len(X) == 0:
             empty = np.zeros((0, len(self.classes)))
-            return probability_table(empty, self.classes, empty.astype(bool), np.zeros(0, dtype=bool))
+            return probability_table(empty, self.classes, empty.astype(bool), np.zeros(0, dtype=bool),
+                                     np.zeros(0) if has_novelty else None, novelty_level)
         proba = self.predictor.predict_proba(X, spec, adapt=adapt)
+        novelty_p = self.predictor.novelty_p(X, spec)
         return probability_table(proba, self.classes, self.predictor.prediction_sets(proba),
-                                 self.predictor.uncertain(proba, min_confidence))
+                                 self.predictor.uncertain(proba, min_confidence, novelty_p, novelty_level),
+                                 novelty_p, novelty_level)
 
     def predict_images(self, images: Iterable[ImageSource], names: Sequence[str] | None = None) -> pd.DataFrame:
         """Classify images in memory, one row per image in input order.
@@ -182,9 +204,12 @@ class ImageClassifier:
         vectors, errors = self.embed_images(sources)
         ok = [i for i in range(len(sources)) if i not in errors]
         proba = np.full((len(sources), len(self.classes)), np.nan)
+        novelty_p = np.full(len(sources), np.nan) if self.predictor.novelty is not None else None
         if ok:
             proba[ok] = self.predictor.predict_proba(vectors[ok], spec=self.embedder.spec)
-        return self._table(list(names), proba, [errors.get(i) for i in range(len(sources))])
+            if novelty_p is not None:
+                novelty_p[ok] = self.predictor.novelty_p(vectors[ok], spec=self.embedder.spec)
+        return self._table(list(names), proba, [errors.get(i) for i in range(len(sources))], novelty_p)
 
     def embed_images(
         self, sources: Sequence[ImageSource], max_pixels: int | None = None, progress: Callable[[int], None] | None = None,
@@ -204,12 +229,16 @@ class ImageClassifier:
                 progress(len(batch.decoded) + len(batch.failed))
         return vectors, errors
 
-    def _table(self, names: list[str], proba: np.ndarray, errors: list[str | None]) -> pd.DataFrame:
+    def _table(self, names: list[str], proba: np.ndarray, errors: list[str | None],
+               novelty_p: np.ndarray | None = None) -> pd.DataFrame:
         proba = np.nan_to_num(proba, nan=0.0)
         failed = np.array([e is not None for e in errors], dtype=bool)
+        if novelty_p is not None:
+            novelty_p = np.where(failed, 1.0, novelty_p)
         table = probability_table(proba, self.classes, self.predictor.prediction_sets(proba),
-                                  self.predictor.uncertain(proba))
-        table[["set_size", "uncertain"]] = table[["set_size", "uncertain"]].astype(object)
+                                  self.predictor.uncertain(proba, novelty_p=novelty_p), novelty_p)
+        flags = ["set_size", "uncertain"] + (list(NOVELTY_COLUMNS[1:]) if novelty_p is not None else [])
+        table[flags] = table[flags].astype(object)
         table.loc[failed, :] = None
         table.insert(0, IMAGE_COLUMN, pd.Series(names, dtype=object))
         table["error"] = pd.Series(errors, dtype=object)

@@ -283,6 +283,13 @@ def predict(
     exit_if_skipped(result.run.errors, "listed in the predictions with their reason", allow_skips)
 
 
+def _drift_dict(run) -> dict | None:
+    from cellclf.prediction import batch_drift_of
+
+    drift = batch_drift_of(run)
+    return None if drift is None else drift.to_dict()
+
+
 class _ReportPages:
     """predict's pages, drawn by cellreports (pages are drawn by the front ends, this command
     line and the server, never by the cellclf library)."""
@@ -299,6 +306,7 @@ class _ReportPages:
         write_evaluation_report(
             evaluation_record(result.run.evaluation, result.request.model.name), result.run.classes,
             result.predictor.spec, path, images_root=result.folder, not_scored=result.not_scored,
+            drift=_drift_dict(result.run),
         )
 
     def write_review(self, result, path: Path) -> Path:
@@ -319,7 +327,7 @@ class _ReportPages:
             source=str(images[0]) if len(images) == 1 else f"{len(images)} image files", heatmap_file=heatmap,
             alpha=None if calibration is None else calibration.alpha, min_confidence=request.min_confidence,
             evaluation=None if run.evaluation is None else evaluation_record(run.evaluation, request.model.name),
-            spec=result.predictor.spec, not_scored=result.not_scored,
+            spec=result.predictor.spec, not_scored=result.not_scored, drift=_drift_dict(run),
         )
         return write_review(review, path)
 

@@ -17,7 +17,9 @@ A :class:`CellClassifier` is a scikit-learn classifier (``get_params``, ``clone`
 
 Beside the pipeline, :attr:`CellClassifier.calibration_` records what was fitted on the
 validation split: the temperature the last step uses and the conformal threshold of the
-prediction sets (:mod:`cellclf.calibration`). ``cellclf fit`` tunes,
+prediction sets (:mod:`cellclf.calibration`); :attr:`CellClassifier.novelty_` is the drift
+signal's detector, fitted on the training split and calibrated on the validation split
+(:mod:`cellclf.novelty`; None for models fitted before it existed). ``cellclf fit`` tunes,
 calibrates and refits each family itself and assembles the classifier with
 :meth:`CellClassifier.from_fitted`; :meth:`CellClassifier.fit` trains one directly (the
 scikit-learn way: ``clone``, ``cross_val_score``, ``check_estimator``).
@@ -44,6 +46,7 @@ from cellembed import EmbeddingSpec, embedding_matrix
 from cellclf.calibration import Calibration, prediction_sets, tempered
 from cellclf.data import BAD_VALUES, bad_rows
 from cellclf.errors import ClassifierInputError
+from cellclf.novelty import DEFAULT_NOVELTY_LEVEL, NoveltyDetector
 
 #: Fewest distinct images :meth:`LabAdapter.adapted` re-centres: their mean and spread must
 #: stand for the lab, not for a handful of cells (copies of one image count once).
@@ -280,6 +283,7 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         self.pipeline_ = Pipeline([("taps", TapSelector(self.spec, self.taps)), ("adapt", LabAdapter(False)),
                                    ("model", TemperatureScaling(self.estimator))]).fit(matrix, codes)
         self.calibration_ = None
+        self.novelty_ = None
         self.summary_ = {"created": _now(), "family": self.family}
         self.versions_ = _versions()
         self.format_ = _format()
@@ -290,10 +294,12 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         cls, model: Any, classes: Sequence[str], spec: EmbeddingSpec, taps: Sequence[str] | None = None, *,
         family: str, summary: dict[str, Any] | None = None, reference: tuple[np.ndarray, np.ndarray] | None = None,
         calibration: Calibration | None = None, versions: dict[str, str] | None = None,
+        novelty: NoveltyDetector | None = None,
     ) -> "CellClassifier":
         """The classifier of a model fitted elsewhere (``cellclf fit``'s families, a file):
         ``model`` takes the taps' columns and predicts codes 0..k-1 of ``classes``;
-        ``reference``: the (mean, std) of its training matrix (None: unknown, no ``adapt``)."""
+        ``reference``: the (mean, std) of its training matrix (None: unknown, no ``adapt``);
+        ``novelty``: the calibrated drift detector of the taps' columns (None: none)."""
         taps = tuple(spec.tap_names if taps is None else taps)
         spec.tap_slices(taps)  # unknown taps fail here, not at prediction time
         made = cls(estimator=None, spec=spec, taps=taps, family=family)
@@ -309,6 +315,7 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         made.n_features_in_ = spec.dim
         made.feature_names_in_ = np.asarray(spec.feature_names(), dtype=object)
         made.calibration_ = calibration
+        made.novelty_ = novelty
         made.summary_ = {"created": _now(), **(summary or {})}
         made.versions_ = dict(versions) if versions is not None else _versions()
         made.format_ = _format()
@@ -349,6 +356,11 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         """Calibrate: the temperature goes to the pipeline's last step, the record here."""
         self.calibration_ = value
         self.pipeline_.named_steps["model"].set_params(temperature=None if value is None else value.temperature)
+
+    @property
+    def novelty(self) -> NoveltyDetector | None:
+        """The drift signal's detector (None: a model fitted before it existed)."""
+        return getattr(self, "novelty_", None)
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -479,15 +491,28 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         calibration = self.calibration
         return prediction_sets(proba, 0.0) if calibration is None else calibration.sets(proba)
 
-    def uncertain(self, proba: np.ndarray, min_confidence: float | None = None) -> np.ndarray:
+    def novelty_p(self, X: Any, spec: EmbeddingSpec | None = None) -> np.ndarray | None:
+        """(n,) conformal p-values of how unlike the training images each row is
+        (:mod:`cellclf.novelty`; of the embeddings as they are, never adapted); None for a
+        model without a detector."""
+        detector = self.novelty
+        if detector is None:
+            return None
+        return detector.p_values(self.matrix(X, spec))
+
+    def uncertain(self, proba: np.ndarray, min_confidence: float | None = None,
+                  novelty_p: np.ndarray | None = None, level: float = DEFAULT_NOVELTY_LEVEL) -> np.ndarray:
         """(n,) bool of calibrated ``proba``: :meth:`cellclf.calibration.Calibration.uncertain`
-        (never, for a model without calibration), or a top probability under
-        ``min_confidence`` (the user's own floor: predict and serve's --min-confidence)."""
+        (never, for a model without calibration), a top probability under
+        ``min_confidence`` (the user's own floor: predict and serve's --min-confidence), or
+        a cell unlike the training images (``novelty_p`` under ``level``), whatever its set."""
         proba = np.asarray(proba, dtype=np.float64)
         calibration = self.calibration
         unsure = np.zeros(len(proba), dtype=bool) if calibration is None else calibration.uncertain(proba)
         if min_confidence is not None and len(proba):
             unsure |= proba.max(axis=1) < min_confidence
+        if novelty_p is not None:
+            unsure |= np.asarray(novelty_p, dtype=np.float64) < level
         return unsure
 
 

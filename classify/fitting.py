@@ -31,6 +31,7 @@ from cellclf.defaults import DEFAULT_SHAP_ROWS
 from cellclf.data import LabelledEmbeddings, SplitData, check_same_spec, load_labelled
 from cellclf.errors import ClassifierInputError, first_few
 from cellclf.metrics import FEW_IMAGES, few_images
+from cellclf.novelty import DEFAULT_NOVELTY_LEVEL, NoveltyDetector, novelty_facts
 from cellclf.families import ModelFamily, families, get_family
 from cellclf.estimator import CellClassifier, feature_reference, library_versions
 from cellclf.persistence import load_classifier, safe_path
@@ -390,11 +391,14 @@ def _train(
     run's record (without its folder) and the fitted classifiers."""
     loaded = _load(embeddings, test, config, phase)
     split = _split(loaded, config, phase)
+    novelty = _novelty(split.parts, phase)
     models: list[ModelRecord] = []
     predictors: dict[str, CellClassifier] = {}
     tunings: dict[str, TuningResult] = {}
     for key in config.models:
         record, predictors[key], tunings[key] = _fit_family(get_family(key), split.parts, loaded, config, phase)
+        predictors[key].novelty_ = novelty
+        predictors[key].summary["novelty"] = novelty_facts(novelty, split.parts["test"].X)
         models.append(record)
     best = max(models, key=lambda m: (m.val_macro_f1, -models.index(m)))
     best.best = True
@@ -434,6 +438,20 @@ def _split(loaded: _Loaded, config: FitConfig, phase: "_PhaseLog") -> _Split:
     counts = {name: _class_counts(parts[name].labels, loaded.classes) for name in SPLIT_NAMES}
     phase("split", " / ".join(f"{name} {len(parts[name].labels)}" for name in SPLIT_NAMES) + f" (seed {config.seed})")
     return _Split(splits, parts, counts)
+
+
+def _novelty(parts: dict[str, SplitData], phase: "_PhaseLog") -> NoveltyDetector:
+    """The drift signal's reference: fitted on the training split, calibrated on the
+    validation split (:mod:`cellclf.novelty`), shared by every family's classifier."""
+    detector = NoveltyDetector().fit(parts["train"].X).calibrate(parts["validation"].X)
+    facts = novelty_facts(detector, parts["test"].X)
+    message = (f"{facts['components']} directions of the training images, {facts['calibration_images']} validation "
+               f"scores; test cells unlike them at p < {DEFAULT_NOVELTY_LEVEL:g}: {facts['test_flagged']:.1%}")
+    if facts["smallest_p"] >= DEFAULT_NOVELTY_LEVEL:
+        message += (f" (with {facts['calibration_images']} validation images the smallest p-value is "
+                    f"{facts['smallest_p']:.2g}: no cell can be flagged at {DEFAULT_NOVELTY_LEVEL:g}; give more images)")
+    phase("drift reference", message)
+    return detector
 
 
 def _explain(models: list[ModelRecord], predictors: dict[str, CellClassifier], test: SplitData, loaded: _Loaded,

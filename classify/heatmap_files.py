@@ -109,9 +109,13 @@ class Explainer:
 
     def explain(self, pixels: np.ndarray) -> tuple[LocationAttribution, np.ndarray]:
         """(attribution, (n, k) probabilities) of (n, S, S, 3) prepared pixels."""
+        result, embedding = self.explain_embedded(pixels)
+        return result, self.predictor.predict_proba(embedding)
+
+    def explain_embedded(self, pixels: np.ndarray) -> tuple[LocationAttribution, np.ndarray]:
+        """(attribution, (n, dim) embeddings) of (n, S, S, 3) prepared pixels: one forward pass."""
         maps = self.network.maps(pixels)
-        result = attribute(self.predictor, maps, n_jobs=self.n_jobs)
-        return result, self.predictor.predict_proba(maps.embedding().astype(np.float32))
+        return attribute(self.predictor, maps, n_jobs=self.n_jobs), maps.embedding().astype(np.float32)
 
 
 def explain_images(

@@ -40,6 +40,7 @@ from cellembed.shared.atomic import atomic_path
 from cellembed.shared.hashing import sha256_file
 from cellclf.calibration import Calibration
 from cellclf.errors import ClassifierInputError, PredictorLoadError
+from cellclf.novelty import NoveltyDetector
 from cellclf.estimator import PREDICTOR_FORMAT, CellClassifier, TemperatureScaling, library_versions
 from cellclf.rundir.layout import BEST_MODEL
 
@@ -138,6 +139,8 @@ def safe_bytes(classifier: CellClassifier) -> bytes:
     document = {_METADATA: json.dumps(metadata, default=_json_value), "model": classifier.model}
     if classifier.reference is not None:
         document["reference"] = list(classifier.reference)
+    if classifier.novelty is not None:  # the drift detector's arrays (files before it have none)
+        document["novelty"] = classifier.novelty.to_arrays()
     data = skops.io.dumps(document)
     untrusted = sorted(set(skops.io.get_untrusted_types(data=data)) - TRUSTED_TYPES)
     if untrusted:
@@ -244,12 +247,14 @@ def _load_safe(path: Path) -> CellClassifier:
             raise PredictorLoadError(_format_message(path, metadata.get("format")))
         calibration = metadata.get("calibration")
         reference = document.get("reference")
+        novelty = document.get("novelty")
         predictor = CellClassifier.from_fitted(
             document["model"], metadata["classes"], EmbeddingSpec.from_dict(metadata["spec"]), tuple(metadata["taps"]),
             family=str(metadata["family"]), summary=dict(metadata["summary"]),
             reference=None if reference is None else tuple(np.asarray(r, dtype=np.float32) for r in reference),
             calibration=None if calibration is None else Calibration.from_dict(calibration),
             versions=dict(metadata["versions"]),
+            novelty=None if novelty is None else NoveltyDetector.from_arrays(novelty),
         )
     except PredictorLoadError:
         raise

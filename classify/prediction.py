@@ -19,7 +19,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,12 +31,15 @@ from cellembed.decoding import DEFAULT_MAX_PIXELS
 from cellembed.errors import OutputConflict
 from cellembed.shared.atomic import atomic_path, output_lock
 from cellembed.engines import DEFAULT_ENGINE
-from cellclf.classifier import DECIMALS, ImageClassifier, prediction_record
+from cellclf.classifier import DECIMALS, NOVELTY_COLUMNS, ImageClassifier, prediction_record
 from cellclf.errors import ClassifierInputError
 from cellclf.inputs import input_images
 from cellclf.metrics import evaluate
 from cellclf.estimator import CellClassifier
 from cellclf.rundir import PROBA_PREFIX
+
+if TYPE_CHECKING:
+    from cellclf.novelty import BatchDrift
 
 
 @dataclass
@@ -273,7 +276,8 @@ def predictions_text(run: PredictionRun, fmt: str = "csv") -> str:
     """
     if fmt == "csv":
         rounded = run.table.copy()
-        numbers = ["confidence", *(PROBA_PREFIX + name for name in run.classes)]
+        numbers = ["confidence", *(PROBA_PREFIX + name for name in run.classes),
+                   *([NOVELTY_COLUMNS[0]] if NOVELTY_COLUMNS[0] in rounded else [])]
         rounded[numbers] = rounded[numbers].astype(float).round(DECIMALS)
         if "set_size" in rounded:
             rounded["set_size"] = rounded["set_size"].astype("Int64")
@@ -300,10 +304,14 @@ def _json_document(run: PredictionRun) -> dict[str, Any]:
             continue
         # the set from its size (exact even for a class name holding the text column's "|")
         set_size = row.get("set_size")
+        novelty = row.get(NOVELTY_COLUMNS[0])
         entry = prediction_record(
             [float(row[PROBA_PREFIX + name]) for name in run.classes], run.classes,
             None if set_size is None or pd.isna(set_size) else int(set_size), bool(row.get("uncertain", False)),
+            None if novelty is None or pd.isna(novelty) else float(novelty),
         )
+        if novelty is not None and not pd.isna(novelty):
+            entry[NOVELTY_COLUMNS[1]] = bool(row[NOVELTY_COLUMNS[1]])  # at the run's level
         if isinstance(row.get("label"), str):
             entry["label"] = row["label"]
         document[row["path"]] = entry
@@ -588,6 +596,7 @@ def _write_outputs(result: PredictResult, pages: Pages, say: Callable[[str], Non
          f"{classified} images classified ({run.embedded} embedded now, {run.reused} from the cache) in "
          f"{run.embed_seconds + run.classify_seconds:.1f} s, {1000 * per_image:.0f} ms per image after loading "
          f"the model; {uncertain} uncertain")
+    tell(drift_text(run, result.predictor))
     if run.unknown_folders:
         listed = ", ".join(f"{name} ({n})" for name, n in run.unknown_folders.items())
         tell(f"not scored: sub-folders that are not classes of the model: {listed}")
@@ -613,6 +622,33 @@ def _write_outputs(result: PredictResult, pages: Pages, say: Callable[[str], Non
     if result.outputs.review is not None:
         page = pages.write_review(result, result.outputs.review)
         tell(f"review page: {result.outputs.review} ({page.stat().st_size / 1e6:.1f} MB)")
+
+
+def batch_drift_of(run: PredictionRun) -> "BatchDrift | None":
+    """The batch test of the run's cells (:func:`cellclf.novelty.batch_drift`); None for a
+    model without the drift signal."""
+    from cellclf.novelty import batch_drift
+
+    if NOVELTY_COLUMNS[0] not in run.table:
+        return None
+    values = pd.to_numeric(run.table[NOVELTY_COLUMNS[0]], errors="coerce").dropna().to_numpy()
+    return batch_drift(values)
+
+
+def drift_text(run: PredictionRun, predictor: CellClassifier) -> str:
+    """The console's line on the drift signal: the batch test (a warning when it fires) and
+    how far the predicted classes are from the training mix."""
+    from cellclf.novelty import class_shift
+
+    drift = batch_drift_of(run)
+    if drift is None:
+        return ("no drift signal: this model was fitted before cellclf had one (no novelty_p column); "
+                "re-run cellclf fit to get it")
+    trained = (predictor.summary.get("counts") or {}).get("train") or {}
+    predicted = run.table["predicted"].dropna()
+    shift = (f"; predicted classes differ from the training mix by {class_shift(predicted, trained):.0%} "
+             "(total variation)") if trained and len(predicted) else ""
+    return ("warning: " if drift.fires else "") + drift.message() + shift
 
 
 def _not_scored(run: PredictionRun) -> dict[str, int]:

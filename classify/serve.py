@@ -13,9 +13,12 @@ Endpoints:
   as the raw body (``Content-Type: image/...``). One image in the raw body gets one result;
   a multipart upload gets ``{"results": [...]}``, one per file in order. A result is the
   field's Lambda shape, extended: ``{"image", "predictions": {class: probability},
-  "predicted", "confidence", "set": [...], "uncertain"}`` (calibrated probabilities; the
-  conformal prediction set; uncertain = a set of more than one class, no class reaching the
-  set's threshold, or a confidence under ``--min-confidence``).
+  "predicted", "confidence", "set": [...], "uncertain", "novelty_p", "unlike_training"}``
+  (calibrated probabilities; the conformal prediction set; the drift signal's p-value and
+  flag, :mod:`cellclf.novelty`, left out for a model fitted before it; uncertain = a set of
+  more than one class, no class reaching the set's threshold, a cell unlike the training
+  images, or a confidence under ``--min-confidence``). A multipart answer also holds
+  ``"drift"``: the batch test of its images (``fires``, ``message``, counts).
 - ``GET /``: an upload page (an HTML form, no script); ``POST /`` shows the results with
   the heat map of each image.
 - ``GET /health``, ``GET /model`` (classes, spec, calibration, test metrics), and FastAPI's
@@ -236,13 +239,10 @@ class Service:
             self.explainer = Explainer(predictor, network=self.embedder)  # the same network: one forward pass definition
         self.decoders = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="decode")
         self.network = ThreadPoolExecutor(1, thread_name_prefix="network")
-        self.batcher = Batcher(self._proba, self.network, NETWORK_BATCH)
+        self.batcher = Batcher(self.embedder.embed, self.network, NETWORK_BATCH)
         self.budget = UploadBudget(self.settings.max_inflight_mb)
         self.started = time.time()
         self.served = 0
-
-    def _proba(self, pixels: np.ndarray) -> np.ndarray:
-        return self.predictor.predict_proba(self.embedder.embed(pixels), spec=self.embedder.spec)
 
     def _decode(self, name: str, data: bytes) -> np.ndarray:
         image = self.embedder.load(data, self.settings.max_pixels)
@@ -259,17 +259,29 @@ class Service:
         loop = asyncio.get_running_loop()
         return np.stack(await asyncio.gather(*(loop.run_in_executor(self.decoders, self._decode, n, d) for n, d in named)))
 
-    def results(self, names: list[str], proba: np.ndarray) -> list[dict[str, Any]]:
-        """The JSON result of each image (see the module docstring)."""
+    def results(self, names: list[str], vectors: np.ndarray) -> list[dict[str, Any]]:
+        """The JSON result of each image's embedding (see the module docstring)."""
         from cellclf.classifier import prediction_record
 
         classes = list(self.predictor.classes)
+        spec = self.embedder.spec
+        proba = self.predictor.predict_proba(vectors, spec=spec)
+        novelty = self.predictor.novelty_p(vectors, spec=spec)
         sizes = self.predictor.prediction_sets(proba).sum(axis=1)
-        unsure = self.predictor.uncertain(proba, self.settings.min_confidence)
-        out = [{"image": name, **prediction_record(row, classes, int(size), uncertain)}
-               for name, row, size, uncertain in zip(names, proba, sizes, unsure)]
+        unsure = self.predictor.uncertain(proba, self.settings.min_confidence, novelty)
+        out = [{"image": name, **prediction_record(row, classes, int(size), uncertain,
+                                                    None if novelty is None else novelty[i])}
+               for i, (name, row, size, uncertain) in enumerate(zip(names, proba, sizes, unsure))]
         self.served += len(out)
         return out
+
+    @staticmethod
+    def drift(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The batch test of a request's results (None: the model has no drift signal)."""
+        from cellclf.novelty import batch_drift
+
+        values = [r["novelty_p"] for r in results if "novelty_p" in r]
+        return batch_drift(values).to_dict() if len(values) == len(results) and values else None
 
     async def classify(self, named: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
         pixels = await self.decode(named)
@@ -286,12 +298,13 @@ class Service:
         def run() -> list[tuple[np.ndarray, bytes]]:
             done = []
             for (name, _), image in zip(named, pixels):
-                result, proba = self.explainer.explain(image[None])
-                done.append((proba[0], explanation_png(self.explainer, name, image, result, proba, 0)[0]))
+                result, embedding = self.explainer.explain_embedded(image[None])
+                proba = self.predictor.predict_proba(embedding)
+                done.append((embedding[0], explanation_png(self.explainer, name, image, result, proba, 0)[0]))
             return done
 
         done = await asyncio.get_running_loop().run_in_executor(self.network, run)
-        results = self.results([n for n, _ in named], np.stack([p for p, _ in done]))
+        results = self.results([n for n, _ in named], np.stack([v for v, _ in done]))
         return list(zip(results, [png for _, png in done]))
 
     def model_facts(self) -> dict[str, Any]:
@@ -437,7 +450,10 @@ def create_app(service: Service) -> Any:
         async with holding(request) as named:
             results = await service.classify(named)
         multipart = request.headers.get("content-type", "").lower().startswith("multipart/")
-        return {"results": results} if multipart else results[0]
+        if not multipart:
+            return results[0]
+        drift = service.drift(results)
+        return {"results": results, **({"drift": drift} if drift is not None else {})}
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
@@ -446,7 +462,8 @@ def create_app(service: Service) -> Any:
     @app.post("/", response_class=HTMLResponse, openapi_extra=upload_body)
     async def page_results(request: Request) -> str:
         async with holding(request) as named:
-            return result_page(service.model_facts(), await service.explain(named))
+            explained = await service.explain(named)
+            return result_page(service.model_facts(), explained, service.drift([r for r, _ in explained]))
 
     return app
 

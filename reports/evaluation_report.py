@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 from cellembed import EmbeddingSpec
 from cellreports import sections
 from cellreports.gallery import GALLERY_LIMIT, ImagesRoot
-from cellreports.html import page
+from cellreports.html import Section, drift_paragraph, page
 from cellreports.writing import write_html
 
 
@@ -25,6 +25,7 @@ def render_evaluation_report(
     not_scored: Mapping[str, int] | None = None,
     source: str | None = None,
     title: str | None = None,
+    drift: Mapping[str, object] | None = None,
 ) -> str:
     """The evaluation report as an HTML string (see :func:`write_evaluation_report`)."""
     classes = [str(c) for c in classes]
@@ -48,6 +49,7 @@ def render_evaluation_report(
     else:
         images = ImagesRoot(Path(images_root), "the folder that was classified")
     body = [
+        Section("drift", "Like the training images?", drift_paragraph(None if drift is None else dict(drift))),
         sections.data_section(classes, counts, spec, facts),
         sections.models_section([view], "Scores of the model's predictions against the class sub-folders."),
         sections.per_class_section([view]),
@@ -73,6 +75,7 @@ def write_evaluation_report(
     not_scored: Mapping[str, int] | None = None,
     source: str | None = None,
     title: str | None = None,
+    drift: Mapping[str, object] | None = None,
 ) -> Path:
     """Write the self-contained HTML report of a model scored on labelled images.
 
@@ -88,11 +91,14 @@ def write_evaluation_report(
             model class": 3}``), listed with the input facts.
         source: how to name the images in the report (default: ``images_root``).
         title: page title (default ``cellclf evaluation — <folder name>``).
+        drift: the batch drift test of the images (``cellclf.novelty.BatchDrift.to_dict``;
+            None: the model has no drift signal, which the report says).
 
     Raises:
         ValueError: the record has no scored images.
     """
     document = render_evaluation_report(
-        model, classes, spec, images_root=images_root, not_scored=not_scored, source=source, title=title
+        model, classes, spec, images_root=images_root, not_scored=not_scored, source=source, title=title,
+        drift=drift,
     )
     return write_html(document, out_path)

@@ -42,6 +42,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.best td { background: #fff7d6; }
 pre { background: #f6f8fa; padding: 8px 12px; overflow-x: auto; font-size: 0.85em; }
 .note { color: #6a4b00; background: #fff7d6; border-left: 4px solid #e0b000; padding: 6px 12px; }
+.warning { color: #6b0000; background: #fde8e8; border-left: 5px solid #c00000; padding: 8px 12px; font-weight: 600; }
 .figures { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 figure { margin: 0; }
 figcaption { font-size: 0.85em; color: #555; }
@@ -126,6 +127,21 @@ def paragraph(*children: object, **attrs: object) -> Markup:
 def note(*children: object) -> Markup:
     """A highlighted sentence, e.g. why a part of the report is not available."""
     return element("p", *children, class_="note")
+
+
+def warning(*children: object) -> Markup:
+    """A sentence the reader must not miss (the drift warning: these cells are unlike the
+    model's training images)."""
+    return element("p", *children, class_="warning", role="alert")
+
+
+def drift_paragraph(drift: dict | None) -> Markup:
+    """The batch drift test of a page's cells (``cellclf.novelty.BatchDrift.to_dict``): a
+    warning when it fires, a plain line when not, and a note for a model without it."""
+    if drift is None:
+        return note("No drift signal: this model was fitted before cellclf had one; re-run cellclf fit to get it.")
+    text = drift["message"][0].upper() + drift["message"][1:] + "."
+    return warning(text) if drift["fires"] else paragraph(text)
 
 
 def preformatted(text: str) -> Markup:

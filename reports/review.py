@@ -24,7 +24,7 @@ import pandas as pd
 from cellembed import EmbeddingSpec
 from cellreports import sections
 from cellreports.gallery import GALLERY_LIMIT, ImagesRoot, thumbnail_data_uri
-from cellreports.html import Markup, Section, concat, element, image, note, page, paragraph, table
+from cellreports.html import Markup, Section, concat, drift_paragraph, element, image, note, page, paragraph, table
 from cellreports.writing import write_html
 
 CARD_THUMBNAIL = 160
@@ -52,6 +52,8 @@ class ReviewInput:
         evaluation: the model record scored against the class folders (None: unlabelled).
         spec: the model's embedding spec, shown with the evaluation.
         not_scored: images left out of the evaluation, per reason.
+        drift: the batch drift test of the images (``cellclf.novelty.BatchDrift.to_dict``;
+            None: the model has no drift signal), said at the top of the page.
     """
 
     table: pd.DataFrame
@@ -65,6 +67,7 @@ class ReviewInput:
     evaluation: Any = None
     spec: EmbeddingSpec | None = None
     not_scored: Mapping[str, int] = field(default_factory=dict)
+    drift: Mapping[str, Any] | None = None
 
 
 def render_review(review: ReviewInput) -> str:
@@ -103,6 +106,8 @@ def _uncertain_rule(review: ReviewInput) -> str:
         rules.append(f"its prediction set holds more than one class, or no class reaches the set's threshold "
                      f"(sets are made to hold the true class for {1 - review.alpha:.0%} of cells like the model's "
                      "validation images; a set is never empty, so it then holds the top class alone)")
+    if review.drift is not None:
+        rules.append(f"it is unlike the model's training images (novelty p < {review.drift['alpha']:g})")
     if review.min_confidence is not None:
         rules.append(f"its probability is under {review.min_confidence:g} (--min-confidence)")
     return " or ".join(rules) if rules else "never (this model has no prediction sets and no --min-confidence was given)"
@@ -121,6 +126,7 @@ def _summary(review: ReviewInput, done: pd.DataFrame, n_failed: int) -> Section:
         rows.append([link, c, f"{100 * c / n:.1f}%" if n else "n/a", u])
     rows.append([Markup("<b>total</b>"), n, "100%" if n else "n/a", int(unsure.sum())])
     parts = [
+        drift_paragraph(None if review.drift is None else dict(review.drift)),
         table(["predicted class", "cells", "share", "uncertain"], rows, numeric=range(1, 4),
               caption="Differential count (predicted classes)", id="count-table"),
         paragraph(f"A cell is uncertain when {_uncertain_rule(review)}; review those first: they are at the top "
@@ -179,6 +185,9 @@ def _card(review: ReviewInput, row: Mapping[str, Any], classes: list[str], ancho
         element("div", element("b", row["predicted"]), f" {float(row['confidence']):.3f}",
                 *([" ", element("span", "uncertain", class_="badge")] if uncertain else [])),
     ]
+    if row.get("unlike_training") in (True,):  # numpy or Python True; not NaN or None
+        lines.append(element("div", element("span", "unlike training", class_="badge"),
+                             f" novelty p {float(row['novelty_p']):.3g}"))
     members = set_members(row, classes)
     if members:
         lines.append(element("div", "set: ", " | ".join(members)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from cellreports.figures import bytes_data_uri
-from cellreports.html import Markup, Section, element, image, note, page, paragraph, table
+from cellreports.html import Markup, Section, drift_paragraph, element, image, note, page, paragraph, table
 
 
 def _form(facts: dict[str, Any]) -> Markup:
@@ -52,8 +52,10 @@ def upload_page(facts: dict[str, Any], error: str | None = None) -> str:
                 [Section("upload", "Upload", Markup("".join(body)))])
 
 
-def result_page(facts: dict[str, Any], results: Sequence[tuple[dict[str, Any], bytes | None]]) -> str:
-    """The results of a post to ``/``: one block per image, then the form again."""
+def result_page(facts: dict[str, Any], results: Sequence[tuple[dict[str, Any], bytes | None]],
+                drift: dict[str, Any] | None = None) -> str:
+    """The results of a post to ``/``: the batch drift test (``drift``, None for a model
+    without it), one block per image, then the form again."""
     blocks = []
     for position, (result, png) in enumerate(results):
         rows = sorted(result["predictions"].items(), key=lambda item: -item[1])
@@ -61,7 +63,9 @@ def result_page(facts: dict[str, Any], results: Sequence[tuple[dict[str, Any], b
             element("h3", result["image"]),
             paragraph(element("b", result["predicted"]), f" {result['confidence']:.3f}; set: ",
                       " | ".join(result["set"]),
-                      *([" ", element("span", "uncertain", class_="badge")] if result["uncertain"] else [])),
+                      *([" ", element("span", "uncertain", class_="badge")] if result["uncertain"] else []),
+                      *([" ", element("span", "unlike the training images", class_="badge"),
+                         f" (p = {result['novelty_p']:.3g})"] if result.get("unlike_training") else [])),
         ]
         if png is not None:
             parts.append(image(bytes_data_uri(png, "image/png"), f"heat map of {result['image']}", class_="plot"))
@@ -69,9 +73,10 @@ def result_page(facts: dict[str, Any], results: Sequence[tuple[dict[str, Any], b
             parts.append(note(f"No heat map: {facts.get('heatmaps_missing') or 'not available'}."))
         parts.append(table(["class", "probability"], [[name, f"{p:.4f}"] for name, p in rows], numeric=[1]))
         blocks.append(element("div", *parts, class_="result", id=f"result-{position}"))
-    intro = paragraph(
+    intro = drift_paragraph(drift) + paragraph(
         "Red on a map pushes towards the class, blue away from it. The probabilities are calibrated; a cell is "
-        "uncertain when its prediction set holds more than one class or no class reaches the set's threshold."
+        "uncertain when its prediction set holds more than one class, no class reaches the set's threshold, or "
+        "it is unlike the model's training images (p < 0.01: another lab, stain or cell type?)."
     )
     sections = [
         Section("results", f"Results ({len(results)} image{'' if len(results) == 1 else 's'})",
