@@ -206,6 +206,11 @@ def _report_writer(quiet: bool):
 )
 @click.option("--no-review", is_flag=True, help="Do not write the review page.")
 @click.option(
+    "--novelty-level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01, show_default=True,
+    help="A cell whose novelty_p (how unlike the training images it is) is under this is unlike_training, "
+    "and uncertain; the batch warning counts such cells against what chance gives.",
+)
+@click.option(
     "--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Embeddings cache of a folder of IMAGES. Default: <OUT name>.embeddings.parquet next to OUT "
     "(none with -o - or for image files).",
@@ -243,7 +248,7 @@ def predict(
     model: Path, images: tuple[Path, ...], out: Path, fmt: str, min_confidence: float | None, review_path: Path | None,
     no_review: bool, cache: Path | None, weights: str | None, batch_size: int, engine: str, max_pixels: int,
     report_path: Path | None, heatmaps_dir: Path | None, adapt: bool, trust_pickle: bool, allow_skips: bool,
-    overwrite: bool, quiet: bool,
+    overwrite: bool, quiet: bool, novelty_level: float,
 ) -> None:
     """Classify IMAGES (a folder, or one or more image files) with MODEL (a `cellclf fit` run
     folder, its model.skops or its model.joblib).
@@ -271,6 +276,7 @@ def predict(
     request = PredictRequest(
         model, images, out, fmt, min_confidence, review_path, no_review, cache, weights, batch_size, engine,
         max_pixels, report_path, heatmaps_dir, adapt, trust_pickle, overwrite, progress=not quiet,
+        novelty_level=novelty_level,
     )
     say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     with ExitStack() as stack:  # user errors become one line
@@ -283,10 +289,10 @@ def predict(
     exit_if_skipped(result.run.errors, "listed in the predictions with their reason", allow_skips)
 
 
-def _drift_dict(run) -> dict | None:
+def _drift_dict(result) -> dict | None:
     from cellclf.prediction import batch_drift_of
 
-    drift = batch_drift_of(run)
+    drift = batch_drift_of(result.run, result.request.novelty_level)
     return None if drift is None else drift.to_dict()
 
 
@@ -306,7 +312,7 @@ class _ReportPages:
         write_evaluation_report(
             evaluation_record(result.run.evaluation, result.request.model.name), result.run.classes,
             result.predictor.spec, path, images_root=result.folder, not_scored=result.not_scored,
-            drift=_drift_dict(result.run),
+            drift=_drift_dict(result),
         )
 
     def write_review(self, result, path: Path) -> Path:
@@ -327,7 +333,7 @@ class _ReportPages:
             source=str(images[0]) if len(images) == 1 else f"{len(images)} image files", heatmap_file=heatmap,
             alpha=None if calibration is None else calibration.alpha, min_confidence=request.min_confidence,
             evaluation=None if run.evaluation is None else evaluation_record(run.evaluation, request.model.name),
-            spec=result.predictor.spec, not_scored=result.not_scored, drift=_drift_dict(run),
+            spec=result.predictor.spec, not_scored=result.not_scored, drift=_drift_dict(result),
         )
         return write_review(review, path)
 
@@ -397,6 +403,8 @@ def explain(
               "beside the others gets 503 with Retry-After, one larger than this 413.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=None,
               help="Also call a cell uncertain when its top probability is below this.")
+@click.option("--novelty-level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+              show_default=True, help="A cell whose novelty_p is under this is unlike_training (and uncertain).")
 @click.option("--no-heatmaps", is_flag=True,
               help="Do not load the heat-map network (saves memory; the upload page then shows no maps).")
 @weights_option
@@ -404,8 +412,8 @@ def explain(
 @max_pixels_option
 @trust_pickle_option
 def serve(model: Path, host: str, port: int, max_upload_mb: float, max_batch: int, max_inflight_mb: float,
-          min_confidence: float | None, no_heatmaps: bool, weights: str | None, engine: str, max_pixels: int,
-          trust_pickle: bool) -> None:
+          min_confidence: float | None, novelty_level: float, no_heatmaps: bool, weights: str | None, engine: str,
+          max_pixels: int, trust_pickle: bool) -> None:
     """Serve MODEL over HTTP: POST /predict (images in, calibrated probabilities, prediction
     sets and an uncertain flag out, as JSON), an upload page at /, GET /health, GET /model
     and the OpenAPI docs at /docs.
@@ -419,7 +427,8 @@ def serve(model: Path, host: str, port: int, max_upload_mb: float, max_batch: in
     with user_errors(on_interrupt="interrupted while loading the model; nothing was served"):
         _, uvicorn = import_server()
         settings = ServeSettings(max_upload_mb=max_upload_mb, max_batch=max_batch, max_pixels=max_pixels,
-                                 min_confidence=min_confidence, heatmaps=not no_heatmaps, max_inflight_mb=max_inflight_mb)
+                                 min_confidence=min_confidence, heatmaps=not no_heatmaps, max_inflight_mb=max_inflight_mb,
+                                 novelty_level=novelty_level)
         check_port(host, port)  # before the model is loaded
         predictor = load_classifier(model, trust_pickle=trust_pickle)
         started = time.perf_counter()

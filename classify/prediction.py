@@ -35,6 +35,7 @@ from cellclf.classifier import DECIMALS, NOVELTY_COLUMNS, ImageClassifier, predi
 from cellclf.errors import ClassifierInputError
 from cellclf.inputs import input_images
 from cellclf.metrics import evaluate
+from cellclf.novelty import DEFAULT_NOVELTY_LEVEL
 from cellclf.estimator import CellClassifier
 from cellclf.rundir import PROBA_PREFIX
 
@@ -113,7 +114,8 @@ def predict_folder(predictor: CellClassifier | ImageClassifier, images: str | Pa
 
 
 def _cached_folder(classifier: ImageClassifier, images: Path, cache: str | Path, min_confidence: float | None,
-                   max_pixels: int, adapt: bool, progress: bool, log: Callable[[str], None] | None) -> PredictionRun:
+                   max_pixels: int, adapt: bool, progress: bool, log: Callable[[str], None] | None,
+                   novelty_level: float = DEFAULT_NOVELTY_LEVEL) -> PredictionRun:
     """A folder embedded through the add-only ``cache`` (rows of other images are kept)."""
     started = time.perf_counter()
     with output_lock(cache):  # held until the rows are read: no other run changes them meanwhile
@@ -130,7 +132,8 @@ def _cached_folder(classifier: ImageClassifier, images: Path, cache: str | Path,
         started = time.perf_counter()
         frame, frame_spec = _folder_rows(extraction)
     classes = classifier.classes
-    predicted = classifier.classify(frame, frame_spec, adapt=adapt, min_confidence=min_confidence)
+    predicted = classifier.classify(frame, frame_spec, adapt=adapt, min_confidence=min_confidence,
+                                    novelty_level=novelty_level)
     classify_seconds = time.perf_counter() - started
 
     table = _predictions_table(frame, predicted, extraction.errors)
@@ -154,6 +157,7 @@ def predict_inputs(
     adapt: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    novelty_level: float = DEFAULT_NOVELTY_LEVEL,
 ) -> PredictionRun:
     """Classify one folder or image files with ``predictor``.
 
@@ -163,6 +167,7 @@ def predict_inputs(
     made (then ``weights``, ``engine`` and ``batch_size`` are its own). ``max_pixels``: see
     :func:`cellembed.extract`. ``adapt``: classify the images after moving them onto the
     training statistics (:meth:`cellclf.estimator.CellClassifier.adapted`; cells from another lab).
+    ``novelty_level``: ``unlike_training`` is a ``novelty_p`` under it (:mod:`cellclf.novelty`).
 
     Raises:
         ClassifierInputError / cellembed.InputError: bad inputs (:func:`cellclf.inputs.input_images`) or
@@ -177,7 +182,8 @@ def predict_inputs(
         predictor, weights=weights, engine=engine, batch_size=batch_size, log=log
     )
     if folder is not None and cache is not None:
-        return _cached_folder(classifier, folder, cache, min_confidence, max_pixels, adapt, progress, log)
+        return _cached_folder(classifier, folder, cache, min_confidence, max_pixels, adapt, progress, log,
+                              novelty_level)
     started = time.perf_counter()
     names = [image.name for image in images]
     from tqdm import tqdm
@@ -185,7 +191,8 @@ def predict_inputs(
     with tqdm(total=len(images), unit="img", desc="embedding", disable=not progress, leave=False) as bar:
         vectors, reasons = classifier.embed_images([image.file for image in images], max_pixels, bar.update)
     ok = [i for i in range(len(images)) if i not in reasons]
-    predicted = classifier.classify(vectors[ok], classifier.embedder.spec, adapt=adapt, min_confidence=min_confidence)
+    predicted = classifier.classify(vectors[ok], classifier.embedder.spec, adapt=adapt, min_confidence=min_confidence,
+                                    novelty_level=novelty_level)
     embed_seconds = time.perf_counter() - started
     frame = pd.DataFrame({"path": pd.Series([names[i] for i in ok], dtype=object),
                           "label": pd.Series([images[i].label for i in ok], dtype=object)})
@@ -475,6 +482,7 @@ class PredictRequest:
     trust_pickle: bool = False
     overwrite: bool = False
     progress: bool = True
+    novelty_level: float = DEFAULT_NOVELTY_LEVEL
 
     @property
     def to_stdout(self) -> bool:
@@ -553,7 +561,7 @@ def predict_run(request: PredictRequest, pages: Pages | None = None, *, log: Cal
         run = predict_inputs(
             predictor, request.images, outputs.cache, weights=request.weights, batch_size=request.batch_size,
             engine=request.engine, min_confidence=request.min_confidence, max_pixels=request.max_pixels,
-            adapt=request.adapt, progress=request.progress, log=say,
+            adapt=request.adapt, progress=request.progress, log=say, novelty_level=request.novelty_level,
         )
         result = PredictResult(request, predictor, outputs, run, folder, _not_scored(run))
         _write_outputs(result, pages, say, tell, stdout)
@@ -596,7 +604,7 @@ def _write_outputs(result: PredictResult, pages: Pages, say: Callable[[str], Non
          f"{classified} images classified ({run.embedded} embedded now, {run.reused} from the cache) in "
          f"{run.embed_seconds + run.classify_seconds:.1f} s, {1000 * per_image:.0f} ms per image after loading "
          f"the model; {uncertain} uncertain")
-    tell(drift_text(run, result.predictor))
+    tell(drift_text(run, result.predictor, request.novelty_level))
     if run.unknown_folders:
         listed = ", ".join(f"{name} ({n})" for name, n in run.unknown_folders.items())
         tell(f"not scored: sub-folders that are not classes of the model: {listed}")
@@ -624,23 +632,23 @@ def _write_outputs(result: PredictResult, pages: Pages, say: Callable[[str], Non
         tell(f"review page: {result.outputs.review} ({page.stat().st_size / 1e6:.1f} MB)")
 
 
-def batch_drift_of(run: PredictionRun) -> "BatchDrift | None":
-    """The batch test of the run's cells (:func:`cellclf.novelty.batch_drift`); None for a
-    model without the drift signal."""
+def batch_drift_of(run: PredictionRun, level: float = DEFAULT_NOVELTY_LEVEL) -> "BatchDrift | None":
+    """The batch test of the run's cells at ``level`` (:func:`cellclf.novelty.batch_drift`);
+    None for a model without the drift signal."""
     from cellclf.novelty import batch_drift
 
     if NOVELTY_COLUMNS[0] not in run.table:
         return None
     values = pd.to_numeric(run.table[NOVELTY_COLUMNS[0]], errors="coerce").dropna().to_numpy()
-    return batch_drift(values)
+    return batch_drift(values, alpha=level)
 
 
-def drift_text(run: PredictionRun, predictor: CellClassifier) -> str:
+def drift_text(run: PredictionRun, predictor: CellClassifier, level: float = DEFAULT_NOVELTY_LEVEL) -> str:
     """The console's line on the drift signal: the batch test (a warning when it fires) and
     how far the predicted classes are from the training mix."""
     from cellclf.novelty import class_shift
 
-    drift = batch_drift_of(run)
+    drift = batch_drift_of(run, level)
     if drift is None:
         return ("no drift signal: this model was fitted before cellclf had one (no novelty_p column); "
                 "re-run cellclf fit to get it")

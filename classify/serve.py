@@ -97,6 +97,7 @@ class ServeSettings:
     min_confidence: float | None = None
     heatmaps: bool = True
     max_inflight_mb: float = 100.0
+    novelty_level: float = 0.01  # cellclf.novelty.DEFAULT_NOVELTY_LEVEL (imported with scikit-learn)
 
     def __post_init__(self) -> None:
         if self.max_inflight_mb < self.max_upload_mb:
@@ -268,20 +269,22 @@ class Service:
         proba = self.predictor.predict_proba(vectors, spec=spec)
         novelty = self.predictor.novelty_p(vectors, spec=spec)
         sizes = self.predictor.prediction_sets(proba).sum(axis=1)
-        unsure = self.predictor.uncertain(proba, self.settings.min_confidence, novelty)
+        level = self.settings.novelty_level
+        unsure = self.predictor.uncertain(proba, self.settings.min_confidence, novelty, level)
         out = [{"image": name, **prediction_record(row, classes, int(size), uncertain,
-                                                    None if novelty is None else novelty[i])}
+                                                    None if novelty is None else novelty[i], level)}
                for i, (name, row, size, uncertain) in enumerate(zip(names, proba, sizes, unsure))]
         self.served += len(out)
         return out
 
-    @staticmethod
-    def drift(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    def drift(self, results: list[dict[str, Any]]) -> dict[str, Any] | None:
         """The batch test of a request's results (None: the model has no drift signal)."""
         from cellclf.novelty import batch_drift
 
         values = [r["novelty_p"] for r in results if "novelty_p" in r]
-        return batch_drift(values).to_dict() if len(values) == len(results) and values else None
+        if not values or len(values) != len(results):
+            return None
+        return batch_drift(values, alpha=self.settings.novelty_level).to_dict()
 
     async def classify(self, named: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
         pixels = await self.decode(named)

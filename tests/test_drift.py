@@ -61,6 +61,11 @@ def test_predict_writes_the_drift_columns_and_is_quiet_on_cells_like_the_trainin
     assert table["novelty_p"].between(1 / 131, 1.0).all() and table["unlike_training"].sum() <= 2
     assert any("no sign of another lab" in line for line in lines), lines
     assert (table.loc[table["unlike_training"], "uncertain"]).all()
+    # the level is the user's: at 0.5 about half of in-domain cells are under it, and all are uncertain
+    _predict(tmp_path, run_dir, folder, random_weights, novelty_level=0.5, overwrite=True)
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert (table["unlike_training"] == (table["novelty_p"] < 0.5)).all() and 5 <= table["unlike_training"].sum() <= 25
+    assert table.loc[table["unlike_training"], "uncertain"].all()
 
 
 def test_a_batch_unlike_the_training_images_fires_the_warning_and_its_cells_are_uncertain(run_dir, tmp_path,
