@@ -399,6 +399,8 @@ def _train(
         record, predictors[key], tunings[key] = _fit_family(get_family(key), split.parts, loaded, config, phase)
         predictors[key].novelty_ = novelty
         predictors[key].summary["novelty"] = novelty_facts(novelty, split.parts["test"].X)
+        if record.calibration is not None:  # the report shows it beside the calibration
+            record.calibration["novelty"] = predictors[key].summary["novelty"]
         models.append(record)
     best = max(models, key=lambda m: (m.val_macro_f1, -models.index(m)))
     best.best = True

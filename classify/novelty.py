@@ -195,6 +195,7 @@ def novelty_facts(detector: NoveltyDetector, test: np.ndarray | None = None,
         "calibration_images": int(m),
         "smallest_p": 1.0 / (m + 1),
         "level": level,
+        "size_mb": round(sum(a.nbytes for a in detector.to_arrays().values()) / 1e6, 2),
     }
     if test is not None and len(test):
         facts["test_flagged"] = float((detector.p_values(test) < level).mean())

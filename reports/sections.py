@@ -379,4 +379,17 @@ def calibration_section(models: Sequence[ModelView]) -> Section:
     parts.append(figure(image(uri, "reliability diagrams of the test split", class_="plot"),
                         "Reliability of the test split: each dot is a confidence bin (its area ~ its images); "
                         "on the dashed line the confidence equals the accuracy."))
+    novelty = first.get("novelty")
+    if novelty:
+        level = novelty["level"]
+        parts.append(paragraph(
+            "Drift signal (how unlike the training images a new cell is; cellclf predict's novelty_p): "
+            f"{novelty['components']} directions of the training images, scored against {novelty['calibration_images']} "
+            f"validation images ({novelty['size_mb']:g} MB in the model file). {100 * novelty['test_flagged']:.1f}% "
+            f"of the test images (never seen, same lab) have novelty p < {level:g}, where about {100 * level:g}% is "
+            "expected; calibration and prediction sets hold for cells like these, not for another lab's cells, "
+            "which the signal flags."
+            + (f" With {novelty['calibration_images']} validation images no cell can reach p < {level:g}."
+               if novelty["smallest_p"] >= level else "")
+        ))
     return Section("calibration", "Calibration and prediction sets", concat(parts))
