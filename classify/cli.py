@@ -290,10 +290,12 @@ def predict(
 
 
 def _drift_dict(result) -> dict | None:
+    from cellclf.novelty import drift_record
     from cellclf.prediction import batch_drift_of
 
     drift = batch_drift_of(result.run, result.request.novelty_level)
-    return None if drift is None else drift.to_dict()
+    trained = (result.predictor.summary.get("counts") or {}).get("train")
+    return None if drift is None else drift_record(drift, result.run.table["predicted"].dropna(), trained)
 
 
 class _ReportPages:

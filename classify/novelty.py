@@ -202,3 +202,13 @@ def novelty_facts(detector: NoveltyDetector, test: np.ndarray | None = None,
     else:
         facts["test_flagged"] = 0.0
     return facts
+
+
+def drift_record(drift: BatchDrift, predicted: Sequence[str], training_counts: Mapping[str, int] | None) -> dict[str, Any]:
+    """The batch test as the pages and the server give it: :meth:`BatchDrift.to_dict` plus
+    ``class_shift``, the total variation of the predicted classes from the training mix
+    (None when the model does not record its training counts)."""
+    record = drift.to_dict()
+    record["class_shift"] = (round(class_shift(list(predicted), training_counts), 4)
+                             if training_counts and len(predicted) else None)
+    return record

@@ -141,6 +141,9 @@ def drift_paragraph(drift: dict | None) -> Markup:
     if drift is None:
         return note("No drift signal: this model was fitted before cellclf had one; re-run cellclf fit to get it.")
     text = drift["message"][0].upper() + drift["message"][1:] + "."
+    if drift.get("class_shift") is not None:
+        text += (f" The predicted classes differ from the training mix by {100 * drift['class_shift']:.0f}% (total "
+                 "variation; a sample of one cell type differs by design, so this alone is no warning).")
     return warning(text) if drift["fires"] else paragraph(text)
 
 

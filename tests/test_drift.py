@@ -33,11 +33,12 @@ def run_dir(tmp_path_factory, random_weights):
     return root / "run"
 
 
-def _predict(tmp_path, run_dir, folder, weights, **options):
+def _predict(tmp_path, run_dir, folder, weights, pages=None, **options):
     lines: list[str] = []
-    request = PredictRequest(model=run_dir, images=(folder,), out=tmp_path / "p.csv", no_review=True,
-                             weights=str(weights), progress=False, **options)
-    result = predict_run(request, tell=lines.append)
+    options.setdefault("no_review", pages is None)
+    request = PredictRequest(model=run_dir, images=(folder,), out=tmp_path / "p.csv", weights=str(weights),
+                             progress=False, **options)
+    result = predict_run(request, pages, tell=lines.append)
     return result, lines
 
 
@@ -70,8 +71,12 @@ def test_predict_writes_the_drift_columns_and_is_quiet_on_cells_like_the_trainin
 
 def test_a_batch_unlike_the_training_images_fires_the_warning_and_its_cells_are_uncertain(run_dir, tmp_path,
                                                                                           random_weights):
+    from cellclf.cli import _ReportPages
+
     folder = tinted_folder(tmp_path / "other", {"": 20}, seed=6)  # grey noise: no training tint
-    result, lines = _predict(tmp_path, run_dir, folder, random_weights, fmt="json")
+    result, lines = _predict(tmp_path, run_dir, folder, random_weights, _ReportPages(), fmt="json")
+    page = result.outputs.review.read_text()
+    assert 'class="warning"' in page and "unlike training" in page and "novelty p &lt; 0.01" in page
     document = json.loads((tmp_path / "p.csv").read_text())
     flagged = [entry for entry in document.values() if entry["unlike_training"]]
     assert len(flagged) >= 15 and all(entry["uncertain"] for entry in flagged)
@@ -123,6 +128,9 @@ def test_the_server_answers_the_drift_signal_per_cell_and_per_request(run_dir, r
     assert all({"novelty_p", "unlike_training"} <= set(r) for r in same["results"] + other["results"])
     assert not same["drift"]["fires"] and not any(r["unlike_training"] for r in same["results"])
     assert other["drift"]["fires"] and other["drift"]["flagged"] == 3 and all(r["uncertain"] for r in other["results"])
+    assert 0 <= same["drift"]["class_shift"] <= 1  # three red cells against a third of each colour: 2/3
+    assert same["drift"]["class_shift"] == pytest.approx(2 / 3, abs=0.02) or not all(
+        r["predicted"] == "red" for r in same["results"])
     assert 'class="warning"' in page and "look unlike the model&#x27;s training images" in page.replace("&#39;", "&#x27;")
     assert "unlike the training images" in page
     assert single.json()["unlike_training"] is True and "drift" not in single.json()
