@@ -49,7 +49,7 @@ def render_evaluation_report(
     else:
         images = ImagesRoot(Path(images_root), "the folder that was classified")
     body = [
-        Section("drift", "Like the training images?", drift_paragraph(None if drift is None else dict(drift))),
+        *([Section("drift", "Like the training images?", drift_paragraph(dict(drift)))] if drift is not None else []),
         sections.data_section(classes, counts, spec, facts),
         sections.models_section([view], "Scores of the model's predictions against the class sub-folders."),
         sections.per_class_section([view]),
@@ -91,8 +91,8 @@ def write_evaluation_report(
             model class": 3}``), listed with the input facts.
         source: how to name the images in the report (default: ``images_root``).
         title: page title (default ``cellclf evaluation — <folder name>``).
-        drift: the batch drift test of the images (``cellclf.novelty.BatchDrift.to_dict``;
-            None: the model has no drift signal, which the report says).
+        drift: the batch drift test of the images (``cellclf.novelty.drift_record``), shown
+            first (None: no such section; a model without the signal, which predict says).
 
     Raises:
         ValueError: the record has no scored images.

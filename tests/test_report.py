@@ -315,6 +315,7 @@ def test_evaluation_report(run_dir, tmp_path):
     from cellclf.metrics import evaluate
     from cellclf.rundir import evaluation_record
     from cellreports import write_evaluation_report
+    from cellreports.evaluation_report import render_evaluation_report
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     predictions = pd.read_csv(run_dir / "predictions_test.csv", keep_default_na=False, na_values=[""])
@@ -333,6 +334,10 @@ def test_evaluation_report(run_dir, tmp_path):
     page = assert_self_contained(document)
     assert tuple(page.sections) == ("data", "models", "per-class", "confusion", "roc", "gallery")
     assert EVIL_CLASS not in document and EVIL_NAME not in document
+    drift = {"n": 9, "flagged": 9, "alpha": 0.01, "expected": 0.09, "p_value": 1e-18, "level": 0.01, "fires": True,
+             "message": "these images look unlike the model's training images: ...", "class_shift": 0.5}
+    with_drift = assert_self_contained(render_evaluation_report(model, classes, spec, images_root=images, drift=drift))
+    assert tuple(with_drift.sections)[:2] == ("drift", "data")
     header, row = page.tables["models-table"]
     assert row[header.index("macro-F1")] == "0.1234 (0.100–0.200)"
     assert float(row[header.index("accuracy")].split(" (")[0]) == pytest.approx(overall["accuracy"], abs=5e-5)
