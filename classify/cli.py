@@ -289,15 +289,6 @@ def predict(
     exit_if_skipped(result.run.errors, "listed in the predictions with their reason", allow_skips)
 
 
-def _drift_dict(result) -> dict | None:
-    from cellclf.novelty import drift_record
-    from cellclf.prediction import batch_drift_of
-
-    drift = batch_drift_of(result.run, result.request.novelty_level)
-    trained = (result.predictor.summary.get("counts") or {}).get("train")
-    return None if drift is None else drift_record(drift, result.run.table["predicted"].dropna(), trained)
-
-
 class _ReportPages:
     """predict's pages, drawn by cellreports (pages are drawn by the front ends, this command
     line and the server, never by the cellclf library)."""
@@ -308,17 +299,19 @@ class _ReportPages:
         return is_report(path)
 
     def write_report(self, result, path: Path) -> None:
+        from cellclf.prediction import drift_of
         from cellclf.rundir import evaluation_record
         from cellreports import write_evaluation_report
 
         write_evaluation_report(
             evaluation_record(result.run.evaluation, result.request.model.name), result.run.classes,
             result.predictor.spec, path, images_root=result.folder, not_scored=result.not_scored,
-            drift=_drift_dict(result),
+            drift=drift_of(result),
         )
 
     def write_review(self, result, path: Path) -> Path:
         from cellclf.heatmap_files import output_paths
+        from cellclf.prediction import drift_of
         from cellclf.rundir import evaluation_record
         from cellreports.review import ReviewInput, write_review
 
@@ -335,7 +328,7 @@ class _ReportPages:
             source=str(images[0]) if len(images) == 1 else f"{len(images)} image files", heatmap_file=heatmap,
             alpha=None if calibration is None else calibration.alpha, min_confidence=request.min_confidence,
             evaluation=None if run.evaluation is None else evaluation_record(run.evaluation, request.model.name),
-            spec=result.predictor.spec, not_scored=result.not_scored, drift=_drift_dict(result),
+            spec=result.predictor.spec, not_scored=result.not_scored, drift=drift_of(result),
         )
         return write_review(review, path)
 

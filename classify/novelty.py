@@ -204,11 +204,20 @@ def novelty_facts(detector: NoveltyDetector, test: np.ndarray | None = None,
     return facts
 
 
-def drift_record(drift: BatchDrift, predicted: Sequence[str], training_counts: Mapping[str, int] | None) -> dict[str, Any]:
-    """The batch test as the pages and the server give it: :meth:`BatchDrift.to_dict` plus
-    ``class_shift``, the total variation of the predicted classes from the training mix
-    (None when the model does not record its training counts)."""
-    record = drift.to_dict()
-    record["class_shift"] = (round(class_shift(list(predicted), training_counts), 4)
-                             if training_counts and len(predicted) else None)
+def batch_report(p_values: Sequence[float], predicted: Sequence[str], summary: Mapping[str, Any],
+                 level: float = DEFAULT_NOVELTY_LEVEL) -> dict[str, Any]:
+    """The batch test of a batch's cells as the console, the pages and the server give it:
+    :meth:`BatchDrift.to_dict` of :func:`batch_drift` at ``level``, plus ``class_shift``,
+    the total variation of the ``predicted`` classes from the training mix of the model's
+    ``summary`` (None when it does not record its training counts)."""
+    record = batch_drift(p_values, alpha=level).to_dict()
+    trained = (summary.get("counts") or {}).get("train")
+    record["class_shift"] = round(class_shift(list(predicted), trained), 4) if trained and len(predicted) else None
     return record
+
+
+def report_line(report: Mapping[str, Any]) -> str:
+    """One console line of :func:`batch_report` (``warning:`` first when it fires)."""
+    shift = "" if report["class_shift"] is None else (
+        f"; predicted classes differ from the training mix by {report['class_shift']:.0%} (total variation)")
+    return ("warning: " if report["fires"] else "") + report["message"] + shift

@@ -19,7 +19,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,8 +39,6 @@ from cellclf.novelty import DEFAULT_NOVELTY_LEVEL
 from cellclf.estimator import CellClassifier
 from cellclf.rundir import PROBA_PREFIX
 
-if TYPE_CHECKING:
-    from cellclf.novelty import BatchDrift
 
 
 @dataclass
@@ -604,7 +602,7 @@ def _write_outputs(result: PredictResult, pages: Pages, say: Callable[[str], Non
          f"{classified} images classified ({run.embedded} embedded now, {run.reused} from the cache) in "
          f"{run.embed_seconds + run.classify_seconds:.1f} s, {1000 * per_image:.0f} ms per image after loading "
          f"the model; {uncertain} uncertain")
-    tell(drift_text(run, result.predictor, request.novelty_level))
+    tell(drift_text(result))
     if run.unknown_folders:
         listed = ", ".join(f"{name} ({n})" for name, n in run.unknown_folders.items())
         tell(f"not scored: sub-folders that are not classes of the model: {listed}")
@@ -632,31 +630,27 @@ def _write_outputs(result: PredictResult, pages: Pages, say: Callable[[str], Non
         tell(f"review page: {result.outputs.review} ({page.stat().st_size / 1e6:.1f} MB)")
 
 
-def batch_drift_of(run: PredictionRun, level: float = DEFAULT_NOVELTY_LEVEL) -> "BatchDrift | None":
-    """The batch test of the run's cells at ``level`` (:func:`cellclf.novelty.batch_drift`);
-    None for a model without the drift signal."""
-    from cellclf.novelty import batch_drift
+def drift_of(result: "PredictResult") -> dict[str, Any] | None:
+    """The batch test of a predict run's cells at its ``--novelty-level``
+    (:func:`cellclf.novelty.batch_report`); None for a model without the drift signal."""
+    from cellclf.novelty import batch_report
 
-    if NOVELTY_COLUMNS[0] not in run.table:
+    table = result.run.table
+    if NOVELTY_COLUMNS[0] not in table:
         return None
-    values = pd.to_numeric(run.table[NOVELTY_COLUMNS[0]], errors="coerce").dropna().to_numpy()
-    return batch_drift(values, alpha=level)
+    values = pd.to_numeric(table[NOVELTY_COLUMNS[0]], errors="coerce").dropna().to_numpy()
+    return batch_report(values, table["predicted"].dropna(), result.predictor.summary, result.request.novelty_level)
 
 
-def drift_text(run: PredictionRun, predictor: CellClassifier, level: float = DEFAULT_NOVELTY_LEVEL) -> str:
-    """The console's line on the drift signal: the batch test (a warning when it fires) and
-    how far the predicted classes are from the training mix."""
-    from cellclf.novelty import class_shift
+def drift_text(result: "PredictResult") -> str:
+    """The console's line on the drift signal (:func:`drift_of`)."""
+    from cellclf.novelty import report_line
 
-    drift = batch_drift_of(run, level)
-    if drift is None:
+    report = drift_of(result)
+    if report is None:
         return ("no drift signal: this model was fitted before cellclf had one (no novelty_p column); "
                 "re-run cellclf fit to get it")
-    trained = (predictor.summary.get("counts") or {}).get("train") or {}
-    predicted = run.table["predicted"].dropna()
-    shift = (f"; predicted classes differ from the training mix by {class_shift(predicted, trained):.0%} "
-             "(total variation)") if trained and len(predicted) else ""
-    return ("warning: " if drift.fires else "") + drift.message() + shift
+    return report_line(report)
 
 
 def _not_scored(run: PredictionRun) -> dict[str, int]:

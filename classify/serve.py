@@ -280,14 +280,13 @@ class Service:
     def drift(self, results: list[dict[str, Any]]) -> dict[str, Any] | None:
         """The batch test of a request's results and the shift of their predicted classes
         from the training mix (None: the model has no drift signal)."""
-        from cellclf.novelty import batch_drift, drift_record
+        from cellclf.novelty import batch_report
 
         values = [r["novelty_p"] for r in results if "novelty_p" in r]
         if not values or len(values) != len(results):
             return None
-        trained = (self.predictor.summary.get("counts") or {}).get("train")
-        return drift_record(batch_drift(values, alpha=self.settings.novelty_level), [r["predicted"] for r in results],
-                            trained)
+        return batch_report(values, [r["predicted"] for r in results], self.predictor.summary,
+                            self.settings.novelty_level)
 
     async def classify(self, named: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
         pixels = await self.decode(named)

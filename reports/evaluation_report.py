@@ -91,7 +91,7 @@ def write_evaluation_report(
             model class": 3}``), listed with the input facts.
         source: how to name the images in the report (default: ``images_root``).
         title: page title (default ``cellclf evaluation — <folder name>``).
-        drift: the batch drift test of the images (``cellclf.novelty.drift_record``), shown
+        drift: the batch drift test of the images (``cellclf.novelty.batch_report``), shown
             first (None: no such section; a model without the signal, which predict says).
 
     Raises:
