@@ -8,7 +8,11 @@ makes (images joined when their similarity is at least the threshold, within a c
 folder) and the largest group. A threshold that groups bccd's copies while leaving pbc-dev's
 cells apart is what a split by groups needs (issue 22 §3).
 
-    python bench/near_duplicates.py [FILE ...]
+    python bench/near_duplicates.py [FILE ...] [--folders FOLDER ...]
+
+``--folders`` measures, for image folders, the same nearest-neighbour statistic with a
+rotation- and shift-tolerant descriptor instead: the colour histogram of the image (8 levels
+per channel, Bhattacharyya coefficient), one candidate for the detector issue 22 §3 needs.
 """
 
 from __future__ import annotations
@@ -44,12 +48,43 @@ def groups(similar: np.ndarray) -> np.ndarray:
     return np.array([find(i) for i in range(len(similar))])
 
 
+def colour_histograms(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 512) square-rooted colour histograms of a folder's images (96 x 96), their labels."""
+    from PIL import Image
+
+    files = sorted(p for p in folder.glob("*/*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+                   and not p.name.startswith("."))
+    rows = []
+    for path in files:
+        pixels = np.asarray(Image.open(path).convert("RGB").resize((96, 96))).reshape(-1, 3) // 32
+        counts = np.bincount(pixels[:, 0] * 64 + pixels[:, 1] * 8 + pixels[:, 2], minlength=512).astype(np.float64)
+        rows.append(np.sqrt(counts / counts.sum()))
+    return np.stack(rows), np.array([p.parent.name for p in files], dtype=object)
+
+
+def folder_report(folder: Path) -> None:
+    H, labels = colour_histograms(folder)
+    S = H @ H.T
+    np.fill_diagonal(S, -1.0)
+    nearest = np.where(labels[:, None] == labels[None, :], S, -1.0).max(axis=1)
+    q = np.quantile(nearest, [0.01, 0.1, 0.5, 0.9, 0.99])
+    print(f"{folder.name}: {len(H)} images; nearest same-class colour histogram (Bhattacharyya), quantiles "
+          "1/10/50/90/99%: " + " ".join(f"{v:.4f}" for v in q))
+    for t in (0.98, 0.99, 0.995, 0.998):
+        print(f"  images with a same-class neighbour at >= {t}: {(nearest >= t).mean():.1%}")
+
+
 def main() -> None:
     from cellclf.data import load_labelled
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", default=list(DEFAULT_FILES))
+    parser.add_argument("--folders", nargs="*", type=Path, default=[])
     args = parser.parse_args()
+    for folder in args.folders:
+        folder_report(folder)
+    if args.folders:
+        return
     for path in args.files:
         data = load_labelled(Path(path))
         keep = ~data.meta["sha256"].duplicated().to_numpy()
