@@ -147,12 +147,12 @@ class BatchDrift:
         if self.fires:
             return (
                 f"these images look unlike the model's training images: {self.flagged} of {self.n} cells "
-                f"({share:.0%}) are unlike them at p < {self.alpha:g}, where about {self.expected:.1f} would be "
+                f"({share:.0%}) are unlike them at p < {self.alpha:g}, where about {self.expected:.2g} would be "
                 f"by chance (batch p = {self.p_value:.2g}); the predictions may be wrong without looking uncertain "
                 "(another lab, stain, microscope or cell type?): check them, or adapt the model to this lab"
             )
         return (f"{self.flagged} of {self.n} cells unlike the training images at p < {self.alpha:g} "
-                f"(about {self.expected:.1f} expected by chance): no sign of another lab")
+                f"(about {self.expected:.2g} expected by chance): no sign of another lab")
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "flagged": self.flagged, "alpha": self.alpha, "expected": round(self.expected, 4),
