@@ -174,8 +174,9 @@ class ImageClassifier:
             empty = np.zeros((0, len(self.classes)))
             return probability_table(empty, self.classes, empty.astype(bool), np.zeros(0, dtype=bool),
                                      np.zeros(0) if has_novelty else None, novelty_level)
-        proba = self.predictor.predict_proba(X, spec, adapt=adapt)
-        novelty_p = self.predictor.novelty_p(X, spec)
+        matrix = self.predictor.matrix(X, spec)  # validated and gathered once for both
+        proba = self.predictor.predict_proba(matrix, adapt=adapt)
+        novelty_p = self.predictor.novelty_p(matrix)
         return probability_table(proba, self.classes, self.predictor.prediction_sets(proba),
                                  self.predictor.uncertain(proba, min_confidence, novelty_p, novelty_level),
                                  novelty_p, novelty_level)
