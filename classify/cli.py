@@ -100,6 +100,12 @@ def main() -> None:
 )
 @click.option("--cv", default=5, type=click.IntRange(min=2), help="Cross-validation folds for tuning the logistic regression.")
 @click.option(
+    "--near-duplicates", default="images", type=click.Choice(["images", "embeddings", "off"]),
+    help="How copies of one cell (rotated, flipped, shifted, re-encoded) are found, to keep them in one "
+    "split and one CV fold: 'images' compares rotation-proof colour descriptors of the images (where the "
+    "images folder is not here: the embeddings), 'embeddings' the embeddings, 'off' only identical files.",
+)
+@click.option(
     "--alpha", default=0.05, type=click.FloatRange(0, 1, min_open=True, max_open=True), show_default=True,
     help="Prediction sets are made to hold the true class for a share 1 - ALPHA of cells like the validation "
     "images (split conformal on the calibrated validation probabilities; the report gives the coverage "
@@ -130,7 +136,7 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines, only the final table.")
 def fit(
     embeddings: Path, run_dir: Path, test: Path | None, models: tuple[str, ...], seed: int, val_fraction: float,
-    test_fraction: float, cv: int, alpha: float, taps: tuple[str, ...] | None, no_shap: bool, shap_rows: int,
+    test_fraction: float, cv: int, near_duplicates: str, alpha: float, taps: tuple[str, ...] | None, no_shap: bool, shap_rows: int,
     no_heatmaps: bool, weights: str | None, jobs: int, no_report: bool, overwrite: bool, quiet: bool,
     **family_settings: object,
 ) -> None:
@@ -138,7 +144,8 @@ def fit(
 
     The labelled images are split into training (70%), validation (15%, --val-fraction) and
     test (15%, --test-fraction) sets, keeping the class proportions and keeping identical
-    images together. Each model is tuned on the training set, checked on the validation set,
+    images and near-duplicates (the same cell rotated, flipped or shifted: --near-duplicates)
+    together. Each model is tuned on the training set, checked on the validation set,
     refitted on both and scored once on the test set. The model with the best validation macro-F1 is saved as
     OUT/model.skops (the safe format: loading it cannot run code) and OUT/model.joblib (a
     pickle, which runs code when loaded; its model.joblib.sha256 detects damage, not a swap).
@@ -154,7 +161,7 @@ def fit(
     with user_errors(on_interrupt=f"interrupted; nothing was written to {run_dir}"):
         config = FitConfig.build(
             models=models, seed=seed, cv=cv, taps=taps, shap=not no_shap, heatmaps=not no_heatmaps,
-            shap_max_rows=shap_rows, n_jobs=jobs, alpha=alpha,
+            shap_max_rows=shap_rows, n_jobs=jobs, alpha=alpha, near_duplicates=near_duplicates,
             val_fraction=val_fraction, test_fraction=test_fraction, **family_settings,
         )
         result = run_fit(

@@ -59,8 +59,9 @@ class SplitData:
 
     @property
     def groups(self) -> np.ndarray:
-        """(n,) SHA-256 of each row: identical images must stay in one CV fold."""
-        return self.meta["sha256"].to_numpy()
+        """(n,) group of each row: its near-duplicate group where the fit made them, else its
+        SHA-256 (identical images); a group must stay in one CV fold."""
+        return self.meta["group" if "group" in self.meta.columns else "sha256"].to_numpy()
 
 
 #: Largest magnitude an embedding value may have. Pooled activations of an ImageNet network

@@ -31,6 +31,7 @@ from cellclf.defaults import DEFAULT_SHAP_ROWS
 from cellclf.data import LabelledEmbeddings, SplitData, check_same_spec, load_labelled
 from cellclf.errors import ClassifierInputError, first_few
 from cellclf.metrics import FEW_IMAGES, few_images
+from cellclf.near_duplicates import METHODS as NEAR_DUPLICATE_METHODS, augmented_warning, describe, near_duplicate_groups
 from cellclf.novelty import DEFAULT_NOVELTY_LEVEL, NoveltyDetector, novelty_facts
 from cellclf.families import ModelFamily, families, get_family
 from cellclf.estimator import CellClassifier, feature_reference, library_versions
@@ -109,6 +110,7 @@ class FitConfig:
     val_fraction: float = DEFAULT_VAL_FRACTION
     test_fraction: float = DEFAULT_TEST_FRACTION
     alpha: float = DEFAULT_ALPHA
+    near_duplicates: str = "images"
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -122,6 +124,9 @@ class FitConfig:
         if not 0 <= self.seed <= MAX_SEED:
             raise ClassifierInputError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         check_fraction_ranges(self.val_fraction, self.test_fraction)  # the sum is checked with the data
+        if self.near_duplicates not in NEAR_DUPLICATE_METHODS:
+            raise ClassifierInputError(f"--near-duplicates must be one of {', '.join(NEAR_DUPLICATE_METHODS)}, "
+                                       f"got {self.near_duplicates!r}")
         try:
             check_alpha(self.alpha)
         except ValueError as exc:
@@ -377,11 +382,13 @@ class _Loaded:
 
 @dataclass
 class _Split:
-    """Step 2: the split name of each input row and the rows of each split."""
+    """Step 2: the split name of each input row, the rows of each split, and the
+    near-duplicate grouping the split kept whole (:meth:`Grouping.facts`)."""
 
     splits: np.ndarray
     parts: dict[str, SplitData]
     counts: dict[str, dict[str, int]]
+    grouping: dict[str, Any]
 
 
 def _train(
@@ -409,7 +416,7 @@ def _train(
     return RunRecord(
         run_dir=Path(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        data=_data_facts(loaded.data, loaded.test_data, loaded.classes, split.counts, config),
+        data=_data_facts(loaded.data, loaded.test_data, loaded.classes, split.counts, config, split.grouping),
         config=config.to_dict(),
         versions=library_versions(),
         models=models,
@@ -435,11 +442,28 @@ def _load(embeddings: str | Path, test: str | Path | None, config: FitConfig, ph
 
 
 def _split(loaded: _Loaded, config: FitConfig, phase: "_PhaseLog") -> _Split:
+    grouping = _group(loaded.data, config, phase)
     splits = _split_rows(loaded.data, loaded.test_data, loaded.classes, config)
     parts = _arrays(loaded.data, loaded.test_data, splits, loaded.classes)
     counts = {name: _class_counts(parts[name].labels, loaded.classes) for name in SPLIT_NAMES}
     phase("split", " / ".join(f"{name} {len(parts[name].labels)}" for name in SPLIT_NAMES) + f" (seed {config.seed})")
-    return _Split(splits, parts, counts)
+    return _Split(splits, parts, counts, grouping)
+
+
+def _group(data: LabelledEmbeddings, config: FitConfig, phase: "_PhaseLog") -> dict[str, Any]:
+    """Near-duplicate groups of the input (:mod:`cellclf.near_duplicates`), added to its rows
+    as the ``group`` column the split and the CV folds keep whole; their facts."""
+    from cellembed import read_images_root
+
+    root = read_images_root(data.source) if config.near_duplicates == "images" else None
+    grouping = near_duplicate_groups(data.X, data.meta, config.near_duplicates, root)
+    data.meta = data.meta.assign(group=grouping.groups)
+    facts = grouping.facts(distinct=data.meta["sha256"].nunique())
+    facts.update(description=describe(facts), warning=augmented_warning(facts))
+    phase("groups", facts["description"])
+    if facts["warning"]:
+        phase("warning", facts["warning"])
+    return facts
 
 
 def _novelty(parts: dict[str, SplitData], phase: "_PhaseLog") -> NoveltyDetector:
@@ -571,7 +595,8 @@ def _split_rows(
             )
     fractions = {"val_fraction": config.val_fraction, "test_fraction": config.test_fraction,
                  "separate_test": test_data is not None}
-    check_classes(unique_labels, cv=config.cv, **fractions)
+    check_classes(unique_labels, cv=config.cv, unit="groups" if "group" in data.meta else "distinct images",
+                  **fractions)
     splits = split_rows(data.meta, seed=config.seed, **fractions)
     check_training_split(data.meta, splits, config.cv)
     return splits
@@ -739,7 +764,7 @@ def _class_counts(labels: Sequence[str], classes: list[str]) -> dict[str, int]:
 
 def _data_facts(
     data: LabelledEmbeddings, test_data: LabelledEmbeddings | None, classes: list[str],
-    counts: dict[str, dict[str, int]], config: FitConfig,
+    counts: dict[str, dict[str, int]], config: FitConfig, grouping: dict[str, Any] | None = None,
 ) -> DataFacts:
     val, test = config.val_fraction, config.test_fraction
     return DataFacts(
@@ -751,6 +776,7 @@ def _data_facts(
         counts=counts,
         unlabelled_rows_ignored=data.n_unlabelled + (test_data.n_unlabelled if test_data else 0),
         rows_with_duplicate_images=int(data.meta["sha256"].duplicated(keep=False).sum()),
+        grouping=grouping,
         taps=list(data.taps),
         n_features=int(data.X.shape[1]),
         spec=data.spec,

@@ -1,9 +1,11 @@
 """Train / validation / test splits and cross-validation folds that respect duplicates.
 
 Identical images (same SHA-256) always land in the same split and the same CV fold, so a
-copy of a training image can never score as a "new" test image. Splits are made on the
-sorted unique SHA-256 values, so they depend on the file contents and the seed only, not on
-the row order of the Parquet file.
+copy of a training image can never score as a "new" test image; when the input's rows carry
+a ``group`` column (near-duplicate groups, :mod:`cellclf.near_duplicates`: the same cell
+rotated, flipped or shifted), whole groups do. Splits are made on the sorted group ids
+(SHA-256 values), so they depend on the file contents and the seed only, not on the row
+order of the Parquet file.
 """
 
 from __future__ import annotations
@@ -69,16 +71,18 @@ def check_classes(
     val_fraction: float = DEFAULT_VAL_FRACTION,
     test_fraction: float = DEFAULT_TEST_FRACTION,
     separate_test: bool = False,
+    unit: str = "distinct images",
 ) -> None:
     """Refuse, before splitting, what :func:`split_rows` cannot split: a single class,
     classes too small for ``cv``-fold cross-validation on the training split, or held-out
     splits smaller than the number of classes (a stratified split puts each class in each).
 
     Args:
-        labels: (n,) class name of every unique labelled image.
+        labels: (n,) class name of every unique labelled image (or near-duplicate group).
         cv: number of cross-validation folds run on the training split.
         val_fraction, test_fraction: the split fractions (see :func:`split_rows`).
         separate_test: the test set is a separate file (no test split is made).
+        unit: what ``labels`` counts, in the messages ("distinct images" or "groups").
     """
     check_fractions(val_fraction, test_fraction, separate_test)
     counts = pd.Series(np.asarray(labels, dtype=object)).value_counts().sort_index()
@@ -99,8 +103,8 @@ def check_classes(
     if len(small):
         listed = first_few([f"'{name}' has {count}" for name, count in small.items()])
         raise ClassifierInputError(
-            f"too few images per class: {listed}; {cv}-fold cross-validation needs at least {need} distinct "
-            f"images per class ({cv} in the training split) with {options}: add images, lower --cv or "
+            f"too few images per class: {listed}; {cv}-fold cross-validation needs at least {need} {unit} "
+            f"per class ({cv} in the training split) with {options}: add images, lower --cv or "
             "the fractions, or leave the class out"
         )
     # The held-out sizes as scikit-learn's train_test_split computes them (ceil of share x n).
@@ -113,20 +117,27 @@ def check_classes(
             continue
         if size < k:
             raise ClassifierInputError(
-                f"the {name} split would hold {size} of the {n} distinct images ({flag} {value:g}), fewer than "
+                f"the {name} split would hold {size} of the {n} {unit} ({flag} {value:g}), fewer than "
                 f"the {k} classes; a stratified split needs one image of each class there: add images or "
                 f"raise {flag}"
             )
     if n - n_test - n_val < k:
         raise ClassifierInputError(
-            f"the training split would hold {n - n_test - n_val} of the {n} distinct images, fewer than the {k} "
+            f"the training split would hold {n - n_test - n_val} of the {n} {unit}, fewer than the {k} "
             f"classes ({options}): add images or lower the fractions"
         )
 
 
+def group_key(meta: pd.DataFrame) -> str:
+    """The column whose values must stay together: ``group`` where the rows carry
+    near-duplicate groups, else ``sha256`` (identical files)."""
+    return "group" if "group" in meta.columns else "sha256"
+
+
 def group_labels(meta: pd.DataFrame) -> pd.Series:
-    """Label of each unique image (index: sorted SHA-256); duplicates vote, ties go alphabetical."""
-    return meta.groupby("sha256", sort=True)["label"].agg(
+    """Label of each group (index: sorted group ids, see :func:`group_key`); its images vote,
+    ties go alphabetical."""
+    return meta.groupby(group_key(meta), sort=True)["label"].agg(
         lambda s: s.value_counts().sort_index().idxmax()
     )
 
@@ -145,7 +156,8 @@ def split_rows(
     the options, what this cannot split.
 
     Args:
-        meta: DataFrame with ``sha256`` and ``label`` columns, one row per image.
+        meta: DataFrame with ``sha256`` and ``label`` columns, one row per image, and
+            optionally ``group`` (near-duplicate groups kept whole).
         seed: random seed of the split.
         val_fraction: share of all images that go to validation.
         test_fraction: share that go to test.
@@ -181,14 +193,15 @@ def split_rows(
         ) from exc
     split_of_group[val] = "validation"
     lookup = dict(zip(shas, split_of_group))
-    return meta["sha256"].map(lookup).to_numpy(dtype=object)
+    return meta[group_key(meta)].map(lookup).to_numpy(dtype=object)
 
 
 def check_training_split(meta: pd.DataFrame, splits: np.ndarray, cv: int) -> None:
-    """Refuse a training split with fewer than ``cv`` distinct images of some class."""
-    train = meta[splits == "train"].drop_duplicates("sha256")
+    """Refuse a training split with fewer than ``cv`` groups (distinct images) of some class."""
+    key = group_key(meta)
+    train = meta[splits == "train"].drop_duplicates(key)
     counts = train["label"].value_counts().sort_index()
-    totals = meta.drop_duplicates("sha256")["label"].value_counts()
+    totals = meta.drop_duplicates(key)["label"].value_counts()
     small = counts[counts < cv]
     if len(small):
         listed = first_few([f"'{name}' has {totals[name]} ({count} in the training split)" for name, count in small.items()])
@@ -213,7 +226,7 @@ def check_no_leak(train_meta: pd.DataFrame, test_meta: pd.DataFrame, train_sourc
 
 
 def cv_splitter(cv: int, seed: int) -> Any:
-    """The seeded StratifiedGroupKFold of the tuning CV (pass the SHA-256 as ``groups``)."""
+    """The seeded StratifiedGroupKFold of the tuning CV (pass the rows' groups as ``groups``)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     return StratifiedGroupKFold(n_splits=cv, shuffle=True, random_state=seed)
@@ -224,7 +237,7 @@ def cv_folds(labels: np.ndarray, groups: np.ndarray, cv: int, seed: int) -> list
 
     Args:
         labels: (n,) class labels of the training rows.
-        groups: (n,) SHA-256 of the training rows.
+        groups: (n,) group of the training rows (near-duplicate group or SHA-256).
     Returns:
         ``cv`` pairs of (fit_rows, held_out_rows) integer index arrays.
     """
@@ -233,10 +246,12 @@ def cv_folds(labels: np.ndarray, groups: np.ndarray, cv: int, seed: int) -> list
 
 
 def split_table(metas: Sequence[pd.DataFrame], splits: Sequence[np.ndarray]) -> pd.DataFrame:
-    """The ``split.csv`` table: ``path, sha256, label, split`` for every labelled image used."""
+    """The ``split.csv`` table: ``path, sha256, label, group, split`` for every labelled image
+    used (``group``: the near-duplicate group kept in one split; the SHA-256 where none was made)."""
     parts = []
     for meta, split in zip(metas, splits):
         part = meta[["path", "sha256", "label"]].copy()
+        part["group"] = meta["group"] if "group" in meta.columns else meta["sha256"]
         part["split"] = split
         parts.append(part)
     table = pd.concat(parts, ignore_index=True)

@@ -48,6 +48,8 @@ def build_run_sections(run: "RunRecord", images_root: str | Path | None = None) 
         ("dimensions", data.n_features),
         ("unlabelled rows ignored", data.unlabelled_rows_ignored),
         ("rows with duplicate images", data.rows_with_duplicate_images),
+        ("near-duplicate groups", data.grouping.get("description") if data.grouping else
+         "not recorded (a run made before near-duplicate grouping: only identical files were kept together)"),
         ("seed", config.get("seed")),
         ("cross-validation folds", config.get("cv")),
         *((f"{record.title}: settings tried", record.trials) for record in run.models),
@@ -67,7 +69,8 @@ def build_run_sections(run: "RunRecord", images_root: str | Path | None = None) 
             intro=f"Shown for the selected model, {best.title}, on the test set.{why}",
         )
     return [
-        sections.data_section(run.classes, data.counts, data.spec, facts, data.spec_missing),
+        sections.data_section(run.classes, data.counts, data.spec, facts, data.spec_missing,
+                              (data.grouping or {}).get("warning")),
         sections.models_section(
             models,
             f"Test-set scores of each model (the test images were not used for tuning or selection). "

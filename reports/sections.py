@@ -24,7 +24,9 @@ import pandas as pd
 from cellembed import EmbeddingSpec
 from cellreports import figures
 from cellreports.gallery import GALLERY_LIMIT, ImagesRoot, gallery
-from cellreports.html import Markup, Section, concat, element, figure, image, note, paragraph, preformatted, side_by_side, table
+from cellreports.html import (
+    Markup, Section, concat, element, figure, image, note, paragraph, preformatted, side_by_side, table, warning,
+)
 
 SHAP_TOP_SHOWN = 5
 #: Classes with fewer scored images than this are named as too few to judge (as cellclf.metrics.FEW_IMAGES).
@@ -102,14 +104,17 @@ def data_section(
     spec: EmbeddingSpec | None,
     facts: Sequence[tuple[str, object]],
     spec_missing: str = "the embedding spec was not recorded",
+    warning_text: str | None = None,
 ) -> Section:
-    """Images per class and split, facts about the input, and the embedding spec."""
+    """Images per class and split, facts about the input, and the embedding spec
+    (``warning_text``: a warning about the input shown first, e.g. an augmented folder)."""
     splits = list(counts)
     rows = [[name, *(counts[s].get(name, 0) for s in splits), sum(counts[s].get(name, 0) for s in splits)] for name in classes]
     totals = [sum(counts[s].get(name, 0) for name in classes) for s in splits]
     rows.append([Markup("<b>total</b>"), *totals, sum(totals)])
     numeric = range(1, len(splits) + 2)
     parts = [
+        *([warning(warning_text)] if warning_text else []),
         table(["class", *splits, "total"], rows, numeric=numeric, caption="Images per class and split", id="counts-table"),
         table(["", ""], [[name, value] for name, value in facts], caption="Input", id="facts-table"),
         element("h3", "Embedding spec"),

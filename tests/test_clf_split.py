@@ -80,7 +80,7 @@ def test_leak_check_names_both_files():
 def test_split_table_layout():
     meta = _meta({"a": 10, "b": 10})
     table = split_table([meta], [split_rows(meta, seed=0)])
-    assert list(table.columns) == ["path", "sha256", "label", "split"]
+    assert list(table.columns) == ["path", "sha256", "label", "group", "split"]
     assert list(dict.fromkeys(table["split"])) == ["train", "validation", "test"]
 
 

@@ -148,6 +148,7 @@ def _data_facts(doc: dict[str, Any]) -> DataFacts:
         counts=doc.get("counts") or {},
         unlabelled_rows_ignored=doc.get("unlabelled_rows_ignored"),
         rows_with_duplicate_images=doc.get("rows_with_duplicate_images"),
+        grouping=doc.get("grouping") if isinstance(doc.get("grouping"), dict) else None,
         taps=list(doc.get("taps") or []),
         n_features=doc.get("n_features"),
         spec=spec,

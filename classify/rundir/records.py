@@ -134,6 +134,8 @@ class DataFacts:
         classes: class names, in the models' order.
         counts: images per split and class ``{split: {class: n}}``.
         unlabelled_rows_ignored, rows_with_duplicate_images: counts.
+        grouping: the near-duplicate groups the split kept whole
+            (:meth:`cellclf.near_duplicates.Grouping.facts`; None in runs made before them).
         taps, n_features: the embedding layers used and their total width.
         spec: the embedding spec (None when metrics.json has none readable: ``spec_missing``).
     """
@@ -149,6 +151,7 @@ class DataFacts:
     n_features: int
     spec: EmbeddingSpec | None
     spec_missing: str = ""
+    grouping: dict[str, Any] | None = None
 
     @property
     def total(self) -> dict[str, int]:

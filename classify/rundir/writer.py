@@ -84,6 +84,7 @@ def metrics_document(record: RunRecord) -> dict[str, Any]:
                 "total": data.total,
                 "unlabelled_rows_ignored": data.unlabelled_rows_ignored,
                 "rows_with_duplicate_images": data.rows_with_duplicate_images,
+                "grouping": data.grouping,
                 "taps": data.taps,
                 "n_features": data.n_features,
                 "spec": data.spec.to_dict() if data.spec is not None else None,
