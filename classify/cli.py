@@ -100,10 +100,11 @@ def main() -> None:
 )
 @click.option("--cv", default=5, type=click.IntRange(min=2), help="Cross-validation folds for tuning the logistic regression.")
 @click.option(
-    "--near-duplicates", default="images", type=click.Choice(["images", "embeddings", "off"]),
+    "--near-duplicates", default="both", type=click.Choice(["both", "images", "embeddings", "off"]),
     help="How copies of one cell (rotated, flipped, shifted, re-encoded) are found, to keep them in one "
-    "split and one CV fold: 'images' compares rotation-proof colour descriptors of the images (where the "
-    "images folder is not here: the embeddings), 'embeddings' the embeddings, 'off' only identical files.",
+    "split and one CV fold: 'images' compares rotation-proof colour descriptors of the images, "
+    "'embeddings' the embeddings, 'both' joins the groups of either (where the images folder is not "
+    "here, the embeddings alone), 'off' keeps only identical files together.",
 )
 @click.option(
     "--alpha", default=0.05, type=click.FloatRange(0, 1, min_open=True, max_open=True), show_default=True,
@@ -469,3 +470,37 @@ def report(run_dir: Path, out: Path | None, images: Path | None) -> None:
     with user_errors():
         path = write_run_report(read_run(run_dir), out or run_dir / REPORT, images_root=images)
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("new_lab", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the adapted run (must not exist or be empty unless --overwrite).")
+@click.option("--target-weight", default=0.5, type=float,
+              help="Share of the refit's total weight the new lab's labelled cells carry (between 0 and 1).")
+@click.option("--calibration-share", default=0.3, type=float,
+              help="Share of each class's labelled cells (whole groups of copies) held out to calibrate the "
+              "probabilities and prediction sets on the new lab; 0: keep the run's calibration.")
+@click.option("--seed", default=0, type=click.IntRange(0, 2**32 - 1), help="Seed of the held-out draw and the refit.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty output folder.")
+@click.option("-q", "--quiet", is_flag=True, help="Only the final lines.")
+def adapt(run_dir: Path, new_lab: Path, out: Path, target_weight: float, calibration_share: float, seed: int,
+          overwrite: bool, quiet: bool) -> None:
+    """Adapt the model of a `cellclf fit` RUN_DIR to another lab from a few labelled cells.
+
+    NEW_LAB is the embeddings file (cellembed extract, with the run's settings) of the new
+    lab's cells: a sub-folder per class for the labelled ones (a few per class are enough;
+    unlabelled cells of that lab may be there too, they help measure its colours). The new
+    run folder OUT holds the adapted model (cellclf predict OUT and cellclf serve OUT use
+    it), adapt.json (what was done and measured) and adapt_cells.csv (each labelled cell's
+    role: refit or calibration).
+    """
+    from cellclf.adaptation import adapt as run_adapt
+
+    with user_errors(on_interrupt=f"interrupted; nothing was written to {out}"):
+        result = run_adapt(run_dir, new_lab, out, seed=seed, target_weight=target_weight,
+                           calibration_share=calibration_share, overwrite=overwrite,
+                           log=None if quiet else click.echo)
+    for line in result.lines:
+        click.echo(line)

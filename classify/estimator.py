@@ -115,7 +115,15 @@ class TapSelector(TransformerMixin, BaseEstimator):
 
 class LabAdapter(TransformerMixin, BaseEstimator):
     """Records the training images' per-dimension mean and spread (``mean_``, ``std_``); with
-    ``adapt`` it maps a batch onto them (:meth:`adapted`), otherwise it passes X through."""
+    ``adapt`` it maps a batch onto them (:meth:`adapted`), otherwise it passes X through.
+
+    A classifier adapted to another lab (``cellclf adapt``, :mod:`cellclf.adaptation`) also
+    holds that lab's per-dimension mean and spread (``lab_mean_``, ``lab_std_``, set by
+    :meth:`set_lab`): every cell is then moved from the lab's statistics onto the training
+    images' (:meth:`lab_mapped`) before the model sees it, one cell at a time."""
+
+    lab_mean_: np.ndarray | None = None
+    lab_std_: np.ndarray | None = None
 
     def __init__(self, adapt: bool = False):
         self.adapt = adapt
@@ -128,7 +136,40 @@ class LabAdapter(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "n_features_in_")
         X = validate_data(self, X, reset=False, dtype=None if _is_float(X) else np.float32)
+        X = self.lab_mapped(X)
         return self.adapted(X) if self.adapt else X
+
+    @property
+    def lab(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mean, std) of the lab the classifier was adapted to; None: not adapted."""
+        return None if self.lab_mean_ is None else (self.lab_mean_, self.lab_std_)
+
+    def set_lab(self, mean: np.ndarray, std: np.ndarray) -> "LabAdapter":
+        """Adapt to a lab whose cells have this per-dimension mean and spread."""
+        if not self.has_reference:
+            raise ClassifierInputError("this model has no record of its training statistics; re-run cellclf fit")
+        self.lab_mean_ = np.asarray(mean, dtype=np.float32)
+        self.lab_std_ = np.asarray(std, dtype=np.float32)
+        return self
+
+    def lab_affine(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(scale, shift) per dimension of :meth:`lab_mapped` (x -> scale * x + shift);
+        None for a classifier not adapted to a lab."""
+        if self.lab_mean_ is None:
+            return None
+        lab_std = np.where(self.lab_std_ < 1e-6, 1.0, self.lab_std_).astype(np.float64)
+        scale = np.asarray(self.std_, np.float64) / lab_std
+        scale = np.where(self.lab_std_ < 1e-6, 1.0, scale)  # a constant dimension is only shifted
+        return scale, np.asarray(self.mean_, np.float64) - scale * self.lab_mean_.astype(np.float64)
+
+    def lab_mapped(self, matrix: np.ndarray) -> np.ndarray:
+        """``matrix`` moved from the adapted lab's statistics onto the training images'
+        (unchanged for a classifier not adapted to a lab)."""
+        affine = self.lab_affine()
+        if affine is None:
+            return matrix
+        dtype = matrix.dtype if isinstance(matrix, np.ndarray) and matrix.dtype == np.float64 else np.float32
+        return (np.asarray(matrix, np.float64) * affine[0] + affine[1]).astype(dtype)
 
     @property
     def has_reference(self) -> bool:
@@ -294,12 +335,13 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         cls, model: Any, classes: Sequence[str], spec: EmbeddingSpec, taps: Sequence[str] | None = None, *,
         family: str, summary: dict[str, Any] | None = None, reference: tuple[np.ndarray, np.ndarray] | None = None,
         calibration: Calibration | None = None, versions: dict[str, str] | None = None,
-        novelty: NoveltyDetector | None = None,
+        novelty: NoveltyDetector | None = None, lab: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> "CellClassifier":
         """The classifier of a model fitted elsewhere (``cellclf fit``'s families, a file):
         ``model`` takes the taps' columns and predicts codes 0..k-1 of ``classes``;
         ``reference``: the (mean, std) of its training matrix (None: unknown, no ``adapt``);
-        ``novelty``: the calibrated drift detector of the taps' columns (None: none)."""
+        ``novelty``: the calibrated drift detector of the taps' columns (None: none);
+        ``lab``: the (mean, std) of the lab it was adapted to (None: its training lab)."""
         taps = tuple(spec.tap_names if taps is None else taps)
         spec.tap_slices(taps)  # unknown taps fail here, not at prediction time
         made = cls(estimator=None, spec=spec, taps=taps, family=family)
@@ -308,6 +350,8 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         adapter.n_features_in_ = len(selector.columns_)
         adapter.mean_, adapter.std_ = (None, None) if reference is None else (
             np.asarray(reference[0], np.float32), np.asarray(reference[1], np.float32))
+        if lab is not None:
+            adapter.set_lab(*lab)
         scaled = TemperatureScaling(model, None if calibration is None else calibration.temperature)
         made.pipeline_ = Pipeline([("taps", selector), ("adapt", adapter),
                                    ("model", scaled.around(model, len(selector.columns_)))])
@@ -346,6 +390,12 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         was recorded."""
         adapter = self.pipeline_.named_steps["adapt"]
         return (adapter.mean_, adapter.std_) if adapter.has_reference else None
+
+    @property
+    def lab(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-dimension (mean, std) of the lab this classifier was adapted to (``cellclf
+        adapt``); None for a classifier of its training lab."""
+        return self.pipeline_.named_steps["adapt"].lab
 
     @property
     def calibration(self) -> Calibration | None:
@@ -454,6 +504,12 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         raise EmbeddingsError(f"X has {matrix.shape[1]} features, but {type(self).__name__} is expecting "
                               f"{self.n_features_in_} features as input{taps}{brief}")
 
+    def model_input(self, X: Any, spec: EmbeddingSpec | None = None) -> np.ndarray:
+        """What the model takes: :meth:`matrix`, and for a classifier adapted to another lab
+        (:attr:`lab`) its rows moved onto the training statistics (:meth:`LabAdapter.lab_mapped`)."""
+        matrix = self.matrix(X, spec)  # checks the classifier is fitted first
+        return self.pipeline_.named_steps["adapt"].lab_mapped(matrix)
+
     # ------------------------------------------------------------------ predicting
 
     def check_adaptable(self, n_images: int, n_files: int | None = None) -> None:
@@ -473,7 +529,7 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         last step, :class:`TemperatureScaling`); False gives the family model's own
         probabilities (:meth:`TemperatureScaling.raw_proba`).
         """
-        matrix = self.matrix(X, spec)
+        matrix = self.model_input(X, spec)
         if self.adapt if adapt is None else adapt:
             matrix = self.adapted(matrix)
         last = self.pipeline_.named_steps["model"]
@@ -498,7 +554,7 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         detector = self.novelty
         if detector is None:
             return None
-        return detector.p_values(self.matrix(X, spec))
+        return detector.p_values(self.model_input(X, spec))
 
     def uncertain(self, proba: np.ndarray, min_confidence: float | None = None,
                   novelty_p: np.ndarray | None = None, level: float = DEFAULT_NOVELTY_LEVEL) -> np.ndarray:

@@ -110,7 +110,7 @@ class FitConfig:
     val_fraction: float = DEFAULT_VAL_FRACTION
     test_fraction: float = DEFAULT_TEST_FRACTION
     alpha: float = DEFAULT_ALPHA
-    near_duplicates: str = "images"
+    near_duplicates: str = "both"
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -443,7 +443,19 @@ def _load(embeddings: str | Path, test: str | Path | None, config: FitConfig, ph
 
 def _split(loaded: _Loaded, config: FitConfig, phase: "_PhaseLog") -> _Split:
     grouping = _group(loaded.data, config, phase)
-    splits = _split_rows(loaded.data, loaded.test_data, loaded.classes, config)
+    try:
+        splits = _split_rows(loaded.data, loaded.test_data, loaded.classes, config)
+    except ClassifierInputError as exc:
+        if "group" not in loaded.data.meta or grouping["groups"] == grouping["distinct_images"]:
+            raise
+        loaded.data.meta = loaded.data.meta.drop(columns="group")  # identical files only; its error stands
+        splits = _split_rows(loaded.data, loaded.test_data, loaded.classes, config)
+        unused = (f"the {grouping['groups']} groups of near-duplicates are too few to split ({exc}); the split keeps "
+                  "only identical files together instead, so validation and test may hold copies of training cells "
+                  "and flatter the model")
+        grouping.update(unused=unused, description=f"{grouping['description']}; NOT USED: {unused}",
+                        warning=unused if not grouping.get("warning") else f"{grouping['warning']}. Also, {unused}")
+        phase("warning", unused)
     parts = _arrays(loaded.data, loaded.test_data, splits, loaded.classes)
     counts = {name: _class_counts(parts[name].labels, loaded.classes) for name in SPLIT_NAMES}
     phase("split", " / ".join(f"{name} {len(parts[name].labels)}" for name in SPLIT_NAMES) + f" (seed {config.seed})")
@@ -455,7 +467,7 @@ def _group(data: LabelledEmbeddings, config: FitConfig, phase: "_PhaseLog") -> d
     as the ``group`` column the split and the CV folds keep whole; their facts."""
     from cellembed import read_images_root
 
-    root = read_images_root(data.source) if config.near_duplicates == "images" else None
+    root = read_images_root(data.source) if config.near_duplicates in ("images", "both") else None
     grouping = near_duplicate_groups(data.X, data.meta, config.near_duplicates, root)
     data.meta = data.meta.assign(group=grouping.groups)
     facts = grouping.facts(distinct=data.meta["sha256"].nunique())

@@ -105,10 +105,15 @@ def attribute(predictor: "CellClassifier", maps: "TapMaps", n_jobs: int = 1) -> 
     index = {tap.name: i for i, tap in enumerate(maps.spec.taps)}
     per_tap = [maps.maps[index[name]] for name in predictor.used_taps]  # (n, V, H, W, width) each
     embedding = maps.embedding()  # float64: the exact mean of the location values
-    X = predictor.matrix(embedding.astype(np.float32))
+    X = predictor.model_input(embedding.astype(np.float32))
     e = np.concatenate([embedding[:, maps.spec.tap_slices([name])[0]] for name in predictor.used_taps], axis=1)
     mean, std = (np.asarray(r, dtype=np.float64) for r in predictor.reference)
     bounds = np.cumsum([0] + [m.shape[-1] for m in per_tap])
+    affine = predictor.pipeline_.named_steps["adapt"].lab_affine()
+    if affine is not None:  # adapted to another lab: the model sees every location value moved as the cell is
+        scale, shift = affine
+        e = e * scale + shift
+        per_tap = [U * scale[a:b] + shift[a:b] for U, a, b in zip(per_tap, bounds[:-1], bounds[1:])]
     family = get_family(predictor.family)
     linear = family.linear_margin(predictor.model)
     tap_maps = []

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-#: The detectors, in the order fit tries them (``off``: identical files only).
-METHODS = ("images", "embeddings", "off")
+#: The detectors (``both``: a group of either joins; ``off``: identical files only).
+METHODS = ("both", "images", "embeddings", "off")
 #: Average-linkage cut on the image descriptors (cosine).
 IMAGE_SIMILARITY = 0.99
 #: Average-linkage cut on the standardised embeddings (cosine).
@@ -93,7 +93,8 @@ class Grouping:
         sizes = self.sizes
         return {
             "method": self.method,
-            "similarity": {"images": IMAGE_SIMILARITY, "embeddings": EMBEDDING_SIMILARITY}.get(self.method, 1.0),
+            "similarity": {"images": IMAGE_SIMILARITY, "embeddings": EMBEDDING_SIMILARITY,
+                           "both": [IMAGE_SIMILARITY, EMBEDDING_SIMILARITY]}.get(self.method, 1.0),
             "distinct_images": int(distinct),
             "groups": int(len(sizes)),
             "largest": int(sizes.max()) if len(sizes) else 0,
@@ -110,9 +111,12 @@ def describe(facts: dict[str, Any]) -> str:
     if facts["method"] == "off":
         return (f"{facts['groups']} groups of identical files (near-duplicate grouping off); "
                 "copies of a cell that are not byte-identical may sit in different splits")
-    what = "image descriptors" if facts["method"] == "images" else "embeddings"
+    what = {"images": f"image descriptors, average cosine >= {IMAGE_SIMILARITY:g}",
+            "embeddings": f"embeddings, average cosine >= {EMBEDDING_SIMILARITY:g}",
+            "both": f"image descriptors at {IMAGE_SIMILARITY:g} or embeddings at {EMBEDDING_SIMILARITY:g}, "
+                    "average cosine"}[facts["method"]]
     line = (f"{facts['distinct_images']} distinct images in {facts['groups']} groups of near-duplicates "
-            f"(by {what}, average cosine >= {facts['similarity']:g} within a class; {facts['grouped_images']} images "
+            f"(by {what} within a class; {facts['grouped_images']} images "
             f"share a group, the largest holds {facts['largest']}); each group stays in one split and one CV fold")
     if facts.get("fallback"):
         line += f" ({facts['fallback']})"
@@ -221,6 +225,22 @@ def _distinct(meta: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return labels.index.to_numpy(dtype=object), labels.to_numpy(dtype=object), first.loc[labels.index].to_numpy()
 
 
+def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The finest grouping coarser than both: rows sharing a group in ``a`` or in ``b`` (or
+    chained through such rows) share one; its id is the smallest id among the members."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    ids_a, rows_a = np.unique(a, return_inverse=True)
+    ids_b, rows_b = np.unique(b, return_inverse=True)
+    n = len(a)
+    edges = coo_matrix((np.ones(2 * n), (np.concatenate([np.arange(n), np.arange(n)]),
+                                          np.concatenate([n + rows_a, n + len(ids_a) + rows_b]))),
+                       shape=(n + len(ids_a) + len(ids_b),) * 2)
+    _, component = connected_components(edges, directed=False)
+    return pd.Series(a).groupby(component[:n]).transform("min").to_numpy(dtype=object)
+
+
 def near_duplicate_groups(
     X: np.ndarray, meta: pd.DataFrame, method: str = "images", images_root: str | Path | None = None,
 ) -> Grouping:
@@ -229,9 +249,11 @@ def near_duplicate_groups(
     Args:
         X: (n, d) embeddings.
         meta: ``path``, ``sha256`` and ``label`` of each row (n rows).
-        method: ``images`` (the image descriptors of ``images_root / path``; where the
-            folder is not given or an image cannot be read, the embeddings, and the result's
-            ``fallback`` says why), ``embeddings`` or ``off`` (identical files only).
+        method: ``both`` (the union of the two detectors' groups), ``images`` (the image
+            descriptors of ``images_root / path``), ``embeddings`` or ``off`` (identical
+            files only). Where the images folder is not given or an image cannot be read,
+            ``both`` and ``images`` use the embeddings alone and the result's ``fallback``
+            says why.
         images_root: the images folder the embeddings were extracted from.
 
     Returns:
@@ -240,6 +262,17 @@ def near_duplicate_groups(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "both":
+        by_images = near_duplicate_groups(X, meta, "images", images_root)
+        if by_images.method != "images":  # the images are not here: the embeddings alone
+            return by_images
+        by_embeddings = near_duplicate_groups(X, meta, "embeddings")
+        return Grouping(
+            groups=_union(by_images.groups, by_embeddings.groups),
+            method="both",
+            copy_share=max(by_images.copy_share, by_embeddings.copy_share),
+            unclustered=by_images.unclustered,
+        )
     distinct, labels, first = _distinct(meta)
     fallback = ""
     units = None

@@ -141,6 +141,8 @@ def safe_bytes(classifier: CellClassifier) -> bytes:
         document["reference"] = list(classifier.reference)
     if classifier.novelty is not None:  # the drift detector's arrays (files before it have none)
         document["novelty"] = classifier.novelty.to_arrays()
+    if classifier.lab is not None:  # adapted to another lab (cellclf adapt)
+        document["lab"] = list(classifier.lab)
     data = skops.io.dumps(document)
     untrusted = sorted(set(skops.io.get_untrusted_types(data=data)) - TRUSTED_TYPES)
     if untrusted:
@@ -248,6 +250,7 @@ def _load_safe(path: Path) -> CellClassifier:
         calibration = metadata.get("calibration")
         reference = document.get("reference")
         novelty = document.get("novelty")
+        lab = document.get("lab")
         predictor = CellClassifier.from_fitted(
             document["model"], metadata["classes"], EmbeddingSpec.from_dict(metadata["spec"]), tuple(metadata["taps"]),
             family=str(metadata["family"]), summary=dict(metadata["summary"]),
@@ -255,6 +258,7 @@ def _load_safe(path: Path) -> CellClassifier:
             calibration=None if calibration is None else Calibration.from_dict(calibration),
             versions=dict(metadata["versions"]),
             novelty=None if novelty is None else NoveltyDetector.from_arrays(novelty),
+            lab=None if lab is None else tuple(np.asarray(r, dtype=np.float32) for r in lab),
         )
     except PredictorLoadError:
         raise

@@ -211,3 +211,15 @@ def test_taps_subset_and_shap_subsample(tmp_path):
     assert summary["lr"]["rows_explained"] == 7 and summary["lr"]["subsampled"]
     assert set(pd.read_csv(run_dir / "shap" / "lr_by_tap.csv")["tap"]) == {"add_6", "add_2"}
     assert json.loads((run_dir / "metrics.json").read_text())["data"]["taps"] == ["add_6", "add_2"]
+
+
+def test_the_near_duplicate_grouping_is_recorded_and_each_group_sits_in_one_split(runs):
+    _, run1, _, output = runs
+    grouping = json.loads((run1 / "metrics.json").read_text())["data"]["grouping"]
+    # a synthetic file records no images folder: fit falls back to the embeddings and says so
+    assert grouping["method"] == "embeddings" and "not here" in grouping["fallback"]
+    assert "groups of near-duplicates" in output and "grouped by embeddings" in output
+    split = _load(run1, "split.csv")
+    assert split.groupby("group")["split"].nunique().max() == 1
+    assert split.groupby("sha256")["group"].nunique().max() == 1  # identical files share a group
+    assert grouping["groups"] == split["group"].nunique()

@@ -118,6 +118,15 @@ def test_a_rotated_a_flipped_and_a_reencoded_copy_land_in_one_group(sample_subse
     members = sorted(path for path, group in group_of.items() if group == group_of[names[0]])
     assert members == sorted(names)  # the other neutrophil is another cell
     assert len(set(grouping.groups)) == len(meta) - 3  # and every other cell is alone
+    both = near_duplicate_groups(np.zeros((len(meta), 1)), meta, "both", sample_subset)
+    assert both.method == "both" and list(both.groups) == list(grouping.groups)
+
+
+def test_both_joins_the_groups_of_either_detector():
+    from cellclf.near_duplicates import _union
+
+    joined = _union(np.array(["a", "a", "b", "c", "d", "e"]), np.array(["x", "y", "y", "z", "z", "w"]))
+    assert list(joined) == ["a", "a", "a", "c", "c", "e"]
 
 
 def test_without_the_images_the_grouping_falls_back_to_the_embeddings_and_says_why(sample_subset, tmp_path):
@@ -130,3 +139,27 @@ def test_without_the_images_the_grouping_falls_back_to_the_embeddings_and_says_w
     meta = _folder_meta(sample_subset)
     grouping = near_duplicate_groups(np.zeros((len(meta), 2)), meta, "images", sample_subset)
     assert grouping.method == "embeddings" and "broken.jpg" in grouping.fallback
+
+
+def test_fit_falls_back_to_identical_files_when_the_groups_are_too_few_and_says_so(tmp_path):
+    """Three cells per class saved twelve times each: too few groups for 3-fold CV and two
+    held-out splits, so the fit splits by files and warns that validation may flatter."""
+    import json
+
+    from cellembed.store import make_table, write_table
+    from cellclf.fitting import FitConfig, fit
+    from test_clf_support import make_spec
+
+    spec = make_spec()
+    X, meta, _ = _augmented(np.random.default_rng(5), cells_per_class=3, copies=12, dims=spec.dim, noise=0.05)
+    paths = [f"{label}/{i:03d}.png" for i, label in enumerate(meta["label"])]
+    n = len(meta)
+    write_table(make_table(spec, paths, list(meta["label"]), list(meta["sha256"]), [40] * n, [40] * n, X),
+                tmp_path / "e.parquet")
+    lines = []
+    fit(tmp_path / "e.parquet", tmp_path / "run", config=FitConfig(models=("lr",), cv=3, shap=False, heatmaps=False),
+        log=lines.append)
+    text = "\n".join(lines)
+    assert "too few to split" in text and "flatter" in text
+    grouping = json.loads((tmp_path / "run" / "metrics.json").read_text())["data"]["grouping"]
+    assert grouping["groups"] == 6 and "NOT USED" in grouping["description"]
