@@ -3,8 +3,7 @@
 A model trained on one lab (SOURCE) is applied to another lab's cells (TARGET) with k = 0,
 5, 10, 25, 50, 100 labelled target cells per class, over several random draws; accuracy and
 macro-F1 are measured on the remaining target cells. The target's near-duplicate groups
-(``cellclf.near_duplicates``, the image descriptors where the images are here) are drawn
-whole: one cell of a drawn group is labelled and the group's other copies leave the test
+(``cellclf.near_duplicates``, the embeddings detector, ``cellclf fit``'s default) are drawn whole: one cell of a drawn group is labelled and the group's other copies leave the test
 cells, so a labelled cell's rotated or flipped copies are never scored.
 
 Methods (logistic regression, C = 0.1, on standardised embeddings):
@@ -30,6 +29,8 @@ import numpy as np
 SOURCE = "/work/cache/pbc-dev-default.parquet"
 TARGET = "/work/cache/bccd-train-sample-default.parquet"
 KS = (0, 5, 10, 25, 50, 100)
+#: The near-duplicate detector (``cellclf fit``'s default).
+GROUPING = "embeddings"
 C = 0.1
 
 
@@ -60,17 +61,22 @@ def load(path: str, classes: list[str] | None):
     keep = np.ones(len(data.labels), dtype=bool) if classes is None else np.isin(data.labels, classes)
     meta = data.meta[keep].reset_index(drop=True)
     X = data.X[keep].astype(np.float64)
-    grouping = near_duplicate_groups(X, meta, "images", read_images_root(path))
+    grouping = near_duplicate_groups(X, meta, GROUPING, read_images_root(path))
     return X, np.asarray(data.labels[keep], dtype=object), grouping
 
 
+def most_drawn(n_groups: int) -> int:
+    """Most groups of a class drawn as labelled: a fifth of them (at least 3) stay for testing."""
+    return max(0, n_groups - max(3, int(np.ceil(0.2 * n_groups))))
+
+
 def draw(labels: np.ndarray, groups: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One labelled image from each of k random groups per class; test rows: every row of the
-    groups not drawn."""
+    """One labelled image from each of k random groups per class (at most
+    :func:`most_drawn`); test rows: every row of the groups not drawn."""
     labelled, drawn = [], set()
     for name in sorted(set(labels)):
         class_groups = np.unique(groups[labels == name])
-        chosen = rng.choice(class_groups, size=min(k, len(class_groups) - 1), replace=False) if k else []
+        chosen = rng.choice(class_groups, size=min(k, most_drawn(len(class_groups))), replace=False) if k else []
         for group in chosen:
             rows = np.flatnonzero(groups == group)
             labelled.append(rng.choice(rows))
@@ -90,9 +96,13 @@ def curve(source: str, target: str, draws: int, ks: tuple[int, ...]) -> None:
     yt = np.array([code[v] for v in yt_names])
     groups = grouping.groups
     print(f"source {Path(source).name}: {len(ys)} images of {', '.join(classes)}")
+    per_class = {name: len(set(groups[yt_names == name])) for name in classes}
     print(f"target {Path(target).name}: {len(yt)} images in {len(set(groups))} near-duplicate groups "
-          f"({grouping.method}), per class " + ", ".join(
-              f"{name} {len(set(groups[yt_names == name]))}" for name in classes))
+          f"({grouping.method}), per class " + ", ".join(f"{name} {n}" for name, n in per_class.items()))
+    capped = {name: most_drawn(n) for name, n in per_class.items() if most_drawn(n) < max(ks)}
+    if capped:
+        print("  at most these cells are labelled per class (a fifth of the groups stay for testing): "
+              + ", ".join(f"{name} {n}" for name, n in capped.items()))
     Zs = standardised(Xs, Xs)
     Zt_own = standardised(Xt, Xt)
     Zt_source = standardised(Xt, Xs)

@@ -147,6 +147,18 @@ def _hold_out(meta: pd.DataFrame, groups: np.ndarray, share: float, seed: int) -
     return held, ""
 
 
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an output folder that holds files, unless ``overwrite`` and it is an adapted
+    run (its adapt.json): adapt never replaces files it did not write."""
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not overwrite:
+        raise ClassifierInputError(f"{out} already exists and is not empty; choose another -o or pass --overwrite")
+    if not (out / ADAPT_RECORD).is_file():
+        raise ClassifierInputError(f"{out} is not a folder written by cellclf adapt (no {ADAPT_RECORD} in it); "
+                                   "--overwrite only replaces an adapted run: choose another -o")
+
+
 def _statistics(X: np.ndarray, sha256: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and spread, each distinct image once."""
     from cellclf.estimator import feature_reference
@@ -174,16 +186,14 @@ def adapt(
             does not know, fewer than two cells of a class, another embedding spec, no
             labelled cells, the run's training embeddings missing, ``out`` not empty.
     """
-    from cellembed import read_images_root
     from cellembed.shared.atomic import atomic_path, output_lock
     from cellclf.calibration import Calibration, coverage
     from cellclf.estimator import MIN_ADAPT_IMAGES, CellClassifier
     from cellclf.families import get_family
-    from cellclf.fitting import _check_run_dir, _check_writable
     from cellclf.near_duplicates import near_duplicate_groups
     from cellclf.novelty import NoveltyDetector, novelty_facts
     from cellclf.persistence import load_classifier, save
-    from cellclf.rundir import BEST_MODEL, read_run
+    from cellclf.rundir import BEST_MODEL, check_writable, read_run
 
     say = log or (lambda line: None)
     if not 0 < target_weight < 1:
@@ -204,7 +214,8 @@ def adapt(
         raise ClassifierInputError(
             f"{new_lab}: {distinct_all} different cells; adapting to a lab needs at least {MIN_ADAPT_IMAGES} of its cells "
             "(labelled or not) to measure its statistics: add cells of the new lab, unlabelled ones count too")
-    _check_writable(out)
+    check_writable(out)
+    _check_out(out, overwrite)
     X_source, y_source = _source_rows(run, predictor.used_taps)
     classes = list(predictor.classes)
     code = {name: i for i, name in enumerate(classes)}
@@ -212,7 +223,7 @@ def adapt(
     labelled = lab.labelled
     meta = lab.meta[labelled].reset_index(drop=True).astype({"label": str})
     X_target = lab.X[labelled]
-    grouping = near_duplicate_groups(X_target, meta, "both", read_images_root(new_lab))
+    grouping = near_duplicate_groups(X_target, meta, "embeddings")
     held, no_calibration = _hold_out(meta, grouping.groups, calibration_share, seed)
     fit_rows = ~held
     say(f"new lab: {len(meta)} labelled cells ({meta['sha256'].nunique()} different, {len(set(grouping.groups))} "
@@ -294,7 +305,7 @@ def adapt(
 
     table = meta.assign(group=grouping.groups, role=np.where(held, "calibration", "refit"))
     with output_lock(out):
-        _check_run_dir(out, overwrite)
+        _check_out(out, overwrite)  # again under the lock: a run that just finished counts
         out.mkdir(parents=True, exist_ok=True)
         for name, data in ((ADAPT_RECORD, json.dumps(record, indent=2, default=str).encode()),
                            (ADAPT_CELLS, table.to_csv(index=False).encode())):

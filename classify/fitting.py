@@ -12,7 +12,6 @@ command writes it.
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -37,6 +36,8 @@ from cellclf.families import ModelFamily, families, get_family
 from cellclf.estimator import CellClassifier, feature_reference, library_versions
 from cellclf.persistence import load_classifier, safe_path
 from cellclf.rundir import (
+    check_run_dir,
+    check_writable,
     model_file,
     read_gallery,
     read_run,
@@ -110,7 +111,7 @@ class FitConfig:
     val_fraction: float = DEFAULT_VAL_FRACTION
     test_fraction: float = DEFAULT_TEST_FRACTION
     alpha: float = DEFAULT_ALPHA
-    near_duplicates: str = "both"
+    near_duplicates: str = "embeddings"
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -316,9 +317,9 @@ def fit(
     """
     run_dir = Path(run_dir)
     config = config if config is not None else FitConfig()
-    _check_writable(run_dir)
+    check_writable(run_dir)
     with output_lock(run_dir):
-        _check_run_dir(run_dir, overwrite)  # under the lock: a run that just finished counts
+        check_run_dir(run_dir, overwrite)  # under the lock: a run that just finished counts
         phase = _PhaseLog(log)
         with phase.warnings_as_lines():
             return _fit(embeddings, run_dir, test, config, phase, on_complete, weights)
@@ -557,40 +558,6 @@ def _gallery_maps(run_dir: Path, predictor: CellClassifier, predictions: Any, so
     except Exception as exc:  # noqa: BLE001 - the fitted run must not be lost to a drawing failure
         without(f"they could not be drawn ({type(exc).__name__}: {exc})")
     return True
-
-
-def _check_writable(run_dir: Path) -> None:
-    """Refuse, before any work, a RUN_DIR that cannot be made: a real write probe in its
-    parent (permission bits say nothing for root or on read-only mounts)."""
-    if run_dir.name in ("", ".", ".."):  # the run is renamed into place: it needs a name of its own
-        raise ClassifierInputError(
-            f"-o {run_dir} is not a new folder of its own; name the run folder, e.g. -o {run_dir / 'run'}"
-        )
-    for folder in (run_dir, *run_dir.parents):
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
-                raise ClassifierInputError(f"-o {run_dir}: {folder} exists and is not a folder; choose another -o")
-            break
-    try:
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ClassifierInputError(
-            f"-o {run_dir}: cannot create the folder {run_dir.parent} ({exc.strerror or exc}); choose another -o"
-        ) from None
-    try:
-        with tempfile.TemporaryFile(dir=run_dir.parent):
-            pass
-    except OSError as exc:
-        raise ClassifierInputError(
-            f"-o {run_dir}: {run_dir.parent} is not writable ({exc.strerror or exc}); choose another -o"
-        ) from None
-
-
-def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
-        raise ClassifierInputError(
-            f"{run_dir} already exists and is not empty; choose another -o or pass --overwrite"
-        )
 
 
 def _split_rows(

@@ -142,3 +142,18 @@ def test_bad_new_lab_input_is_one_line_exit_2_and_writes_nothing(toy, tmp_path, 
     assert len(result.output.strip().splitlines()) == 1
     assert pytest.importorskip("re").search(message, result.output), result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_replaces_only_an_adapted_run(toy, tmp_path):
+    root, _, new_lab, _, _ = toy
+    first = _adapt(tmp_path, root / "run", new_lab, "adapted")
+    assert first.exit_code == 0, first.output
+    refused = _adapt(tmp_path, root / "run", new_lab, "adapted")
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    assert _adapt(tmp_path, root / "run", new_lab, "adapted", "--overwrite").exit_code == 0
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep me")
+    result = _adapt(tmp_path, root / "run", new_lab, "notes", "--overwrite")
+    assert result.exit_code == 2 and "not a folder written by cellclf adapt" in result.output
+    assert (other / "mine.txt").read_text() == "keep me" and len(list(other.iterdir())) == 1

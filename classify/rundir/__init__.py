@@ -44,9 +44,13 @@ from cellclf.rundir.records import (
     predictions_table,
     tuning_table,
 )
-from cellclf.rundir.writer import json_safe, metrics_document, render_run, write_files, write_run
+from cellclf.rundir.writer import (
+    check_run_dir, check_writable, json_safe, metrics_document, render_run, write_files, write_run,
+)
 
 __all__ = [
+    "check_run_dir",
+    "check_writable",
     "BEST_MODEL", "CONFUSION", "GALLERY_DIR", "GALLERY_INDEX", "METRICS", "MODEL", "PER_CLASS", "PREDICTIONS",
     "PROBA_PREFIX", "REPORT", "REQUIRED_FILES", "SHAP_DIR", "SHAP_SUMMARY", "SPLIT", "TEXT_COLUMNS", "TUNING",
     "NotARunError", "model_file", "shap_file", "tuning_plot_file", "read_csv", "read_gallery", "read_run",

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -34,6 +35,7 @@ from cellclf.rundir.layout import (
     model_file,
     shap_file,
 )
+from cellclf.errors import ClassifierInputError
 from cellclf.rundir.records import ModelRecord, RunRecord
 
 
@@ -227,3 +229,38 @@ def _json_bytes(document: Any) -> bytes:
 
 
 # ----------------------------------------------------------------------------- read
+
+
+def check_writable(run_dir: Path) -> None:
+    """Refuse, before any work, a RUN_DIR that cannot be made: a real write probe in its
+    parent (permission bits say nothing for root or on read-only mounts)."""
+    if run_dir.name in ("", ".", ".."):  # the run is renamed into place: it needs a name of its own
+        raise ClassifierInputError(
+            f"-o {run_dir} is not a new folder of its own; name the run folder, e.g. -o {run_dir / 'run'}"
+        )
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise ClassifierInputError(f"-o {run_dir}: {folder} exists and is not a folder; choose another -o")
+            break
+    try:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ClassifierInputError(
+            f"-o {run_dir}: cannot create the folder {run_dir.parent} ({exc.strerror or exc}); choose another -o"
+        ) from None
+    try:
+        with tempfile.TemporaryFile(dir=run_dir.parent):
+            pass
+    except OSError as exc:
+        raise ClassifierInputError(
+            f"-o {run_dir}: {run_dir.parent} is not writable ({exc.strerror or exc}); choose another -o"
+        ) from None
+
+
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a RUN_DIR that holds files unless ``overwrite``."""
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        raise ClassifierInputError(
+            f"{run_dir} already exists and is not empty; choose another -o or pass --overwrite"
+        )
