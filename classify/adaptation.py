@@ -281,6 +281,10 @@ def adapt(
         }
         lines.append(f"held-out cells of the new lab ({int(held.sum())}): accuracy {record['held_out']['accuracy_before']:.1%} "
                      f"before adapting, {record['held_out']['accuracy_after']:.1%} after")
+        if size > 2:
+            lines.append(f"note: with {int(held.sum())} calibration cells the prediction sets are wide (mean size "
+                         f"{size:.1f} of {len(classes)} classes here): they keep their coverage by holding many classes; "
+                         "label more cells of the new lab to narrow them")
     else:
         result.calibration = predictor.calibration
         record["held_out"] = None
