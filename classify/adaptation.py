@@ -28,6 +28,7 @@ README's "A new lab" section.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -37,10 +38,14 @@ import pandas as pd
 
 from cellclf.errors import ClassifierInputError, first_few
 
-#: Share of the total training weight the new lab's labelled cells carry.
+#: Share of the total training weight the new lab's labelled cells carry, and the most it
+#: may (the cells are repeated to weigh that much: 0.8 repeats them up to 4x the run's images).
 DEFAULT_TARGET_WEIGHT = 0.5
-#: Share of each class's labelled groups held out to calibrate on the new lab.
+MAX_TARGET_WEIGHT = 0.8
+#: Share of each class's labelled groups held out to calibrate on the new lab (at most
+#: :data:`MAX_CALIBRATION_SHARE`: the refit needs most of them).
 DEFAULT_CALIBRATION_SHARE = 0.3
+MAX_CALIBRATION_SHARE = 0.5
 #: Groups a class needs before any are held out for calibration (fewer: the run's calibration).
 MIN_CALIBRATION_GROUPS = 5
 #: Distinct cells of the new lab needed to make it the drift reference (fewer: the run's).
@@ -141,7 +146,7 @@ def _hold_out(meta: pd.DataFrame, groups: np.ndarray, share: float, seed: int) -
     rng = np.random.default_rng(seed)
     for name in sorted(counts):
         class_groups = np.unique(groups[labels == name])
-        n_held = max(1, int(round(share * len(class_groups))))
+        n_held = min(len(class_groups) - 1, max(1, int(round(share * len(class_groups)))))
         chosen = rng.choice(class_groups, size=n_held, replace=False)
         held |= np.isin(groups, chosen) & (labels == name)
     return held, ""
@@ -157,6 +162,21 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if not (out / ADAPT_RECORD).is_file():
         raise ClassifierInputError(f"{out} is not a folder written by cellclf adapt (no {ADAPT_RECORD} in it); "
                                    "--overwrite only replaces an adapted run: choose another -o")
+
+
+def _check_spread(lab_std: np.ndarray, training_std: np.ndarray, path: str | Path) -> None:
+    """Refuse a new lab whose cells barely vary (copies or views of a few cells): moving
+    their small spread onto the training spread would turn noise into classes (the check of
+    ``predict --adapt``, :data:`cellclf.estimator.MIN_ADAPT_SPREAD`)."""
+    from cellclf.estimator import MIN_ADAPT_SPREAD
+
+    training_std = np.asarray(training_std, dtype=np.float64)
+    varies = training_std > 1e-6
+    relative = float(np.median(np.asarray(lab_std, np.float64)[varies] / training_std[varies])) if varies.any() else 1.0
+    if relative < MIN_ADAPT_SPREAD:
+        raise ClassifierInputError(
+            f"{path}: the new lab's cells are nearly alike (their spread is {relative:.2f} of the training images', "
+            f"under {MIN_ADAPT_SPREAD:g}): copies or views of a few cells cannot stand for a lab; add different cells")
 
 
 def _statistics(X: np.ndarray, sha256: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -186,7 +206,7 @@ def adapt(
             does not know, fewer than two cells of a class, another embedding spec, no
             labelled cells, the run's training embeddings missing, ``out`` not empty.
     """
-    from cellembed.shared.atomic import atomic_path, output_lock
+    from cellembed.shared.atomic import install_folder, output_lock, staging_folder
     from cellclf.calibration import Calibration, coverage
     from cellclf.estimator import MIN_ADAPT_IMAGES, CellClassifier
     from cellclf.families import get_family
@@ -196,18 +216,19 @@ def adapt(
     from cellclf.rundir import BEST_MODEL, check_writable, read_run
 
     say = log or (lambda line: None)
-    if not 0 < target_weight < 1:
-        raise ClassifierInputError(f"--target-weight must be between 0 and 1 (e.g. 0.5), got {target_weight}")
-    if not 0 <= calibration_share < 1:
-        raise ClassifierInputError(f"--calibration-share must be at least 0 and below 1, got {calibration_share}")
+    if not 0 < target_weight <= MAX_TARGET_WEIGHT:
+        raise ClassifierInputError(f"--target-weight must be above 0 and at most {MAX_TARGET_WEIGHT:g} (e.g. 0.5), "
+                                   f"got {target_weight}")
+    if not 0 <= calibration_share <= MAX_CALIBRATION_SHARE:
+        raise ClassifierInputError(f"--calibration-share must be from 0 to {MAX_CALIBRATION_SHARE:g}, got {calibration_share}")
     run_dir, out = Path(run_dir), Path(out)
-    run = read_run(run_dir)
     predictor = load_classifier(run_dir)
     if predictor.reference is None:
         raise ClassifierInputError(f"{run_dir}: the model has no record of its training statistics (fitted by an "
                                    "earlier cellclf); re-run cellclf fit, then adapt")
     if predictor.lab is not None:
         raise ClassifierInputError(f"{run_dir} is already adapted to a lab; adapt the run it was made from")
+    run = read_run(run_dir)
     lab = _load_new_lab(new_lab, predictor)
     distinct_all = int(lab.meta["sha256"].nunique())
     if distinct_all < MIN_ADAPT_IMAGES:
@@ -231,6 +252,7 @@ def adapt(
         + (f"calibrate on {int(held.sum())} held out" if held.any() else f"no calibration cells ({no_calibration})"))
 
     mean, std = _statistics(lab.X, lab.meta["sha256"])
+    _check_spread(std, predictor.reference[1], new_lab)
     adapted = CellClassifier.from_fitted(
         predictor.model, classes, predictor.spec, predictor.used_taps, family=predictor.family,
         reference=predictor.reference, lab=(mean, std))
@@ -310,11 +332,13 @@ def adapt(
     table = meta.assign(group=grouping.groups, role=np.where(held, "calibration", "refit"))
     with output_lock(out):
         _check_out(out, overwrite)  # again under the lock: a run that just finished counts
-        out.mkdir(parents=True, exist_ok=True)
-        for name, data in ((ADAPT_RECORD, json.dumps(record, indent=2, default=str).encode()),
-                           (ADAPT_CELLS, table.to_csv(index=False).encode())):
-            with atomic_path(out / name, needs=len(data)) as tmp:
-                tmp.write_bytes(data)
-        save(result, out / BEST_MODEL)
+        staging = staging_folder(out)  # built aside, renamed into place whole: never half a folder
+        try:
+            save(result, staging / BEST_MODEL)
+            (staging / ADAPT_CELLS).write_text(table.to_csv(index=False), encoding="utf-8")
+            (staging / ADAPT_RECORD).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+            install_folder(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     lines.append(f"wrote {out} (cellclf predict {out} ... uses it)")
     return AdaptResult(out, record, lines)

@@ -479,10 +479,10 @@ def report(run_dir: Path, out: Path | None, images: Path | None) -> None:
 @click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of the adapted run (must not exist or be empty unless --overwrite).")
 @click.option("--target-weight", default=0.5, type=float,
-              help="Share of the refit's total weight the new lab's labelled cells carry (between 0 and 1).")
+              help="Share of the refit's total weight the new lab's labelled cells carry (above 0, at most 0.8).")
 @click.option("--calibration-share", default=0.3, type=float,
-              help="Share of each class's labelled cells (whole groups of copies) held out to calibrate the "
-              "probabilities and prediction sets on the new lab; 0: keep the run's calibration.")
+              help="Share of each class's labelled cells (whole groups of copies, at most 0.5) held out to "
+              "calibrate the probabilities and prediction sets on the new lab; 0: keep the run's calibration.")
 @click.option("--seed", default=0, type=click.IntRange(0, 2**32 - 1), help="Seed of the held-out draw and the refit.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the final lines.")

@@ -61,6 +61,11 @@ MIN_ADAPT_IMAGES = 20
 MIN_ADAPT_SPREAD = 0.5
 #: The saved classifier's format (its metadata and attributes; unchanged since the first version).
 PREDICTOR_FORMAT = 1
+#: The format of a classifier adapted to another lab (``cellclf adapt``): a cellclf that
+#: does not know the lab's statistics refuses it rather than classify without them.
+ADAPTED_FORMAT = 2
+#: The formats this cellclf reads.
+READABLE_FORMATS = (PREDICTOR_FORMAT, ADAPTED_FORMAT)
 #: Libraries a classifier depends on; their versions are recorded when it is fitted.
 PREDICTOR_LIBRARIES = ("cellembed", "numpy", "pandas", "scikit-learn", "xgboost", "joblib", "skops")
 
@@ -362,7 +367,7 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         made.novelty_ = novelty
         made.summary_ = {"created": _now(), **(summary or {})}
         made.versions_ = dict(versions) if versions is not None else _versions()
-        made.format_ = _format()
+        made.format_ = ADAPTED_FORMAT if lab is not None else _format()
         return made
 
     # ------------------------------------------------------------------ the parts

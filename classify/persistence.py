@@ -41,7 +41,7 @@ from cellembed.shared.hashing import sha256_file
 from cellclf.calibration import Calibration
 from cellclf.errors import ClassifierInputError, PredictorLoadError
 from cellclf.novelty import NoveltyDetector
-from cellclf.estimator import PREDICTOR_FORMAT, CellClassifier, TemperatureScaling, library_versions
+from cellclf.estimator import PREDICTOR_FORMAT, READABLE_FORMATS, CellClassifier, TemperatureScaling, library_versions
 from cellclf.rundir.layout import BEST_MODEL
 
 #: Libraries whose pickles must come from the same major.minor release to load reliably.
@@ -245,7 +245,7 @@ def _load_safe(path: Path) -> CellClassifier:
         )
     try:
         metadata = json.loads(document[_METADATA])
-        if metadata.get("format") != PREDICTOR_FORMAT:
+        if metadata.get("format") not in READABLE_FORMATS:
             raise PredictorLoadError(_format_message(path, metadata.get("format")))
         calibration = metadata.get("calibration")
         reference = document.get("reference")
@@ -309,7 +309,7 @@ def upgrade(obj: Any, path: Path) -> CellClassifier:
     from cellclf.predictor import Predictor
 
     if isinstance(obj, CellClassifier):
-        if getattr(obj, "format_", None) != PREDICTOR_FORMAT:
+        if getattr(obj, "format_", None) not in READABLE_FORMATS:
             raise PredictorLoadError(_format_message(path, getattr(obj, "format_", None)))
         last = obj.pipeline_.named_steps["model"]
         if not isinstance(last, TemperatureScaling):  # the bare model: wrapped, at the recorded temperature

@@ -91,8 +91,9 @@ def test_adapting_to_a_shifted_lab_improves_accuracy_and_writes_a_run_that_predi
     cells = pd.read_csv(root / "adapted" / "adapt_cells.csv")
     assert set(cells["role"]) == {"refit", "calibration"}
     assert cells.groupby("group")["role"].nunique().max() == 1  # a cell's copies stay on one side
-    # one cell alone is classified as in a batch: the lab's statistics are in the classifier
-    assert adapted.predict(Xt[:1])[0] == after[0]
+    # the pickle keeps the lab's statistics too, and an older cellclf (format 1) refuses the file
+    pickled = load_classifier(root / "adapted" / "model.joblib", trust_pickle=True)
+    assert list(pickled.predict(Xt)) == list(after) and adapted.format_ == 2
     # the drift reference is the new lab: its cells are no longer unlike the training images
     # (level 0.05: the toy run's 36 validation images give p-values of at least 1/37)
     flagged_after = (adapted.novelty_p(Xt) < 0.05).mean()
@@ -157,3 +158,29 @@ def test_overwrite_replaces_only_an_adapted_run(toy, tmp_path):
     result = _adapt(tmp_path, root / "run", new_lab, "notes", "--overwrite")
     assert result.exit_code == 2 and "not a folder written by cellclf adapt" in result.output
     assert (other / "mine.txt").read_text() == "keep me" and len(list(other.iterdir())) == 1
+
+
+def test_without_calibration_cells_the_run_keeps_its_calibration_and_says_so(toy, tmp_path):
+    root, _, new_lab, Xt, truth = toy
+    result = _adapt(tmp_path, root / "run", new_lab, "adapted", "--calibration-share", "0")
+    assert result.exit_code == 0, result.output
+    assert "coverage on the new lab is not guaranteed" in result.output
+    record = json.loads((tmp_path / "adapted" / "adapt.json").read_text())
+    assert record["held_out"] is None and record["calibration_cells"] == 0
+    assert load_classifier(tmp_path / "adapted").calibration == load_classifier(root / "run").calibration
+
+
+@pytest.mark.parametrize("option, value", [("--target-weight", "0.95"), ("--calibration-share", "0.9")])
+def test_out_of_range_shares_are_refused(toy, tmp_path, option, value):
+    root, _, new_lab, _, _ = toy
+    result = _adapt(tmp_path, root / "run", new_lab, "out", option, value)
+    assert result.exit_code == 2 and option in result.output and not (tmp_path / "out").exists()
+
+
+def test_copies_of_a_few_cells_cannot_stand_for_a_lab(toy, tmp_path):
+    root, _, _, _, _ = toy
+    Xl, labels = _lab_rows(10, seed=7, **OTHER_LAB)
+    few = Xl[:1] + np.random.default_rng(0).normal(0, 0.05, (len(Xl), DIM))  # one cell, re-saved 40 times
+    new_lab = _write(tmp_path / "lab.parquet", few.astype(np.float32), labels, "c")
+    result = _adapt(tmp_path, root / "run", new_lab, "out")
+    assert result.exit_code == 2 and "nearly alike" in result.output and not (tmp_path / "out").exists()
