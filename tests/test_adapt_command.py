@@ -184,3 +184,21 @@ def test_copies_of_a_few_cells_cannot_stand_for_a_lab(toy, tmp_path):
     new_lab = _write(tmp_path / "lab.parquet", few.astype(np.float32), labels, "c")
     result = _adapt(tmp_path, root / "run", new_lab, "out")
     assert result.exit_code == 2 and "nearly alike" in result.output and not (tmp_path / "out").exists()
+
+
+def test_an_xgboost_run_adapts_with_its_own_family_and_a_labelled_only_file(toy, tmp_path):
+    """The refit goes through the run's family (here XGBoost with its selected settings);
+    a new-lab file of labelled cells only is enough (its statistics come from them)."""
+    root, source, _, Xt, truth = toy
+    result = CliRunner().invoke(main, ["fit", str(source), "-o", str(tmp_path / "run"), "--models", "xgb", "--no-shap",
+                                       "--no-heatmaps", "--no-report", "--xgb-trials", "1", "--xgb-max-trees", "40",
+                                       "-q"])
+    assert result.exit_code == 0, result.output
+    Xl, labelled = _lab_rows(15, seed=8, **OTHER_LAB)
+    new_lab = _write(tmp_path / "lab.parquet", Xl, labelled, "l")
+    result = _adapt(tmp_path, tmp_path / "run", new_lab, "adapted")
+    assert result.exit_code == 0, result.output
+    before = (load_classifier(tmp_path / "run").predict(Xt) == truth).mean()
+    adapted = load_classifier(tmp_path / "adapted")
+    assert adapted.family == "xgb" and json.loads((tmp_path / "adapted" / "adapt.json").read_text())["model"] == "xgb"
+    assert (adapted.predict(Xt) == truth).mean() > before + 0.1
