@@ -224,8 +224,10 @@ def _nearest_similarity(units: np.ndarray) -> np.ndarray:
 
 def _distinct(meta: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted distinct SHA-256, the majority label of each, and the first row holding it."""
+    from cellclf.split import group_labels
+
     sha = meta["sha256"].to_numpy(dtype=object)
-    labels = meta.groupby("sha256", sort=True)["label"].agg(lambda s: s.value_counts().sort_index().idxmax())
+    labels = group_labels(meta[["sha256", "label"]])  # by file: any earlier grouping left out
     first = pd.Series(np.arange(len(meta))).groupby(sha, sort=True).first()
     return labels.index.to_numpy(dtype=object), labels.to_numpy(dtype=object), first.loc[labels.index].to_numpy()
 
