@@ -1,7 +1,8 @@
 """The spec fields a run chooses beside the backbone, weights, taps and input size.
 
 ``views`` (:mod:`cellembed.views`), ``crop`` (:mod:`cellembed.cellcrop`), ``stain``
-(:mod:`cellembed.stain`) and ``pooling`` (:mod:`cellembed.pooling`): each has a default
+(:mod:`cellembed.stain`), ``pooling`` (:mod:`cellembed.pooling`) and ``precision``
+(:mod:`cellembed.precision`): each has a default
 meaning "as the first version did" and a check. Presets (:mod:`cellembed.presets`) fill
 them, :func:`cellembed.embedder.resolved_spec` checks them once, and a spec gives them back
 (:func:`choices_of`) to rebuild its embedder. A new choice is one module plus one entry in
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from cellembed.cellcrop import check_crop
 from cellembed.pooling import check_pooling
+from cellembed.precision import check_precision
 from cellembed.spec import AS_BEFORE
 from cellembed.stain import check_stain
 from cellembed.views import check_views
@@ -39,6 +41,7 @@ CHOICES: dict[str, Choice] = {
     "crop": Choice(check_crop, "crop"),
     "stain": Choice(check_stain, "stain"),
     "pooling": Choice(check_pooling, "pooling"),
+    "precision": Choice(check_precision, "precision"),
 }
 
 

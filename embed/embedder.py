@@ -10,6 +10,7 @@ added later is threaded into the network here, once.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable, Sequence
 
@@ -23,15 +24,19 @@ from cellembed.backbones import (
 )
 from cellembed.engines import (
     DEFAULT_ENGINE,
+    Calibration,
     build_extractor,
     check_engine,
+    check_precision_runs,
     engine_libraries,
+    runs_precision,
     engine_module,
     prepare_engine,
 )
 from cellembed.choices import checked_choices, choices_of
 from cellembed.errors import InputError
 from cellembed.pooling import statistics
+from cellembed.precision import resolve_precision
 from cellembed.presets import DEFAULT_PRESET, PRESETS, preset_settings
 from cellembed.network import Network
 from cellembed.spec import EmbeddingSpec
@@ -92,7 +97,8 @@ def spec_for_settings(
     tap_names = parse_layers(chosen, layers)
     size = chosen.default_input_size if input_size is None else input_size
     check_input_size(chosen, size)
-    engine_module(engine, chosen)
+    settings["precision"] = resolve_precision(settings["precision"], runs_precision(engine, chosen, "int8"))
+    check_precision_runs(engine, chosen, settings["precision"])
     spec = resolved_spec(chosen, weights_file, size, tap_names, engine, **settings)
     return spec, weights_file
 
@@ -133,7 +139,8 @@ def embedder_from_spec(
     """
     backbone, weights_file, rebuilt = _rebuild(spec, weights, engine)
     extractor = build_extractor(engine, backbone, weights_file, rebuilt.tap_names, rebuilt.input_size,
-                                log=log, threads=threads)
+                                log=log, threads=threads, precision=rebuilt.precision,
+                                calibration=_calibration(rebuilt))
     claimed = backbone.tap_channels(rebuilt.tap_names)
     built = [int(extractor.channels[name]) for name in rebuilt.tap_names]
     if built != claimed:  # the backbone's configuration is wrong about its own network
@@ -153,7 +160,20 @@ def prepare_embedder(
     """Check ``spec`` can be rebuilt and make ready what its engine needs once (the ONNX
     conversion), here, before many worker processes build the embedder at once."""
     backbone, weights_file, rebuilt = _rebuild(spec, weights, engine)
-    prepare_engine(engine, backbone, weights_file, rebuilt.tap_names, rebuilt.input_size, log=log)
+    prepare_engine(engine, backbone, weights_file, rebuilt.tap_names, rebuilt.input_size, log=log,
+                   precision=rebuilt.precision, calibration=_calibration(rebuilt))
+
+
+def _calibration(spec: EmbeddingSpec) -> Calibration | None:
+    """What an int8 network of ``spec`` is calibrated on: the sample cells prepared as the
+    spec embeds them (:mod:`cellembed.calibration`); None for fp32."""
+    if spec.precision != "int8":
+        return None
+    from cellembed.calibration import calibration_digest, calibration_pixels
+
+    key = json.dumps({"cells": calibration_digest(), "input_size": spec.input_size, "stain": spec.stain,
+                      "crop": spec.crop, "views": spec.views}, sort_keys=True)
+    return Calibration(key, lambda: calibration_pixels(spec))
 
 
 def _rebuild(spec: EmbeddingSpec, weights: "str | os.PathLike | WeightsFile | None", engine: str):

@@ -11,6 +11,7 @@ assembles OUT atomically. Shards finished by an interrupted run (Ctrl-C, a crash
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -29,9 +30,11 @@ from cellembed.shared.atomic import output_lock, prepare_output
 from cellembed.errors import InputError, Interrupted
 from cellembed.merge import merge
 from cellembed.plan import DEFAULT_SHARD_SIZE, Plan, plan as make_plan
-from cellembed.presets import DEFAULT_PRESET
+from cellembed.precision import AUTO
+from cellembed.presets import DEFAULT_PRESET, PRESETS
 from cellembed.shards import ShardJob, ShardResult
 from cellembed.spec import EmbeddingSpec
+from cellembed.store import read_spec
 from cellembed.weights import WeightsFile
 
 DEFAULT_CHECKPOINT_EVERY = DEFAULT_SHARD_SIZE
@@ -113,6 +116,7 @@ def extract(
     crop: str | None = None,
     stain: str | None = None,
     pooling: str | None = None,
+    precision: str | None = None,
     preset: str = DEFAULT_PRESET,
     spec: EmbeddingSpec | None = None,
     batch_size: int = 32,
@@ -151,11 +155,12 @@ def extract(
         stain: ``"none"`` or ``"reinhard"``: colour normalisation (:mod:`cellembed.stain`).
         pooling: ``"global_average"`` or ``"global_average+std"``: the per-channel
             statistics of each tap (:mod:`cellembed.pooling`).
+        precision: ``"fp32"`` or ``"int8"``: the network's numbers (:mod:`cellembed.precision`).
         preset: named settings (:mod:`cellembed.presets`: ``"default"``, ``"best"``,
-            ``"v1"``) filling ``layers``, ``views``, ``crop``, ``stain`` and ``pooling``
-            left None.
+            ``"v1"``) filling ``layers``, ``views``, ``crop``, ``stain``, ``pooling`` and
+            ``precision`` left None.
         spec: embed exactly as this spec (of a file or a predictor) instead of ``layers``,
-            ``input_size``, ``backbone``, ``views``, ``crop``, ``stain`` and ``pooling``;
+            ``input_size``, ``backbone``, ``views``, ``crop``, ``stain``, ``pooling`` and ``precision``;
             ``weights`` must be the spec's.
         batch_size: images decoded (and run together by the TensorFlow engine) per step.
         engine: ``"onnxruntime"`` (default, faster on CPU) or ``"tensorflow"``; same
@@ -194,9 +199,9 @@ def extract(
     # network: a rerun with nothing new to embed costs only hashing and reading OUT's index.
     settings = dict(
         backbone=backbone, layers=layers, input_size=input_size, preset=preset,
-        views=views, crop=crop, stain=stain, pooling=pooling,
+        views=views, crop=crop, stain=stain, pooling=pooling, precision=precision,
     )
-    resolved, weights_file = _resolved(embedder, spec, weights, settings, engine)
+    resolved, weights_file = _resolved(embedder, spec, weights, settings, engine, out, log)
     return run_extraction(images, out, resolved, weights_file, options, log=log, embedder=embedder)
 
 
@@ -307,13 +312,38 @@ def _set_aside(work: Plan, say: Callable[[str], None]) -> None:
 
 def _resolved(
     embedder: Embedder | None, spec: EmbeddingSpec | None, weights: Any, settings: dict[str, Any], engine: str,
+    out: str | os.PathLike, log: Callable[[str], None] | None,
 ) -> tuple[EmbeddingSpec, WeightsFile | None]:
     """The resolved spec and weights (None with a prebuilt embedder)."""
     if embedder is not None:
         return embedder.spec, None
     if spec is None:
-        return spec_for_settings(weights=weights, engine=engine, **settings)
+        resolved, weights_file = spec_for_settings(weights=weights, engine=engine, **settings)
+        return keep_out_precision(resolved, out, settings["preset"], settings.get("precision"), log), weights_file
     return spec, spec_weights(spec, weights)
+
+
+def keep_out_precision(spec: EmbeddingSpec, out: str | os.PathLike, preset: str, precision: str | None,
+                       log: Callable[[str], None] | None = None) -> EmbeddingSpec:
+    """``spec``, or where its precision was left to ``auto`` (``precision`` None and the
+    preset's auto, or ``"auto"``) and ``out`` already holds embeddings of the same spec in
+    the other precision, ``spec`` in OUT's precision: a machine with int8 instructions keeps
+    extending a file begun in fp32 (and the reverse) instead of refusing it."""
+    if (precision or PRESETS[preset].choices.get("precision")) != AUTO or not Path(out).is_file():
+        return spec
+    try:
+        found = read_spec(out)
+    except InputError:  # not a cellembed file: the plan refuses it with its own message
+        return spec
+    if found.precision == spec.precision:
+        return spec
+    kept = dataclasses.replace(spec, precision=found.precision)
+    if kept.differences(found):
+        return spec
+    if log is not None:
+        log(f"{out} holds {found.precision} embeddings: extending it in {found.precision} "
+            f"(--precision {spec.precision} --overwrite would embed everything again in {spec.precision})")
+    return kept
 
 
 def _run(distributor: Any, work: Plan, progress: bool) -> list[ShardResult]:

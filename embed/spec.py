@@ -3,7 +3,7 @@
 Two embeddings can be compared (and cached together, or fed to the same classifier) only
 when their specs have the same *identity*: backbone, weights, input size, taps, pooling,
 preprocessing, colour conversion, resize method, colour normalisation (``stain``), framing
-(``crop``) and test-time ``views``. Library versions are recorded for
+(``crop``), test-time ``views`` and the network's numeric ``precision``. Library versions are recorded for
 provenance but are not part of the identity.
 
 A spec is turned back into the embedder that wrote it by
@@ -33,10 +33,10 @@ COLOR = (
 #: The one table of what each chosen field (cellembed.choices) meant before it could be
 #: chosen ("as before"): the dataclass defaults below, the choices' defaults and the
 #: identity all read it. (What a new run gets is a preset's: cellembed.presets.)
-AS_BEFORE: dict[str, Any] = {"pooling": "global_average", "views": 1, "crop": "none", "stain": "none"}
+AS_BEFORE: dict[str, Any] = {"pooling": "global_average", "views": 1, "crop": "none", "stain": "none", "precision": "fp32"}
 #: Identity fields added after the first format: left out of the identity at their "as
 #: before" value, so earlier files keep their identity (pooling was in the first format).
-LATER_FIELDS: dict[str, Any] = {key: AS_BEFORE[key] for key in ("views", "crop", "stain")}
+LATER_FIELDS: dict[str, Any] = {key: AS_BEFORE[key] for key in ("views", "crop", "stain", "precision")}
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,9 @@ class EmbeddingSpec:
     crop: str = AS_BEFORE["crop"]
     #: Colour normalisation of the decoded image (``cellembed.stain.STAINS``).
     stain: str = AS_BEFORE["stain"]
+    #: The network's numeric precision (``cellembed.precision.PRECISIONS``): int8 runs a
+    #: quantised copy of the network, whose embeddings are close to fp32's but not the same.
+    precision: str = AS_BEFORE["precision"]
     versions: dict[str, str] = field(default_factory=dict, compare=False)
     format: int = SPEC_FORMAT
 
@@ -187,7 +190,7 @@ class EmbeddingSpec:
         versions = ", ".join(f"{k} {v}" for k, v in sorted(self.versions.items()))
         return "\n".join(
             [
-                f"backbone       {self.backbone}, input {self.input_size}x{self.input_size}",
+                f"backbone       {self.backbone}, input {self.input_size}x{self.input_size}, {self.precision}",
                 f"weights        sha256 {self.weights_sha256}"
                 + (f" ({self.weights_source})" if self.weights_source else ""),
                 f"taps           {taps}",

@@ -49,6 +49,21 @@ def onnx_cache(tmp_path_factory) -> Path:
         os.environ["CELLEMBED_CACHE_DIR"] = saved
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fp32_unless_asked():
+    """The presets' precision ``auto`` means int8 on a CPU with VNNI (this one, likely):
+    tests compare embeddings with Keras and between engines, so the suite fixes ``auto`` to
+    fp32 (as a lab may, with $CELLEMBED_PRECISION); tests/test_embed_int8.py asks for int8
+    and checks ``auto`` itself."""
+    saved = os.environ.get("CELLEMBED_PRECISION")
+    os.environ["CELLEMBED_PRECISION"] = "fp32"
+    yield
+    if saved is None:
+        os.environ.pop("CELLEMBED_PRECISION", None)
+    else:
+        os.environ["CELLEMBED_PRECISION"] = saved
+
+
 @pytest.fixture(autouse=True)
 def no_fit_checkpoints_between_tests(onnx_cache):
     """The trained models a test's fit kept (cellclf.checkpoint, in the session's cache

@@ -195,13 +195,14 @@ def test_a_crop_used_by_many_decoding_threads_at_once_in_a_fresh_process(tmp_pat
 
 
 def test_presets_fill_the_settings_not_given(random_weights):
-    best = PRESETS["best"]
+    best = {**PRESETS["best"].choices, "precision": "fp32"}  # its precision auto: fp32 in the suite
     spec, _ = spec_for_settings(weights=random_weights, input_size=SMALL, preset="best")
-    assert choices_of(spec) == best.choices
+    assert choices_of(spec) == best
     spec, _ = spec_for_settings(weights=random_weights, input_size=SMALL, preset="best", views=1, crop="none")
-    assert choices_of(spec) == {**best.choices, "views": 1, "crop": "none"}
+    assert choices_of(spec) == {**best, "views": 1, "crop": "none"}
     v1, _ = spec_for_settings(weights=random_weights, input_size=SMALL, preset="v1")
-    assert (v1.views, v1.crop, v1.stain, v1.tap_names[-1]) == (1, "none", "none", "block14_sepconv2_act")
+    assert (v1.views, v1.crop, v1.stain, v1.tap_names[-1], v1.precision) == (1, "none", "none", "block14_sepconv2_act",
+                                                                              "fp32")
 
 
 def test_a_file_of_the_first_version_names_the_preset_that_extends_it(tmp_path, random_weights):

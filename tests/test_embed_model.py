@@ -8,7 +8,7 @@ import pytest
 from cellembed import load_embedder
 from cellembed.backbones import get_backbone, parse_layers
 from cellembed.decoding import load_for_network
-from cellembed.engines import ENGINES
+from cellembed.engines import ENGINES, unavailable
 from cellembed.errors import InputError
 from cellembed.weights import resolve_weights
 from conftest import SMALL, make_folder
@@ -17,6 +17,9 @@ from conftest import SMALL, make_folder
 pytestmark = pytest.mark.slow  # every test here builds a network (see pyproject.toml)
 XCEPTION = get_backbone("xception")
 TAP_PRESETS = XCEPTION.tap_presets
+#: Every engine, skipped where this machine cannot run it (the GPU engine without a GPU).
+ENGINES_HERE = [pytest.param(e, marks=pytest.mark.skipif(bool(unavailable(e)), reason=str(unavailable(e))))
+                for e in ENGINES]
 
 
 def _plain_xception(weights, size, pooling=None):
@@ -46,7 +49,7 @@ def _independent_tap_outputs(weights, size, pixels):
     return [np.asarray(o).mean(axis=(1, 2)) for o in outputs]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES_HERE)
 def test_multiscale_taps_equal_the_pooled_layer_outputs(random_weights, tmp_path, engine):
     pixels = _pixels(make_folder(tmp_path, {"a": 3}), SMALL)
     embedder = load_embedder(random_weights, SMALL, "multiscale", engine, preset="v1")
@@ -59,7 +62,7 @@ def test_multiscale_taps_equal_the_pooled_layer_outputs(random_weights, tmp_path
         np.testing.assert_allclose(embedding[:, tap.offset : tap.stop], expected, atol=1e-4, err_msg=tap.name)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES_HERE)
 def test_final_tap_equals_keras_xception_avg_pooling(random_weights, tmp_path, engine):
     import keras
 
@@ -121,7 +124,7 @@ def test_weights_come_from_the_environment_variable(monkeypatch, random_weights)
     assert len(resolved.sha256) == 64
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", ENGINES_HERE)
 def test_real_weights_final_tap_matches_keras_on_sample_images(real_weights, sample_subset, engine):
     """Integration: ImageNet weights, 299x299, real CellaVision images."""
     import keras

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 from cellembed.errors import InputError
-from cellembed.shards import Shard, ShardJob, ShardResult
+
+if TYPE_CHECKING:  # the command line lists the distributors without loading the shard worker
+    from cellembed.shards import Shard, ShardJob, ShardResult
 
 _MODULES: dict[str, str] = {
     "sequential": "cellembed.distributors.sequential",

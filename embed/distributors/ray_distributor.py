@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from cellembed.distributors import DistributorOption
 from cellembed.embedder import prepare_embedder
+from cellembed.engines import GPU_ENGINE
 from cellembed.errors import InputError, RunFailed
 from cellembed.shards import Shard, ShardJob, ShardResult, embed_shard
 
@@ -39,7 +40,7 @@ OPTIONS = [
     DistributorOption("cpus_per_task", "--ray-cpus-per-task", "CPUs of one shard task (default 1).", float, "N"),
     DistributorOption(
         "gpus_per_task", "--ray-gpus-per-task", "GPUs of one shard task (default 0; Ray hides GPUs from "
-        "tasks that ask for none).", float, "N",
+        "tasks that ask for none). With a GPU, tasks run --engine onnxruntime as onnxruntime-gpu.", float, "N",
     ),
 ]
 
@@ -50,6 +51,12 @@ def import_ray() -> Any:
     except ImportError:
         raise InputError(f"--distributed ray needs Ray, which is not installed: {INSTALL_HINT}") from None
     return ray
+
+
+def worker_engine(engine: str, gpus_per_task: float) -> str:
+    """The engine a shard task runs: the GPU engine in place of the CPU one when the task
+    has a GPU (the driver, which may have none, only converts the network)."""
+    return GPU_ENGINE.get(engine, engine) if gpus_per_task > 0 else engine
 
 
 def _embed_shard_task(shard: Shard, job: ShardJob) -> ShardResult:
@@ -64,7 +71,8 @@ class RayDistributor:
             None starts a local one with this machine's CPUs, or uses the Ray runtime this
             process already started (``ray.init``).
         cpus_per_task: CPUs of one task; the engine in it uses that many threads.
-        gpus_per_task: GPUs of one task (Ray hides GPUs from tasks that ask for none).
+        gpus_per_task: GPUs of one task (Ray hides GPUs from tasks that ask for none); with
+            a GPU a task runs ``--engine onnxruntime`` work on ``onnxruntime-gpu``.
         max_retries: retries of a task whose worker died.
     """
 
@@ -97,12 +105,14 @@ class RayDistributor:
                 first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 raise RunFailed(f"cannot start or reach {where}: {first_line}") from None
             self._owned = True
-        self.job = dataclasses.replace(job, threads=max(1, int(self.cpus_per_task)))
+        self.job = dataclasses.replace(job, threads=max(1, int(self.cpus_per_task)),
+                                       engine=worker_engine(job.engine, self.gpus_per_task))
         self._task = ray.remote(_embed_shard_task).options(
             num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task, max_retries=self.max_retries
         )
         cpus = int(ray.cluster_resources().get("CPU", 0))
-        log(f"Ray cluster with {cpus} CPUs; each shard is a task of {self.cpus_per_task:g} CPU")
+        gpus = f" and {self.gpus_per_task:g} GPU (engine {self.job.engine})" if self.gpus_per_task else ""
+        log(f"Ray cluster with {cpus} CPUs; each shard is a task of {self.cpus_per_task:g} CPU{gpus}")
 
     def run(self, shards: Sequence[Shard], on_progress: Callable[[int], None]) -> Iterator[ShardResult]:
         ray = self._ray

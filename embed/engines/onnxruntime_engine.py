@@ -19,6 +19,9 @@ Two frameworks run here:
   TensorFlow's maps on probe images before it is used, and is cached in
   ``$CELLEMBED_CACHE_DIR`` (default ``~/.cache/cellembed``); the taps travel inside the
   ONNX file's metadata. With the conversion cached, nothing imports TensorFlow.
+
+``--precision int8`` runs a statically quantised copy of the converted network, made once
+from it, checked against it and cached beside it (:mod:`cellembed.engines.int8`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from cellembed.weights import WeightsFile
 
 if TYPE_CHECKING:
     from cellembed.backbones import Backbone
+    from cellembed.engines import Calibration
 
 # The largest difference accepted between the pooled (mean and standard deviation) tap
 # maps of the conversion and of TensorFlow on the probe images; they agree to about 1e-5 in
@@ -52,6 +56,8 @@ if TYPE_CHECKING:
 MAX_ENGINE_DIFFERENCE = 1e-4
 _CONVERTER_PACKAGES = ("cellembed", "tensorflow", "keras", "tf2onnx", "onnx")
 FRAMEWORKS = ("keras", "onnx")
+#: The precisions run per framework: int8 quantises a converted Keras network.
+PRECISIONS = {"keras": ("fp32", "int8"), "onnx": ("fp32",)}
 #: How an ONNX output is read as maps: (n, C, H, W), (n, H, W, C), (n, C) (one location)
 #: or (n, tokens, C) (the tokens after the first ``prefix_tokens`` on a square grid).
 OUTPUT_LAYOUTS = ("NCHW", "NHWC", "NC", "NTC")
@@ -124,11 +130,16 @@ class OnnxTapExtractor:
         prepare: NumPy step from (n, size, size, 3) 0..255 RGB pixels to the model's input
             (None: the pixels are the input, as for a converted Keras backbone).
         channels: each tap's channel count (None: from the model's output shapes).
+        providers: ONNX Runtime's execution providers, in order of preference (a GPU's:
+            :mod:`cellembed.engines.onnxruntime_gpu_engine`).
+        one_at_a_time: run one image per call of the session (fastest on CPU, see the
+            module docstring); False runs a whole batch at once (a GPU).
     """
 
     def __init__(self, model: bytes | str | os.PathLike, outputs: Sequence[TapOutput] | None = None,
                  threads: int | None = None, prepare: Callable[[np.ndarray], np.ndarray] | None = None,
-                 channels: Mapping[str, int] | None = None):
+                 channels: Mapping[str, int] | None = None, providers: Sequence[Any] = ("CPUExecutionProvider",),
+                 one_at_a_time: bool = True):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -136,7 +147,9 @@ class OnnxTapExtractor:
         if threads:
             options.intra_op_num_threads = threads
         source = model if isinstance(model, bytes) else str(model)
-        self.session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.model = model  # what int8 quantises (cellembed.engines.int8)
+        self.session = onnxruntime.InferenceSession(source, options, providers=list(providers))
+        self.one_at_a_time = one_at_a_time
         self._input = self.session.get_inputs()[0].name
         if outputs is None:
             recorded = json.loads(self.session.get_modelmeta().custom_metadata_map[TAPS_KEY])
@@ -165,8 +178,9 @@ class OnnxTapExtractor:
         # each call (or concatenating the runs) cost 4-5 ms per image and view in page
         # faults, 6% of the default preset's time.
         buffers = self._buffers.__dict__
-        for i in range(len(pixels)):
-            one = pixels[i : i + 1]
+        step = 1 if self.one_at_a_time else max(len(pixels), 1)
+        for i in range(0, len(pixels), step):
+            one = pixels[i : i + step]
             run = self.session.run(names, {self._input: self._prepare(one) if self._prepare else one})
             for tap, output in zip(self.outputs, run):
                 image = as_maps(output, tap.layout, tap.prefix_tokens)
@@ -175,7 +189,7 @@ class OnnxTapExtractor:
                     if buffers.get(tap.tap) is None or buffers[tap.tap].shape != shape:
                         buffers[tap.tap] = np.empty(shape, np.float32)
                     maps[tap.tap] = buffers[tap.tap]
-                maps[tap.tap][i] = image[0]
+                maps[tap.tap][i : i + step] = image
         if not len(pixels):
             maps = {tap: np.zeros((0, 1, 1, self.channels[tap]), np.float32) for tap in self.taps}
         return maps
@@ -189,15 +203,22 @@ def build(
     *,
     log: Callable[[str], None] | None = None,
     threads: int | None = None,
+    precision: str = "fp32",
+    calibration: "Calibration | None" = None,
 ) -> OnnxTapExtractor:
     """The tap extractor of ``backbone``: its own ONNX file (``onnx`` backbones), or the
-    cached conversion of a Keras backbone, converting once if needed.
+    cached conversion of a Keras backbone, converting once if needed (with ``precision``
+    int8: its quantised copy, calibrated on ``calibration``, see :func:`build_int8`).
 
     A cached conversion is used when its recorded taps are the ones asked for; an
     unreadable or mismatching cache file is converted again. When the cache folder is not
     writable the conversion is used from memory (with a warning), so nothing fails for
     lack of a cache.
     """
+    if precision == "int8":
+        if calibration is None:
+            raise ValueError("an int8 network needs its calibration inputs")
+        return build_int8(backbone, weights, tap_names, input_size, calibration, log=log, threads=threads)
     if backbone.framework == "onnx":
         return OnnxTapExtractor(backbone.model_path, backbone.tap_outputs(tap_names), threads, backbone.prepare_input)
     path = cached_model_path(backbone.name, weights.sha256, input_size, tap_names)
@@ -221,11 +242,52 @@ def build(
     return extractor
 
 
+def build_int8(
+    backbone: "Backbone",
+    weights: WeightsFile,
+    tap_names: Sequence[str],
+    input_size: int,
+    calibration: "Calibration",
+    *,
+    log: Callable[[str], None] | None = None,
+    threads: int | None = None,
+) -> OnnxTapExtractor:
+    """The int8 copy of the converted network: cached, else quantised from the float32
+    conversion (converted first if needed), checked against it on calibration inputs and
+    cached beside it."""
+    from cellembed.engines.int8 import CHECKED_INPUTS, check_close, int8_model_path, quantise
+
+    path = int8_model_path(cached_model_path(backbone.name, weights.sha256, input_size, tap_names), calibration.key)
+    cached = _open_cached(path, tap_names, threads)
+    if cached is not None:
+        return cached
+    fp32 = build(backbone, weights, tap_names, input_size, log=log, threads=threads)
+    with _conversion_lock(path):
+        cached = _open_cached(path, tap_names, threads)
+        if cached is not None:
+            return cached
+        if log is not None:
+            log(f"quantising {backbone.title} to int8 (once for these weights, taps and preparation, about a minute); "
+                f"cache: {path}")
+        pixels = calibration.pixels()
+        model = quantise(fp32.model if isinstance(fp32.model, bytes) else Path(fp32.model).read_bytes(),
+                         fp32.session.get_inputs()[0].name, pixels)
+        extractor = OnnxTapExtractor(model, threads=threads)
+        probe = pixels[:: max(1, len(pixels) // CHECKED_INPUTS)][:CHECKED_INPUTS]
+        reference = {tap: maps.copy() for tap, maps in fp32(probe).items()}
+        check_close(extractor(probe), reference)
+        _save(model, path)
+    return extractor
+
+
 def prepare(backbone: "Backbone", weights: WeightsFile, tap_names: Sequence[str], input_size: int, *,
-            log: Callable[[str], None] | None = None) -> None:
-    """Convert the network now (once, cached) unless the cache already holds it."""
+            log: Callable[[str], None] | None = None, precision: str = "fp32",
+            calibration: "Calibration | None" = None) -> None:
+    """Convert the network now (once, cached) unless the cache already holds it (and
+    quantise it, for int8)."""
     if backbone.framework != "onnx":
-        build(backbone, weights, tap_names, input_size, log=log, threads=1)
+        build(backbone, weights, tap_names, input_size, log=log, threads=1, precision=precision,
+              calibration=calibration)
 
 
 @contextmanager

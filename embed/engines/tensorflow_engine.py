@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from cellembed.backbones import Backbone
 
 FRAMEWORKS = ("keras",)
+#: Float32 only: quantised networks run on ONNX Runtime (cellembed.engines.int8).
+PRECISIONS = {"keras": ("fp32",)}
 
 
 class KerasTapExtractor:
@@ -56,8 +58,11 @@ def build(
     *,
     log: Callable[[str], None] | None = None,
     threads: int | None = None,
+    precision: str = "fp32",
+    calibration: Any = None,
 ) -> KerasTapExtractor:
-    """The backbone built, its weights loaded strictly, its taps as outputs."""
+    """The backbone built, its weights loaded strictly, its taps as outputs (float32:
+    ``precision`` and ``calibration`` are checked by :mod:`cellembed.engines`)."""
     with quiet_native_logs():
         import tensorflow as tf
 

@@ -79,7 +79,8 @@ def engine_option(function):
         "--engine", type=click.Choice(ENGINES), default=DEFAULT_ENGINE,
         help="What runs the network: onnxruntime is about 1.3x faster on CPU; the first run with "
         "new weights converts the network once (about 20 s, cached in $CELLEMBED_CACHE_DIR, default "
-        "~/.cache/cellembed). tensorflow runs Keras directly. Both give the same embeddings.",
+        "~/.cache/cellembed). tensorflow runs Keras directly. onnxruntime-gpu runs the same conversion on an "
+        "NVIDIA GPU (needs pip install 'cellembed[gpu]'). All give the same embeddings.",
     )(function)
 
 
