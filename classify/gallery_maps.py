@@ -117,5 +117,6 @@ def write_gallery_maps(
     with atomic_path(folder / GALLERY_INDEX) as tmp:
         tmp.write_text(json.dumps(index, indent=1))
     if log is not None:
-        log(f"heat maps of {len(items)} gallery images in {index['seconds']:.1f} s")
+        log(f"heat maps of {len(items)} gallery images in {index['seconds']:.1f} s "
+            "(a network pass per image and view; cellclf fit --no-heatmaps skips them)")
     return index

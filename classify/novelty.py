@@ -63,13 +63,15 @@ class NoveltyDetector(BaseEstimator):
         self.scale_ = scale
         Z = (X - self.mean_) / self.scale_
         k = int(max(1, min(self.n_components, X.shape[0] - 1, X.shape[1])))
-        # Economy SVD of the standardised training rows: deterministic, exact.
-        _, singular, vt = np.linalg.svd(Z, full_matrices=False)
-        variances = singular**2 / max(1, X.shape[0] - 1)
-        self.components_ = vt[:k].astype(np.float32)
-        self.variances_ = np.maximum(variances[:k], 1e-12)
-        left = variances[k:]
-        self.residual_variance_ = float(max(left.mean() if len(left) else 0.0, 1e-12))
+        components, top = _top_directions(Z, k)
+        variances = top / max(1, X.shape[0] - 1)
+        self.components_ = components.astype(np.float32)
+        self.variances_ = np.maximum(variances, 1e-12)
+        # The variance left off the subspace, per remaining direction: the total (the squared
+        # Frobenius norm) less the top k, over the rank left.
+        rank = min(X.shape[0], X.shape[1])
+        left = (float((Z**2).sum()) - float(top.sum())) / max(1, X.shape[0] - 1)
+        self.residual_variance_ = float(max(left / (rank - k) if rank > k else 0.0, 1e-12))
         return self
 
     def score(self, X: Any) -> np.ndarray:
@@ -115,6 +117,23 @@ class NoveltyDetector(BaseEstimator):
         detector.calibration_scores_ = np.sort(np.asarray(arrays["calibration"], np.float64))
         detector.n_features_in_ = len(detector.mean_)
         return detector
+
+
+def _top_directions(Z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` right singular vectors of ``Z`` (rows) and their squared singular values,
+    exact and deterministic, from the eigendecomposition of the smaller of Z Z^T and Z^T Z:
+    for 2,800 training rows of 6,416 dimensions that is a few seconds where the full SVD of Z
+    took 35 s on 2 cores."""
+    n, d = Z.shape
+    if n <= d:
+        values, vectors = np.linalg.eigh(Z @ Z.T)  # ascending
+        values, vectors = values[::-1][:k], vectors[:, ::-1][:, :k]
+        singular = np.sqrt(np.maximum(values, 1e-300))
+        components = (vectors.T @ Z) / singular[:, None]
+    else:
+        values, vectors = np.linalg.eigh(Z.T @ Z)
+        values, components = values[::-1][:k], vectors[:, ::-1][:, :k].T
+    return components, np.maximum(values, 0.0)
 
 
 def conformal_p_values(scores: np.ndarray, calibration: np.ndarray) -> np.ndarray:

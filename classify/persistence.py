@@ -53,7 +53,12 @@ SAFE_SUFFIX = ".skops"
 #: pipelines, numpy arrays and dtypes, plain builtins): the XGBoost classifier and its
 #: booster, whose trees skops stores as XGBoost's own serialisation, read by XGBoost's
 #: parser (never unpickled). Anything else ``skops.io.get_untrusted_types`` reports is refused.
-TRUSTED_TYPES = frozenset({"xgboost.core.Booster", "xgboost.sklearn.XGBClassifier"})
+TRUSTED_TYPES = frozenset({
+    "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier",
+    # the score function named by the XGBoost family's feature selection (a scikit-learn
+    # function, referenced by name; nothing of it is read from the file)
+    "sklearn.feature_selection._univariate_selection.f_classif",
+})
 #: Key of the safe file's JSON text (classes, spec, taps, summary, versions, format).
 _METADATA = "cellclf_predictor"
 

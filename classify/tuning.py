@@ -88,6 +88,7 @@ class TuningResult:
         seconds: wall time of the whole search.
         model: the selected setting fitted on the tuning data, when the search refits it
             (GridSearchCV does), else None.
+        note: what the family left out of the search and why (None: nothing).
     """
 
     family: str
@@ -95,6 +96,7 @@ class TuningResult:
     best: int
     seconds: float
     model: Any = field(default=None, repr=False)
+    note: str | None = None
 
     @property
     def best_trial(self) -> Trial:

@@ -294,3 +294,29 @@ def test_the_callers_joblib_backend_wins(tmp_path, monkeypatch):
         backend = get_active_backend()[0]
         assert type(backend).__name__ == "LokyBackend" and backend.inner_max_num_threads == 1
     assert [t.score for t in threaded.trials] == [t.score for t in default.trials]
+
+
+def test_xgb_selects_its_dimensions_inside_its_pipeline():
+    """Issue 23 §3: the model takes raw embedding rows; its selection is a step of its own
+    pipeline, so predicting a raw row equals the trees on the selected columns, and TreeSHAP
+    comes back in the embedding's dimensions (0 where a dimension was not selected)."""
+    from cellclf.families.xgb import fit_xgb, tree_shap, tune_xgb
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 40)
+    X = rng.normal(size=(120, 60)).astype(np.float32)
+    X[:, [7, 21, 40]] += 2.5 * y[:, None]  # three informative dimensions among 60
+    model = fit_xgb(X, y, DEFAULT_PARAMS, n_trees=20, features=8)
+    assert [name for name, _ in model.steps] == ["select", "xgb"]
+    selected = model.named_steps["select"].get_support(indices=True)
+    assert len(selected) == 8 and {7, 21, 40} <= set(selected)
+    np.testing.assert_array_equal(model.predict_proba(X), model.named_steps["xgb"].predict_proba(X[:, selected]))
+    shap = tree_shap(model, X[:5])
+    assert shap.values.shape == (5, 3, 60)
+    assert not shap.values[:, :, np.setdiff1d(np.arange(60), selected)].any()
+    assert shap.additivity_error < 1e-4
+    tuned = tune_xgb(X[:90], y[:90], X[90:], y[90:], trials=1, features=8)
+    assert [name for name, _ in tuned.model.steps] == ["select", "xgb"]
+    assert tuned.model.predict_proba(X[90:]).shape == (30, 3)
+    every = fit_xgb(X, y, DEFAULT_PARAMS, n_trees=5, features=0)
+    assert [name for name, _ in every.steps] == ["xgb"]
