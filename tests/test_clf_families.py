@@ -320,3 +320,26 @@ def test_xgb_selects_its_dimensions_inside_its_pipeline():
     assert tuned.model.predict_proba(X[90:]).shape == (30, 3)
     every = fit_xgb(X, y, DEFAULT_PARAMS, n_trees=5, features=0)
     assert [name for name, _ in every.steps] == ["xgb"]
+
+
+def test_lr_searches_balanced_weights_only_where_the_classes_are_not_balanced():
+    from cellclf.families.lr import weights_worth_trying
+
+    balanced = np.repeat(np.arange(3), [100, 105, 109])  # largest 1.09x the smallest
+    weights, note = weights_worth_trying(balanced, (None, "balanced"))
+    assert weights == (None,) and "100-109 images each" in note
+    unbalanced = np.repeat(np.arange(3), [100, 105, 140])
+    assert weights_worth_trying(unbalanced, (None, "balanced")) == ((None, "balanced"), None)
+    assert weights_worth_trying(balanced, ("balanced",)) == (("balanced",), None)  # what was asked for alone
+
+
+def test_xgb_says_which_dimensions_it_saw():
+    from cellclf.families.xgb import XGBoostFamily, tune_xgb
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(2), 30)
+    X = rng.normal(size=(60, 40)).astype(np.float32) + y[:, None]
+    tuned = tune_xgb(X[:40], y[:40], X[40:], y[40:], trials=1, features=8)
+    note = XGBoostFamily().tuning_note(tuned)
+    assert note.startswith("XGBoost saw the 8 of the 40 embedding dimensions") and "Only 1 XGBoost setting" in note
+    assert XGBoostFamily().tuning_note(tune_xgb(X[:40], y[:40], X[40:], y[40:], trials=3, features=0)) is None
