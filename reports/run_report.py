@@ -74,7 +74,7 @@ def build_run_sections(run: "RunRecord", images_root: str | Path | None = None) 
         sections.models_section(
             models,
             f"Test-set scores of each model (the test images were not used for tuning or selection). "
-            f"The selected model (★, saved as model.joblib) has the best {run.best_by}.",
+            f"The selected model (★, saved as model.skops and model.joblib) has the best {run.best_by}.",
         ),
         sections.per_class_section(models),
         sections.confusion_section(models, run.classes),
