@@ -521,6 +521,7 @@ def _gallery_maps(run_dir: Path, predictor: CellClassifier, predictions: Any, so
     from cellclf.gallery_maps import write_gallery_maps, write_unavailable
     from cellembed import read_images_root
     from cellembed.backbones import backbone_for_spec
+    from cellembed.weights import remembered_weights
 
     def without(reason: str) -> None:
         try:
@@ -540,14 +541,14 @@ def _gallery_maps(run_dir: Path, predictor: CellClassifier, predictions: Any, so
     if root is None or not root.is_dir():
         without(f"the images folder of {source} is not recorded or not here ({root})")
         return True
-    if weights is None:  # the environment's weights, never a download behind the user's back
+    if weights is None:  # the environment's or remembered weights, never a download behind the user's back
         try:
-            environment = backbone_for_spec(predictor.spec).weights_env
+            backbone = backbone_for_spec(predictor.spec)
         except Exception as exc:  # noqa: BLE001
             without(f"the network of the embeddings is not known here ({exc})")
             return True
-        if not os.environ.get(environment):
-            without(f"no weights file was given (--weights, or ${environment})")
+        if not os.environ.get(backbone.weights_env) and remembered_weights(backbone) is None:
+            without(f"no weights file was given (--weights, or ${backbone.weights_env})")
             return True
     try:
         write_gallery_maps(run_dir, predictor, predictions, root, weights=weights, n_jobs=config.n_jobs,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -15,6 +16,9 @@ if TYPE_CHECKING:
 
 #: ``--weights imagenet``: the backbone's own download (needs internet).
 IMAGENET = "imagenet"
+#: The file in the cache folder that remembers, per backbone, the weights file last given
+#: (``--weights`` or the environment variable), found again when neither is given.
+REMEMBERED = "weights.json"
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,9 @@ def resolve_weights(weights: "str | os.PathLike | WeightsFile | None", backbone:
 
     ``weights`` is a path, ``"imagenet"`` (the backbone's download, needs internet) or
     None, meaning the backbone's environment variable (``$CELLEMBED_WEIGHTS`` for Xception)
-    when set, else ``"imagenet"``. A :class:`WeightsFile` passes through.
+    when set, else the file last given for this backbone (remembered in the cache folder,
+    as Keras remembers its downloads: a machine pointed once to its weights finds them
+    again), else ``"imagenet"``. A :class:`WeightsFile` passes through.
 
     Raises:
         InputError: the file does not exist, or the download failed.
@@ -40,8 +46,10 @@ def resolve_weights(weights: "str | os.PathLike | WeightsFile | None", backbone:
         return weights
     source = "--weights"
     if weights is None:
-        weights = os.environ.get(backbone.weights_env) or IMAGENET
-        source = f"${backbone.weights_env}" if weights != IMAGENET else "download"
+        remembered = remembered_weights(backbone)
+        weights = os.environ.get(backbone.weights_env) or remembered or IMAGENET
+        source = (f"${backbone.weights_env}" if os.environ.get(backbone.weights_env)
+                  else "the file given before" if remembered else "download")
     if str(weights) == IMAGENET:
         path = backbone.download_weights()
         return WeightsFile(path, backbone.weights_identity(path), f"keras {IMAGENET} download")
@@ -52,7 +60,44 @@ def resolve_weights(weights: "str | os.PathLike | WeightsFile | None", backbone:
             + (f"ImageNet weights (no top) or use --weights {IMAGENET} when online" if backbone.framework == "keras"
                else "network's description")
         )
+    remember_weights(backbone, path.resolve())
     return WeightsFile(path.resolve(), backbone.weights_identity(path), path.name)
+
+
+def remembered_weights(backbone: "Backbone") -> Path | None:
+    """The weights file last given for ``backbone`` (None: none, or it is gone)."""
+    from cellembed.shared.cache import cache_dir
+
+    try:
+        entry = json.loads((cache_dir() / REMEMBERED).read_text()).get(backbone.name)
+    except (OSError, ValueError, AttributeError):
+        return None
+    path = Path(entry) if isinstance(entry, str) else None
+    return path if path is not None and path.is_file() else None
+
+
+def remember_weights(backbone: "Backbone", path: Path) -> None:
+    """Remember ``path`` as ``backbone``'s weights (quietly nothing where the cache folder
+    cannot be written: remembering is a convenience)."""
+    from cellembed.shared.atomic import atomic_path
+    from cellembed.shared.cache import cache_dir
+
+    target = cache_dir() / REMEMBERED
+    try:
+        known = json.loads(target.read_text()) if target.is_file() else {}
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    if known.get(backbone.name) == str(path):
+        return
+    known[backbone.name] = str(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
+    except OSError:
+        pass
 
 
 def check_weights(

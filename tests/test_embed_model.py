@@ -124,6 +124,37 @@ def test_weights_come_from_the_environment_variable(monkeypatch, random_weights)
     assert len(resolved.sha256) == 64
 
 
+def test_weights_given_once_are_found_again_and_a_failed_download_says_why(monkeypatch, random_weights, tmp_path):
+    """Issue 24 §5: after `make demo` (which sets $CELLEMBED_WEIGHTS) a command typed by hand
+    on an offline machine finds the same weights; without any, the download's cause is said."""
+    import keras
+
+    monkeypatch.setenv("CELLEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("CELLEMBED_WEIGHTS", raising=False)
+
+    def offline(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(InputError, match=r"\(OSError: Temporary failure in name resolution\).*--weights PATH.*remembered"):
+        resolve_weights(None, XCEPTION)
+    copy = tmp_path / "xception.weights.h5"
+    copy.write_bytes(random_weights.read_bytes())
+    monkeypatch.setenv("CELLEMBED_WEIGHTS", str(copy))
+    assert resolve_weights(None, XCEPTION).path == copy.resolve()
+    monkeypatch.delenv("CELLEMBED_WEIGHTS")
+    again = resolve_weights(None, XCEPTION)  # the variable is gone: the file given before
+    assert again.path == copy.resolve() and again.source == copy.name
+    assert resolve_weights(random_weights, XCEPTION).path == random_weights.resolve()  # --weights: remembered
+    assert resolve_weights(None, XCEPTION).path == random_weights.resolve()
+    random_moved = tmp_path / "gone.weights.h5"
+    copy.rename(random_moved)
+    resolve_weights(random_moved, XCEPTION)
+    random_moved.unlink()  # a remembered file that is gone: the download again
+    with pytest.raises(InputError, match="could not download"):
+        resolve_weights(None, XCEPTION)
+
+
 @pytest.mark.parametrize("engine", ENGINES_HERE)
 def test_real_weights_final_tap_matches_keras_on_sample_images(real_weights, sample_subset, engine):
     """Integration: ImageNet weights, 299x299, real CellaVision images."""

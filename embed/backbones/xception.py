@@ -109,9 +109,11 @@ class Xception:
                 file_hash=_IMAGENET_MD5,
             )
         except Exception as exc:  # network errors come in many types
+            cause = " ".join(str(exc).split())[:200] or "no reason given"
             raise InputError(
-                f"could not download the ImageNet Xception weights ({type(exc).__name__}); "
-                f"offline machines must set {self.weights_env} or pass --weights PATH"
+                f"could not download the ImageNet Xception weights ({type(exc).__name__}: {cause}); on a machine "
+                f"without internet pass --weights PATH (the Xception ImageNet .weights.h5, no top) once, or set "
+                f"{self.weights_env}: the file is then remembered"
             ) from None
         return Path(local)
 
