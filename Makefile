@@ -33,6 +33,13 @@ demo: $(STAMP)
 	$(BIN)/cellclf predict $(DEMO)/run data/sample -o $(DEMO)/predictions.csv \
 		--cache $(DEMO)/embeddings.parquet --report $(DEMO)/predictions.html
 	@echo "report: $(abspath $(DEMO)/run/report.html)"
+	@echo "What the numbers say: 64 sample images are a demo of the commands, not a model."
+	@echo "- fit's test accuracy is on its 10 held-out images (hence the wide interval);"
+	@echo "- predict ran on the same 64 images, most of which trained the model (it says so): its"
+	@echo "  accuracy is recall of seen cells, not a test;"
+	@echo "- every cell is 'uncertain' because 95% prediction sets need at least 19 validation"
+	@echo "  images to leave any class out, and this fit had 10. Fit your own folder (hundreds of"
+	@echo "  cells per class) for a model and figures that mean something."
 
 # pytest exits 5 when it collected no test: make treats that, like any failure, as an error.
 test: $(STAMP)

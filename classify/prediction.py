@@ -15,11 +15,12 @@ Every file predict writes is named and checked before any work by one
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -85,9 +86,20 @@ class PredictionRun:
         return self.extraction.reused if self.extraction is not None else 0
 
 
-def default_cache_path(out: Path) -> Path:
-    """``predictions.csv`` -> ``predictions.embeddings.parquet`` next to it."""
-    return PredictionOutputs.of(out).cache
+def default_cache_for(folder: str | Path, spec: EmbeddingSpec) -> Path:
+    """Where a folder's embeddings are cached when ``--cache`` is not given: one file per
+    images folder and embedding spec in the cache folder (``$CELLEMBED_CACHE_DIR``, default
+    ``~/.cache/cellembed``), ``predict/<folder name>-<digest>.parquet``, so predicting the
+    same folder again, to another ``-o`` or with another model of the same spec, embeds
+    nothing."""
+    import hashlib
+
+    from cellembed.shared.cache import cache_dir
+
+    folder = Path(folder).resolve()
+    key = hashlib.sha256(f"{folder}\0{spec.digest()}".encode()).hexdigest()[:16]
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in folder.name)[:40] or "images"
+    return cache_dir() / "predict" / f"{name}-{key}.parquet"
 
 
 def check_scorable(images: str | Path, classes: list[str]) -> None:
@@ -367,19 +379,19 @@ class PredictionOutputs:
     @classmethod
     def of(
         cls, out: str | Path, cache: str | Path | None = None, report: str | Path | None = None,
-        review: str | Path | None = None, no_review: bool = False, folder: bool = True,
+        review: str | Path | None = None, no_review: bool = False,
     ) -> "PredictionOutputs":
         """The outputs of ``-o out`` (``-`` = standard output). Next to a file OUT: the
-        cache ``<OUT stem>.embeddings.parquet`` (for a ``folder`` of images), the tables and
-        the review page ``<OUT stem>.review.html`` (unless ``no_review``)."""
+        tables and the review page ``<OUT stem>.review.html`` (unless ``no_review``). The
+        cache is ``cache`` when given; a folder's default one (:func:`default_cache_for`)
+        needs the model's spec and is set by :func:`predict_run`."""
         if str(out) == STDOUT:
             return cls(None, Path(cache) if cache is not None else None, None, None,
                        Path(report) if report is not None else None, None if no_review or review is None else Path(review))
         out = Path(out)
-        default_cache = out.with_name(out.stem + ".embeddings.parquet") if folder else None
         return cls(
             predictions=out,
-            cache=Path(cache) if cache is not None else default_cache,
+            cache=Path(cache) if cache is not None else None,
             per_class=out.with_name(out.stem + ".per_class.csv"),
             confusion=out.with_name(out.stem + ".confusion_matrix.csv"),
             report=Path(report) if report is not None else None,
@@ -538,13 +550,15 @@ def predict_run(request: PredictRequest, pages: Pages | None = None, *, log: Cal
     say = log or (lambda message: None)
     tell = tell or (lambda message: None)
     found, folder = input_images(request.images)
-    outputs = PredictionOutputs.of(request.out, request.cache, request.report, request.review, request.no_review,
-                                   folder=folder is not None)
+    outputs = PredictionOutputs.of(request.out, request.cache, request.report, request.review, request.no_review)
     _check_request(request, outputs, found, folder, pages)
     started = time.perf_counter()
     predictor = load_classifier(request.model, trust_pickle=request.trust_pickle)
     say(f"loaded {predictor.source} ({predictor.family}, {len(predictor.classes)} classes) in "
         f"{time.perf_counter() - started:.1f} s")
+    if outputs.cache is None and folder is not None:
+        outputs = dataclasses.replace(outputs, cache=default_cache_for(folder, predictor.spec))
+        say(f"embeddings cached in {outputs.cache} (reused by any later predict of this folder; safe to delete)")
     if request.report is not None:  # before anything is written
         if folder is None:
             raise ClassifierInputError("--report needs a folder with class sub-folders, not image files")
@@ -564,6 +578,31 @@ def predict_run(request: PredictRequest, pages: Pages | None = None, *, log: Cal
         result = PredictResult(request, predictor, outputs, run, folder, _not_scored(run))
         _write_outputs(result, pages, say, tell, stdout)
     return result
+
+
+def seen_in_fit(model: str | Path, files: Mapping[str, Path]) -> tuple[int, Path] | None:
+    """How many of the image ``files`` the model's fit trained or validated on (same
+    SHA-256 as a train or validation row of the run's split.csv), and that file; None when
+    none, or when MODEL is not in a run folder with its split.csv."""
+    from cellclf.rundir.layout import SPLIT
+    from cellembed.shared.hashing import sha256_file
+
+    model = Path(model)
+    split_csv = (model if model.is_dir() else model.parent) / SPLIT
+    if not files or not split_csv.is_file():
+        return None
+    try:
+        split = pd.read_csv(split_csv, usecols=["sha256", "split"])
+    except (OSError, ValueError):
+        return None
+    fitted = set(split.loc[split["split"].isin(["train", "validation"]), "sha256"].astype(str))
+    count = 0
+    for path in files.values():
+        try:
+            count += sha256_file(path) in fitted
+        except OSError:
+            continue
+    return (count, split_csv) if count else None
 
 
 def _check_request(request: PredictRequest, outputs: PredictionOutputs, found: Sequence[Any], folder: Path | None,
@@ -606,6 +645,11 @@ def _write_outputs(result: PredictResult, pages: Pages, say: Callable[[str], Non
     if run.unknown_folders:
         listed = ", ".join(f"{name} ({n})" for name, n in run.unknown_folders.items())
         tell(f"not scored: sub-folders that are not classes of the model: {listed}")
+    seen = seen_in_fit(request.model, run.files)
+    if seen:
+        tell(f"warning: {seen[0]} of {len(run.files)} images were used to fit this model (train or validation "
+             f"in {seen[1]}): they say how well it recalls them, not how it does on new cells; for that, "
+             "see the test scores in its report or predict on cells it has not seen")
     if run.evaluation is not None:
         overall, where = run.evaluation.overall, ""
         if result.outputs.per_class is not None:

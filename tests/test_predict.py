@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from cellembed import embedding_matrix, extract, load_embeddings
 from cellclf.errors import ClassifierInputError
-from cellclf.prediction import default_cache_path, predict_folder, write_predictions
+from cellclf.prediction import default_cache_for, predict_folder, write_predictions
 from cellclf.estimator import CellClassifier
 from cellclf.persistence import save, load_classifier
 from conftest import SMALL
@@ -125,8 +127,19 @@ def test_other_weights_are_refused_naming_both(tmp_path, trained):
     assert not (tmp_path / "c.parquet").exists()
 
 
-def test_default_cache_sits_next_to_the_output(tmp_path):
-    assert default_cache_path(tmp_path / "out" / "predictions.csv") == tmp_path / "out" / "predictions.embeddings.parquet"
+def test_a_folder_is_embedded_once_whatever_the_output(tmp_path, trained, random_weights):
+    """Issue 24 §5: the default cache belongs to the folder and the model's spec, not to -o."""
+    predictor, model_path = trained
+    folder = tinted_folder(tmp_path / "new", {"red": 2, "blue": 1}, seed=4)
+    cache = default_cache_for(folder, predictor.spec)
+    assert cache.parent.parent == Path(os.environ["CELLEMBED_CACHE_DIR"]) and cache.name.startswith("new-")
+    assert default_cache_for(tmp_path / "other" / "new", predictor.spec) != cache  # another folder, same name
+    first = cli("predict", model_path, folder, "-o", tmp_path / "a.csv", "--weights", random_weights)
+    assert first.exit_code == 0, first.output
+    assert f"embeddings cached in {cache}" in first.output and "(3 embedded now, 0 from the cache)" in first.output
+    second = cli("predict", model_path, folder, "-o", tmp_path / "elsewhere" / "b.csv", "--weights", random_weights)
+    assert second.exit_code == 0 and "(0 embedded now, 3 from the cache)" in second.output
+    assert not (tmp_path / "a.embeddings.parquet").exists()
 
 
 def cli(*args):
@@ -148,7 +161,7 @@ def test_predict_command_writes_outputs_and_exit_statuses(tmp_path, trained, ran
     assert "accuracy" in result.output and "not scored" in result.output and "mystery (1)" in result.output
     document = json.loads(out.read_text())
     assert len(document) == 7 and all("uncertain" in entry for entry in document.values())
-    assert (tmp_path / "out" / "predictions.embeddings.parquet").exists()
+    assert default_cache_for(folder, trained[0].spec).exists()
     per_class = pd.read_csv(tmp_path / "out" / "predictions.per_class.csv")
     assert sorted(per_class["class"]) == ["blue", "green", "red"] and per_class["support"].sum() == 6
     html = (tmp_path / "eval.html").read_text()
@@ -294,3 +307,26 @@ def test_explain_and_serve_with_a_cached_onnx_network_never_import_tensorflow(tm
     assert facts["predicted"] in classes
     assert len(list((tmp_path / "maps").rglob("*.heatmap.json"))) == 4
     assert run.evaluation is not None
+
+
+def test_predict_says_which_images_the_model_was_fitted_on(tmp_path):
+    """Issue 24 §5: predicting the training folder scores recall, not accuracy on new
+    cells; predict counts the images whose SHA-256 is a train or validation row of the run."""
+    from cellclf.prediction import seen_in_fit
+    from cellembed.shared.hashing import sha256_file
+
+    folder = tinted_folder(tmp_path / "images", {"red": 3, "blue": 2})
+    files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.glob("*/*.png"))}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.skops").write_bytes(b"")
+    paths = sorted(files)
+    pd.DataFrame({"path": paths, "sha256": [sha256_file(files[p]) for p in paths], "label": "x",
+                  "split": ["train", "validation", "test", "train", "test"]}).to_csv(run / "split.csv", index=False)
+    assert seen_in_fit(run, files) == (3, run / "split.csv")  # the test rows are not "seen"
+    assert seen_in_fit(run / "model.skops", files) == (3, run / "split.csv")
+    other = {"new.png": tinted_folder(tmp_path / "new", {"red": 1}) / "red" / "red_0_0.png"}
+    other["new.png"].write_bytes(other["new.png"].read_bytes() + b"\0")  # another file
+    assert seen_in_fit(run, other) is None
+    (run / "split.csv").unlink()
+    assert seen_in_fit(run, files) is None  # a model file alone: nothing to compare with
