@@ -93,11 +93,12 @@ def default_cache_for(folder: str | Path, spec: EmbeddingSpec) -> Path:
     same folder again, to another ``-o`` or with another model of the same spec, embeds
     nothing."""
     import hashlib
+    import os
 
     from cellembed.shared.cache import cache_dir
 
     folder = Path(folder).resolve()
-    key = hashlib.sha256(f"{folder}\0{spec.digest()}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(os.fsencode(folder) + b"\0" + spec.digest().encode()).hexdigest()[:16]
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in folder.name)[:40] or "images"
     return cache_dir() / "predict" / f"{name}-{key}.parquet"
 

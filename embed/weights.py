@@ -65,8 +65,14 @@ def resolve_weights(weights: "str | os.PathLike | WeightsFile | None", backbone:
 
 
 def remembered_weights(backbone: "Backbone") -> Path | None:
-    """The weights file last given for ``backbone`` (None: none, or it is gone)."""
+    """The weights file last given for ``backbone`` (None: none, or it is gone). Only a
+    Keras backbone's weights are remembered: they are one known network's, checked by
+    SHA-256; an ``onnx`` backbone's description chooses the network itself, so it is
+    always given."""
     from cellembed.shared.cache import cache_dir
+
+    if backbone.framework != "keras":
+        return None
 
     try:
         entry = json.loads((cache_dir() / REMEMBERED).read_text()).get(backbone.name)
@@ -77,10 +83,13 @@ def remembered_weights(backbone: "Backbone") -> Path | None:
 
 
 def remember_weights(backbone: "Backbone", path: Path) -> None:
-    """Remember ``path`` as ``backbone``'s weights (quietly nothing where the cache folder
-    cannot be written: remembering is a convenience)."""
+    """Remember ``path`` as ``backbone``'s weights (a Keras backbone's; quietly nothing
+    where the cache folder cannot be written: remembering is a convenience)."""
     from cellembed.shared.atomic import atomic_path
     from cellembed.shared.cache import cache_dir
+
+    if backbone.framework != "keras":
+        return
 
     target = cache_dir() / REMEMBERED
     try:
