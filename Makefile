@@ -38,7 +38,7 @@ demo: $(STAMP)
 	@echo "- predict ran on the same 64 images, most of which trained the model (it says so): its"
 	@echo "  accuracy is recall of seen cells, not a test;"
 	@echo "- every cell is 'uncertain' because 95% prediction sets need at least 19 validation"
-	@echo "  images to leave any class out, and this fit had 10. Fit your own folder (hundreds of"
+	@echo "  images to leave any class out, and this fit had 11 (fit says so above). Fit your own folder (hundreds of"
 	@echo "  cells per class) for a model and figures that mean something."
 
 # pytest exits 5 when it collected no test: make treats that, like any failure, as an error.
