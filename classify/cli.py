@@ -320,7 +320,7 @@ class _ReportPages:
 
     def write_review(self, result, path: Path) -> Path:
         from cellclf.heatmap_files import output_paths
-        from cellclf.prediction import drift_of
+        from cellclf.prediction import differential_of, drift_of
         from cellclf.rundir import evaluation_record
         from cellreports.review import ReviewInput, write_review
 
@@ -338,6 +338,7 @@ class _ReportPages:
             alpha=None if calibration is None else calibration.alpha, min_confidence=request.min_confidence,
             evaluation=None if run.evaluation is None else evaluation_record(run.evaluation, request.model.name),
             spec=result.predictor.spec, not_scored=result.not_scored, drift=drift_of(result),
+            differential=differential_of(result),
         )
         return write_review(review, path)
 

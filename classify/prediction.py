@@ -643,6 +643,11 @@ def _write_outputs(result: PredictResult, pages: Pages, say: Callable[[str], Non
          f"{run.embed_seconds + run.classify_seconds:.1f} s, {1000 * per_image:.0f} ms per image after loading "
          f"the model; {uncertain} uncertain")
     tell(drift_text(result))
+    counted = differential_of(result)
+    if counted is not None:
+        from cellclf.differential import differential_line
+
+        tell(differential_line(counted))
     if run.unknown_folders:
         listed = ", ".join(f"{name} ({n})" for name, n in run.unknown_folders.items())
         tell(f"not scored: sub-folders that are not classes of the model: {listed}")
@@ -685,6 +690,14 @@ def drift_of(result: "PredictResult") -> dict[str, Any] | None:
         return None
     values = pd.to_numeric(table[NOVELTY_COLUMNS[0]], errors="coerce").dropna().to_numpy()
     return batch_report(values, table["predicted"].dropna(), result.predictor.summary, result.request.novelty_level)
+
+
+def differential_of(result: "PredictResult") -> dict[str, Any] | None:
+    """The hematology differential of a predict run's cells (:mod:`cellclf.differential`;
+    None where the model's classes are not white-cell types)."""
+    from cellclf.differential import differential
+
+    return differential(result.run.table["predicted"].dropna().astype(str).tolist(), result.predictor.classes)
 
 
 def drift_text(result: "PredictResult") -> str:

@@ -1,7 +1,9 @@
 """The review page of ``cellclf predict``: every classified cell on one self-contained page.
 
-A summary first: the differential count (cells per predicted class, with their share) and
-how many are uncertain (prediction set of more than one class, or confidence under the
+A summary first: the differential the way hematology reports it (percentages of white
+cells with intervals, nucleated red cells per 100 white cells, platelets apart; when the
+model's classes are white-cell types: ``cellclf.differential``), the cells per predicted
+class with their share, and how many are uncertain (prediction set of more than one class, or confidence under the
 ``--min-confidence`` given). Then, when the folder had class sub-folders, the evaluation
 sections of :mod:`cellreports.evaluation_report`. Then every image as a card (a 160 px
 thumbnail, the predicted class, its calibrated probability, the prediction set, the heat map
@@ -54,6 +56,8 @@ class ReviewInput:
         not_scored: images left out of the evaluation, per reason.
         drift: the batch drift test of the images (``cellclf.novelty.BatchDrift.to_dict``;
             None: the model has no drift signal), said at the top of the page.
+        differential: the hematology differential of the predictions
+            (``cellclf.differential.differential``; None: plain counts only).
     """
 
     table: pd.DataFrame
@@ -68,6 +72,7 @@ class ReviewInput:
     spec: EmbeddingSpec | None = None
     not_scored: Mapping[str, int] = field(default_factory=dict)
     drift: Mapping[str, Any] | None = None
+    differential: Mapping[str, Any] | None = None
 
 
 def render_review(review: ReviewInput) -> str:
@@ -127,8 +132,10 @@ def _summary(review: ReviewInput, done: pd.DataFrame, n_failed: int) -> Section:
     rows.append([Markup("<b>total</b>"), n, "100%" if n else "n/a", int(unsure.sum())])
     parts = [
         drift_paragraph(None if review.drift is None else dict(review.drift)),
+        _differential(review.differential),
         table(["predicted class", "cells", "share", "uncertain"], rows, numeric=range(1, 4),
-              caption="Differential count (predicted classes)", id="count-table"),
+              caption="Cells per predicted class" if review.differential is not None
+              else "Differential count (predicted classes)", id="count-table"),
         paragraph(f"A cell is uncertain when {_uncertain_rule(review)}; review those first: they are at the top "
                   "of each class's cards, with a yellow frame. "
                   + ("Probabilities are the model's calibrated probabilities." if review.alpha is not None else
@@ -138,6 +145,33 @@ def _summary(review: ReviewInput, done: pd.DataFrame, n_failed: int) -> Section:
     if n_failed:
         parts.append(note(f"{n_failed} file{'' if n_failed == 1 else 's'} could not be read: listed at the end."))
     return Section("summary", "Summary", concat(parts))
+
+
+def _differential(counted: Mapping[str, Any] | None) -> Markup:
+    """The differential the way hematology reports it (nothing for a model of other cells)."""
+    if counted is None:
+        return Markup("")
+    n = counted["white_cells"]
+    rows = [[row["class"], row["cells"], "n/a" if row["percent"] is None else f"{row['percent']:.1f}%",
+             "n/a" if row["ci"] is None else f"{row['ci'][0]:.1f}-{row['ci'][1]:.1f}%"] for row in counted["rows"]]
+    rows.append([Markup("<b>white cells</b>"), n, "100%" if n else "n/a", ""])
+    red, platelets = counted["nucleated_red"], counted["platelets"]
+    if red is not None:
+        value = "n/a" if red["per_100_white"] is None else f"{red['per_100_white']:.1f} per 100 white cells"
+        interval = "n/a" if red["ci"] is None else f"{red['ci'][0]:.1f}-{red['ci'][1]:.1f}"
+        rows.append([f"nucleated red cells ({', '.join(red['classes'])})", red["cells"], value, interval])
+    if platelets is not None:
+        rows.append([f"platelets ({', '.join(platelets['classes'])})", platelets["cells"], "counted apart", ""])
+    for name, cells in counted["other"].items():
+        rows.append([f"{name} (not in the differential)", cells, "", ""])
+    return concat([
+        table(["cell type", "cells", "of white cells", "95% CI"], rows, numeric=range(1, 4),
+              caption="Differential (hematology convention)", id="differential-table"),
+        paragraph("Percentages are of the white cells only, as a manual differential is; nucleated red cells "
+                  "(erythroblasts) are given per 100 white cells and platelets are counted apart. The intervals "
+                  "are for sampling (how many cells were counted), not for the model's mistakes; uncertain cells "
+                  "count as their predicted class, so review them first."),
+    ])
 
 
 def _cards(review: ReviewInput, done: pd.DataFrame, classes: list[str]) -> Section:
