@@ -118,6 +118,13 @@ def main() -> None:
     "--taps", default="all", callback=_name_list,
     help="Embedding layers (taps) to train on, comma-separated (e.g. add_6,add_10), or 'all'.",
 )
+@click.option(
+    "--labels", "labels", default=None, type=click.Path(dir_okay=False, path_type=Path), metavar="CSV",
+    help="A corrections file (the review page's corrections.csv, or a run's label_issues.csv): its classes "
+    "override or add to the folders' labels (by the images' SHA-256); '(excluded)' leaves a cell out.",
+)
+@click.option("--no-label-audit", is_flag=True,
+              help="Do not look for likely label errors in the training images (label_issues.csv).")
 @click.option("--no-shap", is_flag=True, help="Skip the SHAP explanations (faster).")
 @click.option(
     "--shap-rows", default=DEFAULT_SHAP_ROWS, type=click.IntRange(min=1),
@@ -138,7 +145,8 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines, only the final table.")
 def fit(
     embeddings: Path, run_dir: Path, test: Path | None, models: tuple[str, ...], seed: int, val_fraction: float,
-    test_fraction: float, cv: int, near_duplicates: str, alpha: float, taps: tuple[str, ...] | None, no_shap: bool, shap_rows: int,
+    test_fraction: float, cv: int, near_duplicates: str, alpha: float, taps: tuple[str, ...] | None,
+    labels: Path | None, no_label_audit: bool, no_shap: bool, shap_rows: int,
     no_heatmaps: bool, weights: str | None, jobs: int, no_report: bool, overwrite: bool, quiet: bool,
     **family_settings: object,
 ) -> None:
@@ -164,10 +172,10 @@ def fit(
         config = FitConfig.build(
             models=models, seed=seed, cv=cv, taps=taps, shap=not no_shap, heatmaps=not no_heatmaps,
             shap_max_rows=shap_rows, n_jobs=jobs, alpha=alpha, near_duplicates=near_duplicates,
-            val_fraction=val_fraction, test_fraction=test_fraction, **family_settings,
+            val_fraction=val_fraction, test_fraction=test_fraction, label_audit=not no_label_audit, **family_settings,
         )
         result = run_fit(
-            embeddings, run_dir, test=test, config=config, overwrite=overwrite, weights=weights,
+            embeddings, run_dir, test=test, config=config, labels=labels, overwrite=overwrite, weights=weights,
             log=None if quiet else click.echo, on_complete=None if no_report else _report_writer(quiet),
         )
     click.echo(result.table())
@@ -315,7 +323,7 @@ class _ReportPages:
         write_evaluation_report(
             evaluation_record(result.run.evaluation, result.request.model.name), result.run.classes,
             result.predictor.spec, path, images_root=result.folder, not_scored=result.not_scored,
-            drift=drift_of(result),
+            drift=drift_of(result), warning_text=result.seen_warning,
         )
 
     def write_review(self, result, path: Path) -> Path:
@@ -338,7 +346,8 @@ class _ReportPages:
             alpha=None if calibration is None else calibration.alpha, min_confidence=request.min_confidence,
             evaluation=None if run.evaluation is None else evaluation_record(run.evaluation, request.model.name),
             spec=result.predictor.spec, not_scored=result.not_scored, drift=drift_of(result),
-            differential=differential_of(result),
+            differential=differential_of(result), warning_text=result.seen_warning,
+            correct_with=f"cellclf serve {request.model} --review {result.folder}" if result.folder is not None else None,
         )
         return write_review(review, path)
 
@@ -412,13 +421,19 @@ def explain(
               show_default=True, help="A cell whose novelty_p is under this is unlike_training (and uncertain).")
 @click.option("--no-heatmaps", is_flag=True,
               help="Do not load the heat-map network (saves memory; the upload page then shows no maps).")
+@click.option("--review", "review", default=None, type=click.Path(file_okay=False, path_type=Path), metavar="FOLDER",
+              help="Also serve a review of the images in FOLDER at /review: confirm or change each cell's class "
+              "from the keyboard, saved at once to --corrections (for cellclf fit --labels).")
+@click.option("--corrections", default=None, type=click.Path(dir_okay=False, path_type=Path), metavar="CSV",
+              help="The corrections file of --review, continued if it exists. Default: FOLDER.corrections.csv "
+              "beside FOLDER.")
 @weights_option
 @engine_option
 @max_pixels_option
 @trust_pickle_option
 def serve(model: Path, host: str, port: int, max_upload_mb: float, max_batch: int, max_inflight_mb: float,
-          min_confidence: float | None, novelty_level: float, no_heatmaps: bool, weights: str | None, engine: str,
-          max_pixels: int, trust_pickle: bool) -> None:
+          min_confidence: float | None, novelty_level: float, no_heatmaps: bool, review: Path | None,
+          corrections: Path | None, weights: str | None, engine: str, max_pixels: int, trust_pickle: bool) -> None:
     """Serve MODEL over HTTP: POST /predict (images in, calibrated probabilities, prediction
     sets and an uncertain flag out, as JSON), an upload page at /, GET /health, GET /model
     and the OpenAPI docs at /docs.
@@ -428,6 +443,9 @@ def serve(model: Path, host: str, port: int, max_upload_mb: float, max_batch: in
     """
     from cellclf.persistence import load_classifier
     from cellclf.serve import ServeSettings, Service, check_port, create_app, import_server
+
+    if corrections is not None and review is None:
+        raise BadInput("--corrections goes with --review FOLDER (the folder whose cells are corrected); add --review")
 
     with user_errors(on_interrupt="interrupted while loading the model; nothing was served"):
         _, uvicorn = import_server()
@@ -439,10 +457,18 @@ def serve(model: Path, host: str, port: int, max_upload_mb: float, max_batch: in
         started = time.perf_counter()
         service = Service(predictor, weights, settings, engine, log=lambda message: click.echo(message, err=True))
         click.echo(f"loaded {predictor.source} ({predictor.family}, {len(predictor.classes)} classes) and its "
-                   f"network{'s' if settings.heatmaps else ''} in {time.perf_counter() - started:.1f} s; "
-                   f"serving on http://{host}:{port}/ (docs: /docs)", err=True)
+                   f"network{'s' if settings.heatmaps else ''} in {time.perf_counter() - started:.1f} s", err=True)
+        session = None
+        if review is not None:
+            from cellclf.review_session import open_review
+
+            session = open_review(service.classifier, review, corrections, min_confidence=min_confidence,
+                                  novelty_level=novelty_level, log=lambda message: click.echo(message, err=True))
+            click.echo(f"review of {len(session.cells)} cells of {review} at http://{host}:{port}/review; corrections "
+                       f"saved to {session.path}", err=True)
+        click.echo(f"serving on http://{host}:{port}/ (docs: /docs)", err=True)
     try:
-        uvicorn.run(create_app(service), host=host, port=port, log_level="warning", workers=1)
+        uvicorn.run(create_app(service, session), host=host, port=port, log_level="warning", workers=1)
     finally:
         service.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -81,18 +81,32 @@ def bad_rows(X: np.ndarray) -> np.ndarray:
 BAD_VALUES = f"NaN, infinite or huge (beyond +-{MAX_EMBEDDING_VALUE:g}) embedding values"
 
 
-def load_labelled(path: str | Path, taps: Sequence[str] | None = None) -> LabelledEmbeddings:
+def load_labelled(path: str | Path, taps: Sequence[str] | None = None, corrections: pd.DataFrame | None = None,
+                  relabelling: Any = None, add_corrected: bool = False) -> LabelledEmbeddings:
     """Load the labelled rows of a cellembed file and check they can be used for fitting.
 
     Args:
         path: a Parquet file written by ``cellembed extract``.
         taps: keep only these taps (all taps of the file when None).
+        corrections: a corrections table (:mod:`cellclf.corrections`): its labels override or
+            add to the file's (by SHA-256), excluded cells are dropped; counted in
+            ``relabelling`` (a :class:`cellclf.corrections.Relabelling`).
+        add_corrected: also add the corrected cells that are in other embeddings files (their
+            ``embeddings`` column), and refuse corrections found nowhere (call it for the last
+            file a fit reads).
 
     Raises:
         cellembed.InputError: not a cellembed file, no labelled rows, unknown tap, or
             NaN, infinite or huge embedding values (one-line messages saying what to do).
     """
     frame, spec = load_embeddings(path)
+    if corrections is not None:
+        from cellclf import corrections as fixes
+
+        frame = fixes.relabel(frame, corrections, relabelling)
+        if add_corrected:
+            added = fixes.added_rows(corrections, relabelling, spec, _with_root)
+            frame = pd.concat([frame, *added], ignore_index=True) if added else frame
     tap_names = tuple(spec.tap_names if taps is None else taps)
     labelled = frame[frame["label"].notna()].reset_index(drop=True)
     if len(labelled) == 0:
@@ -118,6 +132,13 @@ def load_labelled(path: str | Path, taps: Sequence[str] | None = None) -> Labell
         source=str(path),
         n_unlabelled=int(len(frame) - len(labelled)),
     )
+
+
+def _with_root(path: str | Path) -> tuple[pd.DataFrame, EmbeddingSpec, Path | None]:
+    from cellembed import read_images_root
+
+    frame, spec = load_embeddings(path)
+    return frame, spec, read_images_root(path)
 
 
 def check_same_spec(first: LabelledEmbeddings, second: LabelledEmbeddings) -> None:

@@ -44,6 +44,7 @@ from cellclf.rundir import (
     render_run,
     write_files,
     BEST_MODEL,
+    LABEL_ISSUES,
     DataFacts,
     ModelRecord,
     RunRecord,
@@ -112,6 +113,7 @@ class FitConfig:
     test_fraction: float = DEFAULT_TEST_FRACTION
     alpha: float = DEFAULT_ALPHA
     near_duplicates: str = "embeddings"
+    label_audit: bool = True
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -289,6 +291,7 @@ def fit(
     *,
     test: str | Path | None = None,
     config: FitConfig | None = None,
+    labels: str | Path | None = None,
     overwrite: bool = False,
     weights: Any = None,
     log: Callable[[str], None] | None = None,
@@ -303,6 +306,10 @@ def fit(
         test: optional separate embeddings file used as the test set (then the input is
             split into train / validation only).
         config: tuning budget, seed, models, taps... (default: ``FitConfig()``).
+        labels: a corrections file (:mod:`cellclf.corrections`: the served review's, or a
+            run's label_issues.csv) whose labels override or add to those of the
+            embeddings files, by SHA-256; its cells not in ``embeddings`` or ``test`` are
+            taken from the embeddings files its rows name.
         weights: the network's weights file, for the heat maps of the gallery images
             (None: ``$CELLEMBED_WEIGHTS``); when they cannot be made, the run says why.
         log: called with one line per phase (e.g. ``click.echo``).
@@ -315,29 +322,35 @@ def fit(
             cellembed.errors.OutputBusy: another run is writing ``run_dir`` now (its lock,
             ``.NAME.lock`` next to it, is held for the whole run).
     """
+    from cellclf.corrections import read_corrections
+
     run_dir = Path(run_dir)
     config = config if config is not None else FitConfig()
+    corrections = (str(labels), read_corrections(labels)) if labels is not None else None
     check_writable(run_dir)
     with output_lock(run_dir):
         check_run_dir(run_dir, overwrite)  # under the lock: a run that just finished counts
         phase = _PhaseLog(log)
         with phase.warnings_as_lines():
-            return _fit(embeddings, run_dir, test, config, phase, on_complete, weights)
+            return _fit(embeddings, run_dir, test, config, phase, on_complete, weights, corrections)
 
 
 def _fit(
     embeddings: str | Path, run_dir: Path, test: str | Path | None, config: FitConfig,
     phase: _PhaseLog, on_complete: Callable[[FitResult], None] | None, weights: Any = None,
+    corrections: tuple[str, pd.DataFrame] | None = None,
 ) -> FitResult:
     from cellclf import checkpoint
+    from cellclf.corrections import digest
 
-    kept = checkpoint.checkpoint_path(run_dir, embeddings, test, config.to_dict(), library_versions())
+    settings = {**config.to_dict(), "labels": digest(corrections[0]) if corrections else None}
+    kept = checkpoint.checkpoint_path(run_dir, embeddings, test, settings, library_versions())
     files = checkpoint.load(kept)
     if files is not None:
         phase("resume", f"the run an earlier run of this command trained, tested and kept in {kept}")
         run, predictors = None, {}
     else:
-        run, predictors = _train(embeddings, test, config, phase)
+        run, predictors = _train(embeddings, test, config, phase, corrections)
         run.run_dir = run_dir
         for predictor in predictors.values():
             predictor.summary["run_dir"] = str(run_dir)
@@ -379,6 +392,7 @@ class _Loaded:
     data: LabelledEmbeddings
     test_data: LabelledEmbeddings | None
     classes: list[str]
+    relabelling: Any = None  # cellclf.corrections.Relabelling, with --labels
 
 
 @dataclass
@@ -394,17 +408,20 @@ class _Split:
 
 def _train(
     embeddings: str | Path, test: str | Path | None, config: FitConfig, phase: "_PhaseLog",
+    corrections: tuple[str, pd.DataFrame] | None = None,
 ) -> tuple[RunRecord, dict[str, CellClassifier]]:
-    """Load, split, fit every configured family (tune, calibrate, refit, test), explain: the
-    run's record (without its folder) and the fitted classifiers."""
-    loaded = _load(embeddings, test, config, phase)
+    """Load, split, fit every configured family (tune, calibrate, refit, test), explain, audit
+    the labels: the run's record (without its folder) and the fitted classifiers."""
+    loaded = _load(embeddings, test, config, phase, corrections)
     split = _split(loaded, config, phase)
     novelty = _novelty(split.parts, phase)
     models: list[ModelRecord] = []
     predictors: dict[str, CellClassifier] = {}
     tunings: dict[str, TuningResult] = {}
+    tuned: dict[str, _Tuned] = {}
     for key in config.models:
-        record, predictors[key], tunings[key] = _fit_family(get_family(key), split.parts, loaded, config, phase)
+        record, predictors[key], tuned[key] = _fit_family(get_family(key), split.parts, loaded, config, phase)
+        tunings[key] = tuned[key].tuning
         predictors[key].novelty_ = novelty
         predictors[key].summary["novelty"] = novelty_facts(novelty, split.parts["test"].X)
         if record.calibration is not None:  # the report shows it beside the calibration
@@ -414,22 +431,64 @@ def _train(
     best.best = True
     if config.shap:
         _explain(models, predictors, split.parts["test"], loaded, config, phase)
+    issues, audit_facts = _label_audit(split.parts, tuned, predictors, best.key, loaded.classes, config, phase)
+    data_facts = _data_facts(loaded.data, loaded.test_data, loaded.classes, split.counts, config, split.grouping)
+    data_facts.labels = loaded.relabelling.facts() if loaded.relabelling is not None else None
+    data_facts.label_audit = audit_facts
     return RunRecord(
         run_dir=Path(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        data=_data_facts(loaded.data, loaded.test_data, loaded.classes, split.counts, config, split.grouping),
+        data=data_facts,
         config=config.to_dict(),
         versions=library_versions(),
         models=models,
         best_model=best.key,
         split=_split_table(loaded.data, loaded.test_data, split.splits),
         tuning=tuning_table(list(tunings.values())),
+        label_issues=issues,
     ), predictors
 
 
-def _load(embeddings: str | Path, test: str | Path | None, config: FitConfig, phase: "_PhaseLog") -> _Loaded:
-    data = load_labelled(embeddings, config.taps)
-    test_data = load_labelled(test, config.taps) if test is not None else None
+def _label_audit(parts: dict[str, SplitData], tuned: Mapping[str, "_Tuned"], predictors: Mapping[str, CellClassifier],
+                 best: str, classes: list[str], config: FitConfig, phase: _PhaseLog) -> tuple[Any, dict[str, Any] | None]:
+    """Step 5: the label audit (:mod:`cellclf.label_audit`) on every labelled image, with the
+    out-of-sample probabilities of the best model's family when its search cross-validates,
+    else of the first that does; (issues, facts), or (None, facts saying why not)."""
+    from cellclf import label_audit
+
+    if not config.label_audit:
+        return None, None
+    keys = sorted(tuned, key=lambda key: key != best)
+    key = next((k for k in keys if tuned[k].tuning.oof_proba is not None), None)
+    if key is None:
+        facts = {"skipped": f"no model of this fit ({', '.join(tuned)}) cross-validates its settings: add lr to --models"}
+        phase("label audit", label_audit.describe(facts))
+        return None, facts
+    train, val, test = parts["train"], parts["validation"], parts["test"]
+    proba = np.concatenate([tuned[key].tuning.oof_proba, tuned[key].val_proba,
+                            predictors[key].predict_proba(test.X, calibrated=False)])
+    meta = pd.concat([train.meta, val.meta, test.meta], ignore_index=True)
+    split = np.repeat(np.array(SPLIT_NAMES, dtype=object), [len(train.y), len(val.y), len(test.y)])
+    evidence = (f"{key}: training images out-of-fold ({config.cv}-fold CV of the selected setting), validation "
+                "images by the model fitted on the training images, test images by the refitted model")
+    issues, facts = label_audit.audit(meta, np.concatenate([train.y, val.y, test.y]), proba, classes, split, evidence,
+                                      n_jobs=config.n_jobs)
+    phase("label audit", label_audit.describe(facts) + (f"; see {LABEL_ISSUES}" if len(issues) else ""))
+    from cellclf.rundir.reader import as_read
+
+    return as_read(issues), facts
+
+
+def _load(embeddings: str | Path, test: str | Path | None, config: FitConfig, phase: "_PhaseLog",
+          corrections: tuple[str, pd.DataFrame] | None = None) -> _Loaded:
+    from cellclf.corrections import Relabelling
+
+    relabelling = Relabelling(corrections[0]) if corrections else None
+    fixes = corrections[1] if corrections else None
+    test_data = load_labelled(test, config.taps, fixes, relabelling) if test is not None else None
+    data = load_labelled(embeddings, config.taps, fixes, relabelling, add_corrected=fixes is not None)
+    if relabelling is not None:
+        phase("labels", relabelling.text())
     if test_data is not None:
         check_same_spec(data, test_data)
         check_no_leak(data.meta, test_data.meta, data.source, test_data.source)
@@ -439,7 +498,7 @@ def _load(embeddings: str | Path, test: str | Path | None, config: FitConfig, ph
         f"{len(data.meta)} labelled images, {len(classes)} classes, {data.X.shape[1]} dims "
         f"(taps {','.join(data.taps)})" + (f"; test file: {len(test_data.meta)} images" if test_data else ""),
     )
-    return _Loaded(data, test_data, classes)
+    return _Loaded(data, test_data, classes, relabelling)
 
 
 def _split(loaded: _Loaded, config: FitConfig, phase: "_PhaseLog") -> _Split:
@@ -621,7 +680,7 @@ class _Tested:
 
 def _fit_family(
     family: ModelFamily, parts: dict[str, SplitData], loaded: _Loaded, config: FitConfig, phase: _PhaseLog,
-) -> tuple[ModelRecord, CellClassifier, TuningResult]:
+) -> tuple[ModelRecord, CellClassifier, "_Tuned"]:
     """One family's steps: tune on train (+ validation), calibrate on validation, refit on
     train + validation, test; then its record."""
     start = time.perf_counter()
@@ -642,7 +701,7 @@ def _fit_family(
             "input": loaded.data.source,
         }
     )
-    return _model_record(family, tuned, tested, predictor, parts["test"], loaded.classes, fit_seconds), predictor, tuned.tuning
+    return _model_record(family, tuned, tested, predictor, parts["test"], loaded.classes, fit_seconds), predictor, tuned
 
 
 def _tune(family: ModelFamily, parts: dict[str, SplitData], n_classes: int, config: FitConfig,

@@ -526,6 +526,7 @@ class PredictResult:
     folder: Path | None = None  # the images folder (None for image files)
     not_scored: dict[str, int] = field(default_factory=dict)
     heatmaps: Any = None  # cellclf.heatmap_files.ExplainRun with --heatmaps
+    seen_warning: str | None = None  # some images were the model's training/validation images
 
 
 def predict_run(request: PredictRequest, pages: Pages | None = None, *, log: Callable[[str], None] | None = None,
@@ -653,9 +654,11 @@ def _write_outputs(result: PredictResult, pages: Pages, say: Callable[[str], Non
         tell(f"not scored: sub-folders that are not classes of the model: {listed}")
     seen = seen_in_fit(request.model, run.files)
     if seen:
-        tell(f"warning: {seen[0]} of {len(run.files)} images were used to fit this model (train or validation "
-             f"in {seen[1]}): they say how well it recalls them, not how it does on new cells; for that, "
-             "see the test scores in its report or predict on cells it has not seen")
+        result.seen_warning = (
+            f"{seen[0]} of {len(run.files)} images were used to fit this model (train or validation in {seen[1]}): "
+            "they say how well it recalls them, not how it does on new cells; for that, see the test scores in its "
+            "report or predict on cells it has not seen")
+        tell(f"warning: {result.seen_warning}")
     if run.evaluation is not None:
         overall, where = run.evaluation.overall, ""
         if result.outputs.per_class is not None:

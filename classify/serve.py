@@ -21,6 +21,8 @@ Endpoints:
   ``"drift"``: the batch test of its images (``fires``, ``message``, counts).
 - ``GET /``: an upload page (an HTML form, no script); ``POST /`` shows the results with
   the heat map of each image.
+- ``GET /review`` (with ``cellclf serve --review FOLDER``): the review of a predicted folder,
+  corrected from the keyboard and saved as it goes (:mod:`cellclf.review_routes`).
 - ``GET /health``, ``GET /model`` (classes, spec, calibration, test metrics), and FastAPI's
   ``/docs`` and ``/openapi.json``.
 
@@ -390,8 +392,9 @@ async def read_uploads(request: Any, settings: ServeSettings) -> list[tuple[str,
     raise BadUpload(415, f"Content-Type {kind} is not an upload; send multipart/form-data, or one image as image/...")
 
 
-def create_app(service: Service) -> Any:
-    """The FastAPI application of a loaded :class:`Service`."""
+def create_app(service: Service, review: Any = None) -> Any:
+    """The FastAPI application of a loaded :class:`Service`, with the review of a folder
+    (``review``: a :class:`cellclf.review_session.ReviewSession`) when given."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -470,6 +473,10 @@ def create_app(service: Service) -> Any:
             explained = await service.explain(named)
             return result_page(service.model_facts(), explained, service.drift([r for r, _ in explained]))
 
+    if review is not None:
+        from cellclf.review_routes import add_review
+
+        add_review(app, review, f"{service.predictor.family} ({service.predictor.source})")
     return app
 
 

@@ -89,6 +89,8 @@ class TuningResult:
         model: the selected setting fitted on the tuning data, when the search refits it
             (GridSearchCV does), else None.
         note: what the family left out of the search and why (None: nothing).
+        oof_proba: (n_train, k) out-of-fold probabilities of the training rows under the
+            selected setting, when the search cross-validates (lr); the label audit's evidence.
     """
 
     family: str
@@ -97,6 +99,7 @@ class TuningResult:
     seconds: float
     model: Any = field(default=None, repr=False)
     note: str | None = None
+    oof_proba: Any = field(default=None, repr=False)
 
     @property
     def best_trial(self) -> Trial:

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 from cellembed import EmbeddingSpec
 from cellreports import sections
 from cellreports.gallery import GALLERY_LIMIT, ImagesRoot
-from cellreports.html import Section, drift_paragraph, page
+from cellreports.html import Section, drift_paragraph, page, warning
 from cellreports.writing import write_html
 
 
@@ -26,6 +26,7 @@ def render_evaluation_report(
     source: str | None = None,
     title: str | None = None,
     drift: Mapping[str, object] | None = None,
+    warning_text: str | None = None,
 ) -> str:
     """The evaluation report as an HTML string (see :func:`write_evaluation_report`)."""
     classes = [str(c) for c in classes]
@@ -49,6 +50,7 @@ def render_evaluation_report(
     else:
         images = ImagesRoot(Path(images_root), "the folder that was classified")
     body = [
+        *([Section("fitted-on", "Images the model was fitted on", warning(warning_text))] if warning_text else []),
         *([Section("drift", "Like the training images?", drift_paragraph(dict(drift)))] if drift is not None else []),
         sections.data_section(classes, counts, spec, facts),
         sections.models_section([view], "Scores of the model's predictions against the class sub-folders."),
@@ -76,6 +78,7 @@ def write_evaluation_report(
     source: str | None = None,
     title: str | None = None,
     drift: Mapping[str, object] | None = None,
+    warning_text: str | None = None,
 ) -> Path:
     """Write the self-contained HTML report of a model scored on labelled images.
 
@@ -93,12 +96,14 @@ def write_evaluation_report(
         title: page title (default ``cellclf evaluation — <folder name>``).
         drift: the batch drift test of the images (``cellclf.novelty.batch_report``), shown
             first (None: no such section; a model without the signal, which predict says).
+        warning_text: a warning shown first (``cellclf predict``: some images were the
+            model's own training or validation images).
 
     Raises:
         ValueError: the record has no scored images.
     """
     document = render_evaluation_report(
         model, classes, spec, images_root=images_root, not_scored=not_scored, source=source, title=title,
-        drift=drift,
+        drift=drift, warning_text=warning_text,
     )
     return write_html(document, out_path)

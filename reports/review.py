@@ -26,7 +26,7 @@ import pandas as pd
 from cellembed import EmbeddingSpec
 from cellreports import sections
 from cellreports.gallery import GALLERY_LIMIT, ImagesRoot, thumbnail_data_uri
-from cellreports.html import Markup, Section, concat, drift_paragraph, element, image, note, page, paragraph, table
+from cellreports.html import Markup, Section, concat, drift_paragraph, element, image, note, page, paragraph, table, warning
 from cellreports.writing import write_html
 
 CARD_THUMBNAIL = 160
@@ -58,6 +58,9 @@ class ReviewInput:
             None: the model has no drift signal), said at the top of the page.
         differential: the hematology differential of the predictions
             (``cellclf.differential.differential``; None: plain counts only).
+        warning_text: a warning shown first (some images were the model's own training images).
+        correct_with: the command that serves these cells for correction (this page has no
+            script and saves nothing: it says where corrections are made).
     """
 
     table: pd.DataFrame
@@ -73,6 +76,8 @@ class ReviewInput:
     not_scored: Mapping[str, int] = field(default_factory=dict)
     drift: Mapping[str, Any] | None = None
     differential: Mapping[str, Any] | None = None
+    warning_text: str | None = None
+    correct_with: str | None = None
 
 
 def render_review(review: ReviewInput) -> str:
@@ -131,6 +136,7 @@ def _summary(review: ReviewInput, done: pd.DataFrame, n_failed: int) -> Section:
         rows.append([link, c, f"{100 * c / n:.1f}%" if n else "n/a", u])
     rows.append([Markup("<b>total</b>"), n, "100%" if n else "n/a", int(unsure.sum())])
     parts = [
+        warning(review.warning_text) if review.warning_text else Markup(""),
         drift_paragraph(None if review.drift is None else dict(review.drift)),
         _differential(review.differential),
         table(["predicted class", "cells", "share", "uncertain"], rows, numeric=range(1, 4),
@@ -142,6 +148,10 @@ def _summary(review: ReviewInput, done: pd.DataFrame, n_failed: int) -> Section:
                      "This model was fitted by an earlier cellclf: its probabilities are not calibrated and it "
                      "has no prediction sets (re-run cellclf fit to get both).")),
     ]
+    if review.correct_with:
+        parts.append(note("This page is read-only (no script, nothing saved). To confirm or correct each cell from the "
+                          "keyboard and refit on the corrections, open the served review: ",
+                          element("code", review.correct_with), " and open its page /review (port 8000 unless --port)."))
     if n_failed:
         parts.append(note(f"{n_failed} file{'' if n_failed == 1 else 's'} could not be read: listed at the end."))
     return Section("summary", "Summary", concat(parts))

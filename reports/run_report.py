@@ -13,6 +13,7 @@ from cellembed import InputError, read_images_root
 from cellreports import sections
 from cellreports.gallery import GALLERY_LIMIT, ImagesRoot, heatmap_gallery
 from cellreports.html import Section, page
+from cellreports.label_audit import label_audit_section
 from cellreports.writing import write_html
 
 
@@ -48,6 +49,7 @@ def build_run_sections(run: "RunRecord", images_root: str | Path | None = None) 
         ("dimensions", data.n_features),
         ("unlabelled rows ignored", data.unlabelled_rows_ignored),
         ("rows with duplicate images", data.rows_with_duplicate_images),
+        ("corrections (--labels)", _labels_text(data)),
         ("near-duplicate groups", data.grouping.get("description") if data.grouping else
          "not recorded (a run made before near-duplicate grouping: only identical files were kept together)"),
         ("seed", config.get("seed")),
@@ -68,7 +70,9 @@ def build_run_sections(run: "RunRecord", images_root: str | Path | None = None) 
             best, run.classes, find_images_root(run, images_root), GALLERY_LIMIT,
             intro=f"Shown for the selected model, {best.title}, on the test set.{why}",
         )
-    return [
+    audit = label_audit_section(getattr(data, "label_audit", None), getattr(run, "label_issues", None),
+                                find_images_root(run, images_root, test=False), str(run.run_dir), str(data.input))
+    return [part for part in [
         sections.data_section(run.classes, data.counts, data.spec, facts, data.spec_missing,
                               (data.grouping or {}).get("warning")),
         sections.models_section(
@@ -83,7 +87,16 @@ def build_run_sections(run: "RunRecord", images_root: str | Path | None = None) 
         sections.tuning_section(models, run.tuning, run.tuning_missing),
         sections.shap_section(models, run.shap_missing, _tap_roles(data.spec, data.taps)),
         gallery,
-    ]
+        audit,
+    ] if part is not None]
+
+
+def _labels_text(data: Any) -> str | None:
+    labels = getattr(data, "labels", None)
+    if not labels:
+        return None
+    return (f"{labels['file']}: {labels['relabelled']} relabelled, {labels['confirmed']} confirmed, "
+            f"{labels['labelled']} unlabelled cells labelled, {labels['excluded']} left out, {labels['added']} added")
 
 
 def _tap_roles(spec: Any, taps: Any) -> dict[str, str]:
@@ -97,19 +110,20 @@ def _tap_roles(spec: Any, taps: Any) -> dict[str, str]:
     return {tap: backbone.tap_role(tap) for tap in (taps or [])}
 
 
-def find_images_root(run: "RunRecord", images_root: str | Path | None = None) -> ImagesRoot:
+def find_images_root(run: "RunRecord", images_root: str | Path | None = None, test: bool = True) -> ImagesRoot:
     """The folder the test images' paths are relative to, or why it is not reachable.
 
     ``images_root`` wins when given; otherwise the folder recorded in the embeddings file
     of the test rows (``data.test_input`` when the run had a separate test file, else
-    ``data.input``) is used if it still exists.
+    ``data.input``) is used if it still exists; with ``test=False``, that of ``data.input``
+    (the training images').
     """
     if images_root is not None:
         path = Path(images_root)
         if not path.is_dir():
             return ImagesRoot(None, f"the images folder {path} given for the report does not exist")
         return ImagesRoot(path, "given for the report")
-    source = run.data.test_input or run.data.input
+    source = (run.data.test_input if test else None) or run.data.input
     if not source:
         return ImagesRoot(None, "the run does not record its embeddings file; pass the images folder (--images DIR)")
     candidates = [Path(source)]

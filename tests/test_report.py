@@ -30,7 +30,7 @@ from cellclf.rundir import NotARunError, read_run
 EVIL_CLASS = "<script>alert(1)</script>"
 EVIL_NAME = "<b>&\"'"
 CLASSES = ("alpha", EVIL_CLASS, "beta")
-SECTION_IDS = ("data", "models", "per-class", "confusion", "roc", "calibration", "tuning", "shap", "gallery")
+SECTION_IDS = ("data", "models", "per-class", "confusion", "roc", "calibration", "tuning", "shap", "gallery", "label-audit")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -215,7 +215,7 @@ def test_data_derived_text_is_escaped(report):
 
 def test_gallery_shows_the_most_confident_mistakes(run_dir, report):
     _, document = report
-    gallery = document.split('<section id="gallery">', 1)[1]
+    gallery = document.split('<section id="gallery">', 1)[1].split("</section>", 1)[0]
     thumbnails = re.findall(r'<img src="(data:image/jpeg;base64,[^"]+)"', gallery)
     predictions = pd.read_csv(run_dir / "predictions_test.csv", keep_default_na=False)
     best = json.loads((run_dir / "metrics.json").read_text())["best_model"]
@@ -382,3 +382,15 @@ def test_report_renders_in_headless_chromium(report, run_dir, tmp_path):
     # Plots are colourful, text and tables are grey: many saturated pixels = images decoded.
     saturated = (pixels.max(axis=2) - pixels.min(axis=2)) > 80
     assert saturated.sum() > 6_000  # ~14,000 with the plots, ~1,900 with every image broken
+
+
+def test_run_report_shows_the_label_audit_with_thumbnails(run_dir, report):
+    _, document = report
+    page = parse(document)
+    issues = pd.read_csv(run_dir / "label_issues.csv", dtype=str)
+    assert len(issues) > 0  # overlapping clusters: some labels are doubtful
+    counts = page.tables["label-audit-counts"]
+    assert sum(int(row[1]) for row in counts[1:]) == len(issues)
+    section = document.split('id="label-audit"', 1)[1].split("</section>", 1)[0]
+    assert section.count("<figure") == min(len(issues), 40) and "data:image/jpeg;base64," in section
+    assert f"--labels {run_dir}/label_issues.csv" in section

@@ -151,12 +151,14 @@ def tune_lr(
     scores = np.zeros((len(settings), len(folds)))
     iterations = np.zeros((len(settings), len(folds)), dtype=np.int64)
     seconds = np.zeros(len(settings))
+    held_out = np.zeros((len(settings), len(y), n_classes))  # each setting's out-of-fold probabilities
     with one_blas_thread(), progress(len(tasks), "fit") as bar:
         runs = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
             delayed(_fold)(s, f, settings[s], X, y, folds[f], n_classes, seed) for s, f in tasks
         )
-        for s, f, score, used, took, caught in runs:
+        for s, f, score, used, took, caught, proba in runs:
             scores[s, f], iterations[s, f] = score, used
+            held_out[s, folds[f][1]] = proba
             seconds[s] += took
             for category, message in caught:  # a worker's warnings, raised here where the fit collects them
                 warnings.warn(message, category, stacklevel=1)
@@ -176,14 +178,15 @@ def tune_lr(
         )
         for s, setting in enumerate(settings)
     ]
-    return TuningResult("lr", trials, best, time.perf_counter() - start, model=model)
+    return TuningResult("lr", trials, best, time.perf_counter() - start, model=model, oof_proba=held_out[best])
 
 
 def _fold(setting_index: int, fold_index: int, setting: Mapping[str, Any], X: np.ndarray, y: np.ndarray,
           fold: tuple[np.ndarray, np.ndarray], n_classes: int, seed: int) -> tuple[Any, ...]:
     """Fit one setting on one fold's training rows and score its held-out rows: (setting,
     fold, macro-F1, lbfgs iterations, seconds, the unexpected warnings as (category,
-    message) pairs, which a worker process would otherwise print on its own stderr)."""
+    message) pairs, which a worker process would otherwise print on its own stderr, and the
+    held-out rows' probabilities: the label audit's out-of-fold evidence)."""
     from sklearn.metrics import f1_score
 
     started = time.perf_counter()
@@ -192,10 +195,12 @@ def _fold(setting_index: int, fold_index: int, setting: Mapping[str, Any], X: np
         warnings.simplefilter("default")
         quiet_expected_warnings()
         model = make_lr(setting["C"], setting["class_weight"], seed=seed).fit(X[fit_rows], y[fit_rows])
-        score = f1_score(y[held_out], model.predict(X[held_out]), average="macro", labels=np.arange(n_classes),
+        proba = np.zeros((len(held_out), n_classes))
+        proba[:, model.classes_] = model.predict_proba(X[held_out])  # a class missing from the fold's rows: 0
+        score = f1_score(y[held_out], proba.argmax(axis=1), average="macro", labels=np.arange(n_classes),
                          zero_division=0)
     return (setting_index, fold_index, float(score), int(np.max(model[-1].n_iter_)), time.perf_counter() - started,
-            [(w.category, str(w.message)) for w in caught])
+            [(w.category, str(w.message)) for w in caught], proba)
 
 
 def linear_shap(model: Any, X: np.ndarray) -> ShapValues:

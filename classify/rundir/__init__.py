@@ -13,6 +13,7 @@ The names below are importable from ``cellclf.rundir`` itself.
 from __future__ import annotations
 
 from cellclf.rundir.layout import (
+    LABEL_ISSUES,
     BEST_MODEL,
     CONFUSION,
     GALLERY_DIR,
@@ -51,7 +52,7 @@ from cellclf.rundir.writer import (
 __all__ = [
     "check_run_dir",
     "check_writable",
-    "BEST_MODEL", "CONFUSION", "GALLERY_DIR", "GALLERY_INDEX", "METRICS", "MODEL", "PER_CLASS", "PREDICTIONS",
+    "BEST_MODEL", "CONFUSION", "LABEL_ISSUES", "GALLERY_DIR", "GALLERY_INDEX", "METRICS", "MODEL", "PER_CLASS", "PREDICTIONS",
     "PROBA_PREFIX", "REPORT", "REQUIRED_FILES", "SHAP_DIR", "SHAP_SUMMARY", "SPLIT", "TEXT_COLUMNS", "TUNING",
     "NotARunError", "model_file", "shap_file", "tuning_plot_file", "read_csv", "read_gallery", "read_run",
     "DataFacts", "ModelRecord", "RunRecord", "ShapSummary", "evaluation_record", "predictions_table",

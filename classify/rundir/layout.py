@@ -25,6 +25,9 @@ Layout (every CSV is tidy: one row per observation, header on the first line)::
       models/<m>.joblib      each family's model as a pickle + .sha256
       shap/                  <m>_mean_abs.csv, <m>_by_tap.csv, <m>_top20.csv (columns in
                              cellclf.shap_values), <m>_summary.png, summary.json (facts per model)
+      label_issues.csv       the label audit's suggested relabels (cellclf.label_audit), in the
+                             corrections format (cellclf.corrections) plus split and
+                             given_probability; absent with --no-label-audit
       report.html            the HTML report (cellreports; written by the cellclf command)
 
 Written by :mod:`cellclf.rundir.writer`, read by :mod:`cellclf.rundir.reader`; the records
@@ -41,6 +44,7 @@ TUNING = "tuning.csv"
 PER_CLASS = "per_class.csv"
 CONFUSION = "confusion_matrix.csv"
 PREDICTIONS = "predictions_test.csv"
+LABEL_ISSUES = "label_issues.csv"
 #: Heat maps of the report's gallery images (cellclf.gallery_maps).
 GALLERY_DIR = "gallery"
 GALLERY_INDEX = "gallery.json"
@@ -56,7 +60,8 @@ MODEL = "model"
 PROBA_PREFIX = "proba_"
 #: Columns holding names (class names, paths): read as text, so a class called "NA" stays "NA".
 TEXT_COLUMNS = ("model", "class", "true", "predicted", "label", "path", "sha256", "split", "feature", "tap",
-                "score_name", "params", "set")
+                "score_name", "params", "set", "given_label", "model_label", "reviewer", "time", "source",
+                "embeddings", "note")
 
 
 def model_file(key: str) -> str:

@@ -17,6 +17,7 @@ from cellclf.rundir.layout import (
     PER_CLASS,
     CONFUSION,
     PREDICTIONS,
+    LABEL_ISSUES,
     GALLERY_DIR,
     GALLERY_INDEX,
     SHAP_SUMMARY,
@@ -37,9 +38,21 @@ def _per_model(frame: pd.DataFrame, key: str) -> pd.DataFrame:
 
 def read_csv(path: Path) -> pd.DataFrame:
     """A RUN_DIR CSV with its name columns as text (only empty cells are missing)."""
-    header = pd.read_csv(path, nrows=0).columns
+    return _text_table(Path(path).read_text(encoding="utf-8"))
+
+
+def as_read(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` as :func:`read_csv` gives it back once written (the same dtypes), so that a
+    run's record in memory equals the one read from its folder."""
+    return _text_table(frame.to_csv(index=False))
+
+
+def _text_table(text: str) -> pd.DataFrame:
+    import io
+
+    header = pd.read_csv(io.StringIO(text), nrows=0).columns
     dtypes = {c: str for c in header if c in TEXT_COLUMNS}
-    return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
+    return pd.read_csv(io.StringIO(text), dtype=dtypes, keep_default_na=False, na_values=[""])
 
 
 def _run_file(run_dir: Path, name: str) -> Path | None:
@@ -129,6 +142,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
         tuning=tuning,
         tuning_missing="" if tuning is not None else f"{run_dir.name}/{TUNING} is missing",
         gallery=read_gallery(run_dir),
+        label_issues=_optional_csv(run_dir, LABEL_ISSUES),
     )
 
 
@@ -149,6 +163,8 @@ def _data_facts(doc: dict[str, Any]) -> DataFacts:
         unlabelled_rows_ignored=doc.get("unlabelled_rows_ignored"),
         rows_with_duplicate_images=doc.get("rows_with_duplicate_images"),
         grouping=doc.get("grouping") if isinstance(doc.get("grouping"), dict) else None,
+        labels=doc.get("labels") if isinstance(doc.get("labels"), dict) else None,
+        label_audit=doc.get("label_audit") if isinstance(doc.get("label_audit"), dict) else None,
         taps=list(doc.get("taps") or []),
         n_features=doc.get("n_features"),
         spec=spec,

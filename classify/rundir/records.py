@@ -152,6 +152,10 @@ class DataFacts:
     spec: EmbeddingSpec | None
     spec_missing: str = ""
     grouping: dict[str, Any] | None = None
+    #: What ``--labels`` did (:meth:`cellclf.corrections.Relabelling.facts`; None: no corrections file).
+    labels: dict[str, Any] | None = None
+    #: The label audit's facts (:func:`cellclf.label_audit.audit`; None: not run).
+    label_audit: dict[str, Any] | None = None
 
     @property
     def total(self) -> dict[str, int]:
@@ -190,6 +194,8 @@ class RunRecord:
     #: gallery/gallery.json (:func:`read_gallery`, written by :mod:`cellclf.gallery_maps`): the heat maps of
     #: the gallery images, or why there are none; None for a run without it.
     gallery: dict[str, Any] | None = None
+    #: label_issues.csv (:mod:`cellclf.label_audit`); None when the audit did not run or found the file gone.
+    label_issues: pd.DataFrame | None = None
 
     @property
     def classes(self) -> list[str]:

@@ -29,6 +29,7 @@ from cellclf.rundir.layout import (
     PER_CLASS,
     CONFUSION,
     PREDICTIONS,
+    LABEL_ISSUES,
     BEST_MODEL,
     SHAP_SUMMARY,
     MODEL,
@@ -87,6 +88,8 @@ def metrics_document(record: RunRecord) -> dict[str, Any]:
                 "unlabelled_rows_ignored": data.unlabelled_rows_ignored,
                 "rows_with_duplicate_images": data.rows_with_duplicate_images,
                 "grouping": data.grouping,
+                "labels": data.labels,
+                "label_audit": data.label_audit,
                 "taps": data.taps,
                 "n_features": data.n_features,
                 "spec": data.spec.to_dict() if data.spec is not None else None,
@@ -207,6 +210,8 @@ def _run_files(record: RunRecord) -> dict[str, bytes]:
     csv(PER_CLASS, _stacked(record.models, "per_class"))
     csv(CONFUSION, _stacked(record.models, "confusion"))
     csv(PREDICTIONS, _stacked(record.models, "predictions"))
+    if record.label_issues is not None:
+        csv(LABEL_ISSUES, record.label_issues)
     for model in record.models:
         if model.tuning_plot is not None and model.tuning_plot_file is not None:
             files[model.tuning_plot_file] = model.tuning_plot
