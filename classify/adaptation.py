@@ -78,25 +78,38 @@ class _NewLab:
     X: np.ndarray  # all rows (labelled and not), taps only
     meta: pd.DataFrame  # path, sha256, label (None: unlabelled)
     source: str
+    relabelled: str | None = None  # what --labels did, in words
 
     @property
     def labelled(self) -> np.ndarray:
         return self.meta["label"].notna().to_numpy()
 
 
-def _load_new_lab(path: str | Path, predictor: Any) -> _NewLab:
+def _load_new_lab(path: str | Path, predictor: Any, labels: str | Path | None = None) -> _NewLab:
     from cellembed import embedding_matrix, load_embeddings
     from cellclf.data import BAD_VALUES, bad_rows
 
     frame, spec = load_embeddings(path)
     predictor.check_spec(spec)
+    if labels is not None:  # a reviewer's corrections: they label (or relabel, or leave out) the lab's cells
+        from cellclf import corrections as fixes
+        from cellclf.data import read_with_root  # noqa: I001
+
+        table = fixes.read_corrections(labels)
+        relabelling = fixes.Relabelling(str(labels))
+        frame = fixes.relabel(frame, table, relabelling)
+        added = fixes.added_rows(table, relabelling, spec, read_with_root)
+        frame = pd.concat([frame, *added], ignore_index=True) if added else frame
+        relabelled = relabelling.text()
+    else:
+        relabelled = None
     X, _ = embedding_matrix(frame, spec, taps=list(predictor.used_taps))
     bad = bad_rows(X)
     if bad.any():
         raise ClassifierInputError(f"{path}: {int(bad.sum())} images have {BAD_VALUES} (e.g. "
                                    f"{frame['path'][bad].iloc[0]}); delete the file and re-run cellembed extract")
     meta = frame[["path", "sha256", "label"]].reset_index(drop=True)
-    lab = _NewLab(np.ascontiguousarray(X, dtype=np.float64), meta, str(path))
+    lab = _NewLab(np.ascontiguousarray(X, dtype=np.float64), meta, str(path), relabelled)
     labels = meta["label"][lab.labelled]
     if not len(labels):
         raise ClassifierInputError(f"{path}: no labelled cells; put a few cells of each class of the new lab in one "
@@ -196,10 +209,13 @@ def adapt(
     target_weight: float = DEFAULT_TARGET_WEIGHT,
     calibration_share: float = DEFAULT_CALIBRATION_SHARE,
     overwrite: bool = False,
+    labels: str | Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> AdaptResult:
     """Adapt the selected classifier of ``run_dir`` to the lab of ``new_lab`` and write it
-    to the run folder ``out`` (see the module docstring).
+    to the run folder ``out`` (see the module docstring). ``labels``: a corrections file
+    (:mod:`cellclf.corrections`, e.g. the served review's) whose classes label, relabel or
+    leave out cells of ``new_lab`` (and add its cells held in other embeddings files).
 
     Raises:
         ClassifierInputError: bad input (one line; nothing is written): classes the model
@@ -229,7 +245,9 @@ def adapt(
     if predictor.lab is not None:
         raise ClassifierInputError(f"{run_dir} is already adapted to a lab; adapt the run it was made from")
     run = read_run(run_dir)
-    lab = _load_new_lab(new_lab, predictor)
+    lab = _load_new_lab(new_lab, predictor, labels)
+    if lab.relabelled:
+        say(f"labels: {lab.relabelled}")
     distinct_all = int(lab.meta["sha256"].nunique())
     if distinct_all < MIN_ADAPT_IMAGES:
         raise ClassifierInputError(

@@ -511,10 +511,15 @@ def report(run_dir: Path, out: Path | None, images: Path | None) -> None:
               help="Share of each class's labelled cells (whole groups of copies, at most 0.5) held out to "
               "calibrate the probabilities and prediction sets on the new lab; 0: keep the run's calibration.")
 @click.option("--seed", default=0, type=click.IntRange(0, 2**32 - 1), help="Seed of the held-out draw and the refit.")
+@click.option(
+    "--labels", "labels", default=None, type=click.Path(dir_okay=False, path_type=Path), metavar="CSV",
+    help="A corrections file (the served review's corrections.csv): its classes label, relabel or leave out "
+    "('(excluded)') the new lab's cells, by the images' SHA-256.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the final lines.")
 def adapt(run_dir: Path, new_lab: Path, out: Path, target_weight: float, calibration_share: float, seed: int,
-          overwrite: bool, quiet: bool) -> None:
+          labels: Path | None, overwrite: bool, quiet: bool) -> None:
     """Adapt the model of a `cellclf fit` RUN_DIR to another lab from a few labelled cells.
 
     NEW_LAB is the embeddings file (cellembed extract, with the run's settings) of the new
@@ -528,7 +533,7 @@ def adapt(run_dir: Path, new_lab: Path, out: Path, target_weight: float, calibra
 
     with user_errors(on_interrupt=f"interrupted; nothing was written to {out}"):
         result = run_adapt(run_dir, new_lab, out, seed=seed, target_weight=target_weight,
-                           calibration_share=calibration_share, overwrite=overwrite,
+                           calibration_share=calibration_share, overwrite=overwrite, labels=labels,
                            log=None if quiet else click.echo)
     for line in result.lines:
         click.echo(line)

@@ -105,7 +105,7 @@ def load_labelled(path: str | Path, taps: Sequence[str] | None = None, correctio
 
         frame = fixes.relabel(frame, corrections, relabelling)
         if add_corrected:
-            added = fixes.added_rows(corrections, relabelling, spec, _with_root)
+            added = fixes.added_rows(corrections, relabelling, spec, read_with_root)
             frame = pd.concat([frame, *added], ignore_index=True) if added else frame
     tap_names = tuple(spec.tap_names if taps is None else taps)
     labelled = frame[frame["label"].notna()].reset_index(drop=True)
@@ -134,7 +134,8 @@ def load_labelled(path: str | Path, taps: Sequence[str] | None = None, correctio
     )
 
 
-def _with_root(path: str | Path) -> tuple[pd.DataFrame, EmbeddingSpec, Path | None]:
+def read_with_root(path: str | Path) -> tuple[pd.DataFrame, EmbeddingSpec, Path | None]:
+    """An embeddings file's rows, spec and images folder (what corrections need to add its cells)."""
     from cellembed import read_images_root
 
     frame, spec = load_embeddings(path)

@@ -144,7 +144,7 @@ class ReviewSession:
                 "revision": 0 if row is None else int(float(row.get("revision") or 0)),
             })
         return {"classes": self.classes, "excluded_label": fixes.EXCLUDED, "folder": self.folder,
-                "corrections": str(self.path), "cells": cells, **self.counts(cells)}
+                "corrections": str(self.path), "embeddings": self.embeddings, "cells": cells, **self.counts(cells)}
 
     def counts(self, cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Cells per class of the current calls (a saved label, else the model's), how many

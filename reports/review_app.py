@@ -190,8 +190,10 @@ def review_app_page(state: Mapping[str, Any], model_name: str) -> str:
     keys = ("Keys: \u2190 \u2192 (or k j) move; " + "; ".join(f"{i + 1} {name}" for i, name in enumerate(state["classes"][:9]))
             + f"; Enter confirms the model's call; x leaves the cell out of training {state['excluded_label']}. "
             "Each change is saved at once.")
-    how = (f"Corrections are saved to {state['corrections']} (download: /review/corrections.csv). Refit with: "
-           f"cellclf fit EMBEDDINGS -o NEW_RUN --labels {state['corrections']}")
+    how = (f"Corrections are saved to {state['corrections']} at every change (download: /review/corrections.csv). "
+           f"Refit on them: cellclf fit EMBEDDINGS -o NEW_RUN --labels {state['corrections']} (the corrected cells "
+           f"are added from {state.get('embeddings') or 'their embeddings file'}); or adapt the model to this lab: "
+           f"cellclf adapt RUN_DIR {state.get('embeddings') or 'EMBEDDINGS'} -o ADAPTED --labels {state['corrections']}.")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{escape(CONTENT_SECURITY_POLICY)}">

@@ -202,3 +202,23 @@ def test_an_xgboost_run_adapts_with_its_own_family_and_a_labelled_only_file(toy,
     adapted = load_classifier(tmp_path / "adapted")
     assert adapted.family == "xgb" and json.loads((tmp_path / "adapted" / "adapt.json").read_text())["model"] == "xgb"
     assert (adapted.predict(Xt) == truth).mean() > before + 0.1
+
+
+def test_corrections_label_the_new_labs_cells(toy, tmp_path):
+    """A lab whose cells are all unlabelled (a predicted folder) adapts from a reviewer's
+    corrections: labelled by SHA-256, one left out."""
+    root, _, _, Xt, truth = toy
+    X, labels = _lab_rows(10, seed=2, **OTHER_LAB)
+    unlabelled = _write(tmp_path / "smear.parquet", X, [None] * len(labels), "s")
+    frame, _ = load_embeddings(unlabelled)
+    rows = [{"sha256": sha, "label": label, "reviewer": "Dr A"} for sha, label in zip(frame["sha256"], labels)]
+    rows[0]["label"] = "(excluded)"
+    pd.DataFrame(rows).to_csv(tmp_path / "corrections.csv", index=False)
+    result = _adapt(tmp_path, root / "run", unlabelled, "adapted", "--labels", str(tmp_path / "corrections.csv"))
+    assert result.exit_code == 0, result.output
+    assert "39 unlabelled cells labelled, 1 left out" in result.output
+    record = json.loads((tmp_path / "adapted" / "adapt.json").read_text())
+    assert record["labelled_cells"] == 39 and record["unlabelled_cells"] == 0
+    assert (load_classifier(tmp_path / "adapted").predict(Xt) == truth).mean() > 0.9
+    without = _adapt(tmp_path, root / "run", unlabelled, "never")
+    assert without.exit_code == 2 and "no labelled cells" in without.output
