@@ -254,6 +254,11 @@ def _report_writer(quiet: bool):
     "before classifying (each dimension re-centred and re-scaled by their own mean and spread). "
     "Needs at least 20 images with a mix of cell types; each prediction then depends on all of them.",
 )
+@click.option(
+    "--samples", is_flag=True,
+    help="The sub-folders of IMAGES are samples (one per patient or slide), not classes: the predictions get a "
+    "sample column, and the console and the review page give one differential per sample.",
+)
 @trust_pickle_option
 @allow_skips_option
 @click.option(
@@ -265,7 +270,7 @@ def predict(
     model: Path, images: tuple[Path, ...], out: Path, fmt: str, min_confidence: float | None, review_path: Path | None,
     no_review: bool, cache: Path | None, weights: str | None, batch_size: int, engine: str, max_pixels: int,
     report_path: Path | None, heatmaps_dir: Path | None, adapt: bool, trust_pickle: bool, allow_skips: bool,
-    overwrite: bool, quiet: bool, novelty_level: float,
+    overwrite: bool, quiet: bool, novelty_level: float, samples: bool,
 ) -> None:
     """Classify IMAGES (a folder, or one or more image files) with MODEL (a `cellclf fit` run
     folder, its model.skops or its model.joblib).
@@ -293,7 +298,7 @@ def predict(
     request = PredictRequest(
         model, images, out, fmt, min_confidence, review_path, no_review, cache, weights, batch_size, engine,
         max_pixels, report_path, heatmaps_dir, adapt, trust_pickle, overwrite, progress=not quiet,
-        novelty_level=novelty_level,
+        novelty_level=novelty_level, samples=samples,
     )
     say = (lambda message: None) if quiet else (lambda message: click.echo(message, err=True))
     with ExitStack() as stack:  # user errors become one line
@@ -328,7 +333,7 @@ class _ReportPages:
 
     def write_review(self, result, path: Path) -> Path:
         from cellclf.heatmap_files import output_paths
-        from cellclf.prediction import differential_of, drift_of
+        from cellclf.prediction import differential_of, drift_of, samples_of
         from cellclf.rundir import evaluation_record
         from cellreports.review import ReviewInput, write_review
 
@@ -346,7 +351,7 @@ class _ReportPages:
             alpha=None if calibration is None else calibration.alpha, min_confidence=request.min_confidence,
             evaluation=None if run.evaluation is None else evaluation_record(run.evaluation, request.model.name),
             spec=result.predictor.spec, not_scored=result.not_scored, drift=drift_of(result),
-            differential=differential_of(result), warning_text=result.seen_warning,
+            differential=differential_of(result), samples=samples_of(result), warning_text=result.seen_warning,
             correct_with=f"cellclf serve {request.model} --review {result.folder}" if result.folder is not None else None,
         )
         return write_review(review, path)

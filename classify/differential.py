@@ -40,9 +40,15 @@ def role_of(name: str) -> str:
     return ROLES.get(" ".join(str(name).lower().replace("_", " ").replace("-", " ").split()), OTHER)
 
 
-def differential(predicted: Sequence[str], classes: Sequence[str]) -> dict[str, Any] | None:
+def differential(predicted: Sequence[str], classes: Sequence[str], rates: Any = None) -> dict[str, Any] | None:
     """The differential of the predicted classes of one sample's cells (None where the
     model's classes include fewer than two white-cell types).
+
+    ``rates``: the model's test confusion rates (k x k in ``classes`` order,
+    :func:`cellclf.count_correction.run_confusion_rates`); with them each white-cell row also
+    holds ``corrected_percent`` and the nucleated red cells ``corrected_per_100_white``, the
+    counts corrected for the model's known confusions, and ``corrected`` says how and what it
+    assumes (None without rates).
 
     Returns:
         ``white_cells`` (their count), ``rows`` (per white-cell class: class, cells, percent,
@@ -75,13 +81,37 @@ def differential(predicted: Sequence[str], classes: Sequence[str]) -> dict[str, 
                          "per_100_white": 100 * n_red / n_white if n_white else None,
                          "ci": [per_100(v) for v in interval] if interval and n_white else None}
     platelets = [name for name, role in roles.items() if role == PLATELET]
+    corrected = None
+    if rates is not None:
+        from cellclf.count_correction import ASSUMES, METHOD, corrected_counts
+
+        estimate = dict(zip(roles, corrected_counts([counts[name] for name in roles], rates)))
+        white_estimate = sum(estimate[name] for name in white)
+        for row in rows:
+            row["corrected_percent"] = 100 * estimate[row["class"]] / white_estimate if white_estimate else None
+        if nucleated_red is not None:
+            red_estimate = sum(estimate[name] for name in red)
+            nucleated_red["corrected_per_100_white"] = 100 * red_estimate / white_estimate if white_estimate else None
+        corrected = {"method": METHOD, "assumes": ASSUMES, "counts": {name: round(v, 2) for name, v in estimate.items()}}
     return {
         "white_cells": n_white,
+        "corrected": corrected,
         "rows": rows,
         "nucleated_red": nucleated_red,
         "platelets": {"classes": platelets, "cells": sum(counts[name] for name in platelets)} if platelets else None,
         "other": {name: counts[name] for name, role in roles.items() if role == OTHER},
     }
+
+
+def corrected_line(result: Mapping[str, Any]) -> str:
+    """One line: the white-cell percentages corrected for the model's known confusions."""
+    parts = [f"{row['class']} {row['corrected_percent']:.1f}%" for row in result["rows"]
+             if row.get("corrected_percent") is not None]
+    line = "corrected for the model's test confusions: " + ", ".join(parts)
+    red = result["nucleated_red"]
+    if red is not None and red.get("corrected_per_100_white") is not None:
+        line += f"; nucleated red cells {red['corrected_per_100_white']:.1f} per 100 white cells"
+    return line + f" (assumes {result['corrected']['assumes']})"
 
 
 def differential_line(result: Mapping[str, Any]) -> str:

@@ -330,8 +330,9 @@ def _json_document(run: PredictionRun) -> dict[str, Any]:
         )
         if novelty is not None and not pd.isna(novelty):
             entry[NOVELTY_COLUMNS[1]] = bool(row[NOVELTY_COLUMNS[1]])  # at the run's level
-        if isinstance(row.get("label"), str):
-            entry["label"] = row["label"]
+        for key in ("label", "sample"):
+            if isinstance(row.get(key), str):
+                entry[key] = row[key]
         document[row["path"]] = entry
     return document
 
@@ -494,6 +495,7 @@ class PredictRequest:
     overwrite: bool = False
     progress: bool = True
     novelty_level: float = DEFAULT_NOVELTY_LEVEL
+    samples: bool = False  # the folder's sub-folders are samples, not classes
 
     @property
     def to_stdout(self) -> bool:
@@ -577,6 +579,8 @@ def predict_run(request: PredictRequest, pages: Pages | None = None, *, log: Cal
             engine=request.engine, min_confidence=request.min_confidence, max_pixels=request.max_pixels,
             adapt=request.adapt, progress=request.progress, log=say, novelty_level=request.novelty_level,
         )
+        if request.samples:
+            run = as_samples(run)
         result = PredictResult(request, predictor, outputs, run, folder, _not_scored(run))
         _write_outputs(result, pages, say, tell, stdout)
     return result
@@ -615,6 +619,11 @@ def _check_request(request: PredictRequest, outputs: PredictionOutputs, found: S
     outputs.check(request.images, request.overwrite, pages.is_page)
     if request.heatmaps is not None and request.adapt:
         raise ClassifierInputError("--heatmaps explains predictions made without --adapt; leave out one of the two")
+    if request.samples and folder is None:
+        raise ClassifierInputError("--samples groups a folder's cells by its sub-folders; give one folder, not image files")
+    if request.samples and request.report is not None:
+        raise ClassifierInputError("--report scores class sub-folders and --samples says the sub-folders are samples; "
+                                   "leave out one of the two")
     if request.cache is not None and folder is None:
         raise ClassifierInputError(
             "--cache caches a folder's embeddings; image files are embedded without one: leave --cache out")
@@ -646,9 +655,15 @@ def _write_outputs(result: PredictResult, pages: Pages, say: Callable[[str], Non
     tell(drift_text(result))
     counted = differential_of(result)
     if counted is not None:
-        from cellclf.differential import differential_line
+        from cellclf.differential import corrected_line, differential_line
 
         tell(differential_line(counted))
+        if counted.get("corrected"):
+            tell(corrected_line(counted))
+    for sample, per_sample in (samples_of(result) or {}).items():
+        from cellclf.differential import differential_line
+
+        tell(f"sample {sample} ({int((run.table.get('sample') == sample).sum())} cells): {differential_line(per_sample)}")
     if run.unknown_folders:
         listed = ", ".join(f"{name} ({n})" for name, n in run.unknown_folders.items())
         tell(f"not scored: sub-folders that are not classes of the model: {listed}")
@@ -695,12 +710,46 @@ def drift_of(result: "PredictResult") -> dict[str, Any] | None:
     return batch_report(values, table["predicted"].dropna(), result.predictor.summary, result.request.novelty_level)
 
 
-def differential_of(result: "PredictResult") -> dict[str, Any] | None:
+def differential_of(result: "PredictResult", predicted: Sequence[str] | None = None) -> dict[str, Any] | None:
     """The hematology differential of a predict run's cells (:mod:`cellclf.differential`;
-    None where the model's classes are not white-cell types)."""
+    None where the model's classes are not white-cell types), with the counts corrected for
+    the model's test confusions where its RUN_DIR has them and it was not adapted to another
+    lab (:mod:`cellclf.count_correction`)."""
+    from cellclf.count_correction import run_confusion_rates
     from cellclf.differential import differential
 
-    return differential(result.run.table["predicted"].dropna().astype(str).tolist(), result.predictor.classes)
+    predictor = result.predictor
+    rates = None
+    if getattr(predictor, "lab", None) is None and not result.request.adapt:
+        rates = run_confusion_rates(result.request.model, predictor.family, predictor.classes)
+    if predicted is None:
+        predicted = result.run.table["predicted"].dropna().astype(str).tolist()
+    return differential(predicted, predictor.classes, rates)
+
+
+#: The sample of the images at the top of a --samples folder (not in a sub-folder).
+TOP_FOLDER = "(top folder)"
+
+
+def as_samples(run: PredictionRun) -> PredictionRun:
+    """The run of a folder whose sub-folders are samples: their name in a ``sample`` column
+    (:data:`TOP_FOLDER` for images not in one), no ``label`` and no scores against them."""
+    table = run.table.copy()
+    labels = table.pop("label") if "label" in table else pd.Series(None, index=table.index, dtype=object)
+    table.insert(1, "sample", labels.where(labels.notna(), TOP_FOLDER).astype(object))
+    return dataclasses.replace(run, table=table, evaluation=None, unknown_folders={})
+
+
+def samples_of(result: "PredictResult") -> dict[str, dict[str, Any]] | None:
+    """One differential per sample of a ``--samples`` run (None otherwise, or where the model's
+    classes are not white-cell types)."""
+    table = result.run.table
+    if "sample" not in table:
+        return None
+    done = table[table["predicted"].notna()]
+    counted = {str(sample): differential_of(result, group["predicted"].astype(str).tolist())
+               for sample, group in done.groupby("sample", sort=True)}
+    return counted if all(value is not None for value in counted.values()) and counted else None
 
 
 def drift_text(result: "PredictResult") -> str:

@@ -58,6 +58,8 @@ class ReviewInput:
             None: the model has no drift signal), said at the top of the page.
         differential: the hematology differential of the predictions
             (``cellclf.differential.differential``; None: plain counts only).
+        samples: one differential per sample (``cellclf predict --samples``), shown in a section
+            of their own.
         warning_text: a warning shown first (some images were the model's own training images).
         correct_with: the command that serves these cells for correction (this page has no
             script and saves nothing: it says where corrections are made).
@@ -78,6 +80,7 @@ class ReviewInput:
     differential: Mapping[str, Any] | None = None
     warning_text: str | None = None
     correct_with: str | None = None
+    samples: Mapping[str, Mapping[str, Any]] | None = None
 
 
 def render_review(review: ReviewInput) -> str:
@@ -87,6 +90,10 @@ def render_review(review: ReviewInput) -> str:
     failed = table_["error"].notna() if "error" in table_ else pd.Series(False, index=table_.index)
     done = table_[~failed]
     body = [_summary(review, done, int(failed.sum()))]
+    if review.samples:
+        body.append(Section("samples", "Per sample", concat([
+            paragraph(f"{len(review.samples)} samples (the sub-folders of {review.source}), one differential each."),
+            *(_differential(counted, sample) for sample, counted in review.samples.items())])))
     if review.evaluation is not None:
         view = sections.ModelView.of(review.evaluation, classes, review.evaluation.title)
         body += [
@@ -157,26 +164,44 @@ def _summary(review: ReviewInput, done: pd.DataFrame, n_failed: int) -> Section:
     return Section("summary", "Summary", concat(parts))
 
 
-def _differential(counted: Mapping[str, Any] | None) -> Markup:
-    """The differential the way hematology reports it (nothing for a model of other cells)."""
+def _differential(counted: Mapping[str, Any] | None, sample: str | None = None) -> Markup:
+    """The differential the way hematology reports it (nothing for a model of other cells);
+    the explanations with the whole folder's (``sample`` None), not repeated per sample."""
     if counted is None:
         return Markup("")
     n = counted["white_cells"]
+    corrected = counted.get("corrected")
+
+    def fixed(value: Any, unit: str = "%") -> list[str]:
+        return ([] if corrected is None else ["n/a" if value is None else f"{value:.1f}{unit}"])
+
     rows = [[row["class"], row["cells"], "n/a" if row["percent"] is None else f"{row['percent']:.1f}%",
-             "n/a" if row["ci"] is None else f"{row['ci'][0]:.1f}-{row['ci'][1]:.1f}%"] for row in counted["rows"]]
-    rows.append([Markup("<b>white cells</b>"), n, "100%" if n else "n/a", ""])
+             "n/a" if row["ci"] is None else f"{row['ci'][0]:.1f}-{row['ci'][1]:.1f}%",
+             *fixed(row.get("corrected_percent"))] for row in counted["rows"]]
+    rows.append([Markup("<b>white cells</b>"), n, "100%" if n else "n/a", "", *fixed(100.0 if n else None)])
     red, platelets = counted["nucleated_red"], counted["platelets"]
     if red is not None:
         value = "n/a" if red["per_100_white"] is None else f"{red['per_100_white']:.1f} per 100 white cells"
         interval = "n/a" if red["ci"] is None else f"{red['ci'][0]:.1f}-{red['ci'][1]:.1f}"
-        rows.append([f"nucleated red cells ({', '.join(red['classes'])})", red["cells"], value, interval])
+        rows.append([f"nucleated red cells ({', '.join(red['classes'])})", red["cells"], value, interval,
+                     *fixed(red.get("corrected_per_100_white"), " per 100")])
     if platelets is not None:
-        rows.append([f"platelets ({', '.join(platelets['classes'])})", platelets["cells"], "counted apart", ""])
+        rows.append([f"platelets ({', '.join(platelets['classes'])})", platelets["cells"], "counted apart", "",
+                     *fixed(None if corrected is None else sum(corrected["counts"][c] for c in platelets["classes"]), "")])
     for name, cells in counted["other"].items():
-        rows.append([f"{name} (not in the differential)", cells, "", ""])
+        rows.append([f"{name} (not in the differential)", cells, "", "",
+                     *fixed(None if corrected is None else corrected["counts"][name], "")])
+    columns = ["cell type", "cells", "of white cells", "95% CI", *(["corrected for known confusions"] if corrected else [])]
+    caption = "Differential (hematology convention)" + (f": sample {sample}" if sample is not None else "")
+    table_id = "differential-table" if sample is None else f"differential-{sample}"
+    table_ = table(columns, rows, numeric=range(1, len(columns)), caption=caption, id=table_id)
+    if sample is not None:
+        return table_
     return concat([
-        table(["cell type", "cells", "of white cells", "95% CI"], rows, numeric=range(1, 4),
-              caption="Differential (hematology convention)", id="differential-table"),
+        table_,
+        paragraph("The corrected column estimates the counts once the model's known confusions are undone "
+                  f"({corrected['method']}); it assumes {corrected['assumes']}. Where the two columns differ much, "
+                  "review the cells of those classes.") if corrected else Markup(""),
         paragraph("Percentages are of the white cells only, as a manual differential is; nucleated red cells "
                   "(erythroblasts) are given per 100 white cells and platelets are counted apart. The intervals "
                   "are for sampling (how many cells were counted), not for the model's mistakes; uncertain cells "
