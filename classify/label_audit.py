@@ -59,9 +59,12 @@ def audit(meta: pd.DataFrame, y: np.ndarray, proba: np.ndarray, classes: Sequenc
                                           return_indices_ranked_by="self_confidence", n_jobs=n_jobs), dtype=np.int64)
     suggested = proba.argmax(axis=1)
     ranked = ranked[suggested[ranked] != np.asarray(y)[ranked]]  # a suggestion is another class
-    rows = []
+    rows, seen = [], set()
     for index in ranked:
         given, best = int(y[index]), int(suggested[index])
+        if meta["sha256"].iloc[index] in seen:  # copies of one image: one row (a corrections file has one per cell)
+            continue
+        seen.add(meta["sha256"].iloc[index])
         rows.append({
             "path": meta["path"].iloc[index], "sha256": meta["sha256"].iloc[index], "label": classes[best],
             "given_label": classes[given], "model_label": classes[best],

@@ -149,3 +149,18 @@ def test_fit_labels_refuses_a_bad_file_before_any_work(noisy, tmp_path):
     result = _fit(data, tmp_path / "never", "--labels", str(bad))
     assert result.exit_code == 2 and "no sha256 column" in result.output
     assert not (tmp_path / "never").exists()
+
+
+def test_the_audit_gives_one_row_per_image_when_copies_share_a_doubtful_label():
+    from cellclf.label_audit import audit
+
+    meta = pd.DataFrame({"path": ["a.png", "a_copy.png", "b.png", "c.png"], "sha256": [_sha("a"), _sha("a"), _sha("b"),
+                                                                                        _sha("c")]})
+    y = np.array([0, 0, 1, 1] * 10)
+    meta = pd.concat([meta] * 10, ignore_index=True)
+    meta["sha256"] = [f"{s[:-2]}{i:02d}" if k > 1 else s for i, (k, s) in enumerate(zip(np.tile(range(4), 10), meta["sha256"]))]
+    proba = np.where(np.eye(2)[y] > 0, 0.95, 0.05)
+    proba[:2] = [[0.02, 0.98], [0.02, 0.98]]  # an image and its copy, both labelled 0, both look like 1
+    issues, facts = audit(meta, y, proba, ["x", "z"], ["train"] * len(y), "test")
+    assert list(issues["sha256"]) == [_sha("a")] and issues["given_label"].notna().all()
+    assert facts["per_class"] == {"x": 1, "z": 0}
