@@ -59,8 +59,9 @@ def write_gallery_maps(
         cellembed.InputError / ClassifierInputError: no such weights, or weights other
             than the model's (nothing written).
     """
+    from cellclf.evidence import DENSITY_LIMIT, decision_evidence
     from cellclf.heatmap_files import Explainer
-    from cellclf.heatmap_images import colour_limit, jpeg_bytes, overlay
+    from cellclf.heatmap_images import colour_limit, jpeg_bytes, outlined, overlay
     from cellclf.heatmaps import upsample
 
     classes = list(predictor.classes)
@@ -98,8 +99,13 @@ def write_gallery_maps(
             limit = colour_limit(*maps)
             pixels = np.clip(image.pixels, 0, 255).astype(np.uint8)
             stem = f"{len(items):03d}"
-            files = {"image": f"{stem}-image.jpg", "true": f"{stem}-true.jpg", "other": f"{stem}-other.jpg"}
-            for name, picture in (("image", pixels), ("true", overlay(pixels, maps[0], limit)),
+            # what decided the call: the predicted class against the true class (a mistake) or the runner-up
+            decided = (maps[1], maps[0]) if kind == "mistake" else (maps[0], maps[1])
+            evidence = decision_evidence(pixels, *decided, min(m.shape[-1] for m in result.tap_maps))
+            files = {"image": f"{stem}-image.jpg", "why": f"{stem}-why.jpg", "true": f"{stem}-true.jpg",
+                     "other": f"{stem}-other.jpg"}
+            why = outlined(overlay(pixels, evidence.density, DENSITY_LIMIT), evidence.nucleus, evidence.cell)
+            for name, picture in (("image", pixels), ("why", why), ("true", overlay(pixels, maps[0], limit)),
                                   ("other", overlay(pixels, maps[1], limit))):
                 with atomic_path(folder / files[name]) as tmp:
                     tmp.write_bytes(jpeg_bytes(picture, PICTURE_SIZE))
@@ -108,6 +114,8 @@ def write_gallery_maps(
                 "confidence": float(row.confidence), "proba_true": float(row.proba_true), "files": files,
                 "other_class": classes[other], "other_role": "predicted" if kind == "mistake" else "runner-up",
                 "map_sum_true": float(maps[0].sum()), "map_sum_other": float(maps[1].sum()),
+                "why": {"for": str(row.predicted), "against": classes[true] if kind == "mistake" else classes[other],
+                        **evidence.facts()},
             })
     index = {
         "model": predictor.family, "exact": bool(result.exact) if result is not None else None,

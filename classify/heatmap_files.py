@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cellclf.errors import ClassifierInputError
+from cellclf.evidence import decision_evidence
 from cellclf.heatmap_images import explanation_figure, figure_png, is_explanation_png, short_tap_labels
 from cellclf.heatmaps import LocationAttribution, attribute, upsample
 from cellclf.inputs import InputImage, input_images
@@ -37,7 +38,9 @@ from cellembed.errors import Interrupted
 from cellembed.shared.hashing import sha256_file
 
 JSON_MARK = "cellclf_explain"
-JSON_FORMAT = 1
+#: 2: the picture shows the contrast against the runner-up and the JSON its ``evidence``; a
+#: file of an older format is drawn again.
+JSON_FORMAT = 2
 PNG_SUFFIX = ".heatmap.png"
 JSON_SUFFIX = ".heatmap.json"
 BATCH = 4  # images per forward pass: the maps before pooling take ~25 MB per image
@@ -150,7 +153,7 @@ def explain_images(
         png, js = output_paths(out_dir, item.name)
         done = _own_json(js) if js.exists() and is_explanation_png(png) else None
         if done is not None and model_sha and done.get("model_sha256") == model_sha \
-                and done.get("image_sha256") == sha256_file(item.file):
+                and done.get(JSON_MARK) == JSON_FORMAT and done.get("image_sha256") == sha256_file(item.file):
             run.reused += 1
         else:
             todo.append(item)
@@ -219,9 +222,13 @@ def explanation_png(explainer: Explainer, name: str, pixels: np.ndarray, result:
     size = explainer.network.spec.input_size
     maps = sum(upsample(m[i, codes], size) for m in result.tap_maps)
     tap_maps = {t: upsample(result.tap_maps[j][i, codes[0]], size) for j, t in enumerate(result.taps)}
+    evidence = None
+    if len(codes) > 1:
+        evidence = decision_evidence(pixels, maps[0], maps[1], min(m.shape[-1] for m in result.tap_maps))
+        record["evidence"] = {"against": record["runner_up"], **evidence.facts()}
     figure = explanation_figure(
         np.clip(pixels, 0, 255).astype(np.uint8), dict(zip(shown, maps)), record["probabilities"], tap_maps,
-        short_tap_labels(result.taps, explainer.roles), title=name, exact=result.exact,
+        short_tap_labels(result.taps, explainer.roles), title=name, exact=result.exact, evidence=evidence,
     )
     return figure_png(figure), record
 

@@ -18,6 +18,8 @@ from cellembed.shared.plotting import new_figure
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from cellclf.evidence import Evidence
+
 CMAP = "RdBu_r"
 MAX_ALPHA = 0.75
 #: The colour scale's limit is this percentile of |map| (a single extreme pixel does not
@@ -60,6 +62,17 @@ def jpeg_bytes(pixels: np.ndarray, size: int | None = None, quality: int = 85) -
     return buffer.getvalue()
 
 
+def outlined(pixels: np.ndarray, *masks: np.ndarray | None) -> np.ndarray:
+    """``pixels`` with the edge of each mask drawn in (black, then white: seen on any colour)."""
+    from cellclf.evidence import outline
+
+    out = np.array(pixels, dtype=np.uint8, copy=True)
+    for mask, colour in zip(masks, ((20, 20, 20), (255, 255, 255))):
+        if mask is not None:
+            out[outline(mask)] = colour
+    return out
+
+
 def explanation_figure(
     pixels: np.ndarray,
     maps: Mapping[str, np.ndarray],
@@ -69,31 +82,46 @@ def explanation_figure(
     *,
     title: str,
     exact: bool,
+    evidence: "Evidence | None" = None,
 ) -> "Figure":
-    """The image, the map of each class in ``maps`` (predicted first) overlaid, the top
-    probabilities, and a second row with the first class's map per tap."""
+    """The image; with ``evidence`` (:mod:`cellclf.evidence`), the contrast of the predicted
+    class against the runner-up on the density scale with the nucleus outlined (what decided
+    the call); the map of each class in ``maps`` (predicted first) on one logit scale; and a
+    second row with the predicted class's map per tap."""
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
     from matplotlib.cm import ScalarMappable
 
+    from cellclf.evidence import DENSITY_LIMIT
+
     classes = list(maps)
     n_taps = len(tap_maps)
-    columns = max(1 + len(classes), n_taps)
-    figure = new_figure(3.0 * columns + 0.8, 3.5 + (3.0 if n_taps else 0))
-    top_row, tap_row = figure.subfigures(2, 1, height_ratios=[1.15, 1.0]) if n_taps else (figure, None)
+    lead = 2 if evidence is not None else 1
+    columns = max(lead + len(classes), n_taps)
+    figure = new_figure(3.0 * columns + 1.6, 3.7 + (3.0 if n_taps else 0))
+    top_row, tap_row = figure.subfigures(2, 1, height_ratios=[1.2, 1.0]) if n_taps else (figure, None)
     limit = colour_limit(*maps.values())
-    axes = top_row.subplots(1, 1 + len(classes))
-    axes = np.atleast_1d(axes)
-    axes[0].imshow(np.asarray(pixels, dtype=np.uint8))
+    axes = np.atleast_1d(top_row.subplots(1, lead + len(classes)))
+    masks = (evidence.nucleus, evidence.cell) if evidence is not None else ()
+    axes[0].imshow(outlined(np.asarray(pixels, dtype=np.uint8), *masks))
     top = sorted(probabilities.items(), key=lambda item: -item[1])[:2]
-    axes[0].set_title("as the network saw it\n" + "\n".join(f"{c} {p:.3f}" for c, p in top), **TEXT)
+    seen = "as the network saw it" + ("\n(nucleus and cell outlined)" if masks and masks[0] is not None else "")
+    axes[0].set_title(seen + "\n" + "\n".join(f"{c} {p:.3f}" for c, p in top), **TEXT)
+    if evidence is not None:
+        predicted, other = classes[0], classes[1] if len(classes) > 1 else "?"
+        axes[1].imshow(outlined(overlay(pixels, evidence.density, DENSITY_LIMIT), *masks))
+        axes[1].set_title(_wrapped(evidence.sentence(predicted, other)), **TEXT)
+        density_bar = top_row.colorbar(ScalarMappable(Normalize(-DENSITY_LIMIT, DENSITY_LIMIT), colormaps[CMAP]),
+                                       ax=[axes[1]], shrink=0.85, pad=0.02)
+        density_bar.set_label(f"evidence per 1% of the picture\n(1 = even share; red: {predicted},\nblue: {other})",
+                              fontsize=7)
     for i, name in enumerate(classes):
-        axes[i + 1].imshow(overlay(pixels, maps[name], limit))
+        ax = axes[lead + i]
+        ax.imshow(overlay(pixels, maps[name], limit))
         role = "predicted" if i == 0 else "runner-up" if i == 1 else "class"
-        axes[i + 1].set_title(
-            f"{role}: {name} ({probabilities[name]:.3f})\nmap sum {maps[name].sum():+.2f} = logit - baseline", **TEXT
-        )
-    bar = top_row.colorbar(ScalarMappable(Normalize(-limit, limit), colormaps[CMAP]), ax=list(axes[1:]) or list(axes),
+        ax.set_title(f"{role}: {name} ({probabilities[name]:.3f})\nmap sum {maps[name].sum():+.2f} = logit - baseline",
+                     **TEXT)
+    bar = top_row.colorbar(ScalarMappable(Normalize(-limit, limit), colormaps[CMAP]), ax=list(axes[lead:]) or list(axes),
                            shrink=0.85, pad=0.02)
     bar.set_label("logit per pixel\n(red: towards the class)", fontsize=8)
     if tap_row is not None:
@@ -103,13 +131,20 @@ def explanation_figure(
             ax.imshow(overlay(pixels, heat, tap_limit))
             ax.set_title(f"{classes[0]} by layer: {tap_labels.get(tap, tap)}\nsum {heat.sum():+.2f}", **SMALL_TEXT)
         tap_row.suptitle("the predicted class's map split by layer (its own colour scale)", **TEXT)
+    bars = {bar.ax} | ({density_bar.ax} if evidence is not None else set())
     for ax in figure.axes:
-        if ax is not bar.ax:
+        if ax not in bars:
             ax.set_xticks([])
             ax.set_yticks([])
     kind = "exact decomposition of the logit" if exact else "APPROXIMATION (TreeSHAP spread over locations)"
     top_row.suptitle(f"{title}: {kind}", fontsize=10, parse_math=False)
     return figure
+
+
+def _wrapped(text: str, width: int = 44) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
 
 
 def figure_png(figure: "Figure", dpi: int = 90) -> bytes:

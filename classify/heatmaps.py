@@ -91,9 +91,17 @@ class LocationAttribution:
         return sum(upsample(m[:, chosen], size) for m in self.tap_maps)
 
 
-def attribute(predictor: "CellClassifier", maps: "TapMaps", n_jobs: int = 1) -> LocationAttribution:
+def attribute(predictor: "CellClassifier", maps: "TapMaps", n_jobs: int = 1,
+              pattern: "Sequence[np.ndarray] | None" = None) -> LocationAttribution:
     """The :class:`LocationAttribution` of ``predictor``'s class margins for the images
-    whose tap maps are ``maps`` (made with the predictor's spec)."""
+    whose tap maps are ``maps`` (made with the predictor's spec).
+
+    ``pattern``: per tap of the spec, the (views, H, W, width) positional pattern of the
+    network (:mod:`cellembed.positional`: what a typical cell gives at each location, minus its
+    mean over the locations); each location is then measured from the training mean plus the
+    pattern there, so what every image shows at a place (the padding of the network's border,
+    the background around a centred cell) is not painted on each map. The pattern averages
+    to zero over the locations, so every map still sums exactly to the same margin."""
     from cellclf.families import get_family
 
     predictor.check_spec(maps.spec)
@@ -104,6 +112,8 @@ def attribute(predictor: "CellClassifier", maps: "TapMaps", n_jobs: int = 1) -> 
         )
     index = {tap.name: i for i, tap in enumerate(maps.spec.taps)}
     per_tap = [maps.maps[index[name]] for name in predictor.used_taps]  # (n, V, H, W, width) each
+    if pattern is not None:
+        per_tap = [U - pattern[index[name]][None] for U, name in zip(per_tap, predictor.used_taps)]
     embedding = maps.embedding()  # float64: the exact mean of the location values
     X = predictor.model_input(embedding.astype(np.float32))
     e = np.concatenate([embedding[:, maps.spec.tap_slices([name])[0]] for name in predictor.used_taps], axis=1)

@@ -52,8 +52,8 @@ class Nucleus:
     width: int
 
 
-def find_nucleus(rgb: np.ndarray) -> Nucleus | None:
-    """The white cell's nucleus in an (H, W, 3) uint8 image, or None when none is found."""
+def _largest_stained(rgb: np.ndarray):
+    """The largest stained component's region (skimage regionprops), or None."""
     from scipy import ndimage
     from skimage import color, filters, measure, morphology
 
@@ -66,10 +66,27 @@ def find_nucleus(rgb: np.ndarray) -> Nucleus | None:
     if labels.max() == 0:
         return None
     largest = max(measure.regionprops(labels), key=lambda region: region.area)
-    if largest.area < MIN_NUCLEUS * mask.size:
+    return largest if largest.area >= MIN_NUCLEUS * mask.size else None
+
+
+def find_nucleus(rgb: np.ndarray) -> Nucleus | None:
+    """The white cell's nucleus in an (H, W, 3) uint8 image, or None when none is found."""
+    largest = _largest_stained(rgb)
+    if largest is None:
         return None
     r0, c0, r1, c1 = largest.bbox
     return Nucleus((r0 + r1) / 2, (c0 + c1) / 2, r1 - r0, c1 - c0)
+
+
+def nucleus_mask(rgb: np.ndarray) -> np.ndarray | None:
+    """(H, W) bool: the pixels of the white cell's nucleus (as :func:`find_nucleus` finds it),
+    or None when none is found; the heat maps outline it."""
+    largest = _largest_stained(rgb)
+    if largest is None:
+        return None
+    mask = np.zeros(rgb.shape[:2], bool)
+    mask[tuple(largest.coords.T)] = True
+    return mask
 
 
 def square_around(rgb: np.ndarray, row: float, col: float, side: float) -> np.ndarray:

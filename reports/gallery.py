@@ -142,9 +142,14 @@ def heatmap_gallery(index: dict, model_title: str) -> Markup:
     parts = [
         paragraph(
             f"Where the {model_title} found its evidence. For each image: the image as the network saw it "
-            "(after colour normalisation and crop), then the heat map of the true class and of the predicted "
-            "class (of the runner-up for a correct image) on one colour scale; red pushes the logit towards the class, blue away from it, and "
-            "locations that do not matter are left clear. Click an image to see it larger. " + how
+            "(after colour normalisation and crop); what decided the call: the map of the predicted class minus "
+            "that of the true class (a mistake) or of the runner-up (a correct image), red for the predicted class, "
+            "blue for the other, on one scale for every image (full colour: four times an even share of the "
+            "evidence per 1% of the picture), with the nucleus and the cell (the nucleus widened for its "
+            "cytoplasm) outlined and the share of the evidence for the predicted class that lies on the cell; then "
+            "the heat map of the true class and of the predicted class (of the runner-up for a correct image) on "
+            "one colour scale; red pushes the logit towards the class, blue away from it, and locations that do "
+            "not matter are left clear. Click an image to see it larger. " + how
         )
     ]
     if index.get("missing"):
@@ -164,8 +169,13 @@ def heatmap_gallery(index: dict, model_title: str) -> Markup:
 def _map_card(item: dict, anchor: str) -> Markup:
     right = item["label"] == item["predicted"]
     panels = []
-    for key, label in (("image", "image"), ("true", f"map: {item['label']} (true)"),
-                       ("other", f"map: {item['other_class']} ({item['other_role']})")):
+    why = item.get("why")
+    shown = [("image", "image")]
+    if why and "why" in item["files"]:  # a gallery drawn before the contrast has none
+        on_cell = f"; {why['on_cell']:.0%} of it on the cell" if why.get("on_cell") is not None else ""
+        shown.append(("why", f"why {why['for']}, not {why['against']}{on_cell}"))
+    shown += [("true", f"map: {item['label']} (true)"), ("other", f"map: {item['other_class']} ({item['other_role']})")]
+    for key, label in shown:
         uri = bytes_data_uri(Path(item["files"][key]).read_bytes(), "image/jpeg")
         picture = image(uri, f"{item['path']}: {label}", width=str(HEATMAP_THUMBNAIL), height=str(HEATMAP_THUMBNAIL))
         panels.append(element("a", element("div", picture, element("div", label, class_="panel")), href=f"#{anchor}"))

@@ -57,10 +57,19 @@ def test_explains_a_folder_and_a_file_exactly_and_resumes(tmp_path, model_dir, r
     for c in record["logit"]:  # per-tap sums + baseline = logit, for every class
         assert abs(sum(record["tap_sums"][c].values()) + record["baseline"][c] - record["logit"][c]) < 1e-4
     assert set(record["taps"]) == {"add_2", "add_6", "add_10", "add_11"} and "middle" in record["taps"]["add_6"]
+    # what decided the call: the contrast against the runner-up sums to the gap of their logits beyond the baselines'
+    predicted, other = record["predicted"], record["runner_up"]
+    gap = (record["logit"][predicted] - record["baseline"][predicted]) - (record["logit"][other] - record["baseline"][other])
+    assert record["evidence"]["against"] == other and abs(record["evidence"]["margin"] - gap) < 1e-3
+    assert 0 <= record["evidence"]["grid_corners"] <= 1
     with Image.open(out / "one$_$.png.heatmap.png") as png:
         assert png.size[0] > 600 and png.info.get("Software") == "cellclf explain"
     again = run(model_dir, folder, single, "-o", out, "--weights", random_weights, "-q")
     assert again.exit_code == 0 and "wrote 0 heat maps" in again.output and "(4 already there)" in again.output
+    older = out / "new" / "blue" / "blue_3_0.png.heatmap.json"  # a picture of an older format is drawn again
+    older.write_text(json.dumps({**json.loads(older.read_text()), "cellclf_explain": 1}))
+    redrawn = run(model_dir, folder, single, "-o", out, "--weights", random_weights, "-q")
+    assert "wrote 1 heat maps" in redrawn.output and json.loads(older.read_text())["cellclf_explain"] == 2
     Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(single)  # the same name, another image
     changed = run(model_dir, folder, single, "-o", out, "--weights", random_weights, "-q")
     assert changed.exit_code == 0 and "wrote 1 heat maps" in changed.output and "(3 already there)" in changed.output

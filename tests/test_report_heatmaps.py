@@ -44,8 +44,15 @@ def test_the_run_keeps_maps_of_its_mistakes_and_typical_images(fitted):
         assert all((run / "gallery" / f).is_file() for f in item["files"].values())
         assert item["other_role"] == ("predicted" if item["kind"] == "mistake" else "runner-up")
         assert (item["other_class"] == item["predicted"]) == (item["kind"] == "mistake")
+        why = item["why"]  # what decided the call: the predicted class against the true one (or the runner-up)
+        assert why["for"] == item["predicted"] and why["against"] == (
+            item["label"] if item["kind"] == "mistake" else item["other_class"])
+        assert abs(why["margin"] - (item["map_sum_other"] - item["map_sum_true"]) * (1 if item["kind"] == "mistake"
+                                                                                      else -1)) < 1e-3
+        assert why["on_cell"] is None or 0 <= why["on_cell"] <= 1
     page = assert_self_contained(report.read_text(encoding="utf-8"))
-    assert len(page.images) >= 3 * len(index["items"])
+    assert len(page.images) >= 4 * len(index["items"])
+    assert report.read_text(encoding="utf-8").count("why ") >= len(index["items"])
 
 
 @pytest.mark.skipif(shutil.which("chromedriver") is None, reason="needs Debian's chromium-driver")
