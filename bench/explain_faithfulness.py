@@ -77,6 +77,7 @@ def main() -> None:
     import pandas as pd
     from scipy.ndimage import gaussian_filter
 
+    from cellclf.evidence import decision_evidence
     from cellclf.heatmap_files import Explainer
     from cellclf.persistence import load_classifier
     from cellembed.embedder import embedder_from_spec
@@ -103,6 +104,8 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     kinds = ("map", "random", "contrast")
     drops = {(kind, f): [] for kind in kinds for f in FRACTIONS}
+    gaps = {(kind, f): [] for kind in kinds for f in FRACTIONS}  # drop of log(p_predicted / p_runner-up)
+    where = {"map_corners": [], "contrast_corners": [], "corner_area": [], "on_cell": [], "cell_area": []}
     explain_seconds, before, labels = [], [], []
     started = time.perf_counter()
     for number, row in enumerate(chosen.itertuples(index=False), 1):
@@ -112,15 +115,29 @@ def main() -> None:
         code, runner_up = (int(c) for c in np.argsort(-proba[0], kind="stable")[:2])
         heat, runner_heat = result.image_maps(pixels.shape[0], [code, runner_up])[0]
         explain_seconds.append(time.perf_counter() - tick)
+        evidence = decision_evidence(pixels, heat, runner_heat, min(m.shape[-1] for m in result.tap_maps))
+        corner_cells = np.zeros(heat.shape, bool)
+        ring = max(1, round(heat.shape[0] / min(m.shape[-1] for m in result.tap_maps)))
+        corner_cells[:ring, :ring] = corner_cells[:ring, -ring:] = corner_cells[-ring:, :ring] = True
+        corner_cells[-ring:, -ring:] = True
+        where["map_corners"].append(np.abs(heat[corner_cells]).sum() / np.abs(heat).sum())
+        where["contrast_corners"].append(evidence.corners)
+        where["corner_area"].append(evidence.corner_area)
+        if evidence.on_cell is not None:
+            where["on_cell"].append(evidence.on_cell)
+            where["cell_area"].append(evidence.cell_area)
         before.append(float(proba[0, code]))
         labels.append(label_of[row.path])
         fill = mean_colour if args.mask == "mean" else gaussian_filter(pixels, sigma=(8, 8, 0))
         orders = (block_order(heat, args.block), block_order(rng.random(heat.shape), args.block),
                   block_order(heat - runner_heat, args.block))
         batch = [masked(pixels, order, f, fill) for order in orders for f in FRACTIONS]
-        after = predictor.predict_proba(engine.embed(np.stack(batch)))[:, code]
+        after_all = predictor.predict_proba(engine.embed(np.stack(batch)))
+        after = after_all[:, code]
+        gap_before = np.log(proba[0, code] / proba[0, runner_up])
         for i, (kind, f) in enumerate((k, f) for k in kinds for f in FRACTIONS):
             drops[(kind, f)].append(proba[0, code] - after[i])
+            gaps[(kind, f)].append(gap_before - np.log(after_all[i, code] / after_all[i, runner_up]))
         if number % 20 == 0:
             rate = number / (time.perf_counter() - started)
             print(f"  {number}/{len(chosen)} images, {rate:.2f} img/s, ETA {(len(chosen) - number) / rate:.0f}s", flush=True)
@@ -141,6 +158,16 @@ def main() -> None:
         m, r, c = (float(np.mean(drops[(kind, f)])) for kind in kinds)
         print(f"{f:>8.0%} {m:>8.4f}+-{sem(drops[('map', f)]):.3f} {r:>8.4f}+-{sem(drops[('random', f)]):.3f} "
               f"{ratio(m, r):>6}   {c:>13.4f}+-{sem(drops[('contrast', f)]):.3f} {ratio(c, r):>6}")
+    print(f"\ndrop of the decision's margin log(p_predicted / p_runner-up) (what the contrast map explains):")
+    for f in FRACTIONS:
+        m, r, c = (float(np.mean(gaps[(kind, f)])) for kind in kinds)
+        print(f"{f:>8.0%}   map {m:.3f}   random {r:.3f} ({ratio(m, r)}x)   contrast {c:.3f} ({ratio(c, r)}x)")
+    print(f"\nwhere the evidence lies (means over the images): the predicted class's map has "
+          f"{np.mean(where['map_corners']):.1%} of its |values| in the network grid's four corner cells, the contrast "
+          f"against the runner-up {np.mean(where['contrast_corners']):.1%} (the cells cover "
+          f"{np.mean(where['corner_area']):.1%} of the picture); the contrast's evidence for the predicted class lies "
+          f"{np.mean(where['on_cell']):.1%} on the cell, which covers {np.mean(where['cell_area']):.1%} of the picture "
+          f"({len(where['on_cell'])} images with a nucleus found)")
     print(f"\nper class (predicted class's probability before; map vs random drop at 10% and 20%):")
     for label in sorted(set(labels)):
         mine = [i for i, name in enumerate(labels) if name == label]

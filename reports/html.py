@@ -56,7 +56,7 @@ img.plot { max-width: 100%; height: auto; border: 1px solid #eee; }
 .mapcard { border: 1px solid #d5dbe3; padding: 6px; }
 .mapcard .panels { display: flex; gap: 4px; }
 .mapcard .panels a { color: inherit; text-decoration: none; }
-.mapcard .panel { font-size: 0.75em; color: #555; text-align: center; }
+.mapcard .panel { font-size: 0.75em; color: #555; text-align: center; max-width: 240px; }
 .mapcard .path { word-break: break-all; font-size: 0.75em; color: #777; }
 .mapcard:target { outline: 3px solid #23395d; }
 .mapcard:target .panels { flex-wrap: wrap; }
