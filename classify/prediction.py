@@ -653,17 +653,15 @@ def _write_outputs(result: PredictResult, pages: Pages, say: Callable[[str], Non
          f"{run.embed_seconds + run.classify_seconds:.1f} s, {1000 * per_image:.0f} ms per image after loading "
          f"the model; {uncertain} uncertain")
     tell(drift_text(result))
+    from cellclf.differential import corrected_line, differential_line
+
     counted = differential_of(result)
     if counted is not None:
-        from cellclf.differential import corrected_line, differential_line
-
         tell(differential_line(counted))
         if counted.get("corrected"):
             tell(corrected_line(counted))
     for sample, per_sample in (samples_of(result) or {}).items():
-        from cellclf.differential import differential_line
-
-        tell(f"sample {sample} ({int((run.table.get('sample') == sample).sum())} cells): {differential_line(per_sample)}")
+        tell(f"sample {sample} ({int((run.table['sample'] == sample).sum())} cells): {differential_line(per_sample)}")
     if run.unknown_folders:
         listed = ", ".join(f"{name} ({n})" for name, n in run.unknown_folders.items())
         tell(f"not scored: sub-folders that are not classes of the model: {listed}")

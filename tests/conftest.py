@@ -185,3 +185,14 @@ def errors_name_only_their_commands_options():
     CliRunner.invoke = checked
     yield
     CliRunner.invoke = invoke
+
+
+def headless_chrome(tmp_path: Path, width: int = 1300, height: int = 1600):
+    """A headless Chromium driven by Debian's chromium-driver (the caller quits it)."""
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},{height}",
+                     f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(argument)
+    return webdriver.Chrome(options=options)

@@ -117,18 +117,15 @@ def test_a_labelled_folder_review_has_the_evaluation(tmp_path, trained, random_w
 
 @pytest.mark.skipif(shutil.which("chromedriver") is None, reason="needs Debian's chromium-driver")
 def test_the_review_page_in_a_browser(tmp_path, trained, random_weights, unlabelled):
-    from selenium import webdriver
     from selenium.webdriver.common.by import By
 
     _, model_path = trained
     out = tmp_path / "cells.csv"
     assert cli("predict", model_path, unlabelled, "-o", out, "--weights", random_weights, "-q",
                "--min-confidence", "0.99").exit_code == 3  # the broken file
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--window-size=1300,1600",
-                     f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options)
+    from conftest import headless_chrome
+
+    driver = headless_chrome(tmp_path, 1300, 1600)
     try:
         driver.get((tmp_path / "cells.review.html").as_uri())
         assert driver.title == "cellclf review — flat"

@@ -148,7 +148,6 @@ def test_review_correct_refit_in_a_browser(tmp_path, random_weights):
     pytest.importorskip("fastapi")
     import urllib.request
 
-    from selenium import webdriver
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -175,11 +174,9 @@ def test_review_correct_refit_in_a_browser(tmp_path, random_weights):
     predictor = load_classifier(tmp_path / "run" / "model.skops")
     corrections = tmp_path / "smear.corrections.csv"
 
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--window-size=1300,1200",
-                     f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options)
+    from conftest import headless_chrome
+
+    driver = headless_chrome(tmp_path, 1300, 1200)
     try:
         with _Server(predictor, random_weights, review_folder, corrections) as served:
             classes = served.session.classes
