@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 METHOD = "adjusted classify and count: non-negative least squares through the model's test confusion rates"
-ASSUMES = ("the model confuses these cells' types at the rates it showed on its test images (cells like the test "
-           "images: same lab, stain and scanner; only the mix of types differs)")
+ASSUMES = ("the model confuses these cells' types at the rates it showed on its test images, i.e. the cells look like "
+           "the test images (same lab, stain and scanner) and only the mix of types differs")
 
 
 def corrected_counts(predicted: Sequence[float], rates: np.ndarray) -> np.ndarray:

@@ -111,7 +111,7 @@ def corrected_line(result: Mapping[str, Any]) -> str:
     red = result["nucleated_red"]
     if red is not None and red.get("corrected_per_100_white") is not None:
         line += f"; nucleated red cells {red['corrected_per_100_white']:.1f} per 100 white cells"
-    return line + f" (assumes {result['corrected']['assumes']})"
+    return line + f"; this assumes {result['corrected']['assumes']}"
 
 
 def differential_line(result: Mapping[str, Any]) -> str:

@@ -57,7 +57,9 @@ def int8_instructions() -> tuple[str, ...]:
 
 def resolve_precision(precision: str, engine_runs_int8: bool) -> str:
     """``precision`` itself, or for :data:`AUTO`: ``$CELLEMBED_PRECISION`` if set, else int8
-    when the engine runs it and this CPU has an int8 instruction, else fp32."""
+    when the engine runs it, this CPU has an int8 instruction and the calibration cells are
+    there (an install without the project's data folder, ``pip install .``, gets fp32 rather
+    than an error), else fp32."""
     if precision != AUTO:
         check_precision(precision)
         return precision
@@ -66,7 +68,16 @@ def resolve_precision(precision: str, engine_runs_int8: bool) -> str:
         if configured not in PRECISIONS:
             raise InputError(f"${PRECISION_ENV} is {configured!r}; set it to {' or '.join(PRECISIONS)}, or unset it")
         return configured
-    return "int8" if engine_runs_int8 and int8_instructions() else "fp32"
+    return "int8" if engine_runs_int8 and int8_instructions() and _calibration_cells_here() else "fp32"
+
+
+def _calibration_cells_here() -> bool:
+    from cellembed.calibration import CALIBRATION_FOLDER, calibration_files
+
+    try:
+        return bool(calibration_files(CALIBRATION_FOLDER))
+    except InputError:
+        return False
 
 
 def int8_advice() -> str | None:

@@ -4,6 +4,7 @@ fp32, and a precision of its own in the spec, so int8 and fp32 embeddings never 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,12 @@ def test_auto_is_int8_where_the_cpu_has_the_instructions_and_the_engine_runs_it(
     assert spec_for_settings(**settings)[0].precision == "int8"  # the default preset
     assert spec_for_settings(engine="tensorflow", **settings)[0].precision == "fp32"
     assert spec_for_settings(preset="v1", **settings)[0].precision == "fp32"  # the first version's
+    import cellembed.calibration as calibration
+
+    monkeypatch.setattr(calibration, "CALIBRATION_FOLDER", Path("/nonexistent/data/sample"))
+    assert precision.resolve_precision("auto", True) == "fp32"  # pip install . without data/sample: not an error
+    monkeypatch.undo()
+    monkeypatch.delenv("CELLEMBED_PRECISION", raising=False)
     monkeypatch.setattr(precision, "int8_instructions", lambda: ())
     assert precision.resolve_precision("auto", True) == "fp32"  # no VNNI / AMX: fp32
     assert spec_for_settings(**settings)[0].precision == "fp32"
