@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -225,8 +225,3 @@ def corrections_rows(cells: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """A corrections table from dicts with any of :data:`COLUMNS`."""
     cells = list(cells)
     return normalise(pd.DataFrame(cells)) if cells else empty()
-
-
-def classes_of(corrections: pd.DataFrame) -> Sequence[str]:
-    """The classes a corrections file gives (not the exclusion)."""
-    return sorted(set(corrections["label"]) - {EXCLUDED})
