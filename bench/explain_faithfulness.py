@@ -115,9 +115,9 @@ def main() -> None:
         code, runner_up = (int(c) for c in np.argsort(-proba[0], kind="stable")[:2])
         heat, runner_heat = result.image_maps(pixels.shape[0], [code, runner_up])[0]
         explain_seconds.append(time.perf_counter() - tick)
-        evidence = decision_evidence(pixels, heat, runner_heat, min(m.shape[-1] for m in result.tap_maps))
+        evidence = decision_evidence(pixels, heat, runner_heat, result.coarsest_grid)
         corner_cells = np.zeros(heat.shape, bool)
-        ring = max(1, round(heat.shape[0] / min(m.shape[-1] for m in result.tap_maps)))
+        ring = max(1, round(heat.shape[0] / result.coarsest_grid))
         corner_cells[:ring, :ring] = corner_cells[:ring, -ring:] = corner_cells[-ring:, :ring] = True
         corner_cells[-ring:, -ring:] = True
         where["map_corners"].append(np.abs(heat[corner_cells]).sum() / np.abs(heat).sum())

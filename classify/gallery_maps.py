@@ -101,7 +101,7 @@ def write_gallery_maps(
             stem = f"{len(items):03d}"
             # what decided the call: the predicted class against the true class (a mistake) or the runner-up
             decided = (maps[1], maps[0]) if kind == "mistake" else (maps[0], maps[1])
-            evidence = decision_evidence(pixels, *decided, min(m.shape[-1] for m in result.tap_maps))
+            evidence = decision_evidence(pixels, *decided, result.coarsest_grid)
             files = {"image": f"{stem}-image.jpg", "why": f"{stem}-why.jpg", "true": f"{stem}-true.jpg",
                      "other": f"{stem}-other.jpg"}
             why = outlined(overlay(pixels, evidence.density, DENSITY_LIMIT), evidence.nucleus, evidence.cell)

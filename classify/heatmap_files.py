@@ -224,7 +224,7 @@ def explanation_png(explainer: Explainer, name: str, pixels: np.ndarray, result:
     tap_maps = {t: upsample(result.tap_maps[j][i, codes[0]], size) for j, t in enumerate(result.taps)}
     evidence = None
     if len(codes) > 1:
-        evidence = decision_evidence(pixels, maps[0], maps[1], min(m.shape[-1] for m in result.tap_maps))
+        evidence = decision_evidence(pixels, maps[0], maps[1], result.coarsest_grid)
         record["evidence"] = {"against": record["runner_up"], **evidence.facts()}
     figure = explanation_figure(
         np.clip(pixels, 0, 255).astype(np.uint8), dict(zip(shown, maps)), record["probabilities"], tap_maps,

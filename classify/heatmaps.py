@@ -74,6 +74,11 @@ class LocationAttribution:
     exact: bool
     method: str
 
+    @property
+    def coarsest_grid(self) -> int:
+        """The side of the coarsest tap's grid (its outer ring is the network's border)."""
+        return min(m.shape[-1] for m in self.tap_maps)
+
     def tap_sums(self) -> np.ndarray:
         """(n, taps, k) each tap's total contribution to each class margin."""
         return np.stack([m.sum(axis=(2, 3)) for m in self.tap_maps], axis=1)

@@ -124,8 +124,7 @@ class ReviewSession:
         return None if not len(rows) else rows.iloc[-1].to_dict()
 
     def revision(self, sha256: str) -> int:
-        row = self.current(sha256)
-        return 0 if row is None or row.get("revision") in (None, "") else int(float(row["revision"]))
+        return _revision(self.current(sha256))
 
     def state(self) -> dict[str, Any]:
         """Everything the page shows: the cells in review order with their saved corrections,
@@ -141,7 +140,7 @@ class ReviewSession:
                 "label": None if row is None else row["label"],
                 "reviewer": None if row is None else row.get("reviewer"),
                 "time": None if row is None else row.get("time"),
-                "revision": 0 if row is None else int(float(row.get("revision") or 0)),
+                "revision": _revision(row),
             })
         return {"classes": self.classes, "excluded_label": fixes.EXCLUDED, "folder": self.folder,
                 "corrections": str(self.path), "embeddings": self.embeddings, "cells": cells, **self.counts(cells)}
@@ -189,6 +188,12 @@ class ReviewSession:
     def image(self, index: int) -> Path:
         """The image file of the cell at ``index`` (only cells of this review are served)."""
         return self.cells[index].file
+
+
+def _revision(row: Mapping[str, Any] | None) -> int:
+    """The saved revision of a corrections row (0: never saved by the served review)."""
+    value = None if row is None else row.get("revision")
+    return 0 if value in (None, "") else int(float(value))
 
 
 def open_review(classifier: Any, folder: str | Path, corrections_path: str | Path | None = None, *,
