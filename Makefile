@@ -1,5 +1,5 @@
 # Two entry points: `make demo` and `make test`. Both create .venv and install the project
-# with its test, ray and serve extras (the Ray distributor's and the server's tests run in
+# with its test, ray, serve and mlflow extras (the Ray distributor's, the server's and the tracking tests run in
 # every `make test`).
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +17,7 @@ export CELLEMBED_WEIGHTS
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,ray,serve]'
+	$(BIN)/python -m pip install --quiet -e '.[test,ray,serve,mlflow]'
 	touch $(STAMP)
 
 install: $(STAMP)

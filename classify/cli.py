@@ -1,4 +1,5 @@
-"""The ``cellclf`` command: ``fit`` classifiers on cached embeddings, ``predict`` a folder, ``report``."""
+"""The ``cellclf`` command: ``fit`` classifiers on cached embeddings, ``predict`` a folder, ``report``,
+``track`` a run in MLflow, ``explain``, ``serve`` and ``adapt``."""
 
 from __future__ import annotations
 
@@ -141,13 +142,18 @@ def main() -> None:
 )
 @click.option("--jobs", default=2, type=click.IntRange(min=1), help="CPU cores to use.")
 @click.option("--no-report", is_flag=True, help="Do not write OUT/report.html.")
+@click.option(
+    "--mlflow", "mlflow", is_flag=True,
+    help="Also log the run to MLflow (parameters, metrics, the run's files and the model, servable with "
+    "mlflow models serve), at $MLFLOW_TRACKING_URI in $MLFLOW_EXPERIMENT_NAME. Needs the mlflow extra.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing, non-empty output folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines, only the final table.")
 def fit(
     embeddings: Path, run_dir: Path, test: Path | None, models: tuple[str, ...], seed: int, val_fraction: float,
     test_fraction: float, cv: int, near_duplicates: str, alpha: float, taps: tuple[str, ...] | None,
     labels: Path | None, no_label_audit: bool, no_shap: bool, shap_rows: int,
-    no_heatmaps: bool, weights: str | None, jobs: int, no_report: bool, overwrite: bool, quiet: bool,
+    no_heatmaps: bool, weights: str | None, jobs: int, no_report: bool, mlflow: bool, overwrite: bool, quiet: bool,
     **family_settings: object,
 ) -> None:
     """Train and test classifiers on the labelled images of EMBEDDINGS.
@@ -169,6 +175,10 @@ def fit(
         raise BadInput("--test-fraction does not apply with --test (the --test file is the test set); leave it out")
 
     with user_errors(on_interrupt=f"interrupted; nothing was written to {run_dir}"):
+        if mlflow:  # before the fit: a missing extra costs no fitting time
+            from cellclf.tracking import import_mlflow
+
+            import_mlflow()
         config = FitConfig.build(
             models=models, seed=seed, cv=cv, taps=taps, shap=not no_shap, heatmaps=not no_heatmaps,
             shap_max_rows=shap_rows, n_jobs=jobs, alpha=alpha, near_duplicates=near_duplicates,
@@ -178,7 +188,27 @@ def fit(
             embeddings, run_dir, test=test, config=config, labels=labels, overwrite=overwrite, weights=weights,
             log=None if quiet else click.echo, on_complete=None if no_report else _report_writer(quiet),
         )
+    if mlflow:
+        _track(result.run_dir, weights, quiet)
     click.echo(result.table())
+
+
+def _track(run_dir: Path, weights: str | None, quiet: bool) -> None:
+    """Log a complete run to MLflow; a failure says the run is complete and how to log it later."""
+    from cellclf.tracking import log_run
+    from cellembed.errors import InputError
+
+    complete = f"the run in {run_dir} is complete: log it with cellclf track {run_dir}"
+    with user_errors(on_interrupt=f"interrupted while logging to MLflow; {complete}"):
+        try:
+            tracked = log_run(run_dir, weights=weights, log=None if quiet else click.echo)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - MLflow's failures (server, store, model) are of many kinds
+            first = " ".join(str(exc).split())[:300]
+            raise click.ClickException(f"MLflow logging failed ({type(exc).__name__}: {first}); {complete}") from None
+    if quiet:
+        click.echo(tracked.summary())
 
 
 def _report_writer(quiet: bool):
@@ -503,6 +533,32 @@ def report(run_dir: Path, out: Path | None, images: Path | None) -> None:
     with user_errors():
         path = write_run_report(read_run(run_dir), out or run_dir / REPORT, images_root=images)
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--no-model", is_flag=True, help="Log the parameters, metrics and files, not the model.")
+@click.option(
+    "--weights", default=None, metavar="PATH",
+    help="The network's weights file, for checking the logged model on an example image. "
+    "Default: $CELLEMBED_WEIGHTS ($CELLEMBED_ONNX_BACKBONE).",
+)
+def track(run_dir: Path, no_model: bool, weights: str | None) -> None:
+    """Log a `cellclf fit` RUN_DIR to MLflow, as `cellclf fit --mlflow` does.
+
+    The tracking server and experiment are MLflow's own settings: $MLFLOW_TRACKING_URI
+    (e.g. sqlite:///mlflow.db, or http://host:5000) and $MLFLOW_EXPERIMENT_NAME. Logged:
+    the fit's settings and the embedding spec as parameters, each model's test scores with
+    their intervals, per-class scores, calibration and coverage as metrics, the tuning
+    table, every RUN_DIR file, and the model as an MLflow pyfunc model (image paths or
+    bytes in, cellclf predict's columns out; it reads the network's weights from
+    $CELLEMBED_WEIGHTS where it is served). Needs the mlflow extra.
+    """
+    from cellclf.tracking import log_run
+
+    with user_errors():
+        tracked = log_run(run_dir, model=not no_model, weights=weights)
+    click.echo(tracked.summary())
 
 
 @main.command()

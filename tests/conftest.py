@@ -187,6 +187,15 @@ def errors_name_only_their_commands_options():
     CliRunner.invoke = invoke
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a test's server)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def headless_chrome(tmp_path: Path, width: int = 1300, height: int = 1600):
     """A headless Chromium driven by Debian's chromium-driver (the caller quits it)."""
     from selenium import webdriver

@@ -7,13 +7,13 @@ import hashlib
 import io
 import json
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import free_port
 from click.testing import CliRunner
 from PIL import Image
 
@@ -92,12 +92,6 @@ def test_bad_saves_and_files_are_refused(tmp_path):
     assert notes.read_text() == "my,own\nnotes,here\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class _Server:
     """A served model with the review of ``folder`` on a free port (uvicorn in a thread)."""
 
@@ -109,7 +103,7 @@ class _Server:
 
         self.service = Service(predictor, weights, ServeSettings(heatmaps=False))
         self.session = open_review(self.service.classifier, folder, corrections)
-        self.port = _free_port()
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(create_app(self.service, self.session), host="127.0.0.1",
                                                     port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)

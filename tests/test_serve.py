@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 from PIL import Image
 
 from cellclf.calibration import Calibration
@@ -152,12 +153,6 @@ def test_a_missing_extra_is_one_line_naming_the_extra(monkeypatch):
         import_server()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_a_port_in_use_is_refused_before_loading(trained, random_weights):
     _, model_path = trained
     with socket.socket() as busy:
@@ -174,7 +169,7 @@ def test_a_real_server_and_its_upload_page_in_a_browser(tmp_path, served_model, 
     from selenium.webdriver.common.by import By
 
     _, model_path = served_model
-    port = _free_port()
+    port = free_port()
     command = str(Path(sys.executable).parent / "cellclf")
     server = subprocess.Popen([command, "serve", str(model_path), "--port", str(port),
                                "--weights", str(random_weights)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
