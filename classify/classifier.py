@@ -212,6 +212,60 @@ class ImageClassifier:
                 novelty_p[ok] = self.predictor.novelty_p(vectors[ok], spec=self.embedder.spec)
         return self._table(list(names), proba, [errors.get(i) for i in range(len(sources))], novelty_p)
 
+    def shap_explanation(self, cells: Any, spec: EmbeddingSpec | None = None, *, by: str = "dimension") -> Any:
+        """SHAP values of every class margin for some cells, as a :class:`shap.Explanation`.
+
+        The values are the exact closed-form ones of the model's family (linear SHAP for
+        the logistic regression, TreeSHAP for XGBoost; :mod:`cellclf.shap_values`), the
+        numbers the fit report shows; shap's plots take the result directly, e.g.
+        ``shap.plots.beeswarm(explained[:, :, "neutrophil"])``.
+
+        Parameters
+        ----------
+        cells : DataFrame, ndarray or iterable of images
+            Embeddings (a frame from :func:`cellembed.load_embeddings`, or an (n, dim)
+            float matrix of the model's spec) or images (file paths, encoded bytes, PIL
+            images, uint8 arrays), which are embedded with the model's spec first.
+        spec : EmbeddingSpec, optional
+            The spec of the embeddings given (checked against the model's); images need none.
+        by : {"dimension", "tap"}, default "dimension"
+            One feature per embedding dimension (``tap:index``), or one per tap (layer),
+            the sum of its dimensions' values.
+
+        Returns
+        -------
+        shap.Explanation
+            ``values`` of shape (n, features, classes) and ``base_values`` (n, classes):
+            for each cell and class, ``values.sum(1) + base_values`` is the class margin of
+            the model before temperature scaling (its calibrated logit times the temperature).
+            ``data`` holds the embedding values (``by="dimension"``), ``output_names`` the classes.
+
+        Raises
+        ------
+        ClassifierInputError
+            ``by`` is neither choice, an image cannot be decoded, or the embeddings are of
+            another spec.
+        """
+        from cellclf.families import get_family
+        from cellclf.shap_values import by_tap, explanation
+
+        if by not in ("dimension", "tap"):
+            raise ClassifierInputError(f"by must be 'dimension' or 'tap', got {by!r}")
+        if isinstance(cells, pd.DataFrame) or (isinstance(cells, np.ndarray) and cells.ndim == 2
+                                               and cells.dtype.kind == "f"):
+            matrix = self.predictor.model_input(cells, spec)
+        else:
+            sources = list(cells)
+            vectors, errors = self.embed_images(sources)
+            if errors:
+                first = min(errors)
+                name = str(sources[first]) if isinstance(sources[first], (str, os.PathLike)) else f"#{first}"
+                raise ClassifierInputError(f"{name}: {errors[first]}")
+            matrix = self.predictor.model_input(vectors, self.embedder.spec)
+        values = get_family(self.predictor.family).explain(self.predictor.model, matrix, 1)
+        explained = explanation(values, matrix, self.predictor.feature_names, self.classes)
+        return explained if by == "dimension" else by_tap(explained)
+
     def embed_images(
         self, sources: Sequence[ImageSource], max_pixels: int | None = None, progress: Callable[[int], None] | None = None,
     ) -> tuple[np.ndarray, dict[int, str]]:

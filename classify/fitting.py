@@ -560,7 +560,7 @@ def _explain(models: list[ModelRecord], predictors: dict[str, CellClassifier], t
     for record in models:
         record.shap = explain(
             get_family(record.key), predictors[record.key].model, test.X, loaded.classes, loaded.data.feature_names,
-            max_rows=config.shap_max_rows, seed=config.seed, n_jobs=config.n_jobs,
+            max_rows=config.shap_max_rows, seed=config.seed, n_jobs=config.n_jobs, y=test.y,
         )
         facts = record.shap.facts
         phase(

@@ -300,7 +300,15 @@ def shap_section(models: Sequence[ModelView], missing: str, tap_roles: Mapping[s
         else:
             parts.append(note(f"The top dimensions are not available because {record.shap_top_file} is missing."))
     intro = paragraph(
-        "Mean |SHAP value| of each embedding dimension (tap:index) for each class's margin. "
+        "How each class's score (its margin: the model's log-odds for that class) is built from the "
+        "embedding. The plots are shap's beeswarm plots, one row per class and one dot per test image. Left: the "
+        "push of each layer (tap) of the network on that class's margin, the sum over its dimensions; red dots "
+        "are the images of that class, blue the others, so a layer whose red dots sit right of zero and blue "
+        "dots left is one the class is recognised by. Right: the six embedding dimensions (tap:index) with the "
+        "largest mean |SHAP value| for that class, each dot coloured by the image's value of that dimension "
+        "(red high, blue low). The values are exact (computed in closed form from the model, and checked to add "
+        "up to each margin); the same numbers are in shap/<model>_*.csv and, from Python, "
+        "ImageClassifier.shap_explanation gives them as a shap.Explanation. "
         f"The tables show the top {SHAP_TOP_SHOWN} dimensions per class (mean |SHAP|); "
         "the full top 20 are in shap/<model>_top20.csv."
     )

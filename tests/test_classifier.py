@@ -141,3 +141,85 @@ def test_embedder_from_spec_refuses_what_it_cannot_reproduce(trained, random_wei
     other.write_bytes(b"other bytes")
     with pytest.raises(InputError, match="not the ones these embeddings were made with"):
         embedder_from_spec(spec, other)
+
+
+@pytest.fixture(scope="module")
+def lr_classifier(trained, random_weights):
+    """The tinted folder's embeddings fitted by the lr family itself (fit_lr: what cellclf fit
+    makes, with the step names its closed-form SHAP reads)."""
+    from cellclf import CellClassifier
+    from cellclf.families.lr import fit_lr
+    from cellembed import embedding_matrix
+
+    _, root = trained
+    frame, spec = load_embeddings(root / "train.parquet")
+    X, labels = embedding_matrix(frame, spec)
+    codes = np.array([CLASSES.index(label) for label in labels])
+    model = fit_lr(X, codes, {"C": 0.1, "class_weight": None})
+    return ImageClassifier(CellClassifier.from_fitted(model, CLASSES, spec, family="lr"), weights=random_weights)
+
+
+def test_shap_explanation_is_the_closed_form_in_shaps_layout_for_embeddings_and_images(lr_classifier, tmp_path):
+    """ImageClassifier.shap_explanation: shap.Explanation (n, features, classes) of the exact
+    values, adding up to each margin, by dimension or by tap, from embeddings or images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import shap
+
+    from cellclf.families.lr import linear_shap
+
+    classifier = lr_classifier
+    paths = awkward_images(tmp_path / "images")
+    vectors, errors = classifier.embed_images(paths)
+    assert not errors
+    predictor = classifier.predictor
+    matrix = predictor.model_input(vectors, classifier.embedder.spec)
+    explained = classifier.shap_explanation(paths)
+    assert isinstance(explained, shap.Explanation)
+    assert explained.values.shape == (3, predictor.n_features, 3) and list(explained.output_names) == CLASSES
+    assert list(explained.feature_names) == predictor.feature_names
+    closed = linear_shap(predictor.model, matrix)
+    np.testing.assert_allclose(explained.values, closed.values.transpose(0, 2, 1), rtol=1e-6, atol=1e-7)
+    margin = predictor.model.decision_function(matrix)
+    np.testing.assert_allclose(explained.values.sum(axis=1) + explained.base_values, margin, rtol=1e-4, atol=1e-4)
+    from_embeddings = classifier.shap_explanation(vectors, classifier.embedder.spec)
+    np.testing.assert_allclose(from_embeddings.values, explained.values, rtol=1e-6, atol=1e-7)
+
+    layers = classifier.shap_explanation(paths, by="tap")
+    assert list(layers.feature_names) == list(dict.fromkeys(n.rsplit(":", 1)[0] for n in predictor.feature_names))
+    np.testing.assert_allclose(layers.values.sum(axis=1), explained.values.sum(axis=1), rtol=1e-5, atol=1e-5)
+    shap.plots.beeswarm(explained[:, :, 1], show=False)  # shap's plots take it as it is
+    plt.close("all")
+
+    with pytest.raises(ClassifierInputError, match="by must be"):
+        classifier.shap_explanation(paths, by="pixel")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ClassifierInputError, match="broken.png"):
+        classifier.shap_explanation([paths[0], broken])
+
+
+def test_the_report_plot_is_shaps_beeswarm_per_class_and_layer(lr_classifier, tmp_path):
+    from cellclf.families import get_family
+    from cellclf.shap_values import plot_summary
+
+    classifier = lr_classifier
+    paths = awkward_images(tmp_path / "images")
+    vectors, _ = classifier.embed_images(paths)
+    predictor = classifier.predictor
+    matrix = predictor.model_input(vectors, classifier.embedder.spec)
+    values = get_family("lr").explain(predictor.model, matrix, 1)
+    figure = plot_summary(values, matrix, np.array([0, 1, 2]), CLASSES, predictor.feature_names, "lr")
+    titles = [axis.get_title() for axis in figure.axes]
+    for name in CLASSES:
+        assert f"{name}: each layer (red: {name} images)" in titles
+        assert f"{name}: top 6 embedding dimensions" in titles
+    # shap's beeswarm names the features it shows on the y axis: the layers, and the top dimensions
+    layer_axis = figure.axes[titles.index("red: each layer (red: red images)")]
+    shown = {label.get_text() for label in layer_axis.get_yticklabels()}
+    assert shown == {n.rsplit(":", 1)[0] for n in predictor.feature_names}
+    dimension_axis = figure.axes[titles.index("red: top 6 embedding dimensions")]
+    assert {label.get_text() for label in dimension_axis.get_yticklabels()} <= set(predictor.feature_names)
+    assert len(dimension_axis.get_yticklabels()) == 6
