@@ -1,6 +1,6 @@
 # Two entry points: `make demo` and `make test`. Both create .venv and install the project
-# with its test, ray, serve and mlflow extras (the Ray distributor's, the server's and the tracking tests run in
-# every `make test`).
+# with its test, ray, serve, mlflow and docs extras (the Ray distributor's, the server's, the tracking
+# and the documentation tests run in every `make test`).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,12 +12,12 @@ DEMO := build/demo
 CELLEMBED_WEIGHTS ?= $(wildcard $(abspath ../shared/models/xception_imagenet_notop.weights.h5))
 export CELLEMBED_WEIGHTS
 
-.PHONY: demo test install clean
+.PHONY: demo test docs install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,ray,serve,mlflow]'
+	$(BIN)/python -m pip install --quiet -e '.[test,ray,serve,mlflow,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -45,5 +45,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The documentation site in site/ (open site/index.html); warnings are errors. `python -m`:
+# the mkdocs script's folder holds the cellclf script, which the API reference would take
+# for the package.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build .pytest_cache
+	rm -rf $(VENV) build site .pytest_cache

@@ -107,22 +107,34 @@ def probability_table(proba: np.ndarray, classes: Sequence[str], sets: np.ndarra
 
 
 class ImageClassifier:
-    """Classify images with a :class:`~cellclf.estimator.CellClassifier` (see the module docstring).
-
-    Args:
-        predictor: a loaded predictor, or where to load one: a run folder, its model.skops
-            or model.joblib (loaded by :func:`cellclf.persistence.load_classifier`: the safe
-            file whenever it is there).
-        trust_pickle: allow unpickling a .joblib with no safe file beside it (unpickling
-            runs code from the file: only for files from a source you trust).
-        weights: the weights file it was trained with (a path, or None for
-            ``$CELLEMBED_WEIGHTS``); checked now, by SHA-256.
-        engine: ``"onnxruntime"`` (default) or ``"tensorflow"``.
-        batch_size: images decoded (and run together by TensorFlow) per step.
-        log: receives a line when the network is converted for the first time.
+    """Classify images with a ``CellClassifier`` (see the module docstring).
 
     The network is built on first use: a classifier that only classifies embeddings
     builds none (with a local weights file it does not start TensorFlow either).
+
+    Parameters
+    ----------
+    predictor : CellClassifier, str or PathLike
+        A loaded predictor, or where to load one: a run folder, its model.skops or
+        model.joblib (loaded by ``cellclf.persistence.load_classifier``: the safe file
+        whenever it is there).
+    trust_pickle : bool, default False
+        Allow unpickling a .joblib with no safe file beside it (unpickling runs code from
+        the file: only for files from a source you trust).
+    weights : str, PathLike or WeightsFile, optional
+        The weights file it was trained with (None: ``$CELLEMBED_WEIGHTS``); checked now,
+        by SHA-256.
+    engine : {"onnxruntime", "tensorflow"}, default "onnxruntime"
+        What runs the network.
+    batch_size : int, default 32
+        Images decoded (and run together by TensorFlow) per step.
+    log : callable, optional
+        Receives a line when the network is converted for the first time.
+
+    Examples
+    --------
+    >>> classifier = ImageClassifier("run/")  # doctest: +SKIP
+    >>> classifier.predict_images(["cell.jpg", open("b.jpg", "rb").read()])  # doctest: +SKIP
     """
 
     def __init__(
@@ -162,13 +174,30 @@ class ImageClassifier:
 
     def classify(self, X: np.ndarray | pd.DataFrame, spec: EmbeddingSpec | None = None, *, adapt: bool = False,
                  min_confidence: float | None = None, novelty_level: float = DEFAULT_NOVELTY_LEVEL) -> pd.DataFrame:
-        """Predicted class, confidence and probabilities of embeddings (a matrix or a frame
-        from ``cellembed.load_embeddings``), one row each, with the prediction sets, the
-        drift signal (``novelty_p``, ``unlike_training`` under ``novelty_level``; a model
-        fitted before it has none) and the uncertain flag
-        (:meth:`cellclf.estimator.CellClassifier.uncertain` with ``min_confidence``);
-        ``adapt``: see :meth:`cellclf.estimator.CellClassifier.adapted` (the drift signal
-        is of the embeddings as they are)."""
+        """Classify embeddings: class, confidence, probabilities, sets, drift, uncertainty.
+
+        Parameters
+        ----------
+        X : ndarray or DataFrame
+            Embeddings: a matrix or a frame from ``cellembed.load_embeddings``.
+        spec : EmbeddingSpec, optional
+            The spec of a plain matrix ``X``.
+        adapt : bool, default False
+            Move the batch onto the training statistics first
+            (``CellClassifier.adapted``; the drift signal is of the embeddings as they are).
+        min_confidence : float, optional
+            Flag a top probability under it as uncertain.
+        novelty_level : float
+            ``unlike_training`` is a ``novelty_p`` under it.
+
+        Returns
+        -------
+        DataFrame
+            One row per embedding: ``predicted``, ``confidence``, one ``proba_<class>`` per
+            class, ``set``, ``set_size``, ``uncertain`` (``CellClassifier.uncertain``) and
+            the drift signal ``novelty_p``, ``unlike_training`` (a model fitted before it
+            has none).
+        """
         has_novelty = self.predictor.novelty is not None
         if len(X) == 0:
             empty = np.zeros((0, len(self.classes)))
@@ -184,16 +213,22 @@ class ImageClassifier:
     def predict_images(self, images: Iterable[ImageSource], names: Sequence[str] | None = None) -> pd.DataFrame:
         """Classify images in memory, one row per image in input order.
 
-        Args:
-            images: file paths, encoded bytes, PIL images or uint8 arrays (mixed is fine).
-            names: what to call each image in the ``image`` column; default the path for
-                paths and ``"#<position>"`` for the others.
+        Parameters
+        ----------
+        images : iterable of str, PathLike, bytes, PIL.Image or ndarray
+            File paths, encoded bytes, PIL images or uint8 arrays (mixed is fine).
+        names : sequence of str, optional
+            What to call each image in the ``image`` column; default the path for paths
+            and ``"#<position>"`` for the others.
 
-        Returns:
-            A DataFrame with ``image``, ``predicted``, ``confidence``, one ``proba_<class>``
-            column per class, ``set`` and ``set_size`` (the conformal prediction set of the
-            model's calibration), ``uncertain`` (:meth:`CellClassifier.uncertain`), and ``error``: the reason an input could not be decoded
-            (its prediction columns are then empty), else None.
+        Returns
+        -------
+        DataFrame
+            ``image``, ``predicted``, ``confidence``, one ``proba_<class>`` column per
+            class, ``set`` and ``set_size`` (the conformal prediction set of the model's
+            calibration), ``uncertain`` (``CellClassifier.uncertain``), the drift signal
+            ``novelty_p`` and ``unlike_training``, and ``error``: the reason an input could
+            not be decoded (its prediction columns are then empty), else None.
         """
         sources = list(images)
         if names is None:
@@ -269,9 +304,24 @@ class ImageClassifier:
     def embed_images(
         self, sources: Sequence[ImageSource], max_pixels: int | None = None, progress: Callable[[int], None] | None = None,
     ) -> tuple[np.ndarray, dict[int, str]]:
-        """(n, dim) embeddings of images in memory (zeros where one failed) and the reason
-        each failed one could not be decoded, by position. ``max_pixels``: see
-        :func:`cellembed.extract`; ``progress`` is called with each batch's image count."""
+        """Embed images in memory with the model's spec.
+
+        Parameters
+        ----------
+        sources : sequence of str, PathLike, bytes, PIL.Image or ndarray
+            The images.
+        max_pixels : int, optional
+            Refuse images with more pixels (see ``cellembed.extract``).
+        progress : callable, optional
+            Called with each batch's image count.
+
+        Returns
+        -------
+        embeddings : ndarray of shape (n, dim)
+            float32 embeddings (zeros where an image failed).
+        errors : dict of int to str
+            The reason each failed image could not be decoded, by position.
+        """
         embedder = self.embedder
         vectors = np.zeros((len(sources), embedder.spec.dim), np.float32)
         errors: dict[int, str] = {}

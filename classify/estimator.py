@@ -284,22 +284,45 @@ def _brief(spec: EmbeddingSpec) -> str:
 
 
 class CellClassifier(ClassifierMixin, BaseEstimator):
-    """A classifier of cell embeddings (see the module docstring).
+    """A classifier of cell embeddings: a scikit-learn estimator (see the module docstring).
 
-    Parameters:
-        estimator: the model family's unfitted model (None: standardised features and a
-            logistic regression, the shape of the ``lr`` family's model).
-        spec: the embedding spec of the images (None: plain feature matrices).
-        taps: the taps of ``spec`` the model uses, in order (None: all).
-        family: the model family's key (``"lr"``, ``"xgb"``): how to explain it.
-        adapt: move every batch onto the training statistics before classifying
-            (:class:`LabAdapter`); ``predict_proba(adapt=...)`` decides per call.
+    A ``Pipeline`` of ``TapSelector`` (the taps the model uses), ``LabAdapter`` (the
+    training images' statistics) and ``TemperatureScaling`` around the family's model,
+    with the conformal calibration and the drift detector beside it.
 
-    Fitted attributes: ``pipeline_``, ``classes_``, ``n_features_in_``,
-    ``feature_names_in_`` (``tap:index``, with a spec), ``calibration_`` (None until
-    calibrated), ``summary_`` (training facts), ``versions_`` (library versions),
-    ``format_`` (:data:`cellclf.persistence.PREDICTOR_FORMAT`).
-    ``source`` is the file it was loaded from (None otherwise).
+    Parameters
+    ----------
+    estimator : scikit-learn classifier, optional
+        The model family's unfitted model (None: standardised features and a logistic
+        regression, the shape of the ``lr`` family's model).
+    spec : EmbeddingSpec, optional
+        The embedding spec of the images (None: plain feature matrices).
+    taps : sequence of str, optional
+        The taps of ``spec`` the model uses, in order (None: all).
+    family : str, default "lr"
+        The model family's key (``"lr"``, ``"xgb"``): how to explain it.
+    adapt : bool, default False
+        Move every batch onto the training statistics before classifying
+        (``LabAdapter``); ``predict_proba(adapt=...)`` decides per call.
+
+    Attributes
+    ----------
+    pipeline_ : sklearn.pipeline.Pipeline
+        The fitted pipeline.
+    classes_ : ndarray of str
+        The class names; code i means ``classes_[i]``.
+    n_features_in_ : int
+        Width of the embeddings it takes (the spec's dimension).
+    feature_names_in_ : ndarray of str
+        ``tap:index`` of each input dimension (with a spec).
+    calibration_ : Calibration or None
+        The temperature and conformal threshold (None until calibrated).
+    summary_, versions_ : dict
+        Training facts and library versions.
+    format_ : int
+        The predictor format (``cellclf.persistence.PREDICTOR_FORMAT``).
+    source : Path or None
+        The file it was loaded from (None otherwise).
     """
 
     source: Path | None = None
@@ -315,7 +338,20 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ fitting
 
     def fit(self, X: Any, y: Any) -> "CellClassifier":
-        """Fit the pipeline on X (an embeddings frame or matrix of the spec) and labels y."""
+        """Fit the pipeline on embeddings and their labels.
+
+        Parameters
+        ----------
+        X : DataFrame or ndarray of shape (n, dim)
+            An embeddings frame (``cellembed.load_embeddings``) or a matrix of the spec.
+        y : array-like of shape (n,)
+            The class of each row (at least 2 classes).
+
+        Returns
+        -------
+        CellClassifier
+            This classifier, fitted.
+        """
         if y is None:
             raise EmbeddingsError(f"{type(self).__name__} requires y to be passed, but the target y is None")
         matrix = self._input(X, reset=True)
@@ -342,11 +378,38 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         calibration: Calibration | None = None, versions: dict[str, str] | None = None,
         novelty: NoveltyDetector | None = None, lab: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> "CellClassifier":
-        """The classifier of a model fitted elsewhere (``cellclf fit``'s families, a file):
-        ``model`` takes the taps' columns and predicts codes 0..k-1 of ``classes``;
-        ``reference``: the (mean, std) of its training matrix (None: unknown, no ``adapt``);
-        ``novelty``: the calibrated drift detector of the taps' columns (None: none);
-        ``lab``: the (mean, std) of the lab it was adapted to (None: its training lab)."""
+        """The classifier of a model fitted elsewhere (``cellclf fit``'s families, a file).
+
+        Parameters
+        ----------
+        model : fitted scikit-learn classifier
+            Takes the taps' columns and predicts codes 0..k-1 of ``classes``.
+        classes : sequence of str
+            The class names, in code order.
+        spec : EmbeddingSpec
+            The embedding spec of the training images.
+        taps : sequence of str, optional
+            The taps the model takes, in order (None: all of the spec's).
+        family : str
+            The model family's key (how to explain it).
+        summary : dict, optional
+            Training facts to keep.
+        reference : tuple of ndarray, optional
+            The (mean, std) of its training matrix (None: unknown, no ``adapt``).
+        calibration : Calibration, optional
+            The temperature and conformal threshold.
+        versions : dict, optional
+            Library versions of the fit (default: the installed ones).
+        novelty : NoveltyDetector, optional
+            The calibrated drift detector of the taps' columns (None: none).
+        lab : tuple of ndarray, optional
+            The (mean, std) of the lab it was adapted to (None: its training lab).
+
+        Returns
+        -------
+        CellClassifier
+            A fitted classifier around ``model``.
+        """
         taps = tuple(spec.tap_names if taps is None else taps)
         spec.tap_slices(taps)  # unknown taps fail here, not at prediction time
         made = cls(estimator=None, spec=spec, taps=taps, family=family)
@@ -527,12 +590,25 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: Any, spec: EmbeddingSpec | None = None, *, adapt: bool | None = None,
                       calibrated: bool = True) -> np.ndarray:
-        """(n, k) float64 class probabilities, columns in the order of ``classes_``.
+        """Class probabilities of embeddings.
 
-        ``adapt``: classify the n images after :meth:`adapted` (another lab's cells; None:
-        the ``adapt`` parameter). ``calibrated``: at the learnt temperature (the pipeline's
-        last step, :class:`TemperatureScaling`); False gives the family model's own
-        probabilities (:meth:`TemperatureScaling.raw_proba`).
+        Parameters
+        ----------
+        X : DataFrame or ndarray of shape (n, dim)
+            Embeddings of the model's spec (refused when made with another spec).
+        spec : EmbeddingSpec, optional
+            The spec of a plain matrix ``X`` (a frame carries its own).
+        adapt : bool, optional
+            Classify the n images after ``adapted`` (another lab's cells); None: the
+            ``adapt`` parameter.
+        calibrated : bool, default True
+            At the learnt temperature (the pipeline's last step, ``TemperatureScaling``);
+            False gives the family model's own probabilities.
+
+        Returns
+        -------
+        ndarray of shape (n, k)
+            float64 probabilities, columns in the order of ``classes_``.
         """
         matrix = self.model_input(X, spec)
         if self.adapt if adapt is None else adapt:
@@ -541,21 +617,55 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         return last.predict_proba(matrix) if calibrated else last.raw_proba(matrix)
 
     def predict(self, X: Any, spec: EmbeddingSpec | None = None) -> np.ndarray:
-        """(n,) the most probable class of each row (values of ``classes_``)."""
+        """The most probable class of each row.
+
+        Parameters
+        ----------
+        X : DataFrame or ndarray of shape (n, dim)
+            Embeddings of the model's spec.
+        spec : EmbeddingSpec, optional
+            The spec of a plain matrix ``X``.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            Values of ``classes_``.
+        """
         proba = self.predict_proba(X, spec)
         return self.classes_[proba.argmax(axis=1)]
 
     def prediction_sets(self, proba: np.ndarray) -> np.ndarray:
-        """(n, k) bool conformal prediction sets of calibrated ``proba``: the classes that
-        together hold the true class with probability >= 1 - alpha. A model without
-        calibration gives the top class only."""
+        """Conformal prediction sets of calibrated probabilities.
+
+        Parameters
+        ----------
+        proba : ndarray of shape (n, k)
+            Calibrated probabilities (``predict_proba``).
+
+        Returns
+        -------
+        ndarray of shape (n, k)
+            bool: the classes that together hold the true class with probability
+            >= 1 - alpha. A model without calibration gives the top class only.
+        """
         calibration = self.calibration
         return prediction_sets(proba, 0.0) if calibration is None else calibration.sets(proba)
 
     def novelty_p(self, X: Any, spec: EmbeddingSpec | None = None) -> np.ndarray | None:
-        """(n,) conformal p-values of how unlike the training images each row is
-        (:mod:`cellclf.novelty`; of the embeddings as they are, never adapted); None for a
-        model without a detector."""
+        """How unlike the training images each row is: the drift signal (``cellclf.novelty``).
+
+        Parameters
+        ----------
+        X : DataFrame or ndarray of shape (n, dim)
+            Embeddings of the model's spec, as they are (never adapted).
+        spec : EmbeddingSpec, optional
+            The spec of a plain matrix ``X``.
+
+        Returns
+        -------
+        ndarray of shape (n,) or None
+            Conformal p-values; None for a model without a detector.
+        """
         detector = self.novelty
         if detector is None:
             return None
@@ -563,10 +673,27 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
 
     def uncertain(self, proba: np.ndarray, min_confidence: float | None = None,
                   novelty_p: np.ndarray | None = None, level: float = DEFAULT_NOVELTY_LEVEL) -> np.ndarray:
-        """(n,) bool of calibrated ``proba``: :meth:`cellclf.calibration.Calibration.uncertain`
-        (never, for a model without calibration), a top probability under
-        ``min_confidence`` (the user's own floor: predict and serve's --min-confidence), or
-        a cell unlike the training images (``novelty_p`` under ``level``), whatever its set."""
+        """Which cells to look at: uncertain calls.
+
+        Parameters
+        ----------
+        proba : ndarray of shape (n, k)
+            Calibrated probabilities.
+        min_confidence : float, optional
+            The user's own floor on the top probability (predict and serve's
+            ``--min-confidence``).
+        novelty_p : ndarray of shape (n,), optional
+            The drift signal of the cells (``novelty_p``).
+        level : float
+            A cell whose ``novelty_p`` is under it is uncertain whatever its set.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+            bool: ``Calibration.uncertain`` (a prediction set of more than one class, or no
+            class plausible enough; never, for a model without calibration), or a top
+            probability under ``min_confidence``, or a cell unlike the training images.
+        """
         proba = np.asarray(proba, dtype=np.float64)
         calibration = self.calibration
         unsure = np.zeros(len(proba), dtype=bool) if calibration is None else calibration.uncertain(proba)

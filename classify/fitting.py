@@ -81,24 +81,45 @@ def _registered_keys() -> tuple[str, ...]:
 class FitConfig:
     """Settings of one fit (the ``cellclf fit`` options).
 
-    Attributes:
-        models: keys of the model families to fit (default: every registered family).
-        seed, cv, taps, shap, shap_max_rows, n_jobs: the settings every family shares.
-        heatmaps: explain the gallery images of the selected model with heat maps
-            (:mod:`cellclf.gallery_maps`; needs the images and the network's weights).
-        alpha: miscoverage level of the saved models' conformal prediction sets (each set
-            holds the true class with probability >= 1 - alpha; :mod:`cellclf.calibration`).
-        val_fraction, test_fraction: shares of the labelled images held out for
-            validation and test (each in (0, 1), together less than 1). With a separate
-            test file no test split is made; validation then takes
-            ``val_fraction / (1 - test_fraction)`` of the input, the train:validation ratio
-            of the three-way split.
-        options: per family key, the values of its :class:`~cellclf.families.FamilyOption`
-            settings; missing ones get their defaults and every value is checked, so after
-            construction it holds every registered family's complete settings.
-
     Build one with :meth:`build`, which takes the family settings as ``<key>_<name>``
-    keywords, e.g. ``FitConfig.build(cv=3, lr_Cs=(0.1, 1.0), xgb_trials=2)``.
+    keywords, e.g. ``FitConfig.build(cv=3, lr_Cs=(0.1, 1.0), xgb_trials=2)``. Every value
+    is checked when the object is made (``ClassifierInputError`` names the bad one).
+
+    Parameters
+    ----------
+    models : tuple of str, default every registered family
+        Keys of the model families to fit (``"lr"``, ``"xgb"``).
+    seed : int, default 0
+        Seed of the split, the CV folds and the models (0 to 4294967295).
+    cv : int, default 5
+        Cross-validation folds of the tuning (at least 2).
+    taps : tuple of str, optional
+        The embedding layers to train on; None: all of the embedding's taps.
+    shap : bool, default True
+        Compute the SHAP values of each model on the test images.
+    heatmaps : bool, default True
+        Draw heat maps of the report's gallery images (``cellclf.gallery_maps``; needs
+        the images and the network's weights).
+    shap_max_rows : int
+        Most test images explained per model (a seeded subsample beyond).
+    n_jobs : int, default 2
+        CPU cores to use.
+    val_fraction, test_fraction : float
+        Shares of the labelled images held out for validation and test (each in (0, 1),
+        together less than 1). With a separate test file no test split is made;
+        validation then takes ``val_fraction / (1 - test_fraction)`` of the input, the
+        train:validation ratio of the three-way split.
+    alpha : float, default 0.05
+        Miscoverage level of the saved models' conformal prediction sets: each set holds
+        the true class with probability >= 1 - alpha (``cellclf.calibration``).
+    near_duplicates : {"embeddings", "images", "both", "off"}, default "embeddings"
+        How copies of one cell are found, to keep them in one split and one fold.
+    label_audit : bool, default True
+        Look for likely label errors (``cellclf.label_audit``, label_issues.csv).
+    options : mapping of str to mapping, optional
+        Per family key, the values of its ``FamilyOption`` settings; missing ones get
+        their defaults and every value is checked, so after construction it holds every
+        registered family's complete settings.
     """
 
     models: tuple[str, ...] = field(default_factory=_registered_keys)
@@ -144,8 +165,21 @@ class FitConfig:
     def build(cls, **settings: Any) -> "FitConfig":
         """A FitConfig from shared settings and ``<family key>_<option name>`` keywords.
 
-        Raises:
-            TypeError: a keyword that is neither a shared setting nor a family option.
+        Parameters
+        ----------
+        **settings
+            The shared settings by name (``cv=3``) and each family's options as
+            ``<family key>_<option name>`` (``lr_Cs=(0.1, 1.0)``, ``xgb_trials=2``).
+
+        Returns
+        -------
+        FitConfig
+            The checked settings.
+
+        Raises
+        ------
+        TypeError
+            A keyword that is neither a shared setting nor a family option.
         """
         shared = {f.name for f in fields(cls)} - {"options"}
         options: dict[str, dict[str, Any]] = {}
@@ -299,28 +333,50 @@ def fit(
 ) -> FitResult:
     """Fit, evaluate and explain the configured models on a cellembed embeddings file.
 
-    Args:
-        embeddings: Parquet file from ``cellembed extract``; its labelled rows are used.
-        run_dir: output folder (layout in :mod:`cellclf.rundir`); must not exist or be
-            empty unless ``overwrite``.
-        test: optional separate embeddings file used as the test set (then the input is
-            split into train / validation only).
-        config: tuning budget, seed, models, taps... (default: ``FitConfig()``).
-        labels: a corrections file (:mod:`cellclf.corrections`: the served review's, or a
-            run's label_issues.csv) whose labels override or add to those of the
-            embeddings files, by SHA-256; its cells not in ``embeddings`` or ``test`` are
-            taken from the embeddings files its rows name.
-        weights: the network's weights file, for the heat maps of the gallery images
-            (None: ``$CELLEMBED_WEIGHTS``); when they cannot be made, the run says why.
-        log: called with one line per phase (e.g. ``click.echo``).
-        on_complete: called with the FitResult once RUN_DIR is in place (e.g. to write
-            a report).
+    The labelled images are split (copies of one cell kept together), each family is
+    tuned, calibrated, refitted and tested once, explained (SHAP), the labels audited,
+    and everything is written to ``run_dir`` (its layout: ``cellclf.rundir``).
 
-    Raises:
-        ClassifierInputError / cellembed.InputError: bad input (one-line message), among
-            them ``run_dir`` unwritable (checked before any work) and
-            cellembed.errors.OutputBusy: another run is writing ``run_dir`` now (its lock,
-            ``.NAME.lock`` next to it, is held for the whole run).
+    Parameters
+    ----------
+    embeddings : str or Path
+        Parquet file from ``cellembed extract``; its labelled rows are used.
+    run_dir : str or Path
+        Output folder; must not exist or be empty unless ``overwrite``.
+    test : str or Path, optional
+        A separate embeddings file used as the test set (then the input is split into
+        train / validation only).
+    config : FitConfig, optional
+        Tuning budget, seed, models, taps... (default: ``FitConfig()``).
+    labels : str or Path, optional
+        A corrections file (``cellclf.corrections``: the served review's, or a run's
+        label_issues.csv) whose labels override or add to those of the embeddings files,
+        by SHA-256; its cells not in ``embeddings`` or ``test`` are taken from the
+        embeddings files its rows name.
+    overwrite : bool, default False
+        Replace a non-empty ``run_dir``.
+    weights : str or PathLike, optional
+        The network's weights file, for the heat maps of the gallery images (None:
+        ``$CELLEMBED_WEIGHTS``); when they cannot be made, the run says why.
+    log : callable, optional
+        Called with one line per phase (e.g. ``click.echo``).
+    on_complete : callable, optional
+        Called with the FitResult once RUN_DIR is in place (e.g. to write a report).
+
+    Returns
+    -------
+    FitResult
+        The run folder, its record (``RunRecord``, also written there) and the fitted
+        classifiers by family key.
+
+    Raises
+    ------
+    ClassifierInputError
+        Bad input (a one-line message), among them ``run_dir`` unwritable (checked before
+        any work); a ``cellembed.InputError`` subclass.
+    cellembed.errors.OutputBusy
+        Another run is writing ``run_dir`` now (its lock, ``.NAME.lock`` next to it, is
+        held for the whole run).
     """
     from cellclf.corrections import read_corrections
 

@@ -64,15 +64,26 @@ _METADATA = "cellclf_predictor"
 
 
 def save(classifier: CellClassifier, path: str | Path) -> str:
-    """Write ``classifier`` in both formats, each atomically: the safe file first
-    (``model.skops`` for ``model.joblib``, see :func:`safe_bytes`), then the pickle and its
-    SHA-256 (``<path>.sha256``).
+    """Write ``classifier`` in both formats, each atomically.
+
+    The safe file is written first (``model.skops`` for ``model.joblib``, see ``safe_bytes``),
+    then the pickle and its SHA-256 (``<path>.sha256``).
 
     A model holding types outside the allow-list gets no safe file (a stale one is
     removed, so it is never loaded instead of this model) and a warning says so.
 
-    Returns:
-        the hex SHA-256 written to ``<path>.sha256``.
+    Parameters
+    ----------
+    classifier : CellClassifier
+        The classifier to write.
+    path : str or Path
+        The pickle file to write (e.g. ``model.joblib``); the safe file and ``<path>.sha256``
+        are written beside it.
+
+    Returns
+    -------
+    str
+        The hex SHA-256 written to ``<path>.sha256``.
     """
     path = Path(path)
     written = files(classifier, path)
@@ -169,7 +180,7 @@ def load_classifier(
 ) -> CellClassifier:
     """Load a classifier, never running code from a file unless told to trust it.
 
-    The one loading policy of cellclf (``cellclf predict``, :class:`ImageClassifier`):
+    The one loading policy of cellclf (``cellclf predict``, ``ImageClassifier``):
 
     - ``path`` is a run folder, a ``.joblib`` file or a ``.skops`` file. The safe file (the
       folder's ``model.skops``, the ``.skops`` beside the ``.joblib``, or ``path`` itself) is
@@ -177,20 +188,30 @@ def load_classifier(
     - A ``.joblib`` with no safe file beside it is unpickled only with ``trust_pickle=True``
       (``--trust-pickle``), after its ``.sha256`` is checked (``verify``).
 
-    Args:
-        trust_pickle: allow unpickling a ``.joblib`` that has no safe file beside it.
-            Unpickling runs code from the file: only for files from a source you trust.
-        verify: check a pickle against ``<path>.sha256`` before unpickling it.
-        allow_version_mismatch: load even if scikit-learn / xgboost differ in major.minor
-            from the versions that saved it (predictions may then differ or fail).
+    Parameters
+    ----------
+    path : str or Path
+        A run folder, a ``.joblib`` file or a ``.skops`` file.
+    trust_pickle : bool, default False
+        Allow unpickling a ``.joblib`` that has no safe file beside it.
+        Unpickling runs code from the file: only for files from a source you trust.
+    verify : bool, default True
+        Check a pickle against ``<path>.sha256`` before unpickling it.
+    allow_version_mismatch : bool, default False
+        Load even if scikit-learn / xgboost differ in major.minor from the versions that
+        saved it (predictions may then differ or fail).
 
-    Returns:
-        the CellClassifier; its ``source`` is the file it was read from.
+    Returns
+    -------
+    CellClassifier
+        The classifier; its ``source`` is the file it was read from.
 
-    Raises:
-        PredictorLoadError: no model there; a pickle not trusted, or whose checksum is
-            missing or different; a safe file naming types outside the allow-list, damaged,
-            or not a predictor; made by an incompatible version.
+    Raises
+    ------
+    PredictorLoadError
+        No model there; a pickle not trusted, or whose checksum is missing or different;
+        a safe file naming types outside the allow-list, damaged, or not a predictor;
+        made by an incompatible version.
     """
     path = Path(path)
     if path.is_dir():

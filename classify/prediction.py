@@ -174,16 +174,50 @@ def predict_inputs(
 
     A folder is embedded through the add-only Parquet ``cache`` when one is given (a second
     run embeds nothing; the cache's rows of other images are kept); image files, or a folder
-    without a cache, are embedded in memory. ``predictor`` may be an ImageClassifier already
-    made (then ``weights``, ``engine`` and ``batch_size`` are its own). ``max_pixels``: see
-    :func:`cellembed.extract`. ``adapt``: classify the images after moving them onto the
-    training statistics (:meth:`cellclf.estimator.CellClassifier.adapted`; cells from another lab).
-    ``novelty_level``: ``unlike_training`` is a ``novelty_p`` under it (:mod:`cellclf.novelty`).
+    without a cache, are embedded in memory.
 
-    Raises:
-        ClassifierInputError / cellembed.InputError: bad inputs (:func:`cellclf.inputs.input_images`) or
-            cache, weights other than the model's, a cache made with another spec.
-        cellembed.Interrupted: Ctrl-C (finished embeddings are checkpointed in the cache).
+    Parameters
+    ----------
+    predictor : CellClassifier or ImageClassifier
+        The model. It may be an ImageClassifier already made (then ``weights``, ``engine``
+        and ``batch_size`` are its own).
+    inputs : sequence of str or Path
+        One folder, or image files (read by ``cellclf.inputs.input_images``).
+    cache : str or Path or None
+        The add-only Parquet cache a folder is embedded through (None: embedded in memory).
+    weights : str or Path, optional
+        The weights file the model was trained with (None: ``$CELLEMBED_WEIGHTS``; unused
+        when ``predictor`` is an ImageClassifier).
+    batch_size : int, default 32
+        Images embedded per step (unused when ``predictor`` is an ImageClassifier).
+    engine : str, default DEFAULT_ENGINE
+        The embedding engine (unused when ``predictor`` is an ImageClassifier).
+    min_confidence : float, optional
+        A floor on the top probability: images under it are marked ``uncertain``.
+    max_pixels : int, default DEFAULT_MAX_PIXELS
+        See ``cellembed.extract``.
+    adapt : bool, default False
+        Classify the images after moving them onto the training statistics
+        (``cellclf.estimator.CellClassifier.adapted``; cells from another lab).
+    progress : bool, default True
+        Show a progress bar while embedding.
+    log : callable, optional
+        Receives log lines (e.g. when the network is converted for the first time).
+    novelty_level : float, default DEFAULT_NOVELTY_LEVEL
+        ``unlike_training`` is a ``novelty_p`` under it (``cellclf.novelty``).
+
+    Returns
+    -------
+    PredictionRun
+        The predictions table, with the scores against the class sub-folders when there are any.
+
+    Raises
+    ------
+    ClassifierInputError or cellembed.InputError
+        Bad inputs (``cellclf.inputs.input_images``) or cache, weights other than the
+        model's, a cache made with another spec.
+    cellembed.Interrupted
+        Ctrl-C (finished embeddings are checkpointed in the cache).
     """
     images, folder = input_images(inputs)
     if adapt:  # before building the network: too few images for --adapt fail at once

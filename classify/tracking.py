@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -291,7 +292,9 @@ def _log_model(mlflow: Any, record: Any, run_dir: Path, weights: Any, say: Calla
     image = example_image(record)
     if image is None:
         say("mlflow: no input example logged (the run's test images are not here)")
-    with _weights_in_environment(backbone_for_spec(predictor.spec).weights_env, weights):
+    with _weights_in_environment(backbone_for_spec(predictor.spec).weights_env, weights), warnings.catch_warnings():
+        # MLflow advises type hints on predict; the model's signature is given instead
+        warnings.filterwarnings("ignore", message=r"(?s).*type hint", category=UserWarning)
         mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(Path(__file__).with_name("pyfunc_entry.py")),

@@ -82,10 +82,35 @@ def spec_for_settings(
     preset: str = DEFAULT_PRESET,
     **choices: Any,
 ) -> tuple[EmbeddingSpec, WeightsFile]:
-    """The resolved spec of command-line style settings (None: the ``preset``'s, see
-    :mod:`cellembed.presets`, or the backbone's input size; ``choices``: ``views``,
-    ``crop``, ``stain``, ``pooling``), and the resolved weights. Checks everything that
-    can be checked without a network."""
+    """The resolved spec of command-line style settings, and the resolved weights.
+
+    Checks everything that can be checked without a network.
+
+    Parameters
+    ----------
+    backbone : str, default "xception"
+        The network (``cellembed.backbones``).
+    layers : str or sequence of str, optional
+        A tap preset of the backbone or layer names (comma-separated string or sequence);
+        None: the ``preset``'s (see ``cellembed.presets``).
+    weights : str, PathLike or WeightsFile, optional
+        The weights file (a path, ``"imagenet"``, or None for the backbone's environment variable).
+    input_size : int, optional
+        Side of the square network input, in pixels; None: the backbone's input size.
+    engine : str, default "onnxruntime"
+        ``"onnxruntime"`` or ``"tensorflow"``.
+    preset : str, default "default"
+        Named settings (``cellembed.presets``) giving the settings left None.
+    **choices : str or int
+        ``views``, ``crop``, ``stain``, ``pooling``; None: the ``preset``'s.
+
+    Returns
+    -------
+    spec : EmbeddingSpec
+        The resolved spec.
+    weights : WeightsFile
+        The resolved weights.
+    """
     check_engine(engine)
     settings = preset_settings(preset, layers=layers, **choices)
     chosen = get_backbone(backbone)
@@ -120,22 +145,36 @@ def embedder_from_spec(
     log: Callable[[str], None] | None = None,
     threads: int | None = None,
 ) -> Network:
-    """Rebuild exactly the embedder that wrote embeddings of ``spec``: the backbone loaded
-    by the engine as a tap extractor, with the spec's views and pooling
-    (:class:`cellembed.network.Network`, which also gives the heat-map material).
+    """Rebuild exactly the embedder that wrote embeddings of ``spec``.
 
-    Args:
-        spec: the spec of an embeddings file (``cellembed.read_spec``), of a classifier,
-            or resolved from settings (:func:`spec_for_settings`).
-        weights: the weights file (a path, ``"imagenet"``, or None for the backbone's
-            environment variable); refused unless it identifies the spec's network.
-        engine: ``"onnxruntime"`` or ``"tensorflow"``; same embeddings within 1e-4.
-        log: receives a line when a one-time conversion starts.
-        threads: cap on the engine's CPU threads (None: the engine's default).
+    The embedder is the backbone loaded by the engine as a tap extractor, with the spec's
+    views and pooling (``cellembed.network.Network``, which also gives the heat-map material).
 
-    Raises:
-        InputError: unknown backbone, other weights, or a spec this cellembed cannot
-            reproduce (another preprocessing, resize, colour or pooling).
+    Parameters
+    ----------
+    spec : EmbeddingSpec
+        The spec of an embeddings file (``cellembed.read_spec``), of a classifier,
+        or resolved from settings (``spec_for_settings``).
+    weights : str, PathLike or WeightsFile, optional
+        The weights file (a path, ``"imagenet"``, or None for the backbone's
+        environment variable); refused unless it identifies the spec's network.
+    engine : str, default "onnxruntime"
+        ``"onnxruntime"`` or ``"tensorflow"``; same embeddings within 1e-4.
+    log : callable, optional
+        Receives a line when a one-time conversion starts.
+    threads : int, optional
+        Cap on the engine's CPU threads (None: the engine's default).
+
+    Returns
+    -------
+    Network
+        The rebuilt embedder.
+
+    Raises
+    ------
+    InputError
+        Unknown backbone, other weights, or a spec this cellembed cannot
+        reproduce (another preprocessing, resize, colour or pooling).
     """
     backbone, weights_file, rebuilt = _rebuild(spec, weights, engine)
     extractor = build_extractor(engine, backbone, weights_file, rebuilt.tap_names, rebuilt.input_size,
@@ -219,11 +258,32 @@ def load_embedder(
 ) -> Network:
     """Build a backbone (default Xception) with its weights and the requested taps.
 
-    ``layers`` is a tap preset of the backbone (Xception: ``"mid"``, ``"multiscale"``,
-    ``"final"``; None: the ``preset``'s), a comma-separated string or a sequence of layer
-    names; ``input_size`` defaults to the backbone's (299 for Xception); the ``choices``
-    (``views``, ``crop``, ``stain``, ``pooling``) default to the ``preset``'s
-    (:mod:`cellembed.presets`).
+    Parameters
+    ----------
+    weights : str, PathLike or WeightsFile, optional
+        The weights file (a path, ``"imagenet"``, or None for the backbone's environment variable).
+    input_size : int, optional
+        Side of the square network input, in pixels; defaults to the backbone's (299 for Xception).
+    layers : str or sequence of str, optional
+        A tap preset of the backbone (Xception: ``"mid"``, ``"multiscale"``,
+        ``"final"``; None: the ``preset``'s), a comma-separated string or a sequence of layer
+        names.
+    engine : str, default "onnxruntime"
+        ``"onnxruntime"`` or ``"tensorflow"``.
+    log : callable, optional
+        Receives a line when a one-time conversion starts.
+    backbone : str, default "xception"
+        The network (``cellembed.backbones``).
+    preset : str, default "default"
+        Named settings (``cellembed.presets``) giving the defaults of ``layers`` and ``choices``.
+    **choices : str or int
+        ``views``, ``crop``, ``stain``, ``pooling``; each defaults to the ``preset``'s
+        (``cellembed.presets``).
+
+    Returns
+    -------
+    Network
+        The embedder (``cellembed.network.Network``).
     """
     spec, weights_file = spec_for_settings(
         backbone=backbone, layers=layers, weights=weights, input_size=input_size, engine=engine,

@@ -42,8 +42,31 @@ DEFAULT_CHECKPOINT_EVERY = DEFAULT_SHARD_SIZE
 
 @dataclass(frozen=True)
 class ExtractOptions:
-    """How an extraction runs (what it computes is the spec): see :func:`extract`'s
-    arguments of the same names."""
+    """How an extraction runs (what it computes is the spec).
+
+    Each field is ``extract``'s argument of the same name: see there.
+
+    Parameters
+    ----------
+    batch_size : int, default 32
+        Images decoded (and run together by the TensorFlow engine) per step.
+    engine : str, default "onnxruntime"
+        ``"onnxruntime"`` (faster on CPU) or ``"tensorflow"``.
+    overwrite : bool, default False
+        Replace an ``out`` made with another spec instead of refusing.
+    add_only : bool, default False
+        Treat ``out`` as an add-only cache (add the images it does not hold yet, keep its rows of other images).
+    checkpoint_every : int, default 256
+        Images per shard, saved as each finishes.
+    distributed : str, default "sequential"
+        ``"sequential"`` (this process) or ``"ray"`` (a Ray cluster).
+    distributor_options : mapping, optional
+        Options of the distributor (Ray: ``address``, ``cpus_per_task``, ``gpus_per_task``, ``max_retries``).
+    progress : bool, default True
+        Show a progress bar (images done, images/s, ETA) on stderr.
+    max_pixels : int, default 50000000
+        An image of more pixels (width x height) is not decoded but listed as an error.
+    """
 
     batch_size: int = 32
     engine: str = DEFAULT_ENGINE
@@ -67,12 +90,37 @@ class ExtractOptions:
 
 @dataclass
 class ExtractResult:
-    """What a run did. ``embedded`` were computed now; ``reused`` came from OUT or from the
-    checkpoint of an interrupted run (``resumed`` of them); ``dropped`` rows of the old OUT
-    had no image any more (``kept`` instead, by an add-only cache); ``errors`` are the files
-    that could not be embedded; ``warnings`` name the folders holding no image;
-    ``members`` are the folder's images in OUT, as ``(path, label, sha256)`` (an add-only
-    cache also holds other images)."""
+    """What a run did.
+
+    Parameters
+    ----------
+    out : Path
+        The Parquet file written.
+    spec : EmbeddingSpec
+        The embedding spec of its rows.
+    rows : int
+        Number of rows (images) in ``out``.
+    embedded : int
+        Images whose embeddings were computed now.
+    reused : int
+        Images whose embeddings came from OUT or from the checkpoint of an interrupted run.
+    resumed : int
+        Of the ``reused``, those that came from the checkpoint of an interrupted run.
+    dropped : int
+        Rows of the old OUT that had no image any more (dropped; ``kept`` instead, by an add-only cache).
+    seconds : float
+        Duration of the whole run, in seconds.
+    embed_seconds : float
+        Seconds spent embedding (decoding and network only).
+    errors : list of dict, optional
+        The files that could not be embedded.
+    kept : int, default 0
+        Rows of other images kept by an add-only cache (instead of ``dropped``).
+    members : list of tuple, optional
+        The folder's images in OUT, as ``(path, label, sha256)`` (an add-only cache also holds other images).
+    warnings : list of str, optional
+        Name the folders holding no image.
+    """
 
     out: Path
     spec: EmbeddingSpec
@@ -140,54 +188,84 @@ def extract(
     is refused. Finished shards of an interrupted run with another spec are set aside (in
     ``OUT-stem.checkpoint-<spec digest>/``), never deleted; a run with their spec resumes them.
 
-    Args:
-        images: folder of images; first-level sub-folder names are the labels.
-        out: Parquet file to create or update.
-        layers: a tap preset of the backbone (Xception: ``"mid"``, ``"multiscale"`` or ``"final"``;
-            None: the ``preset``'s) or layer names (comma-separated string or sequence).
-        weights: weights file, ``"imagenet"``, or None for ``$CELLEMBED_WEIGHTS`` / imagenet.
-        input_size: side of the square network input, in pixels (default 299).
-        backbone: the network (``cellembed.backbones``; default ``"xception"``).
-        views: test-time views: each embedding is the mean over the first 1, 2, 4 or 8
-            views of the dihedral group (:mod:`cellembed.views`); one forward pass each.
-        crop: ``"none"`` (the whole image), ``"cell"`` or ``"centre"``: frame the image
-            around its white cell first (:mod:`cellembed.cellcrop`).
-        stain: ``"none"`` or ``"reinhard"``: colour normalisation (:mod:`cellembed.stain`).
-        pooling: ``"global_average"`` or ``"global_average+std"``: the per-channel
-            statistics of each tap (:mod:`cellembed.pooling`).
-        precision: ``"fp32"`` or ``"int8"``: the network's numbers (:mod:`cellembed.precision`).
-        preset: named settings (:mod:`cellembed.presets`: ``"default"``, ``"best"``,
-            ``"v1"``) filling ``layers``, ``views``, ``crop``, ``stain``, ``pooling`` and
-            ``precision`` left None.
-        spec: embed exactly as this spec (of a file or a predictor) instead of ``layers``,
-            ``input_size``, ``backbone``, ``views``, ``crop``, ``stain``, ``pooling`` and ``precision``;
-            ``weights`` must be the spec's.
-        batch_size: images decoded (and run together by the TensorFlow engine) per step.
-        engine: ``"onnxruntime"`` (default, faster on CPU) or ``"tensorflow"``; same
-            embeddings within 1e-4 and the same spec, so caches are shared.
-        overwrite: replace an ``out`` made with another spec instead of refusing.
-        add_only: treat ``out`` as an add-only cache: add the images it does not hold
-            yet and keep its rows of other images (``cellclf predict --cache``).
-        checkpoint_every: images per shard, saved as each finishes.
-        distributed: ``"sequential"`` (this process) or ``"ray"`` (a Ray cluster).
-        distributor_options: options of the distributor (Ray: ``address``,
-            ``cpus_per_task``, ``gpus_per_task``, ``max_retries``).
-        progress: show a progress bar (images done, images/s, ETA) on stderr.
-        log: where to send progress messages (one line each); None for silence.
-        embedder: an already built embedder (then ``layers``, ``weights``, ``input_size``
-            and ``spec`` are ignored); lets callers embed several folders with one model.
-        max_pixels: an image of more pixels (width x height) is not decoded but listed
-            as an error (tried again by the next run); at most Pillow's decompression-bomb
-            limit. The default (:data:`cellembed.decoding.DEFAULT_MAX_PIXELS`, 50 million)
-            keeps decoding memory bounded.
+    Parameters
+    ----------
+    images : str or PathLike
+        Folder of images; first-level sub-folder names are the labels.
+    out : str or PathLike
+        Parquet file to create or update.
+    layers : str or sequence of str, optional
+        A tap preset of the backbone (Xception: ``"mid"``, ``"multiscale"`` or ``"final"``;
+        None: the ``preset``'s) or layer names (comma-separated string or sequence).
+    weights : str, PathLike or WeightsFile, optional
+        Weights file, ``"imagenet"``, or None for ``$CELLEMBED_WEIGHTS`` / imagenet.
+    input_size : int, optional
+        Side of the square network input, in pixels (default 299).
+    backbone : str, default "xception"
+        The network (``cellembed.backbones``).
+    views : int, optional
+        Test-time views: each embedding is the mean over the first 1, 2, 4 or 8
+        views of the dihedral group (``cellembed.views``); one forward pass each.
+    crop : str, optional
+        ``"none"`` (the whole image), ``"cell"`` or ``"centre"``: frame the image
+        around its white cell first (``cellembed.cellcrop``).
+    stain : str, optional
+        ``"none"`` or ``"reinhard"``: colour normalisation (``cellembed.stain``).
+    pooling : str, optional
+        ``"global_average"`` or ``"global_average+std"``: the per-channel
+        statistics of each tap (``cellembed.pooling``).
+    precision : str, optional
+        ``"fp32"`` or ``"int8"``: the network's numbers (``cellembed.precision``).
+    preset : str, default "default"
+        Named settings (``cellembed.presets``: ``"default"``, ``"best"``,
+        ``"v1"``) filling ``layers``, ``views``, ``crop``, ``stain``, ``pooling`` and
+        ``precision`` left None.
+    spec : EmbeddingSpec, optional
+        Embed exactly as this spec (of a file or a predictor) instead of ``layers``,
+        ``input_size``, ``backbone``, ``views``, ``crop``, ``stain``, ``pooling`` and ``precision``;
+        ``weights`` must be the spec's.
+    batch_size : int, default 32
+        Images decoded (and run together by the TensorFlow engine) per step.
+    engine : str, default "onnxruntime"
+        ``"onnxruntime"`` (default, faster on CPU) or ``"tensorflow"``; same
+        embeddings within 1e-4 and the same spec, so caches are shared.
+    overwrite : bool, default False
+        Replace an ``out`` made with another spec instead of refusing.
+    add_only : bool, default False
+        Treat ``out`` as an add-only cache: add the images it does not hold
+        yet and keep its rows of other images (``cellclf predict --cache``).
+    checkpoint_every : int, default 256
+        Images per shard, saved as each finishes.
+    distributed : str, default "sequential"
+        ``"sequential"`` (this process) or ``"ray"`` (a Ray cluster).
+    distributor_options : dict, optional
+        Options of the distributor (Ray: ``address``,
+        ``cpus_per_task``, ``gpus_per_task``, ``max_retries``).
+    progress : bool, default True
+        Show a progress bar (images done, images/s, ETA) on stderr.
+    log : callable, optional
+        Where to send progress messages (one line each); None for silence.
+    embedder : Embedder, optional
+        An already built embedder (then ``layers``, ``weights``, ``input_size``
+        and ``spec`` are ignored); lets callers embed several folders with one model.
+    max_pixels : int, default 50000000
+        An image of more pixels (width x height) is not decoded but listed
+        as an error (tried again by the next run); at most Pillow's decompression-bomb
+        limit. The default (``cellembed.decoding.DEFAULT_MAX_PIXELS``, 50 million)
+        keeps decoding memory bounded.
 
-    Returns:
-        An :class:`ExtractResult`. Folders holding no image are named in ``warnings``
+    Returns
+    -------
+    ExtractResult
+        What the run did. Folders holding no image are named in its ``warnings``
         (and said through ``log``).
 
-    Raises:
-        InputError: bad folder, output, weights, layers or spec mismatch (nothing written).
-        Interrupted: Ctrl-C; finished embeddings were checkpointed, ``out`` is unchanged.
+    Raises
+    ------
+    InputError
+        Bad folder, output, weights, layers or spec mismatch (nothing written).
+    Interrupted
+        Ctrl-C; finished embeddings were checkpointed, ``out`` is unchanged.
     """
     options = ExtractOptions(
         batch_size=batch_size, engine=engine, overwrite=overwrite, add_only=add_only,
@@ -210,9 +288,32 @@ def run_extraction(
     options: ExtractOptions | None = None, *, log: Callable[[str], None] | None = None,
     embedder: Embedder | None = None,
 ) -> ExtractResult:
-    """Embed ``images`` into ``out`` with the resolved ``spec`` (checked ``weights``; None
-    with a prebuilt ``embedder``): plan, run the shards, merge. See :func:`extract`, which
-    resolves command-line style settings into the spec and calls this."""
+    """Embed ``images`` into ``out`` with the resolved ``spec``: plan, run the shards, merge.
+
+    See ``extract``, which resolves command-line style settings into the spec and calls this.
+
+    Parameters
+    ----------
+    images : str or PathLike
+        Folder of images; first-level sub-folder names are the labels.
+    out : str or PathLike
+        Parquet file to create or update.
+    spec : EmbeddingSpec
+        The resolved embedding spec.
+    weights : WeightsFile or None
+        The checked weights; None with a prebuilt ``embedder``.
+    options : ExtractOptions, optional
+        How the run goes (None: ``ExtractOptions()``, the defaults).
+    log : callable, optional
+        Where to send progress messages (one line each); None for silence.
+    embedder : Embedder, optional
+        An already built embedder.
+
+    Returns
+    -------
+    ExtractResult
+        What the run did.
+    """
     options = options or ExtractOptions()
     options.check(prebuilt=embedder is not None)
     started = time.perf_counter()

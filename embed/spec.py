@@ -43,10 +43,14 @@ LATER_FIELDS: dict[str, Any] = {key: AS_BEFORE[key] for key in ("views", "crop",
 class Tap:
     """One pooled layer output inside the embedding vector.
 
-    Attributes:
-        name: stable layer name in a freshly built Xception (for example ``add_6``).
-        offset: index of the tap's first float in the embedding vector.
-        width: number of floats (the layer's channel count).
+    Parameters
+    ----------
+    name : str
+        Stable layer name in a freshly built Xception (for example ``add_6``).
+    offset : int
+        Index of the tap's first float in the embedding vector.
+    width : int
+        Number of floats (the layer's channel count, times the pooling's statistics).
     """
 
     name: str
@@ -60,7 +64,43 @@ class Tap:
 
 @dataclass(frozen=True)
 class EmbeddingSpec:
-    """Everything needed to reproduce, or check compatibility with, an embedding."""
+    """Everything needed to reproduce, or check compatibility with, an embedding.
+
+    Parameters
+    ----------
+    backbone : str
+        The network (``cellembed.backbones``).
+    weights_sha256 : str
+        SHA-256 identifying the network's weights.
+    input_size : int
+        Side of the square network input, in pixels.
+    taps : tuple of Tap
+        The pooled layer outputs, in their order in the embedding vector.
+    pooling : str, default "global_average"
+        The per-channel statistics of each tap (``cellembed.pooling``).
+    preprocessing : str, default ""
+        The backbone's description of its preprocessing (``cellembed.backbones``); cellembed always sets it.
+    resize : str, default RESIZE
+        How the image is resized to the network input.
+    color : str, default COLOR
+        How the image is converted to 8-bit RGB.
+    weights_source : str, default ""
+        How the weights were chosen (provenance; not part of the identity).
+    views : int, default 1
+        Test-time views: the embedding is the mean over the first ``views`` transforms of
+        ``cellembed.views.DIHEDRAL`` (1: the image as it is).
+    crop : str, default "none"
+        How the image is framed before resizing (``cellembed.cellcrop.CROPS``).
+    stain : str, default "none"
+        Colour normalisation of the decoded image (``cellembed.stain.STAINS``).
+    precision : str, default "fp32"
+        The network's numeric precision (``cellembed.precision.PRECISIONS``): int8 runs a
+        quantised copy of the network, whose embeddings are close to fp32's but not the same.
+    versions : dict of str to str, optional
+        Library versions, recorded for provenance; not part of the identity (nor compared).
+    format : int, default SPEC_FORMAT
+        The spec's format version.
+    """
 
     backbone: str
     weights_sha256: str

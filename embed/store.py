@@ -150,17 +150,50 @@ def write_table(table: pa.Table, path: str | Path) -> None:
 
 
 def read_spec(path: str | Path) -> EmbeddingSpec:
-    """The embedding spec stored in a cellembed Parquet file."""
+    """The embedding spec stored in a cellembed Parquet file.
+
+    Parameters
+    ----------
+    path : str or Path
+        A cellembed Parquet file.
+
+    Returns
+    -------
+    EmbeddingSpec
+        The spec stored in its metadata.
+    """
     return EmbeddingSpec.from_json(_metadata(path)[SPEC_METADATA_KEY])
 
 
 def read_errors(path: str | Path) -> list[dict[str, str]]:
-    """Files the run that wrote ``path`` could not embed: ``[{"path", "reason", "sha256"}, ...]``."""
+    """Files the run that wrote ``path`` could not embed.
+
+    Parameters
+    ----------
+    path : str or Path
+        A cellembed Parquet file.
+
+    Returns
+    -------
+    list of dict
+        ``[{"path", "reason", "sha256"}, ...]``: one dict per file.
+    """
     return json.loads(_metadata(path).get(ERRORS_METADATA_KEY, b"[]"))
 
 
 def read_images_root(path: str | Path) -> Path | None:
-    """The images folder the file was extracted from (None if not recorded)."""
+    """The images folder the file was extracted from.
+
+    Parameters
+    ----------
+    path : str or Path
+        A cellembed Parquet file.
+
+    Returns
+    -------
+    Path or None
+        The images folder (the rows' ``path`` values are relative to it); None if not recorded.
+    """
     value = _metadata(path).get(IMAGES_METADATA_KEY)
     return Path(os.fsdecode(value)) if value else None
 
@@ -241,7 +274,19 @@ def load_embeddings(path: str | Path) -> tuple[pd.DataFrame, EmbeddingSpec]:
 
     The DataFrame has one row per image with the columns ``path, label, sha256, width,
     height`` and ``embedding`` (a float32 array of length ``spec.dim`` per row). Use
-    :func:`embedding_matrix` to get the (n, d) matrix.
+    ``embedding_matrix`` to get the (n, d) matrix.
+
+    Parameters
+    ----------
+    path : str or Path
+        The embeddings file (a cellembed Parquet file).
+
+    Returns
+    -------
+    frame : pandas.DataFrame
+        One row per image, with the columns above.
+    spec : EmbeddingSpec
+        The file's embedding spec.
     """
     table, spec = read_table(path)
     frame = table.drop_columns(["embedding"]).to_pandas()
@@ -258,14 +303,21 @@ def embedding_matrix(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The (n, d) float32 matrix and the (n,) label array of a loaded embeddings frame.
 
-    Args:
-        frame: a DataFrame from :func:`load_embeddings` (any subset of its rows).
-        spec: its spec.
-        taps: keep only these taps, by name and in this order (all taps when None).
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        A DataFrame from ``load_embeddings`` (any subset of its rows).
+    spec : EmbeddingSpec
+        Its spec.
+    taps : sequence of str, optional
+        Keep only these taps, by name and in this order (all taps when None).
 
-    Returns:
-        ``(X, labels)``: X is float32 with one column per kept dimension; labels is an
-        object array holding the label strings (None for unlabelled rows).
+    Returns
+    -------
+    X : numpy.ndarray
+        The (n, d) matrix, float32 with one column per kept dimension.
+    labels : numpy.ndarray
+        The (n,) object array holding the label strings (None for unlabelled rows).
     """
     if len(frame) == 0:
         matrix = np.zeros((0, spec.dim), dtype=np.float32)

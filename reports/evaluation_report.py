@@ -82,25 +82,43 @@ def write_evaluation_report(
 ) -> Path:
     """Write the self-contained HTML report of a model scored on labelled images.
 
-    Args:
-        model: the model's record (``cellclf.rundir.evaluation_record``): its metrics, and
-            its ``predictions``, the scored rows (``path`` relative to ``images_root``,
-            ``label``, ``predicted``, probabilities); attributes listed in :mod:`cellreports`.
-        classes: the model's classes, in its probability order.
-        spec: the model's embedding spec (None: the report says it is unknown).
-        out_path: the HTML file to write (atomically).
-        images_root: the folder the paths are relative to (thumbnails of the mistakes).
-        not_scored: images left out of the scores, per reason (e.g. ``{"folder is not a
-            model class": 3}``), listed with the input facts.
-        source: how to name the images in the report (default: ``images_root``).
-        title: page title (default ``cellclf evaluation — <folder name>``).
-        drift: the batch drift test of the images (``cellclf.novelty.batch_report``), shown
-            first (None: no such section; a model without the signal, which predict says).
-        warning_text: a warning shown first (``cellclf predict``: some images were the
-            model's own training or validation images).
+    Parameters
+    ----------
+    model : ModelRecord
+        The model's record (``cellclf.rundir.evaluation_record``): its metrics, and its
+        ``predictions``, the scored rows (``path`` relative to ``images_root``, ``label``,
+        ``predicted``, probabilities); attributes listed in ``cellreports``.
+    classes : sequence of str
+        The model's classes, in its probability order.
+    spec : EmbeddingSpec or None
+        The model's embedding spec (None: the report says it is unknown).
+    out_path : str or Path
+        The HTML file to write (atomically).
+    images_root : str or Path, optional
+        The folder the paths are relative to (thumbnails of the mistakes).
+    not_scored : mapping of str to int, optional
+        Images left out of the scores, per reason (e.g. ``{"folder is not a model class": 3}``),
+        listed with the input facts.
+    source : str, optional
+        How to name the images in the report (default: ``images_root``).
+    title : str, optional
+        Page title (default ``cellclf evaluation — <folder name>``).
+    drift : mapping of str to object, optional
+        The batch drift test of the images (``cellclf.novelty.batch_report``), shown first
+        (None: no such section; a model without the signal, which predict says).
+    warning_text : str, optional
+        A warning shown first (``cellclf predict``: some images were the model's own
+        training or validation images).
 
-    Raises:
-        ValueError: the record has no scored images.
+    Returns
+    -------
+    Path
+        The path of the HTML file written.
+
+    Raises
+    ------
+    ValueError
+        The record has no scored images.
     """
     document = render_evaluation_report(
         model, classes, spec, images_root=images_root, not_scored=not_scored, source=source, title=title,

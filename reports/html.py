@@ -218,7 +218,18 @@ def page(title: str, subtitle: str, sections: Sequence[Section]) -> str:
 
 
 def is_report(path: str | Path) -> bool:
-    """True when ``path`` is an HTML page this package wrote (it carries the generator tag)."""
+    """Whether a file is an HTML page this package wrote (commands replace only those).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to look at (an unreadable or missing file is not a report).
+
+    Returns
+    -------
+    bool
+        True when the file starts as the package's pages do and carries their generator tag.
+    """
     try:
         with open(path, "rb") as handle:
             head = handle.read(4096)

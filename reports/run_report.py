@@ -156,15 +156,21 @@ def render_run_report(run: "RunRecord", images_root: str | Path | None = None) -
 def write_run_report(run: "RunRecord", out_path: str | Path, images_root: str | Path | None = None) -> Path:
     """Write the self-contained HTML report of a ``cellclf fit`` run.
 
-    Args:
-        run: the run's record (``cellclf.rundir.read_run(RUN_DIR)``; the attributes read
-            are listed in :mod:`cellreports`).
-        out_path: the HTML file to write (atomically; parent folders are created).
-        images_root: folder the test images' ``path`` values are relative to; by default
-            the one recorded in the run's embeddings file. The gallery of misclassified
-            images is replaced by a note when the images are not reachable.
+    Parameters
+    ----------
+    run : RunRecord
+        The run's record (``cellclf.rundir.read_run(RUN_DIR)``; the attributes read
+        are listed in ``cellreports``).
+    out_path : str or Path
+        The HTML file to write (atomically; parent folders are created).
+    images_root : str or Path, optional
+        Folder the test images' ``path`` values are relative to; by default the one
+        recorded in the run's embeddings file. The gallery of misclassified images is
+        replaced by a note when the images are not reachable.
 
-    Returns:
+    Returns
+    -------
+    Path
         ``out_path`` as a Path.
     """
     return write_html(render_run_report(run, images_root), out_path)

@@ -92,15 +92,26 @@ def read_gallery(run_dir: Path) -> dict[str, Any] | None:
 
 
 def read_run(run_dir: str | Path) -> RunRecord:
-    """The RunRecord of a RUN_DIR written by :func:`write_run`.
+    """Read the RunRecord of a RUN_DIR written by ``write_run``.
 
     Files that are gone (or, for plots, are not PNG images) make the matching parts None
     (``tuning_missing`` says why for tuning.csv); the required ones (metrics.json and the
     per-model CSVs) raise. Only files inside ``run_dir`` are read.
 
-    Raises:
-        NotARunError: not a folder, a required file is missing, or metrics.json is not a
-            cellclf document.
+    Parameters
+    ----------
+    run_dir : str or Path
+        The RUN_DIR (the ``-o`` folder of ``cellclf fit``).
+
+    Returns
+    -------
+    RunRecord
+        The run's record.
+
+    Raises
+    ------
+    NotARunError
+        Not a folder, a required file is missing, or metrics.json is not a cellclf document.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
