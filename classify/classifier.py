@@ -159,10 +159,12 @@ class ImageClassifier:
 
     @property
     def classes(self) -> list[str]:
+        """The model's class names, in its probabilities' order."""
         return list(self.predictor.classes)
 
     @property
     def spec(self) -> EmbeddingSpec:
+        """The embedding spec the images are embedded with (the model's)."""
         return self.predictor.spec
 
     @property
@@ -248,17 +250,17 @@ class ImageClassifier:
         return self._table(list(names), proba, [errors.get(i) for i in range(len(sources))], novelty_p)
 
     def shap_explanation(self, cells: Any, spec: EmbeddingSpec | None = None, *, by: str = "dimension") -> Any:
-        """SHAP values of every class margin for some cells, as a :class:`shap.Explanation`.
+        """SHAP values of every class margin for some cells, as a ``shap.Explanation``.
 
         The values are the exact closed-form ones of the model's family (linear SHAP for
-        the logistic regression, TreeSHAP for XGBoost; :mod:`cellclf.shap_values`), the
+        the logistic regression, TreeSHAP for XGBoost; ``cellclf.shap_values``), the
         numbers the fit report shows; shap's plots take the result directly, e.g.
         ``shap.plots.beeswarm(explained[:, :, "neutrophil"])``.
 
         Parameters
         ----------
         cells : DataFrame, ndarray or iterable of images
-            Embeddings (a frame from :func:`cellembed.load_embeddings`, or an (n, dim)
+            Embeddings (a frame from ``cellembed.load_embeddings``, or an (n, dim)
             float matrix of the model's spec) or images (file paths, encoded bytes, PIL
             images, uint8 arrays), which are embedded with the model's spec first.
         spec : EmbeddingSpec, optional

@@ -19,7 +19,7 @@ def first_few(items: Sequence[str], limit: int = LISTED) -> str:
 class ClassifierInputError(InputError):
     """Bad input to ``cellclf`` the user can fix (too few images, leak, wrong spec...).
 
-    A subclass of :class:`cellembed.InputError`, so one ``except InputError`` catches both;
+    A subclass of ``cellembed.InputError``, so one ``except InputError`` catches both;
     the command-line tool prints the message on one line and exits with status 2.
     """
 

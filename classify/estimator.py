@@ -467,6 +467,7 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
 
     @property
     def calibration(self) -> Calibration | None:
+        """The temperature and the prediction sets' threshold (None: not calibrated)."""
         return getattr(self, "calibration_", None)
 
     @calibration.setter
@@ -482,10 +483,12 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
 
     @property
     def summary(self) -> dict[str, Any]:
+        """Facts of the training (when, which family, what ``cellclf fit`` recorded)."""
         return self.summary_
 
     @property
     def versions(self) -> dict[str, str]:
+        """The library versions it was fitted with."""
         return self.versions_
 
     @property
@@ -508,7 +511,18 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ the public entry
 
     def check_spec(self, spec: EmbeddingSpec) -> None:
-        """Refuse embeddings made with another spec (other weights, input size, taps...)."""
+        """Refuse embeddings made with another spec (other weights, input size, taps...).
+
+        Parameters
+        ----------
+        spec : EmbeddingSpec
+            The spec of the embeddings about to be classified.
+
+        Raises
+        ------
+        ClassifierInputError
+            The specs differ (the message names each difference and what to do).
+        """
         differences = self.spec.differences(spec) if self.spec is not None else []
         if differences:
             raise ClassifierInputError(
@@ -553,13 +567,21 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
         return matrix
 
     def matrix(self, X: Any, spec: EmbeddingSpec | None = None) -> np.ndarray:
-        """The (n, n_features) float32 input of the model.
+        """The input of the model: the embeddings restricted to the model's taps.
 
-        Args:
-            X: an embeddings DataFrame from ``cellembed.load_embeddings`` (its spec is read
-                from ``X.attrs`` unless given), an (n, spec.dim) matrix of the full spec, or
-                an (n, n_features) matrix already restricted to the taps.
-            spec: the spec of ``X``; checked against the training spec when given.
+        Parameters
+        ----------
+        X : DataFrame or ndarray
+            An embeddings DataFrame from ``cellembed.load_embeddings`` (its spec is read
+            from ``X.attrs`` unless given), an (n, spec.dim) matrix of the full spec, or an
+            (n, n_features) matrix already restricted to the taps.
+        spec : EmbeddingSpec, optional
+            The spec of ``X``; checked against the training spec when given.
+
+        Returns
+        -------
+        ndarray of shape (n, n_features)
+            float32.
         """
         check_is_fitted(self, "pipeline_")
         matrix = self._input(X, spec)
@@ -573,19 +595,58 @@ class CellClassifier(ClassifierMixin, BaseEstimator):
                               f"{self.n_features_in_} features as input{taps}{brief}")
 
     def model_input(self, X: Any, spec: EmbeddingSpec | None = None) -> np.ndarray:
-        """What the model takes: :meth:`matrix`, and for a classifier adapted to another lab
-        (:attr:`lab`) its rows moved onto the training statistics (:meth:`LabAdapter.lab_mapped`)."""
+        """What the model takes: ``matrix``, moved onto the training statistics when adapted.
+
+        Parameters
+        ----------
+        X : DataFrame or ndarray
+            Embeddings, as for ``matrix``.
+        spec : EmbeddingSpec, optional
+            The spec of ``X``.
+
+        Returns
+        -------
+        ndarray of shape (n, n_features)
+            ``matrix(X)``; for a classifier adapted to another lab (``lab``) its rows moved
+            onto the training statistics (``LabAdapter.lab_mapped``).
+        """
         matrix = self.matrix(X, spec)  # checks the classifier is fitted first
         return self.pipeline_.named_steps["adapt"].lab_mapped(matrix)
 
     # ------------------------------------------------------------------ predicting
 
     def check_adaptable(self, n_images: int, n_files: int | None = None) -> None:
-        """See :meth:`LabAdapter.check_adaptable`."""
+        """Refuse a batch too small for ``adapted`` (callers check before embedding).
+
+        Parameters
+        ----------
+        n_images : int
+            Distinct images in the batch.
+        n_files : int, optional
+            Files in the batch (copies counted), for the message.
+
+        Raises
+        ------
+        ClassifierInputError
+            Fewer distinct images than adapting needs, or a model with no record of its
+            training statistics (``LabAdapter.check_adaptable``).
+        """
         self.pipeline_.named_steps["adapt"].check_adaptable(n_images, n_files)
 
     def adapted(self, matrix: np.ndarray) -> np.ndarray:
-        """See :meth:`LabAdapter.adapted`."""
+        """A batch moved onto the training images' statistics (another lab's cells).
+
+        Parameters
+        ----------
+        matrix : ndarray of shape (n, n_features)
+            The model input of many cells of one lab, with a mix of classes.
+
+        Returns
+        -------
+        ndarray of shape (n, n_features)
+            Each dimension standardised by the batch's mean and spread, then given the
+            training mean and spread (``LabAdapter.adapted``).
+        """
         return self.pipeline_.named_steps["adapt"].adapted(matrix)
 
     def predict_proba(self, X: Any, spec: EmbeddingSpec | None = None, *, adapt: bool | None = None,

@@ -81,7 +81,7 @@ def _registered_keys() -> tuple[str, ...]:
 class FitConfig:
     """Settings of one fit (the ``cellclf fit`` options).
 
-    Build one with :meth:`build`, which takes the family settings as ``<key>_<name>``
+    Build one with ``build``, which takes the family settings as ``<key>_<name>``
     keywords, e.g. ``FitConfig.build(cv=3, lr_Cs=(0.1, 1.0), xgb_trials=2)``. Every value
     is checked when the object is made (``ClassifierInputError`` names the bad one).
 
@@ -194,8 +194,13 @@ class FitConfig:
         return cls(**settings, options=options)
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as metrics.json records them (JSON values): shared ones and
-        ``<key>_<name>`` ones."""
+        """The settings as metrics.json records them.
+
+        Returns
+        -------
+        dict
+            JSON values: the shared settings and the families' as ``<key>_<name>``.
+        """
         document = {"models": list(self.models), "seed": self.seed, "cv": self.cv}
         for key, values in self.options.items():
             document.update({f"{key}_{name}": value for name, value in values.items()})

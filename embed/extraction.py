@@ -79,7 +79,18 @@ class ExtractOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def check(self, prebuilt: bool = False) -> None:
-        """Refuse settings no run can use (``prebuilt``: with an embedder already built)."""
+        """Refuse settings no run can use.
+
+        Parameters
+        ----------
+        prebuilt : bool, default False
+            The run uses an embedder already built (then only the sequential distributor).
+
+        Raises
+        ------
+        InputError
+            A setting no run can use (one line naming the option).
+        """
         if self.batch_size < 1 or self.checkpoint_every < 1:
             raise InputError("--batch-size and --checkpoint-every must be at least 1")
         check_max_pixels(self.max_pixels)
@@ -138,9 +149,18 @@ class ExtractResult:
 
     @property
     def images_per_second(self) -> float:
+        """Images embedded per second of embedding (0 when none were)."""
         return self.embedded / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
     def summary(self) -> str:
+        """What the run did, in one line for people.
+
+        Returns
+        -------
+        str
+            Rows and their width, images embedded (and how fast) and reused, rows kept or
+            dropped, files skipped, seconds.
+        """
         rate = f" at {self.images_per_second:.1f} images/s" if self.embedded else ""
         return (
             f"{self.out}: {self.rows} images, {self.spec.dim} floats each; embedded "

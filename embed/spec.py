@@ -59,6 +59,7 @@ class Tap:
 
     @property
     def stop(self) -> int:
+        """Index just past the tap's last float (``offset + width``)."""
         return self.offset + self.width
 
 
@@ -131,17 +132,38 @@ class EmbeddingSpec:
 
     @property
     def tap_names(self) -> list[str]:
+        """The taps' layer names, in the embedding's order."""
         return [t.name for t in self.taps]
 
     @classmethod
     def from_widths(cls, names_widths: Iterable[tuple[str, int]], **kwargs: Any) -> "EmbeddingSpec":
-        """Build a spec whose taps are laid out one after another in the given order."""
+        """Build a spec whose taps are laid out one after another in the given order.
+
+        Parameters
+        ----------
+        names_widths : iterable of (str, int)
+            Each tap's layer name and width, in order.
+        **kwargs
+            The spec's other fields.
+
+        Returns
+        -------
+        EmbeddingSpec
+            The spec, its taps' offsets computed.
+        """
         return cls(taps=tap_layout(names_widths), **kwargs)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that must match for two embeddings to be interchangeable. A field
-        added later is left out while it has its "as before" default, so the identity (and
-        the shard ids and caches keyed by it) of earlier files stays the same."""
+        """The fields that must match for two embeddings to be interchangeable.
+
+        A field added later is left out while it has its "as before" default, so the
+        identity (and the shard ids and caches keyed by it) of earlier files stays the same.
+
+        Returns
+        -------
+        dict
+            The spec's fields without ``versions``, ``weights_source`` and ``format``.
+        """
         data = self.to_dict()
         for key in ("versions", "weights_source", "format"):
             data.pop(key, None)
@@ -151,21 +173,44 @@ class EmbeddingSpec:
         return data
 
     def identity_key(self) -> str:
-        """The identity as one canonical string, taps by name (their widths follow from
-        the backbone and the pooling)."""
+        """The identity as one canonical string.
+
+        Returns
+        -------
+        str
+            Sorted JSON of ``identity``, taps by name (their widths follow from the backbone
+            and the pooling).
+        """
         data = self.identity()
         data["taps"] = self.tap_names
         return json.dumps(data, sort_keys=True)
 
     def digest(self) -> str:
-        """16 hex digits of the SHA-256 of :meth:`identity_key`: stored on every row of an
-        embeddings file, so rows of another spec joined into it by hand are found."""
+        """A short fingerprint of the identity.
+
+        Returns
+        -------
+        str
+            16 hex digits of the SHA-256 of ``identity_key``: stored on every row of an
+            embeddings file, so rows of another spec joined into it by hand are found.
+        """
         import hashlib
 
         return hashlib.sha256(self.identity_key().encode()).hexdigest()[:16]
 
     def differences(self, other: "EmbeddingSpec") -> list[str]:
-        """Human-readable list of identity fields that differ (empty when compatible)."""
+        """The identity fields that differ from another spec's.
+
+        Parameters
+        ----------
+        other : EmbeddingSpec
+            The spec to compare with.
+
+        Returns
+        -------
+        list of str
+            ``"field: mine vs theirs"`` for each difference (empty when compatible).
+        """
         mine, theirs = self.identity(), other.identity()
         for key, default in LATER_FIELDS.items():
             mine.setdefault(key, default)
@@ -183,7 +228,23 @@ class EmbeddingSpec:
         return out
 
     def tap_slices(self, names: Sequence[str] | None = None) -> list[slice]:
-        """Column slices of the embedding for the named taps (all taps when None)."""
+        """Column slices of the embedding for some taps.
+
+        Parameters
+        ----------
+        names : sequence of str, optional
+            The taps, in the order wanted (None: all, in the embedding's order).
+
+        Returns
+        -------
+        list of slice
+            One slice of the embedding's columns per tap.
+
+        Raises
+        ------
+        InputError
+            A name that is not a tap of this spec.
+        """
         if names is None:
             return [slice(t.offset, t.stop) for t in self.taps]
         by_name = {t.name: t for t in self.taps}
@@ -195,22 +256,63 @@ class EmbeddingSpec:
         return [slice(by_name[n].offset, by_name[n].stop) for n in names]
 
     def feature_names(self, taps: Sequence[str] | None = None) -> list[str]:
-        """One name per embedding dimension, ``tap:index`` (for example ``add_6:217``), of
-        the named taps in that order (all taps when None): the one place these names are made."""
+        """One name per embedding dimension: the one place these names are made.
+
+        Parameters
+        ----------
+        taps : sequence of str, optional
+            The taps, in that order (None: all taps).
+
+        Returns
+        -------
+        list of str
+            ``tap:index`` (for example ``add_6:217``) for each dimension of the taps.
+        """
         widths = {t.name: t.width for t in self.taps}
         self.tap_slices(taps)  # unknown taps are refused
         return [f"{name}:{i}" for name in (self.tap_names if taps is None else taps) for i in range(widths[name])]
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON values (taps as dicts).
+
+        Returns
+        -------
+        dict
+            Every field, as stored in the Parquet file's metadata.
+        """
         data = asdict(self)
         data["taps"] = [asdict(t) for t in self.taps]
         return data
 
     def to_json(self) -> str:
+        """The spec as a JSON string (keys sorted).
+
+        Returns
+        -------
+        str
+            ``to_dict`` in JSON.
+        """
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EmbeddingSpec":
+        """A spec from ``to_dict``'s values.
+
+        Parameters
+        ----------
+        data : dict
+            The fields, taps as dicts.
+
+        Returns
+        -------
+        EmbeddingSpec
+            The spec.
+
+        Raises
+        ------
+        InputError
+            A spec of another format than this cellembed reads.
+        """
         data = dict(data)
         if data.get("format") != SPEC_FORMAT:
             raise InputError(
@@ -222,10 +324,28 @@ class EmbeddingSpec:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "EmbeddingSpec":
+        """A spec from ``to_json``'s text.
+
+        Parameters
+        ----------
+        text : str or bytes
+            The JSON.
+
+        Returns
+        -------
+        EmbeddingSpec
+            The spec.
+        """
         return cls.from_dict(json.loads(text))
 
     def describe(self) -> str:
-        """Multi-line summary for people."""
+        """A summary for people (``cellembed info`` prints it).
+
+        Returns
+        -------
+        str
+            One line per aspect: backbone, weights, taps, dimensions, preprocessing...
+        """
         taps = " ".join(f"{t.name}[{t.offset}:{t.stop}]" for t in self.taps)
         versions = ", ".join(f"{k} {v}" for k, v in sorted(self.versions.items()))
         return "\n".join(
