@@ -196,19 +196,29 @@ def fit(
 def _track(run_dir: Path, weights: str | None, quiet: bool) -> None:
     """Log a complete run to MLflow; a failure says the run is complete and how to log it later."""
     from cellclf.tracking import log_run
-    from cellembed.errors import InputError
 
     complete = f"the run in {run_dir} is complete: log it with cellclf track {run_dir}"
-    with user_errors(on_interrupt=f"interrupted while logging to MLflow; {complete}"):
-        try:
-            tracked = log_run(run_dir, weights=weights, log=None if quiet else click.echo)
-        except InputError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - MLflow's failures (server, store, model) are of many kinds
-            first = " ".join(str(exc).split())[:300]
-            raise click.ClickException(f"MLflow logging failed ({type(exc).__name__}: {first}); {complete}") from None
+    with user_errors(on_interrupt=f"interrupted while logging to MLflow; {complete}"), _mlflow_failures(complete):
+        tracked = log_run(run_dir, weights=weights, log=None if quiet else click.echo)
     if quiet:
         click.echo(tracked.summary())
+
+
+@contextlib.contextmanager
+def _mlflow_failures(then: str):
+    """MLflow's own failures (an unreachable server, a store it refuses...) as one line, exit 1,
+    saying what the URI may be and ``then`` what to do."""
+    from cellembed.errors import InputError
+
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - MLflow's failures (server, store, model) are of many kinds
+        first = " ".join(str(exc).split())[:300]
+        raise click.ClickException(
+            f"MLflow logging failed ({type(exc).__name__}: {first}); MLFLOW_TRACKING_URI must name a database "
+            f"(sqlite:///mlflow.db) or a tracking server (http://host:5000); {then}") from None
 
 
 def _report_writer(quiet: bool):
@@ -552,11 +562,13 @@ def track(run_dir: Path, no_model: bool, weights: str | None) -> None:
     their intervals, per-class scores, calibration and coverage as metrics, the tuning
     table, every RUN_DIR file, and the model as an MLflow pyfunc model (image paths or
     bytes in, cellclf predict's columns out; it reads the network's weights from
-    $CELLEMBED_WEIGHTS where it is served). Needs the mlflow extra.
+    $CELLEMBED_WEIGHTS where it is served). A RUN_DIR logged before is not logged again
+    (its run is found by the SHA-256 of its metrics.json). Needs the mlflow extra.
     """
     from cellclf.tracking import log_run
 
-    with user_errors():
+    with user_errors(on_interrupt="interrupted; log the run again with the same command"), \
+            _mlflow_failures("then run this command again (a run logged in full is not logged twice)"):
         tracked = log_run(run_dir, model=not no_model, weights=weights)
     click.echo(tracked.summary())
 

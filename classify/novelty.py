@@ -91,6 +91,12 @@ class NoveltyDetector(BaseEstimator):
         self.calibration_scores_ = np.sort(self.score(X))
         return self
 
+    @property
+    def smallest_p(self) -> float:
+        """The smallest p-value a row can have: 1 / (m + 1) for m calibration scores."""
+        check_is_fitted(self, "calibration_scores_")
+        return 1.0 / (len(self.calibration_scores_) + 1.0)
+
     def p_values(self, X: Any) -> np.ndarray:
         """(n,) conformal p-values of the rows against the calibration scores."""
         check_is_fitted(self, "calibration_scores_")
@@ -147,7 +153,8 @@ def conformal_p_values(scores: np.ndarray, calibration: np.ndarray) -> np.ndarra
 class BatchDrift:
     """The batch test: ``flagged`` of ``n`` cells under ``alpha``, ``expected`` by chance
     (n x alpha); ``p_value``: the chance of at least as many in-domain; ``fires``: under
-    ``level``."""
+    ``level``; ``smallest_p``: the smallest p-value a cell can have (1 / (m + 1) for m
+    validation images; at or above ``alpha`` no cell can be flagged: ``blind``)."""
 
     n: int
     flagged: int
@@ -155,6 +162,12 @@ class BatchDrift:
     expected: float
     p_value: float
     level: float
+    smallest_p: float = 0.0
+
+    @property
+    def blind(self) -> bool:
+        """No cell can be flagged: the model's reference holds too few validation images."""
+        return self.smallest_p >= self.alpha
 
     @property
     def fires(self) -> bool:
@@ -170,24 +183,30 @@ class BatchDrift:
                 f"by chance (batch p = {self.p_value:.2g}); the predictions may be wrong without looking uncertain "
                 "(another lab, stain, microscope or cell type?): check them, or adapt the model to this lab"
             )
+        if self.blind:
+            return (f"not checked for another lab: no cell can be unlike the training images at p < {self.alpha:g}, "
+                    f"because the model's drift reference holds too few validation images (its smallest p-value "
+                    f"is {self.smallest_p:.2g}); fit on more images for this check")
         return (f"{self.flagged} of {self.n} cells unlike the training images at p < {self.alpha:g} "
                 f"(about {self.expected:.2g} expected by chance): no sign of another lab")
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "flagged": self.flagged, "alpha": self.alpha, "expected": round(self.expected, 4),
-                "p_value": float(self.p_value), "level": self.level, "fires": self.fires, "message": self.message()}
+                "p_value": float(self.p_value), "level": self.level, "fires": self.fires, "checked": not self.blind,
+                "message": self.message()}
 
 
 def batch_drift(p_values: Sequence[float], alpha: float = DEFAULT_NOVELTY_LEVEL,
-                level: float = DEFAULT_NOVELTY_LEVEL) -> BatchDrift:
-    """The batch test of the module docstring over cells' conformal ``p_values``."""
+                level: float = DEFAULT_NOVELTY_LEVEL, smallest_p: float = 0.0) -> BatchDrift:
+    """The batch test of the module docstring over cells' conformal ``p_values``
+    (``smallest_p``: the detector's, :attr:`NoveltyDetector.smallest_p`)."""
     from scipy.stats import binom
 
     p = np.asarray(p_values, dtype=np.float64)
     p = p[np.isfinite(p)]
     n, flagged = len(p), int((p < alpha).sum())
     chance = float(binom.sf(flagged - 1, n, alpha)) if n else 1.0
-    return BatchDrift(n, flagged, alpha, n * alpha, chance, level)
+    return BatchDrift(n, flagged, alpha, n * alpha, chance, level, smallest_p)
 
 
 def class_shift(predicted: Sequence[str], training_counts: Mapping[str, int]) -> float:
@@ -212,7 +231,7 @@ def novelty_facts(detector: NoveltyDetector, test: np.ndarray | None = None,
     facts: dict[str, Any] = {
         "components": int(len(detector.components_)),
         "calibration_images": int(m),
-        "smallest_p": 1.0 / (m + 1),
+        "smallest_p": detector.smallest_p,
         "level": level,
         "size_mb": round(sum(a.nbytes for a in detector.to_arrays().values()) / 1e6, 2),
     }
@@ -224,12 +243,12 @@ def novelty_facts(detector: NoveltyDetector, test: np.ndarray | None = None,
 
 
 def batch_report(p_values: Sequence[float], predicted: Sequence[str], summary: Mapping[str, Any],
-                 level: float = DEFAULT_NOVELTY_LEVEL) -> dict[str, Any]:
+                 level: float = DEFAULT_NOVELTY_LEVEL, smallest_p: float = 0.0) -> dict[str, Any]:
     """The batch test of a batch's cells as the console, the pages and the server give it:
     :meth:`BatchDrift.to_dict` of :func:`batch_drift` at ``level``, plus ``class_shift``,
     the total variation of the ``predicted`` classes from the training mix of the model's
     ``summary`` (None when it does not record its training counts)."""
-    record = batch_drift(p_values, alpha=level).to_dict()
+    record = batch_drift(p_values, alpha=level, smallest_p=smallest_p).to_dict()
     trained = (summary.get("counts") or {}).get("train")
     record["class_shift"] = round(class_shift(list(predicted), trained), 4) if trained and len(predicted) else None
     return record

@@ -739,7 +739,9 @@ def drift_of(result: "PredictResult") -> dict[str, Any] | None:
     if NOVELTY_COLUMNS[0] not in table:
         return None
     values = pd.to_numeric(table[NOVELTY_COLUMNS[0]], errors="coerce").dropna().to_numpy()
-    return batch_report(values, table["predicted"].dropna(), result.predictor.summary, result.request.novelty_level)
+    detector = result.predictor.novelty
+    return batch_report(values, table["predicted"].dropna(), result.predictor.summary, result.request.novelty_level,
+                        detector.smallest_p if detector is not None else 0.0)
 
 
 def differential_of(result: "PredictResult", predicted: Sequence[str] | None = None) -> dict[str, Any] | None:

@@ -85,8 +85,8 @@ class CellclfModel(mlflow.pyfunc.PythonModel):
 
         self.classifier = ImageClassifier(context.artifacts[PREDICTOR_ARTIFACT])
 
-    # No type hints here: MLflow would read them as a schema; the logged signature is the schema.
-    def predict(self, context, model_input, params=None):
+    # model_input: a DataFrame, a type MLflow infers no schema from (the logged signature is the schema)
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         sources, names = images_of(model_input)
         table = self.classifier.predict_images(sources, names)
         return table.rename(columns={IMAGE_COLUMN: PATH})

@@ -287,8 +287,9 @@ class Service:
         values = [r["novelty_p"] for r in results if "novelty_p" in r]
         if not values or len(values) != len(results):
             return None
+        detector = self.predictor.novelty
         return batch_report(values, [r["predicted"] for r in results], self.predictor.summary,
-                            self.settings.novelty_level)
+                            self.settings.novelty_level, detector.smallest_p if detector is not None else 0.0)
 
     async def classify(self, named: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
         pixels = await self.decode(named)

@@ -129,8 +129,13 @@ BEESWARM_DIMENSIONS = 6
 
 def import_shap() -> Any:
     """The shap package (a dependency of cellclf; a broken install gets one line)."""
+    import warnings
+
     try:
-        import shap
+        with warnings.catch_warnings():  # shap's colour maps use matplotlib calls it deprecates: not ours to show
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import shap
     except ImportError as exc:
         from cellclf.errors import ClassifierInputError
 

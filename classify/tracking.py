@@ -1,7 +1,10 @@
 """MLflow tracking of a finished ``cellclf fit`` run (``cellclf fit --mlflow``, ``cellclf track``).
 
-One run of MLflow per RUN_DIR, in the experiment and at the tracking server MLflow's own
-environment variables name (``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``), holding:
+One MLflow run per RUN_DIR, in the experiment and at the tracking server MLflow's own
+environment variables name (``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``; unset: MLflow's
+defaults, ``./mlflow.db`` and the experiment "Default"). Logging a RUN_DIR again finds its run
+(tagged with the SHA-256 of its metrics.json) and logs nothing. The run is named after the
+RUN_DIR's folder and holds:
 
 - parameters: the fit's settings (``config.*``: families' settings, seed, split fractions,
   alpha...), the embedding spec (``spec.*``), the split (``split.*``) and each model's chosen
@@ -13,8 +16,9 @@ environment variables name (``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``)
   ``best.*`` repeats the selected model's, so runs with different winners compare;
 - the tuning table (``tuning.json``, MLflow's table view) and every RUN_DIR file under ``run/``;
 - tags: the embeddings file's name, SHA-256 and spec digest, the weights' SHA-256, the best
-  model, the library versions; no absolute paths (the artifacts are the RUN_DIR files as
-  written: metrics.json names the input file's path);
+  model, the library versions; no path (MLflow's source tag, otherwise the script's path, says
+  ``cellclf``; MLflow adds the user's name); the artifacts are the RUN_DIR files as written, and
+  metrics.json names the input file's path;
 - the model (``model``): :mod:`cellclf.pyfunc_model`, with its signature and an input
   example (one test image, when the images folder is there).
 
@@ -28,7 +32,6 @@ import hashlib
 import json
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -41,6 +44,10 @@ MODEL_NAME = "model"
 #: Where the RUN_DIR files go among the run's artifacts.
 RUN_ARTIFACTS = "run"
 TAG = "cellclf."
+#: The tag holding the SHA-256 of the run's metrics.json: a RUN_DIR logged again is found by it.
+FINGERPRINT = f"{TAG}run.fingerprint"
+#: MLflow's own tags that would name the script's path: replaced by the command's name.
+SOURCE_TAGS = {"mlflow.source.name": "cellclf", "mlflow.source.type": "LOCAL"}
 
 
 def import_mlflow() -> Any:
@@ -60,10 +67,13 @@ class TrackedRun:
     experiment_id: str
     tracking_uri: str
     model_uri: str | None  # None: logged without the model
+    already: bool = False  # True: this RUN_DIR was logged before, as this run (nothing logged now)
 
     def summary(self) -> str:
+        """One line for people: where the run is, and its model."""
         model = f"; model {self.model_uri}" if self.model_uri else ""
-        return f"MLflow run {self.run_id} (experiment {self.experiment_id}) at {self.tracking_uri}{model}"
+        before = "already logged: " if self.already else ""
+        return f"{before}MLflow run {self.run_id} (experiment {self.experiment_id}) at {self.tracking_uri}{model}"
 
 
 def _text(value: Any) -> str:
@@ -207,14 +217,15 @@ def example_image(record: Any) -> bytes | None:
 
 
 @contextlib.contextmanager
-def _weights_in_environment(variable: str, weights: str | os.PathLike | None) -> Iterator[None]:
-    """The backbone's weights variable (``$CELLEMBED_WEIGHTS``) set to ``weights`` while MLflow
-    loads the model to check its input example (the logged model reads it there)."""
-    if weights is None:
+def _environment(variable: str, value: str | os.PathLike | None) -> Iterator[None]:
+    """``$variable`` set to ``value`` for a while (None: left as it is). The weights: the
+    backbone's variable (``$CELLEMBED_WEIGHTS``) while MLflow loads the model to check its
+    input example (the logged model reads it there)."""
+    if value is None:
         yield
         return
     before = os.environ.get(variable)
-    os.environ[variable] = str(weights)
+    os.environ[variable] = str(value)
     try:
         yield
     finally:
@@ -226,7 +237,7 @@ def _weights_in_environment(variable: str, weights: str | os.PathLike | None) ->
 
 def log_run(run_dir: str | Path, *, model: bool = True, weights: str | os.PathLike | None = None,
             log: Callable[[str], None] | None = None) -> TrackedRun:
-    """Log a complete RUN_DIR to MLflow as one run (see the module docstring).
+    """Log a complete RUN_DIR to MLflow as one run, once (see the module docstring).
 
     Parameters
     ----------
@@ -243,7 +254,8 @@ def log_run(run_dir: str | Path, *, model: bool = True, weights: str | os.PathLi
     Returns
     -------
     TrackedRun
-        The run's id, experiment, tracking URI and model URI.
+        The run's id, experiment, tracking URI and model URI; ``already`` when the RUN_DIR
+        was logged before (that run, nothing logged now).
 
     Raises
     ------
@@ -251,7 +263,7 @@ def log_run(run_dir: str | Path, *, model: bool = True, weights: str | os.PathLi
         The mlflow extra is not installed, or ``run_dir`` is not a complete run.
     """
     mlflow = import_mlflow()
-    from cellclf.rundir import metrics_document, read_run
+    from cellclf.rundir import METRICS, metrics_document, read_run
     from cellclf.rundir.layout import NotARunError
 
     run_dir = Path(run_dir)
@@ -262,10 +274,47 @@ def log_run(run_dir: str | Path, *, model: bool = True, weights: str | os.PathLi
     document = metrics_document(record)
     say = log or (lambda line: None)
     started = time.perf_counter()
-    with mlflow.start_run(run_name=run_dir.resolve().name) as run:
+    fingerprint = file_sha256(run_dir / METRICS)
+    with _quiet_mlflow():
+        logged = mlflow.search_runs(filter_string=f"tags.`{FINGERPRINT}` = '{fingerprint}' "
+                                                  "and attributes.status = 'FINISHED'", output_format="list")
+        if logged:
+            return _already(mlflow, logged[0], say)
+        tracked = _new_run(mlflow, record, document, run_dir, fingerprint, model, weights, say)
+    say(f"{'mlflow':<18} {time.perf_counter() - started:7.1f}s  {tracked.summary()}")
+    return tracked
+
+
+def _already(mlflow: Any, run: Any, say: Callable[[str], None]) -> TrackedRun:
+    """The run that logged this RUN_DIR before (the same metrics.json): logging is idempotent."""
+    model = f"runs:/{run.info.run_id}/{MODEL_NAME}" if run.data.tags.get(f"{TAG}model") == "yes" else None
+    tracked = TrackedRun(run.info.run_id, run.info.experiment_id, mlflow.get_tracking_uri(), model, already=True)
+    say(f"{'mlflow':<18} {0.0:7.1f}s  {tracked.summary()}")
+    return tracked
+
+
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """MLflow's INFO lines and artifact progress bars off while a run is logged (the command
+    prints one line of its own)."""
+    import logging
+
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with _environment("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _new_run(mlflow: Any, record: Any, document: Mapping[str, Any], run_dir: Path, fingerprint: str, model: bool,
+             weights: Any, say: Callable[[str], None]) -> TrackedRun:
+    tags = {**SOURCE_TAGS, **run_tags(record, document), FINGERPRINT: fingerprint, f"{TAG}model": "yes" if model else "no"}
+    with mlflow.start_run(run_name=run_dir.resolve().name, tags=tags) as run:
         mlflow.log_params(run_params(document))
         mlflow.log_metrics(run_metrics(document))
-        mlflow.set_tags(run_tags(record, document))
         if record.tuning is not None:
             mlflow.log_table(record.tuning, artifact_file="tuning.json")
         for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
@@ -273,9 +322,7 @@ def log_run(run_dir: str | Path, *, model: bool = True, weights: str | os.PathLi
             if not any(part.startswith(".") for part in relative.parts):
                 mlflow.log_artifact(str(path), artifact_path=str(Path(RUN_ARTIFACTS, relative.parent)).rstrip("/."))
         model_uri = _log_model(mlflow, record, run_dir, weights, say) if model else None
-    tracked = TrackedRun(run.info.run_id, run.info.experiment_id, mlflow.get_tracking_uri(), model_uri)
-    say(f"{'mlflow':<18} {time.perf_counter() - started:7.1f}s  {tracked.summary()}")
-    return tracked
+    return TrackedRun(run.info.run_id, run.info.experiment_id, mlflow.get_tracking_uri(), model_uri)
 
 
 def _log_model(mlflow: Any, record: Any, run_dir: Path, weights: Any, say: Callable[[str], None]) -> str:
@@ -292,9 +339,7 @@ def _log_model(mlflow: Any, record: Any, run_dir: Path, weights: Any, say: Calla
     image = example_image(record)
     if image is None:
         say("mlflow: no input example logged (the run's test images are not here)")
-    with _weights_in_environment(backbone_for_spec(predictor.spec).weights_env, weights), warnings.catch_warnings():
-        # MLflow advises type hints on predict; the model's signature is given instead
-        warnings.filterwarnings("ignore", message=r"(?s).*type hint", category=UserWarning)
+    with _environment(backbone_for_spec(predictor.spec).weights_env, weights):
         mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(Path(__file__).with_name("pyfunc_entry.py")),

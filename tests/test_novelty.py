@@ -36,6 +36,19 @@ def test_a_shifted_batch_fires_the_warning_and_an_in_domain_one_rarely_does():
     assert not batch_drift([]).fires
 
 
+def test_a_reference_too_small_to_flag_any_cell_says_the_batch_was_not_checked():
+    """11 validation images: the smallest p-value is 1/12 > 0.01, so no cell can be flagged;
+    the line must not read as a clean result ("no sign of another lab")."""
+    detector = NoveltyDetector(n_components=5).fit(_gaussian(200, 0)).calibrate(_gaussian(11, 1))
+    assert detector.smallest_p == pytest.approx(1 / 12)
+    far = batch_drift(detector.p_values(_gaussian(20, 3, shift=5.0)), smallest_p=detector.smallest_p)
+    assert far.blind and not far.fires and far.flagged == 0
+    assert far.message().startswith("not checked for another lab") and "no sign" not in far.message()
+    assert far.to_dict()["checked"] is False
+    enough = NoveltyDetector(n_components=5).fit(_gaussian(200, 0)).calibrate(_gaussian(200, 1))
+    assert not batch_drift(enough.p_values(_gaussian(20, 4)), smallest_p=enough.smallest_p).blind
+
+
 def test_conformal_p_values_count_calibration_scores_at_least_as_large():
     calibration = np.array([1.0, 2.0, 3.0])
     np.testing.assert_allclose(conformal_p_values([0.5, 2.0, 2.5, 9.0], calibration), [1.0, 0.75, 0.5, 0.25])

@@ -83,6 +83,8 @@ def test_logged_metrics_params_and_tags_are_the_runs(tracked, store, tmp_path):
     assert tags["cellclf.embeddings.sha256"] == hashlib.sha256(embeddings.read_bytes()).hexdigest()
     assert tags["cellclf.best_model"] == "lr"
     assert not [value for value in tags.values() if str(embeddings.parent) in value]  # no absolute paths in tags
+    assert not [name for name, value in tags.items() if value.startswith("/")], tags  # not even MLflow's own
+    assert tags["mlflow.source.name"] == "cellclf"
 
     client = mlflow.MlflowClient(store)
     logged = {item.path for item in client.list_artifacts(run.info.run_id)}
@@ -188,5 +190,13 @@ def test_a_failing_store_keeps_the_run_and_track_logs_it_later(tracked, tmp_path
     assert run.data.metrics["lr.test.accuracy"] == document["models"]["lr"]["test"]["accuracy"]
     assert "model" not in {item.path for item in client.list_artifacts(run.info.run_id)}
 
+    again = CliRunner(env=good).invoke(main, ["track", str(run_dir), "--no-model"])  # idempotent
+    assert again.exit_code == 0 and again.output.startswith(f"already logged: MLflow run {run.info.run_id}")
+    assert len(client.search_runs([client.get_experiment_by_name("later").experiment_id])) == 1
+
     result = CliRunner(env=good).invoke(main, ["track", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "nothing" in result.output
+    folder_store = {**good, "MLFLOW_TRACKING_URI": f"file://{tmp_path / 'mlruns'}"}  # MLflow 3 refuses a folder
+    result = CliRunner(env=folder_store).invoke(main, ["track", str(run_dir), "--no-model"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "MLFLOW_TRACKING_URI must name a database (sqlite:///mlflow.db)" in result.output
