@@ -100,11 +100,11 @@ class FitConfig:
     heatmaps : bool, default True
         Draw heat maps of the report's gallery images (``cellclf.gallery_maps``; needs
         the images and the network's weights).
-    shap_max_rows : int
+    shap_max_rows : int, default 1000
         Most test images explained per model (a seeded subsample beyond).
     n_jobs : int, default 2
         CPU cores to use.
-    val_fraction, test_fraction : float
+    val_fraction, test_fraction : float, default 0.15 and 0.15
         Shares of the labelled images held out for validation and test (each in (0, 1),
         together less than 1). With a separate test file no test split is made;
         validation then takes ``val_fraction / (1 - test_fraction)`` of the input, the
@@ -249,6 +249,11 @@ class FitResult:
                 f"{model.key + star:<{width}} {model.val_macro_f1:>12.4f} {_with_ci(model.overall, 'accuracy'):>24} "
                 f"{_with_ci(model.overall, 'macro_f1'):>24} {model.fit_seconds:>7.1f}"
             )
+        unbounded = [m.key for m in self.record.models
+                     if m.overall.get("macro_f1_ci") is None and m.overall.get("accuracy") == 1.0]
+        if unbounded:
+            lines.append(f"{', '.join(unbounded)}: no macro-F1 interval: no test mistake to resample (the "
+                         "accuracy's interval shows the uncertainty)")
         few = {m.key: few_images(m.per_class) for m in self.record.models}
         for key, listed in few.items():
             if listed:
