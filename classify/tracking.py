@@ -28,7 +28,6 @@ RUN_DIR's folder and holds:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from cellclf.errors import ClassifierInputError
+from cellembed.shared.hashing import sha256_file
 
 INSTALL_HINT = "pip install 'cellembed[mlflow]' (in a checkout: pip install -e '.[mlflow]')"
 #: The logged model's name in its run (``runs:/<run id>/model``).
@@ -156,14 +156,6 @@ def _model_metrics(key: str, model: Mapping[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_tags(record: Any, document: Mapping[str, Any]) -> dict[str, str]:
     """Tags: what identifies the run's inputs, without their paths."""
     from cellembed.shared.versions import __version__
@@ -176,7 +168,7 @@ def run_tags(record: Any, document: Mapping[str, Any]) -> dict[str, str]:
         path = Path(given)
         tags[f"{TAG}{role}.file"] = path.name
         if path.is_file():
-            tags[f"{TAG}{role}.sha256"] = file_sha256(path)
+            tags[f"{TAG}{role}.sha256"] = sha256_file(path)
     spec = record.data.spec
     if spec is not None:
         tags[f"{TAG}spec.digest"] = spec.digest()
@@ -274,7 +266,7 @@ def log_run(run_dir: str | Path, *, model: bool = True, weights: str | os.PathLi
     document = metrics_document(record)
     say = log or (lambda line: None)
     started = time.perf_counter()
-    fingerprint = file_sha256(run_dir / METRICS)
+    fingerprint = sha256_file(run_dir / METRICS)
     with _quiet_mlflow():
         logged = mlflow.search_runs(filter_string=f"tags.`{FINGERPRINT}` = '{fingerprint}' "
                                                   "and attributes.status = 'FINISHED'", output_format="list")
